@@ -1,0 +1,131 @@
+"""The model artifact: a folder holding ``model.onnx`` and ``metadata.json``.
+
+``metadata.json`` is the model's contract, written by ``deephealth export`` and read by inference,
+evaluation and the web app. Keys (all required unless marked optional):
+
+- ``name``, ``version`` (str); ``created`` (ISO 8601 UTC);
+- ``class_names``: class names in output order (``["normal", "bacterial", "viral"]``);
+- ``preprocessing``: :class:`deephealth.preprocessing.PreprocessConfig` as a dict;
+- ``temperature``: float > 0, temperature scaling (Guo et al., 2017) fitted on validation:
+  calibrated probabilities are ``softmax(logits / temperature)``;
+- ``onnx``: ``file``, ``sha256``, ``input`` (name of the ``(N, 1, S, S)`` float32 input),
+  ``logits`` (name of the ``(N, C)`` float32 output), ``cam`` (name of the ``(N, C, h, w)``
+  float32 class activation map output, in logit units, Zhou et al., 2016), ``opset``;
+- ``intended_use`` (str); optional: ``architecture``, ``training``, ``data``, ``validation_metrics``,
+  ``test_metrics``, ``summary``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deephealth.preprocessing import PreprocessConfig
+
+METADATA_FILE = "metadata.json"
+ONNX_FILE = "model.onnx"
+
+
+class ModelArtifactError(RuntimeError):
+    """A model folder that is missing, incomplete, inconsistent or corrupted."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """A loaded, verified model folder.
+
+    Attributes:
+        directory: the model folder.
+        metadata: the parsed ``metadata.json``.
+        onnx_path: path of the ONNX file.
+        preprocessing: the preprocessing contract of this model.
+        class_names: class names in output order.
+        temperature: calibration temperature (> 0).
+    """
+
+    directory: Path
+    metadata: dict[str, Any]
+    onnx_path: Path
+    preprocessing: PreprocessConfig
+    class_names: tuple[str, ...]
+    temperature: float
+
+    @property
+    def name(self) -> str:
+        """Model name from the metadata."""
+        return str(self.metadata.get("name", self.directory.name))
+
+    @property
+    def version(self) -> str:
+        """Model version from the metadata."""
+        return str(self.metadata.get("version", "unknown"))
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the ONNX file, as recorded in the metadata."""
+        return str(self.metadata["onnx"]["sha256"])
+
+    @classmethod
+    def load(cls, directory: str | Path, verify: bool = True) -> ModelArtifact:
+        """Read and check a model folder.
+
+        Args:
+            directory: folder with ``metadata.json`` and the ONNX file it names.
+            verify: check the ONNX file's SHA-256 against ``metadata.json``.
+
+        Raises:
+            ModelArtifactError: if the folder, a file or a required key is missing, or the
+                checksum does not match.
+        """
+        directory = Path(directory)
+        meta_path = directory / METADATA_FILE
+        if not meta_path.is_file():
+            raise ModelArtifactError(f"no {METADATA_FILE} in model folder {directory}")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelArtifactError(f"{meta_path}: cannot parse ({exc})") from exc
+        for key in ("class_names", "preprocessing", "temperature", "onnx"):
+            if key not in meta:
+                raise ModelArtifactError(f"{meta_path}: missing key {key!r}")
+        onnx_meta = meta["onnx"]
+        for key in ("file", "sha256", "input", "logits", "cam"):
+            if key not in onnx_meta:
+                raise ModelArtifactError(f"{meta_path}: missing key onnx.{key}")
+        onnx_path = directory / onnx_meta["file"]
+        if not onnx_path.is_file():
+            raise ModelArtifactError(f"model file missing: {onnx_path}")
+        if verify:
+            digest = sha256_file(onnx_path)
+            if digest != onnx_meta["sha256"]:
+                raise ModelArtifactError(
+                    f"{onnx_path}: SHA-256 {digest[:12]}... does not match metadata.json "
+                    f"({str(onnx_meta['sha256'])[:12]}...): the model file is corrupted or was replaced"
+                )
+        temperature = float(meta["temperature"])
+        if not temperature > 0:
+            raise ModelArtifactError(f"{meta_path}: temperature must be > 0, got {temperature}")
+        try:
+            pre = PreprocessConfig.from_dict(meta["preprocessing"])
+        except (TypeError, ValueError) as exc:
+            raise ModelArtifactError(f"{meta_path}: bad preprocessing config ({exc})") from exc
+        return cls(directory, meta, onnx_path, pre, tuple(meta["class_names"]), temperature)
+
+
+def write_metadata(directory: str | Path, metadata: dict[str, Any]) -> Path:
+    """Write ``metadata.json`` (indented, keys in insertion order) and return its path."""
+    path = Path(directory) / METADATA_FILE
+    path.write_text(json.dumps(metadata, indent=2) + "\n")
+    return path

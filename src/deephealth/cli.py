@@ -1,0 +1,64 @@
+"""The ``deephealth`` command line: ``deephealth <command> --help`` documents each command.
+
+Each command lives in ``deephealth.commands.<name>`` with ``add_arguments(parser)`` and
+``run(args) -> int`` (the exit status). Command modules import heavy libraries inside ``run`` only,
+so ``deephealth --help`` and the serving commands never import PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from deephealth import __version__
+
+# (command, module, one-line help) in the order shown by --help.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("inspect", "inspect", "read image files and show what the model will see"),
+    ("predict", "predict", "classify chest X-rays (files, folders, globs)"),
+    ("serve", "serve", "serve the web app and REST API"),
+    ("evaluate", "evaluate", "score a model and write its evaluation report"),
+    ("train", "train", "train a model (needs the [train] extra)"),
+    ("export", "export", "export a training run to ONNX + metadata.json"),
+    ("dataset", "dataset", "summarise a dataset folder: classes per split, patients, problems"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(
+        prog="deephealth",
+        description="Deep Health: pediatric chest X-ray decision support "
+        "(0 no pneumonia, 1 bacterial, 2 viral). Not a diagnosis.",
+    )
+    parser.add_argument("--version", action="version", version=f"deephealth {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module, help_text in COMMANDS:
+        mod = importlib.import_module(f"deephealth.commands.{module}")
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 success, 1 some inputs failed, 2 usage error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``deephealth`` command line, one module each."""

@@ -1,0 +1,242 @@
+"""Dataset manifest: one record per image of a Kermany-layout folder, and the patient-grouped split.
+
+Layout (Kermany et al., 2018): ``<root>/{train,val,test}/{NORMAL,PNEUMONIA}/<file>``. The folder
+gives normal vs pneumonia; the file name gives the pneumonia type (``personN_bacteria_M.jpeg`` ->
+bacterial, ``personN_virus_M.jpeg`` -> viral) and the patient (``personN``). Normal files are named
+``IM-XXXX-YYYY[-ZZZZ].jpeg`` or ``NORMAL2-IM-XXXX-YYYY.jpeg``; the patient is ``[NORMAL2-]IM-XXXX``.
+Patient numbering restarts between splits, so a patient id is only meaningful within one split.
+Files that do not fit this layout are reported in :attr:`Manifest.problems`, never guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deephealth.labels import CLASS_NAMES
+
+_logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".tif", ".tiff"}
+_PNEUMONIA_RE = re.compile(r"^(person\d+)_(bacteria|virus)_\d+$", re.IGNORECASE)
+_NORMAL_RE = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+(?:-\d+)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image of the dataset.
+
+    Attributes:
+        path: absolute path of the image file.
+        split: ``train``, ``val`` or ``test`` (the official split the file lies in).
+        label: class name, one of :data:`deephealth.labels.CLASS_NAMES`.
+        patient_id: patient identifier, unique within one official split.
+    """
+
+    path: str
+    split: str
+    label: str
+    patient_id: str
+
+    @property
+    def label_index(self) -> int:
+        """Output index of :attr:`label` (0 normal, 1 bacterial, 2 viral)."""
+        return CLASS_NAMES.index(self.label)
+
+
+@dataclass
+class Manifest:
+    """All records found under a root plus the files that did not fit the layout."""
+
+    root: str
+    records: list[Record]
+    problems: list[str] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Record]:
+        """Records of one official split (``train``, ``val`` or ``test``)."""
+        return [r for r in self.records if r.split == name]
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Counts per split and class: ``{split: {class: n, ..., "total": n}}``."""
+        out: dict[str, dict[str, int]] = {}
+        for split in sorted({r.split for r in self.records}, key=_split_order):
+            c = Counter(r.label for r in self.records if r.split == split)
+            out[split] = {name: c.get(name, 0) for name in CLASS_NAMES}
+            out[split]["total"] = sum(c.values())
+        return out
+
+
+def _split_order(name: str) -> tuple[int, str]:
+    order = {"train": 0, "validation": 1, "val": 2, "test": 3}
+    return (order.get(name, 9), name)
+
+
+def parse_name(folder: str, stem: str) -> tuple[str, str]:
+    """Label and patient id from a class folder name and a file stem.
+
+    Args:
+        folder: ``NORMAL`` or ``PNEUMONIA`` (case-insensitive).
+        stem: file name without suffix, e.g. ``person12_virus_44``.
+
+    Returns:
+        ``(label, patient_id)``.
+
+    Raises:
+        ValueError: if the folder or the file name does not fit the Kermany layout.
+    """
+    folder_u = folder.upper()
+    if folder_u == "PNEUMONIA":
+        m = _PNEUMONIA_RE.match(stem)
+        if not m:
+            raise ValueError("pneumonia file name does not match personN_bacteria_M or personN_virus_M")
+        return ("bacterial" if m.group(2).lower() == "bacteria" else "viral"), m.group(1).lower()
+    if folder_u == "NORMAL":
+        m = _NORMAL_RE.match(stem)
+        if not m:
+            raise ValueError("normal file name does not match IM-XXXX-YYYY or NORMAL2-IM-XXXX-YYYY")
+        return "normal", m.group(1).upper()
+    raise ValueError(f"class folder {folder!r} is neither NORMAL nor PNEUMONIA")
+
+
+def scan(root: str | Path) -> Manifest:
+    """Build the manifest of a Kermany-layout folder.
+
+    Args:
+        root: folder holding ``train/``, ``val/`` and/or ``test/``.
+
+    Returns:
+        A :class:`Manifest` with records sorted by path; unexpected files or folders are listed in
+        ``problems`` (one line each, naming the path and the problem) and skipped.
+
+    Raises:
+        FileNotFoundError: if ``root`` does not exist or holds none of the split folders.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    records: list[Record] = []
+    problems: list[str] = []
+    found_split = False
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir() or entry.name not in SPLITS:
+            problems.append(f"{entry}: not a split folder ({', '.join(SPLITS)})")
+            continue
+        found_split = True
+        for cls_dir in sorted(entry.iterdir()):
+            if cls_dir.name.startswith("."):
+                continue
+            if not cls_dir.is_dir() or cls_dir.name.upper() not in ("NORMAL", "PNEUMONIA"):
+                problems.append(f"{cls_dir}: not a class folder (NORMAL, PNEUMONIA)")
+                continue
+            for f in sorted(cls_dir.iterdir()):
+                if f.name.startswith("."):
+                    continue
+                if not f.is_file() or f.suffix.lower() not in IMAGE_SUFFIXES:
+                    problems.append(f"{f}: not an image file")
+                    continue
+                try:
+                    label, patient = parse_name(cls_dir.name, f.stem)
+                except ValueError as exc:
+                    problems.append(f"{f}: {exc}")
+                    continue
+                records.append(Record(str(f.resolve()), entry.name, label, patient))
+    if not found_split:
+        raise FileNotFoundError(f"{root} holds none of the split folders {', '.join(SPLITS)}")
+    for p in problems:
+        _logger.warning("manifest: %s", p)
+    return Manifest(str(root.resolve()), records, problems)
+
+
+def read_csv(path: str | Path) -> Manifest:
+    """Manifest from a CSV with columns ``path,label`` and optionally ``patient_id`` and ``split``.
+
+    Relative paths are resolved against the CSV's folder. ``label`` is a class name or index
+    (0 normal, 1 bacterial, 2 viral). Without ``patient_id`` every image is its own patient.
+
+    Raises:
+        FileNotFoundError: if the CSV does not exist.
+        ValueError: if a required column is missing; bad rows are reported in ``problems``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV not found: {path}")
+    records: list[Record] = []
+    problems: list[str] = []
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or [])
+        if not {"path", "label"} <= cols:
+            raise ValueError(f"{path}: CSV needs the columns 'path' and 'label', has {sorted(cols)}")
+        for i, row in enumerate(reader, start=2):
+            raw = (row.get("label") or "").strip().lower()
+            if raw.isdigit() and int(raw) < len(CLASS_NAMES):
+                label = CLASS_NAMES[int(raw)]
+            elif raw in CLASS_NAMES:
+                label = raw
+            else:
+                problems.append(f"{path}:{i}: unknown label {row.get('label')!r}")
+                continue
+            p = Path(row["path"])
+            if not p.is_absolute():
+                p = path.parent / p
+            if not p.is_file():
+                problems.append(f"{path}:{i}: file not found: {p}")
+                continue
+            patient = (row.get("patient_id") or "").strip() or f"image:{p}"
+            records.append(Record(str(p.resolve()), (row.get("split") or "").strip() or "csv", label, patient))
+    for p in problems:
+        _logger.warning("manifest: %s", p)
+    return Manifest(str(path.resolve()), records, problems)
+
+
+def grouped_split(
+    records: list[Record], val_fraction: float = 0.1, seed: int = 0
+) -> tuple[list[Record], list[Record]]:
+    """Patient-grouped, label-stratified split of records into (train, validation).
+
+    Every patient goes wholly to one side. Patients are stratified by their most frequent label
+    (ties broken by class order), shuffled with ``seed`` within each stratum, and the first
+    ``round(val_fraction * n_patients)`` of each stratum go to validation.
+
+    Args:
+        records: records of one official split (patient ids must be unique within it).
+        val_fraction: fraction of patients, per class, held out for validation, in (0, 1).
+        seed: seed of the shuffle; the same records and seed always give the same split.
+
+    Returns:
+        ``(train_records, validation_records)``, each in the input order.
+
+    Raises:
+        ValueError: if ``val_fraction`` is not in (0, 1).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    by_patient: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        by_patient[r.patient_id].append(r.label)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for pid in sorted(by_patient):
+        counts = Counter(by_patient[pid])
+        top = max(CLASS_NAMES, key=lambda c: (counts.get(c, 0), -CLASS_NAMES.index(c)))
+        strata[top].append(pid)
+    rng = np.random.default_rng(seed)
+    val_patients: set[str] = set()
+    for label in CLASS_NAMES:
+        pids = strata.get(label, [])
+        if not pids:
+            continue
+        order = rng.permutation(len(pids))
+        n_val = int(round(val_fraction * len(pids)))
+        val_patients.update(pids[i] for i in order[:n_val])
+    train = [r for r in records if r.patient_id not in val_patients]
+    val = [r for r in records if r.patient_id in val_patients]
+    return train, val

@@ -1,0 +1,44 @@
+"""Default locations: the dataset root and the bundled model. Both are configurable.
+
+- Data: ``DEEPHEALTH_DATA_ROOT`` or ``../shared/data`` relative to the current directory or to the
+  repository checkout.
+- Model: ``DEEPHEALTH_MODEL_DIR`` or the model bundled inside the package (``deephealth/models/``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+BUNDLED_MODELS_DIR = _PACKAGE_DIR / "models"
+DEFAULT_MODEL_NAME = "deephealth-cxr3"
+
+
+def data_root() -> Path:
+    """Folder that holds ``chest_xray_224/``, ``chest_xray_224.csv`` and ``dicom/``.
+
+    ``DEEPHEALTH_DATA_ROOT`` wins; otherwise ``../shared/data`` is looked for beside the current
+    directory and beside the repository checkout (``src/deephealth/../../..``).
+    """
+    env = os.environ.get("DEEPHEALTH_DATA_ROOT")
+    if env:
+        return Path(env)
+    candidates = [Path.cwd() / ".." / "shared" / "data", _PACKAGE_DIR.parents[2] / "shared" / "data"]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    return candidates[0]
+
+
+def dataset_dir() -> Path:
+    """The Kermany-layout dataset folder, ``<data_root>/chest_xray_224``."""
+    return data_root() / "chest_xray_224"
+
+
+def default_model_dir() -> Path:
+    """The model folder inference uses when none is given: ``DEEPHEALTH_MODEL_DIR`` or the bundled one."""
+    env = os.environ.get("DEEPHEALTH_MODEL_DIR")
+    if env:
+        return Path(env)
+    return BUNDLED_MODELS_DIR / DEFAULT_MODEL_NAME

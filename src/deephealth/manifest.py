@@ -25,7 +25,7 @@ _logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".tif", ".tiff"}
-_PNEUMONIA_RE = re.compile(r"^(person\d+)_(bacteria|virus)_\d+$", re.IGNORECASE)
+_PNEUMONIA_RE = re.compile(r"^(person\d+)_(bacteria|virus)_\d+(?:_\d+)?$", re.IGNORECASE)
 _NORMAL_RE = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+(?:-\d+)?$", re.IGNORECASE)
 
 

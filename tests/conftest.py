@@ -27,3 +27,31 @@ def dataset_root(data_root: Path) -> Path:
 def dicom_dir(data_root: Path) -> Path:
     """Folder with the two real DICOM files (an adult CR chest PA and a CT slice)."""
     return data_root / "dicom"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised model folder (``model.onnx`` + ``metadata.json``), made by the real exporter.
+
+    timm's ``test_resnet`` (about 0.37 M parameters, pool + linear head) with ``torch.manual_seed(0)``,
+    input 96x96 (class activation maps 3x3), temperature 1.5, exported with
+    :func:`deephealth.training.export.export_model` (ONNX checker + PyTorch vs ONNX Runtime parity).
+    Takes a few seconds once per session; needs the [train] extra (skipped without PyTorch).
+    """
+    torch = pytest.importorskip("torch")
+    from deephealth.preprocessing import PreprocessConfig
+    from deephealth.training.export import export_model
+    from deephealth.training.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("test_resnet")
+    out = tmp_path_factory.mktemp("tiny_model")
+    return export_model(
+        model,
+        PreprocessConfig(input_size=96),
+        out,
+        name="tiny-test-model",
+        version="0.0.0-test",
+        temperature=1.5,
+        metadata_extra={"architecture": {"arch": "test_resnet", "num_classes": 3, "in_chans": 1}},
+    )

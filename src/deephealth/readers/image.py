@@ -1,28 +1,102 @@
-"""Image reader (minimal bootstrap version; the full reader replaces this module).
+"""Read one chest X-ray file (JPEG, PNG, TIFF, BMP, GIF, WebP or DICOM) into a grayscale array.
 
-API contract (stable):
+API contract (stable; training, inference, the web app and ``deephealth inspect`` rely on it)::
+
     read_image(source, *, name=None, target_size=None) -> ReadResult(image, info)
-    image: (H, W) float32 in [0, 1], bright = dense.
-    ImageReadError(message) with the file name in the message.
+
+``image`` is a ``(H, W)`` float32 array with values in [0, 1] where **bright means dense** (bone
+white, air black, as a radiologist views it). ``info`` is an :class:`ImageInfo` saying what was
+learned about the file. A file that cannot be used raises :class:`ImageReadError` (a
+``ValueError``) whose one-line message starts with the file's name and states the problem.
+
+The format is recognised from the content, never from the file name: a file with ``DICM`` at byte
+offset 128 (DICOM PS3.10 section 7.1) goes to :mod:`deephealth.readers.dicom`, anything else to
+Pillow.
+
+Intensity rules for the Pillow formats (documented choices):
+
+* 8-bit data (modes ``1``, ``L``, ``P``, ``RGB``, ``CMYK`` ...) is converted to Pillow mode ``L``
+  (ITU-R 601-2 luma: ``L = R*299/1000 + G*587/1000 + B*114/1000``) and divided by 255 -- no
+  contrast stretching. For the dataset's 8-bit JPEGs the result is exactly
+  ``np.asarray(pil.convert("L"), np.float32) / 255``, which
+  :func:`deephealth.preprocessing.resize_to_input` quantises back to the identical uint8 pixels.
+* 16-bit and 32-bit data (modes ``I;16*``, ``I``, ``F``) is min-max scaled over the image's own
+  values, as a DICOM viewer does when no window is given, so a 10- or 12-bit range stored in a
+  16-bit container comes out with full contrast (a 12-bit ramp spans exactly [0, 1]).
+* Transparency (``RGBA``, ``LA``, palette with transparency) is composited over black (air), with a
+  warning when any pixel is not fully opaque.
+* A colour image whose channels differ noticeably (mean ``max - min`` over channels above
+  :data:`COLOR_WARN_LEVELS` grey levels) is still converted, with a warning: it may be a photo
+  rather than a radiograph.
+* EXIF orientation (tag 0x0112) is honoured with :func:`PIL.ImageOps.exif_transpose`.
+
+Refused, with :class:`ImageReadError`: missing/unreadable/empty files, content that is not an
+image, truncated or corrupt files (Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays ``False``,
+so missing rows are never filled in), images larger than :data:`MAX_PIXELS` (checked from the
+header, before any pixel buffer is allocated), images whose shorter side is below
+:data:`MIN_SIDE`, and multi-frame files (animated GIF/PNG/WebP, multi-page TIFF).
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+import logging
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops, ImageOps, ImageStat, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+#: Largest image accepted, in pixels (width x height), checked from the header before decoding.
+MAX_PIXELS: int = 50_000_000
+#: Smallest accepted shorter side, in pixels; below this a radiograph is too small to diagnose.
+MIN_SIDE: int = 64
+#: Largest file accepted, in bytes (a guard against reading a huge non-image into memory).
+MAX_FILE_BYTES: int = 512 * 1024 * 1024
+#: Colour warning threshold: mean over pixels of (max channel - min channel), in 8-bit grey levels.
+COLOR_WARN_LEVELS: float = 8.0
+
+_EXIF_ORIENTATION = 0x0112
+_TIFF_PHOTOMETRIC = {0: "MinIsWhite", 1: "MinIsBlack", 2: "RGB", 3: "Palette", 5: "CMYK", 6: "YCbCr"}
+_BIT_DEPTH = {"1": 1, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
 
 
 class ImageReadError(ValueError):
-    """A file that cannot be read as a chest radiograph; the message names the file and the problem."""
+    """A file that cannot be read as a chest radiograph.
+
+    The message is one line: ``"<name>: <problem>"``, e.g.
+    ``"scan.jpg: truncated or corrupt JPEG file: image file is truncated (10 bytes not processed)"``.
+    """
 
 
 @dataclass
 class ImageInfo:
-    """What the reader learned about a file."""
+    """What the reader learned about a file.
+
+    Attributes:
+        path: the file's name as given (path, ``name=`` argument, or ``"<bytes>"``).
+        format: container format: ``"JPEG"``, ``"PNG"``, ``"TIFF"``, ``"DICOM"``, ``"BMP"``,
+            ``"GIF"``, ``"WEBP"``, ...
+        width: width of the full-resolution image in pixels, as displayed (after EXIF orientation).
+        height: height of the full-resolution image in pixels, as displayed.
+        bit_depth: bits per sample of the stored data (1, 8, 16, 32; DICOM: Bits Stored).
+        photometric_interpretation: DICOM (0028,0004) Photometric Interpretation
+            (``MONOCHROME1``/``MONOCHROME2``/...), or the TIFF photometric tag name; ``None`` for
+            other formats.
+        modality: DICOM (0008,0060) Modality (``CR``, ``DX``...); ``None`` for other formats.
+        view_position: DICOM (0018,5101) View Position (``PA``, ``AP``, ``LL``...) when present.
+        warnings: human-readable caveats (inverted MONOCHROME1, lateral view, adult, colour...).
+        decoded_width: width of the returned array (smaller than ``width`` only when
+            ``target_size`` let a JPEG be decoded at reduced scale); defaults to ``width``.
+        decoded_height: height of the returned array; defaults to ``height``.
+        mode: Pillow mode of the decoded file (``L``, ``RGB``, ``I;16``...) or, for DICOM, the
+            numpy dtype of the stored pixels.
+        transfer_syntax: DICOM transfer syntax name and UID; ``None`` for other formats.
+    """
 
     path: str
     format: str
@@ -31,27 +105,260 @@ class ImageInfo:
     bit_depth: int
     photometric_interpretation: str | None = None
     modality: str | None = None
+    view_position: str | None = None
     warnings: list[str] = field(default_factory=list)
+    decoded_width: int | None = None
+    decoded_height: int | None = None
+    mode: str | None = None
+    transfer_syntax: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.decoded_width is None:
+            self.decoded_width = self.width
+        if self.decoded_height is None:
+            self.decoded_height = self.height
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (all fields; ``warnings`` is a new list)."""
+        return asdict(self)
 
 
 @dataclass
 class ReadResult:
-    """A decoded image and what was learned about its file."""
+    """A decoded image and what was learned about its file.
+
+    Attributes:
+        image: ``(H, W)`` float32 array, values in [0, 1], bright = dense.
+        info: what was learned about the file.
+    """
 
     image: np.ndarray
     info: ImageInfo
 
 
-def read_image(source: str | Path | bytes, *, name: str | None = None, target_size: int | None = None) -> ReadResult:
-    """Read a file into a (H, W) float32 array in [0, 1]."""
-    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+def read_image(
+    source: str | Path | bytes | bytearray | memoryview,
+    *,
+    name: str | None = None,
+    target_size: int | None = None,
+) -> ReadResult:
+    """Read a radiograph file into a grayscale float32 array, bright = dense.
+
+    Args:
+        source: a file path, or the file's bytes (e.g. an upload).
+        name: the name used in messages and ``info.path``; defaults to the path, or ``"<bytes>"``.
+        target_size: optional speed hint, the side of the network input in pixels. A large JPEG
+            may then be decoded at 1/2, 1/4 or 1/8 scale with Pillow's ``draft()``, but never
+            below ``2 * target_size`` on the shorter side (so the later resize still
+            antialiases); ``info.decoded_width/decoded_height`` then differ from
+            ``info.width/height``. Other formats ignore it. ``None``: full resolution.
+
+    Returns:
+        ``ReadResult(image, info)``; ``image`` is ``(H, W)`` float32 in [0, 1] (bright = dense),
+        ``H, W`` = ``info.decoded_height, info.decoded_width``.
+
+    Raises:
+        ImageReadError: the file is missing, empty, not an image, truncated or corrupt, too large
+            (more than :data:`MAX_PIXELS`), too small (shorter side below :data:`MIN_SIDE`),
+            multi-frame, a DICOM of a non-radiograph modality or of an undecodable transfer
+            syntax. The message starts with ``name``.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "<bytes>"
+        data = bytes(source)
+    else:
+        label = name or str(source)
+        data = _read_file(Path(source), label)
+    if not data:
+        raise ImageReadError(f"{label}: empty file (0 bytes)")
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        from deephealth.readers.dicom import read_dicom
+
+        return read_dicom(data, label)
+    return _read_pillow(data, label, target_size)
+
+
+def _read_file(path: Path, label: str) -> bytes:
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt = im.format or "unknown"
-            im = im.convert("L")
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except Exception as exc:  # noqa: BLE001
-        raise ImageReadError(f"{label}: cannot read image ({exc})") from exc
-    h, w = arr.shape
-    return ReadResult(arr, ImageInfo(label, fmt, w, h, 8))
+        size = path.stat().st_size
+        if path.is_dir():
+            raise ImageReadError(f"{label}: is a folder, not an image file")
+        if size > MAX_FILE_BYTES:
+            raise ImageReadError(f"{label}: file too large ({size / 2**20:.0f} MiB, limit {MAX_FILE_BYTES / 2**20:.0f} MiB)")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError(f"{label}: file not found") from None
+    except PermissionError:
+        raise ImageReadError(f"{label}: permission denied") from None
+    except OSError as exc:
+        raise ImageReadError(f"{label}: cannot read file ({exc.strerror or exc})") from None
+
+
+def check_dimensions(label: str, width: int, height: int) -> None:
+    """Refuse images too large to decode safely or too small to diagnose (header sizes, pixels).
+
+    Raises:
+        ImageReadError: ``width * height > MAX_PIXELS`` or ``min(width, height) < MIN_SIDE``.
+    """
+    if width * height > MAX_PIXELS:
+        raise ImageReadError(
+            f"{label}: image too large to decode safely: {width}x{height} = "
+            f"{width * height / 1e6:.1f} megapixels (limit {MAX_PIXELS / 1e6:.0f})"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageReadError(
+            f"{label}: image too small to diagnose: {width}x{height} px "
+            f"(the shorter side must be at least {MIN_SIDE} px)"
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _read_pillow(data: bytes, label: str, target_size: int | None) -> ReadResult:
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageReadError(
+            f"{label}: not an image (unrecognised content; expected JPEG, PNG, TIFF, BMP, GIF, WebP or DICOM)"
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"{label}: image too large to decode safely ({_one_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on corrupt headers
+        raise ImageReadError(f"{label}: corrupt image header ({_one_line(exc)})") from None
+
+    with im:
+        fmt = im.format or "unknown"
+        stored_w, stored_h = im.size
+        if stored_w * stored_h > MAX_PIXELS:  # before any pixel buffer exists
+            check_dimensions(label, stored_w, stored_h)
+        try:
+            n_frames = getattr(im, "n_frames", 1)
+        except Exception as exc:  # noqa: BLE001 - counting frames parses the whole file
+            raise ImageReadError(f"{label}: truncated or corrupt {fmt} file ({_one_line(exc)})") from None
+        if n_frames > 1:
+            raise ImageReadError(
+                f"{label}: multi-frame {fmt} ({n_frames} frames); send a single radiograph image"
+            )
+        check_dimensions(label, stored_w, stored_h)
+
+        warnings: list[str] = []
+        try:
+            orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+        except Exception:  # noqa: BLE001 - a broken EXIF block must not stop the image
+            orientation = 1
+            warnings.append("EXIF data is corrupt and was ignored")
+        if orientation not in range(1, 9):
+            orientation = 1
+        width, height = (stored_h, stored_w) if orientation in (5, 6, 7, 8) else (stored_w, stored_h)
+
+        if target_size and fmt == "JPEG":
+            _draft(im, target_size)
+        try:
+            im.load()
+        except Exception as exc:  # noqa: BLE001 - OSError/SyntaxError/ValueError/zlib.error...
+            raise ImageReadError(f"{label}: truncated or corrupt {fmt} file ({_one_line(exc)})") from None
+
+        mode = im.mode
+        photometric = None
+        if fmt == "TIFF":
+            tag = getattr(im, "tag_v2", {}).get(262)
+            photometric = _TIFF_PHOTOMETRIC.get(tag, None if tag is None else str(tag))
+        if orientation != 1:
+            im = ImageOps.exif_transpose(im)
+            warnings.append(f"EXIF orientation {orientation} applied (image rotated/flipped upright)")
+        image = _to_gray(im, warnings)
+
+    info = ImageInfo(
+        path=label,
+        format=fmt,
+        width=width,
+        height=height,
+        bit_depth=_BIT_DEPTH.get(mode, 8),
+        photometric_interpretation=photometric,
+        warnings=warnings,
+        decoded_width=int(image.shape[1]),
+        decoded_height=int(image.shape[0]),
+        mode=mode,
+    )
+    for w in warnings:
+        logger.info("%s: %s", label, w)
+    return ReadResult(image, info)
+
+
+def _draft(im: Image.Image, target_size: int) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale, keeping the shorter side >= 2 * target_size."""
+    w, h = im.size
+    k = 2 * target_size / min(w, h)
+    if k >= 0.5:  # no power-of-two reduction keeps the shorter side >= 2 * target_size
+        return
+    # draft() picks the largest reduction whose result is at least the requested size.
+    im.draft(im.mode, (math.ceil(w * k), math.ceil(h * k)))
+
+
+def _to_gray(im: Image.Image, warnings: list[str]) -> np.ndarray:
+    """Any Pillow image -> (H, W) float32 in [0, 1] following the module's intensity rules."""
+    mode = im.mode
+    if mode in ("L", "1"):
+        arr = np.asarray(im if mode == "L" else im.convert("L"), dtype=np.float32)
+        arr /= 255.0
+        return arr
+    if mode.startswith("I") or mode == "F":
+        return _minmax(np.asarray(im), warnings)
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode == "PA":
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("LA", "La", "RGBA", "RGBa"):
+        if mode in ("La", "RGBa"):  # premultiplied alpha
+            im = im.convert(mode[:-1] + "A")
+            mode = im.mode
+        alpha = np.asarray(im.getchannel("A"), dtype=np.float32)
+        color = im.convert("RGB") if mode == "RGBA" else im.getchannel("L")
+        gray = _from_color(color, warnings) if mode == "RGBA" else np.asarray(color, dtype=np.float32) / 255.0
+        if alpha.min() < 255:
+            warnings.append("transparent pixels were composited over black")
+            gray *= alpha / 255.0
+        return gray
+    if mode != "RGB":  # CMYK, YCbCr, LAB, HSV, I;16 variants handled above
+        im = im.convert("RGB")
+    return _from_color(im, warnings)
+
+
+def _from_color(im: Image.Image, warnings: list[str]) -> np.ndarray:
+    """RGB image -> luma in [0, 1], warning when the channels are not (nearly) equal."""
+    r, g, b = im.split()
+    # max - min over the three channels == the largest pairwise difference (Pillow: ~0.1 ms at 224x224).
+    spread = ImageChops.lighter(
+        ImageChops.lighter(ImageChops.difference(r, g), ImageChops.difference(g, b)),
+        ImageChops.difference(r, b),
+    )
+    mean_spread = float(ImageStat.Stat(spread).mean[0])
+    if mean_spread > COLOR_WARN_LEVELS:
+        warnings.append(
+            f"colour image (channels differ by {mean_spread:.1f} grey levels on average): "
+            "it may be a photo rather than a radiograph; converted to grayscale"
+        )
+    arr = np.asarray(im.convert("L"), dtype=np.float32)
+    arr /= 255.0
+    return arr
+
+
+def _minmax(values: np.ndarray, warnings: list[str]) -> np.ndarray:
+    """Min-max scale integer/float data to [0, 1] (float32); a uniform image becomes zeros."""
+    arr = values.astype(np.float32)
+    if not np.isfinite(arr).all():
+        warnings.append("non-finite pixel values were set to the minimum")
+        finite = arr[np.isfinite(arr)]
+        arr[~np.isfinite(arr)] = finite.min() if finite.size else 0.0
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        warnings.append("uniform image (every pixel has the same value): no contrast")
+        return np.zeros_like(arr)
+    arr -= lo
+    arr /= hi - lo
+    return arr

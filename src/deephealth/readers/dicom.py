@@ -1,0 +1,279 @@
+"""DICOM radiographs (CR, DX) to a grayscale float32 array in [0, 1], bright = dense, with pydicom.
+
+Called by :func:`deephealth.readers.read_image` for content with ``DICM`` at byte offset 128
+(DICOM PS3.10 section 7.1); the file name is never consulted.
+
+Processing order (DICOM PS3.4 section N.2 "Pixel Transformation Sequence"; pydicom's
+:func:`pydicom.pixels.apply_voi_lut` documents the same order):
+
+1. decode the stored pixels (``Dataset.pixel_array``; pydicom masks them to (0028,0101) Bits Stored
+   and sign-extends when (0028,0103) Pixel Representation is 1); compressed transfer syntaxes use
+   whichever pydicom decoder plugin is installed (Pillow handles JPEG Baseline/Extended and
+   JPEG 2000; ``deephealth[dicom-codecs]`` adds pylibjpeg for JPEG Lossless, JPEG-LS and HTJ2K);
+2. modality LUT: (0028,1053) Rescale Slope and (0028,1052) Rescale Intercept, or the Modality LUT
+   Sequence (:func:`pydicom.pixels.apply_modality_lut`);
+3. VOI LUT: the first item of the (0028,3010) VOI LUT Sequence, or else the first
+   (0028,1050) Window Center / (0028,1051) Window Width pair with (0028,1056) VOI LUT Function
+   (:func:`pydicom.pixels.apply_voi_lut`, PS3.3 C.11.2.1.2);
+4. scale to [0, 1]: with a VOI transform, by its output range (the values the transform gives
+   for the lowest and highest possible inputs); without one, data with Bits Stored <= 8 and no
+   rescale is divided by ``2**BitsStored - 1`` like an 8-bit JPEG, anything else is min-max scaled
+   over the image (as viewers do when no window is given), so 10/12-bit data in 16-bit words gets
+   full contrast;
+5. MONOCHROME1 (low values bright) is inverted, ``1 - x``, so bright always means dense; a
+   warning says so.
+
+Accepted modalities: CR, DX, DR, RG (radiographs) and OT (other, with a warning); a missing
+Modality gives a warning. Every other modality (CT, MR, US, NM, PT, XA, RF, MG, PX, ...) is
+refused by name. Colour DICOMs (RGB, YBR_*) are converted to grayscale (ITU-R 601 luma) with a
+warning; PALETTE COLOR and other photometric interpretations are refused. Multi-frame data
+((0028,0008) Number of Frames > 1), images larger than ``MAX_PIXELS`` (from Rows x Columns, before
+decoding) or smaller than ``MIN_SIDE``, and pixel data shorter than Rows x Columns need are
+refused.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from typing import Any
+
+import numpy as np
+
+from deephealth.readers.image import ImageInfo, ImageReadError, ReadResult, _one_line, check_dimensions
+
+logger = logging.getLogger(__name__)
+
+#: Modalities accepted without comment: Computed/Digital Radiography (PS3.3 C.7.3.1.1.1).
+RADIOGRAPH_MODALITIES: frozenset[str] = frozenset({"CR", "DX", "DR", "RG"})
+#: Accepted with a warning: "other" (e.g. secondary captures of a radiograph).
+UNCERTAIN_MODALITIES: frozenset[str] = frozenset({"OT"})
+#: Age above which a warning says the patient is an adult, in years.
+ADULT_AGE_YEARS: float = 18.0
+#: Install hint given when a compressed transfer syntax has no decoder installed.
+CODECS_HINT = "install deephealth[dicom-codecs] (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
+
+_MODALITY_NAMES = {
+    "CT": "computed tomography",
+    "MR": "magnetic resonance",
+    "US": "ultrasound",
+    "NM": "nuclear medicine",
+    "PT": "PET",
+    "XA": "X-ray angiography",
+    "RF": "radio fluoroscopy",
+    "MG": "mammography",
+    "PX": "panoramic dental X-ray",
+    "IO": "intra-oral X-ray",
+    "SR": "structured report",
+    "SEG": "segmentation",
+    "ECG": "electrocardiogram",
+    "ES": "endoscopy",
+    "OP": "ophthalmic photography",
+    "XC": "external-camera photography",
+}
+_LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([DWMY]?)\s*$", re.IGNORECASE)
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0, "": 1.0}
+
+
+def read_dicom(data: bytes, label: str) -> ReadResult:
+    """Decode a DICOM file's bytes into a radiograph array (see the module docstring for the rules).
+
+    Args:
+        data: the whole file, with the 128-byte preamble and ``DICM`` prefix.
+        label: name used in messages and ``info.path``.
+
+    Returns:
+        ``ReadResult(image, info)``: ``image`` ``(Rows, Columns)`` float32 in [0, 1], bright =
+        dense; ``info.format == "DICOM"`` with modality, photometric interpretation, view position,
+        Bits Stored, transfer syntax and warnings.
+
+    Raises:
+        ImageReadError: corrupt or truncated file, no pixel data, non-radiograph modality,
+            multi-frame, unsupported photometric interpretation, undecodable transfer syntax
+            (the message names it and what to install), too large or too small.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=False)
+    except InvalidDicomError as exc:
+        raise ImageReadError(f"{label}: not a valid DICOM file ({_one_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt files
+        raise ImageReadError(f"{label}: truncated or corrupt DICOM file ({_one_line(exc)})") from None
+
+    try:
+        return _convert(ds, label)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed element values surface here
+        raise ImageReadError(f"{label}: corrupt DICOM file ({_one_line(exc)})") from None
+
+
+def _convert(ds: Any, label: str) -> ReadResult:
+    warnings: list[str] = []
+    modality = str(ds.get("Modality", "") or "").strip().upper() or None
+    _check_modality(label, modality, warnings)
+
+    if "PixelData" not in ds:
+        raise ImageReadError(f"{label}: DICOM file has no pixel data (7FE0,0010); it is not an image")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageReadError(f"{label}: multi-frame DICOM ({frames} frames); send a single radiograph image")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows <= 0 or cols <= 0:
+        raise ImageReadError(f"{label}: DICOM Rows/Columns missing or zero ({rows}x{cols})")
+    check_dimensions(label, cols, rows)
+
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if not photometric:
+        raise ImageReadError(f"{label}: DICOM (0028,0004) Photometric Interpretation is missing")
+    is_color = photometric == "RGB" or photometric.startswith("YBR")
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") and not is_color:
+        raise ImageReadError(
+            f"{label}: DICOM photometric interpretation {photometric} is not supported "
+            "(expected MONOCHROME1 or MONOCHROME2)"
+        )
+
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    ts_text = f"{tsyntax.name} ({tsyntax})" if tsyntax else None
+    _check_decoder(label, tsyntax)
+    arr = _decode(ds, label, ts_text)
+    if arr.ndim != (3 if is_color else 2):
+        raise ImageReadError(f"{label}: DICOM pixel data has unexpected shape {arr.shape}")
+    bits_stored = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 8) or 8)
+
+    if is_color:
+        warnings.append(f"colour DICOM ({photometric}) converted to grayscale; a radiograph is normally MONOCHROME2")
+        image = _color_to_gray(arr, bits_stored)
+    else:
+        image = _grayscale(ds, arr, bits_stored, warnings)
+        if photometric == "MONOCHROME1":
+            np.subtract(1.0, image, out=image)
+            warnings.append("MONOCHROME1 (low values bright): inverted so bright means dense")
+
+    view = str(ds.get("ViewPosition", "") or "").strip().upper() or None
+    if view in _LATERAL_VIEWS:
+        warnings.append(f"lateral view ({view}): the model was trained on frontal (AP/PA) chest radiographs")
+    age = _age_years(ds.get("PatientAge"))
+    if age is not None and age > ADULT_AGE_YEARS:
+        warnings.append(
+            f"adult patient (age {str(ds.PatientAge).strip()}): the model was trained on children aged 1-5 years"
+        )
+
+    info = ImageInfo(
+        path=label,
+        format="DICOM",
+        width=cols,
+        height=rows,
+        bit_depth=bits_stored,
+        photometric_interpretation=photometric,
+        modality=modality,
+        view_position=view,
+        warnings=warnings,
+        mode=str(arr.dtype),
+        transfer_syntax=ts_text,
+    )
+    for w in warnings:
+        logger.info("%s: %s", label, w)
+    return ReadResult(image, info)
+
+
+def _check_modality(label: str, modality: str | None, warnings: list[str]) -> None:
+    if modality is None:
+        warnings.append("DICOM (0008,0060) Modality is missing: cannot confirm this is a radiograph")
+    elif modality in UNCERTAIN_MODALITIES:
+        warnings.append(f"DICOM modality {modality} (other): cannot confirm this is a chest radiograph")
+    elif modality not in RADIOGRAPH_MODALITIES:
+        what = _MODALITY_NAMES.get(modality)
+        named = f"{modality} ({what})" if what else modality
+        raise ImageReadError(f"{label}: DICOM modality {named} is not a radiograph (expected CR or DX)")
+
+
+def _check_decoder(label: str, tsyntax: Any) -> None:
+    """Refuse a compressed transfer syntax that no installed pydicom plugin can decode."""
+    if tsyntax is None or not tsyntax.is_compressed:
+        return
+    from pydicom.pixels import get_decoder
+
+    what = f"DICOM transfer syntax {tsyntax.name} ({tsyntax}) cannot be decoded"
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise ImageReadError(f"{label}: {what}: no DICOM pixel decoder exists for it") from None
+    if not decoder.is_available:
+        raise ImageReadError(f"{label}: {what}: {CODECS_HINT}")
+
+
+def _decode(ds: Any, label: str, ts_text: str | None) -> np.ndarray:
+    expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+    if not ds.file_meta.TransferSyntaxUID.is_compressed:
+        # Native data: refuse short pixel data instead of letting anything pad it.
+        bits = int(ds.get("BitsAllocated", 8) or 8)
+        need = (expected * bits + 7) // 8
+        have = len(ds.PixelData)
+        if have < need:
+            raise ImageReadError(
+                f"{label}: truncated DICOM pixel data ({have} bytes, {need} needed for "
+                f"{ds.Rows}x{ds.Columns} at {bits} bits)"
+            )
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - decoder plugins raise RuntimeError/ValueError/...
+        raise ImageReadError(
+            f"{label}: DICOM pixel data cannot be decoded ({ts_text}): {_one_line(exc)}"
+        ) from None
+    return arr
+
+
+def _grayscale(ds: Any, arr: np.ndarray, bits_stored: int, warnings: list[str]) -> np.ndarray:
+    """Steps 2-4 of the module docstring: modality LUT, VOI LUT/window, scale to [0, 1]."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds
+    values = apply_modality_lut(arr, ds) if has_rescale else arr
+    has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+    if has_voi:
+        try:
+            windowed = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+            # Output range of the transform: its values for the lowest and highest inputs.
+            lo_in, hi_in = float(np.min(values)), float(np.max(values))
+            span = max(hi_in - lo_in, 1.0)
+            probe = np.array([lo_in - 1e6 * span, hi_in + 1e6 * span], dtype=np.float64)
+            y0, y1 = (float(v) for v in apply_voi_lut(probe, ds, index=0, prefer_lut=True))
+            if y1 != y0 and np.isfinite(y0) and np.isfinite(y1):
+                out = (np.asarray(windowed, dtype=np.float64) - y0) / (y1 - y0)
+                return np.clip(out, 0.0, 1.0).astype(np.float32)
+            warnings.append("DICOM VOI LUT/window has an empty output range; ignored (min-max scaling used)")
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            warnings.append(f"DICOM VOI LUT/window is invalid and was ignored ({_one_line(exc)}); min-max scaling used")
+    if not has_rescale and bits_stored <= 8 and arr.dtype.kind == "u":
+        out = arr.astype(np.float32)
+        out /= float(2**bits_stored - 1)
+        return out
+    out = np.asarray(values, dtype=np.float32)
+    lo, hi = float(out.min()), float(out.max())
+    if hi <= lo:
+        warnings.append("uniform image (every pixel has the same value): no contrast")
+        return np.zeros(out.shape, dtype=np.float32)
+    return ((out - lo) / (hi - lo)).astype(np.float32)
+
+
+def _color_to_gray(arr: np.ndarray, bits_stored: int) -> np.ndarray:
+    """(H, W, 3) RGB (pydicom converts YBR to RGB) -> ITU-R 601 luma in [0, 1]."""
+    rgb = arr.astype(np.float32)
+    gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    gray /= float(2**bits_stored - 1)
+    return np.clip(gray, 0.0, 1.0).astype(np.float32)
+
+
+def _age_years(value: Any) -> float | None:
+    """DICOM (0010,1010) Patient Age ``nnnD/W/M/Y`` (PS3.5 AS; a bare number read as years)."""
+    if value is None:
+        return None
+    m = _AGE.match(str(value))
+    if not m:
+        return None
+    return float(m.group(1)) * _AGE_UNIT_YEARS[m.group(2).upper()]

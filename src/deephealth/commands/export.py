@@ -1,0 +1,53 @@
+"""Export a training run to a model folder: model.onnx + metadata.json + model_summary.txt.
+
+The ONNX file has a dynamic batch axis, input "image" (N, 1, S, S) float32 and outputs "logits"
+(N, 3) and "cam" (N, 3, h, w) class activation maps. The export is checked (ONNX checker, PyTorch
+vs ONNX Runtime on real dataset images) before metadata.json is written. Needs the [train] extra.
+
+Example: deephealth export runs/resnet18 --out src/deephealth/models/deephealth-cxr3 --version 1.0.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    parser.add_argument("run", metavar="RUN", help="training run folder (runs/<name>/, uses best.pt) or a checkpoint file")
+    parser.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
+    parser.add_argument("--name", default=None, help="model name (default: deephealth-cxr3)")
+    parser.add_argument("--version", dest="model_version", default=None, metavar="V",
+                        help="model version (default: the package version)")
+    parser.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint to use instead of RUN/best.pt")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export; prints the folder, checksum and parity figures. Exit 0 on success, 2 on failure."""
+    try:
+        from deephealth.training.export import ExportError, export_run
+    except ImportError as exc:
+        print(f"deephealth export needs the [train] extra (PyTorch, timm, onnx): {exc}", file=sys.stderr)
+        return 2
+    import json
+
+    from deephealth.artifact import METADATA_FILE
+
+    try:
+        out = export_run(args.run, args.out, name=args.name, version=args.model_version, checkpoint=args.checkpoint)
+    except (ExportError, ValueError) as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 2
+    meta = json.loads((out / METADATA_FILE).read_text())
+    check = meta["export_check"]
+    onnx_meta = meta["onnx"]
+    print(f"exported {meta['name']} {meta['version']} to {out}")
+    print(f"  {onnx_meta['file']}: {onnx_meta['bytes'] / 1e6:.1f} MB, sha256 {onnx_meta['sha256']}")
+    print(f"  parameters: {meta['summary']['parameters']:,}; input {meta['summary']['input_shape']}, "
+          f"outputs {meta['summary']['output_shapes']}")
+    print(f"  temperature: {meta['temperature']:.4g}")
+    print(f"  check: ONNX checker passed; PyTorch vs ONNX Runtime on {len(check['real_inputs'])} dataset images "
+          f"+ {check['random_inputs']} random inputs: max |diff| logits {check['logits_max_abs_diff']:.2g} "
+          f"(atol {check['logits_atol']:g}), cam {check['cam_max_abs_diff']:.2g} (atol {check['cam_atol']:g})")
+    return 0

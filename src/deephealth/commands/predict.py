@@ -1,0 +1,230 @@
+"""Classify chest X-rays: 0 no pneumonia (normal), 1 bacterial pneumonia, 2 viral pneumonia.
+
+PATH may be files (any format the readers accept: JPEG, PNG, TIFF, DICOM...), folders (searched
+recursively for image files: .jpg .jpeg .png .tif .tiff .bmp .gif .webp .dcm .dicom and files
+without an extension, which may be DICOM) and glob patterns ("scans/**/*.dcm"). A file that cannot
+be read is reported with its reason and the others are still classified.
+
+Output: a table (default), or --format json / csv on stdout (the decision-support notice then goes
+to stderr so the output stays parseable). Probabilities are calibrated (temperature scaling).
+--heatmap-dir DIR writes, for each image, a PNG of the class activation heatmap of the predicted
+class over the image.
+
+Exit status: 0 every file classified, 1 some failed, 2 the model could not be loaded.
+Decision support only, not a diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+FOLDER_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".dicom"}
+"""File suffixes picked up inside folders (plus files without a suffix, which may be DICOM)."""
+PROGRESS_MIN_FILES = 50
+"""Show a progress bar (on an interactive stderr) from this many files on."""
+_GLOB_CHARS = set("*?[")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format (default: table)")
+    parser.add_argument("--heatmap-dir", metavar="DIR", default=None,
+                        help="write a heatmap overlay PNG per image into DIR")
+    parser.add_argument("--model", metavar="DIR", default=None,
+                        help="model folder (default: $DEEPHEALTH_MODEL_DIR or the bundled model)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per network run (default 32)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="ONNX Runtime threads (default: all CPU cores)")
+    parser.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity in the overlays, 0-1 (default 0.4)")
+    parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+
+def _is_image_candidate(path: Path) -> bool:
+    return not path.name.startswith(".") and (path.suffix.lower() in FOLDER_SUFFIXES or path.suffix == "")
+
+
+def collect_inputs(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Expand command-line paths into files.
+
+    Args:
+        paths: files, folders (searched recursively, see :data:`FOLDER_SUFFIXES`) and glob patterns.
+
+    Returns:
+        ``(files, missing)``: files in a stable order (each argument's files sorted, duplicates
+        dropped) and ``(argument, reason)`` for arguments that match nothing.
+    """
+    files: list[str] = []
+    missing: list[tuple[str, str]] = []
+    seen: set[str] = set()
+
+    def add(p: str) -> None:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            files.append(p)
+
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and _is_image_candidate(f))
+            if not found:
+                missing.append((arg, "folder contains no image files"))
+            for f in found:
+                add(f)
+        elif p.exists():
+            add(arg)
+        elif _GLOB_CHARS & set(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            matched = False
+            for m in matches:
+                mp = Path(m)
+                if mp.is_file():
+                    add(m)
+                    matched = True
+                elif mp.is_dir():
+                    for f in sorted(str(f) for f in mp.rglob("*") if f.is_file() and _is_image_candidate(f)):
+                        add(f)
+                        matched = True
+            if not matched:
+                missing.append((arg, "no files match this pattern"))
+        else:
+            missing.append((arg, "no such file or folder"))
+    return files, missing
+
+
+def _heatmap_name(path: str, used: set[str]) -> str:
+    stem = Path(path).stem or "image"
+    name = f"{stem}_heatmap.png"
+    k = 2
+    while name in used:
+        name = f"{stem}_{k}_heatmap.png"
+        k += 1
+    used.add(name)
+    return name
+
+
+def _fmt_table(rows: list[dict]) -> str:
+    headers = ["file", "label", "index", "P(normal)", "P(bacterial)", "P(viral)", "warnings"]
+    body = []
+    for r in rows:
+        if r["ok"]:
+            p = r["probabilities"]
+            body.append([r["source"], r["label"], str(r["label_index"]), f"{p['normal']:.3f}",
+                         f"{p['bacterial']:.3f}", f"{p['viral']:.3f}", "; ".join(r["warnings"])])
+        else:
+            body.append([r["source"], "ERROR", "-", "-", "-", "-", r["error"]])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
+    right = {2, 3, 4, 5}
+
+    def line(cells: list[str]) -> str:
+        out = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(out).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), sep, *(line(b) for b in body)])
+
+
+def _fmt_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "warnings", "error"])
+    for r in rows:
+        if r["ok"]:
+            p = r["probabilities"]
+            w.writerow([r["source"], "true", r["label"], r["label_index"], f"{p['normal']:.6f}",
+                        f"{p['bacterial']:.6f}", f"{p['viral']:.6f}", "; ".join(r["warnings"]), ""])
+        else:
+            w.writerow([r["source"], "false", "", "", "", "", "", "", r["error"]])
+    return buf.getvalue()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Classify the inputs and print the results. Exit 0 all ok, 1 some failed, 2 model/usage error."""
+    from deephealth.artifact import ModelArtifactError
+    from deephealth.inference import PredictionError, Predictor
+    from deephealth.labels import INTENDED_USE
+
+    if args.batch_size < 1:
+        print(f"--batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    if not 0.0 <= args.alpha <= 1.0:
+        print(f"--alpha must be between 0 and 1, got {args.alpha}", file=sys.stderr)
+        return 2
+    try:
+        predictor = Predictor(args.model, num_threads=args.threads)
+    except ModelArtifactError as exc:
+        print(f"cannot load the model: {exc}", file=sys.stderr)
+        return 2
+
+    files, missing = collect_inputs(args.paths)
+    heat_dir = Path(args.heatmap_dir) if args.heatmap_dir else None
+    if heat_dir is not None:
+        try:
+            heat_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"cannot create heatmap folder {heat_dir}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+
+    bar = None
+    if not args.no_progress and len(files) >= PROGRESS_MIN_FILES and sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(files), unit="img", desc="predict", file=sys.stderr, leave=False)
+        except ImportError:
+            bar = None
+
+    rows: list[dict] = []
+    used_names: set[str] = set()
+    # Work in chunks so that, with heatmaps, decoded images are not all held in memory at once.
+    chunk = max(args.batch_size, 1)
+    try:
+        for start in range(0, len(files), chunk):
+            part = files[start : start + chunk]
+            for res in predictor.predict_many(part, batch_size=args.batch_size, heatmap=heat_dir is not None):
+                d = res.to_dict()
+                if heat_dir is not None and not isinstance(res, PredictionError):
+                    out = heat_dir / _heatmap_name(res.source, used_names)
+                    try:
+                        out.write_bytes(res.overlay_png(alpha=args.alpha))
+                        d["heatmap_file"] = str(out)
+                    except OSError as exc:
+                        d = {"source": res.source, "ok": False,
+                             "error": f"{res.source}: cannot write heatmap {out} ({exc.strerror or exc})"}
+                    res.image = res.heatmap = None  # free memory
+                rows.append(d)
+            if bar is not None:
+                bar.update(len(part))
+    finally:
+        if bar is not None:
+            bar.close()
+    for arg, reason in missing:
+        rows.append({"source": arg, "ok": False, "error": f"{arg}: {reason}"})
+
+    n_bad = sum(not r["ok"] for r in rows)
+    notice = f"Model {predictor.artifact.name} {predictor.artifact.version}. {INTENDED_USE}"
+    if args.format == "json":
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        print(notice, file=sys.stderr)
+    elif args.format == "csv":
+        sys.stdout.write(_fmt_csv(rows))
+        print(notice, file=sys.stderr)
+    else:
+        if rows:
+            print(_fmt_table(rows))
+            print()
+        print(f"{len(rows)} input(s): {len(rows) - n_bad} classified, {n_bad} failed"
+              + (f"; heatmaps in {heat_dir}" if heat_dir is not None and len(rows) > n_bad else ""))
+        print(notice)
+    for r in rows:
+        if not r["ok"]:
+            print(f"error: {r['error']}", file=sys.stderr)
+    return 1 if n_bad or not rows else 0

@@ -1,0 +1,528 @@
+"""Inference with ONNX Runtime: a radiograph in, a calibrated three-class prediction and a heatmap out.
+
+This module is the serving path and must never import PyTorch (a test checks this in a subprocess);
+it needs only numpy, Pillow, the readers and onnxruntime.
+
+Pipeline for one image: :func:`deephealth.readers.read_image` (``(H, W)`` float32 in [0, 1]) ->
+:func:`deephealth.preprocessing.preprocess` (``(1, S, S)`` float32, the model's contract from
+``metadata.json``) -> ONNX Runtime (``logits`` ``(N, 3)``, and ``cam`` ``(N, 3, h, w)`` only when a
+heatmap is asked for) -> calibrated probabilities ``softmax(logits / T)`` (temperature scaling,
+Guo et al., 2017, "On Calibration of Modern Neural Networks", ICML) -> label = argmax.
+
+Heatmap: the class activation map (Zhou et al., 2016, "Learning Deep Features for Discriminative
+Localization", CVPR) of the predicted class, ``CAM_k = W_k . F + b_k`` over the last feature map
+``F``, computed inside the ONNX graph. It is passed through ReLU, divided by its maximum (an
+all-zero map stays zero) and upsampled with Pillow's bilinear filter to the decoded image's
+``(H, W)``. Because preprocessing squashes the whole image to a square without cropping, upsampling
+the ``(h, w)`` map straight to ``(H, W)`` is the exact geometric inverse.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image
+
+from deephealth.artifact import ModelArtifact, ModelArtifactError
+from deephealth.labels import CLASS_NAMES
+from deephealth.paths import default_model_dir
+from deephealth.preprocessing import preprocess
+from deephealth.readers import ImageInfo, ImageReadError, read_image
+
+_logger = logging.getLogger(__name__)
+
+Source = Union[str, Path, bytes, np.ndarray]
+"""What :meth:`Predictor.predict` accepts: a file path, the file's bytes, or an ``(H, W)`` array in [0, 1]."""
+
+__all__ = [
+    "Prediction",
+    "PredictionError",
+    "Predictor",
+    "calibrated_probabilities",
+    "cam_heatmap",
+    "colorize",
+    "overlay_png",
+    "ImageReadError",
+    "ModelArtifactError",
+]
+
+
+# ------------------------------------------------------------------------------------------ maths
+
+
+def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature-scaled softmax (Guo et al., 2017).
+
+    Args:
+        logits: ``(..., C)`` raw logits (any float dtype).
+        temperature: ``T > 0`` fitted on validation data.
+
+    Returns:
+        ``(..., C)`` float64 probabilities ``softmax(logits / T)``, each row summing to 1.
+    """
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=-1, keepdims=True)  # numerical stability
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def cam_heatmap(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """One class activation map to an image-aligned heatmap.
+
+    Args:
+        cam: ``(h, w)`` class activation map of one class, in logit units (Zhou et al., 2016).
+        shape: ``(H, W)`` of the decoded image it must align with, in pixels.
+
+    Returns:
+        ``(H, W)`` float32 in [0, 1]: ``relu(cam) / max(relu(cam))`` upsampled with Pillow's
+        bilinear filter (pixel-centre aligned); all zeros if the map has no positive value.
+    """
+    m = np.maximum(np.asarray(cam, dtype=np.float32), 0.0)
+    peak = float(m.max()) if m.size else 0.0
+    if not np.isfinite(peak) or peak <= 0.0:
+        return np.zeros(shape, dtype=np.float32)
+    m = m / peak
+    h, w = shape
+    up = Image.fromarray(np.ascontiguousarray(m), mode="F").resize((w, h), resample=Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(up, dtype=np.float32), 0.0, 1.0)
+
+
+def colorize(heat: np.ndarray) -> np.ndarray:
+    """Map ``(H, W)`` values in [0, 1] to RGB with the "jet" colour map (blue -> cyan -> yellow -> red).
+
+    Uses the classic piecewise-linear jet definition (as in MATLAB's ``jet``):
+    ``r = clip(1.5 - |4x - 3|)``, ``g = clip(1.5 - |4x - 2|)``, ``b = clip(1.5 - |4x - 1|)``.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
+    x = np.linspace(0.0, 1.0, 256, dtype=np.float32)[:, None]
+    lut = np.clip(1.5 - np.abs(4.0 * x - np.array([3.0, 2.0, 1.0], np.float32)), 0.0, 1.0)  # (256, 3)
+    lut = np.rint(lut * 255.0).astype(np.uint8)
+    idx = np.rint(np.clip(heat, 0.0, 1.0) * 255.0).astype(np.intp)
+    return lut[idx]
+
+
+def overlay_png(image: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> bytes:
+    """Blend a heatmap over a grayscale radiograph and encode it as PNG.
+
+    Args:
+        image: ``(H, W)`` float in [0, 1], bright = dense (reader output).
+        heat: ``(H, W)`` float in [0, 1], same shape as ``image``.
+        alpha: weight of the colour map, in [0, 1]: ``out = (1 - alpha) * gray + alpha * jet(heat)``.
+
+    Returns:
+        PNG file bytes of an ``(H, W)`` RGB image.
+
+    Raises:
+        ValueError: if the shapes differ or ``alpha`` is outside [0, 1].
+    """
+    if image.shape != heat.shape:
+        raise ValueError(f"image {image.shape} and heatmap {heat.shape} must have the same shape")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    gray = np.clip(np.asarray(image, np.float32), 0.0, 1.0)[..., None] * 255.0  # (H, W, 1)
+    rgb = (1.0 - alpha) * gray + alpha * colorize(heat).astype(np.float32)  # (H, W, 3)
+    buf = io.BytesIO()
+    Image.fromarray(np.rint(rgb).astype(np.uint8), mode="RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+def _info_dict(info: Any) -> dict[str, Any] | None:
+    if info is None:
+        return None
+    if is_dataclass(info):
+        return {k: v for k, v in asdict(info).items() if k != "warnings"}
+    return {k: v for k, v in vars(info).items() if k != "warnings"}
+
+
+@dataclass
+class Prediction:
+    """The model's answer for one image.
+
+    Attributes:
+        source: the file path or name the image came from (``<bytes>`` / ``<array>`` if unnamed).
+        label: predicted class name (``normal``, ``bacterial`` or ``viral``).
+        label_index: predicted class index on the prototype's scale: 0 no pneumonia,
+            1 bacterial pneumonia, 2 viral pneumonia.
+        probabilities: calibrated probability of every class, ``{class name: float}``, summing to 1.
+        probs: the same as a ``(3,)`` float64 array in class order.
+        logits: ``(3,)`` float32 raw logits.
+        warnings: the reader's warnings about the file (e.g. an unusual DICOM).
+        info: what the reader learned about the file (format, size, bit depth...).
+        heatmap: ``(H, W)`` float32 in [0, 1] class activation map of the predicted class, aligned
+            with the decoded image (the reader may decode a large JPEG at a reduced scale, so
+            ``(H, W)`` can be a fraction of the file's size; both cover the whole image), or
+            ``None`` if no heatmap was asked for.
+        image: the decoded ``(H, W)`` float32 image in [0, 1], kept only with a heatmap (for
+            :meth:`overlay_png`), else ``None``.
+    """
+
+    source: str
+    label: str
+    label_index: int
+    probabilities: dict[str, float]
+    probs: np.ndarray
+    logits: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+    info: ImageInfo | None = None
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    ok = True
+    """Always ``True`` (``PredictionError.ok`` is ``False``), for uniform handling of batch results."""
+
+    def overlay_png(self, alpha: float = 0.4) -> bytes:
+        """PNG bytes of the heatmap over the decoded image (see :func:`overlay_png`).
+
+        Raises:
+            ValueError: if the prediction was made without ``heatmap=True``.
+        """
+        if self.heatmap is None or self.image is None:
+            raise ValueError(f"{self.source}: no heatmap; predict with heatmap=True")
+        return overlay_png(self.image, self.heatmap, alpha)
+
+    def to_dict(self, include_heatmap: bool = False) -> dict[str, Any]:
+        """JSON-able dict: source, ok, label, label_index, probabilities, logits, warnings, image info.
+
+        Args:
+            include_heatmap: add ``heatmap`` as nested lists (large: one float per pixel).
+        """
+        d: dict[str, Any] = {
+            "source": self.source,
+            "ok": True,
+            "label": self.label,
+            "label_index": int(self.label_index),
+            "probabilities": {k: float(v) for k, v in self.probabilities.items()},
+            "logits": [float(v) for v in self.logits],
+            "warnings": list(self.warnings),
+            "image": _info_dict(self.info),
+        }
+        if include_heatmap and self.heatmap is not None:
+            d["heatmap"] = self.heatmap.tolist()
+        return d
+
+
+@dataclass
+class PredictionError:
+    """An input that could not be classified, in a batch.
+
+    Attributes:
+        source: the file path or name.
+        error: one line naming the file and the problem.
+    """
+
+    source: str
+    error: str
+
+    ok = False
+    """Always ``False`` (``Prediction.ok`` is ``True``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict: source, ok (False), error."""
+        return {"source": self.source, "ok": False, "error": self.error}
+
+
+# ------------------------------------------------------------------------------------------ predictor
+
+
+def _source_label(source: Any, name: str | None) -> str:
+    if name:
+        return str(name)
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(source, np.ndarray):
+        return "<array>"
+    return f"<{type(source).__name__}>"
+
+
+class Predictor:
+    """Classifies chest radiographs with an exported model folder using ONNX Runtime (no PyTorch).
+
+    Example:
+        >>> p = Predictor()                       # the bundled model
+        >>> r = p.predict("chest.jpeg", heatmap=True)
+        >>> r.label, r.probabilities["viral"]
+        >>> open("overlay.png", "wb").write(r.overlay_png())
+
+    Args:
+        model_dir: model folder with ``model.onnx`` and ``metadata.json``; ``None`` means
+            :func:`deephealth.paths.default_model_dir` (``DEEPHEALTH_MODEL_DIR`` or the bundled model).
+        num_threads: ONNX Runtime intra-op threads; ``None`` means ``os.cpu_count()``.
+        verify: check the ONNX file's SHA-256 against ``metadata.json`` (default, recommended).
+
+    Raises:
+        ModelArtifactError: if the folder is missing or incomplete, the checksum does not match,
+            the class names differ from :data:`deephealth.labels.CLASS_NAMES`, or ONNX Runtime
+            cannot load the model or it lacks the inputs/outputs named in ``metadata.json``.
+    """
+
+    def __init__(self, model_dir: str | Path | None = None, *, num_threads: int | None = None, verify: bool = True) -> None:
+        import onnxruntime as ort
+
+        directory = Path(model_dir) if model_dir is not None else default_model_dir()
+        if not directory.is_dir():
+            raise ModelArtifactError(f"model folder not found: {directory}")
+        self.artifact: ModelArtifact = ModelArtifact.load(directory, verify=verify)
+        if tuple(self.artifact.class_names) != CLASS_NAMES:
+            raise ModelArtifactError(
+                f"{directory}: class names {list(self.artifact.class_names)} differ from the expected "
+                f"{list(CLASS_NAMES)} (order matters: 0 normal, 1 bacterial, 2 viral)"
+            )
+        onnx_meta = self.artifact.metadata["onnx"]
+        self.input_name: str = onnx_meta["input"]
+        self.logits_name: str = onnx_meta["logits"]
+        self.cam_name: str = onnx_meta["cam"]
+        self.num_threads = int(num_threads or os.cpu_count() or 1)
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = self.num_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(self.artifact.onnx_path), opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelArtifactError(f"{self.artifact.onnx_path}: ONNX Runtime cannot load the model ({msg})") from exc
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if self.input_name not in inputs:
+            raise ModelArtifactError(f"{self.artifact.onnx_path}: no input named {self.input_name!r}")
+        for out in (self.logits_name, self.cam_name):
+            if out not in outputs:
+                raise ModelArtifactError(f"{self.artifact.onnx_path}: no output named {out!r}")
+        s = self.artifact.preprocessing.input_size
+        shape = list(inputs[self.input_name].shape)
+        if len(shape) != 4 or shape[1] != 1 or any(isinstance(d, int) and d != s for d in shape[2:]):
+            raise ModelArtifactError(
+                f"{self.artifact.onnx_path}: input shape {shape} does not match the preprocessing contract (N, 1, {s}, {s})"
+            )
+        _logger.info(
+            "loaded model %s %s from %s (%d threads)",
+            self.artifact.name, self.artifact.version, directory, self.num_threads,
+        )
+
+    # -- low level ---------------------------------------------------------------------------------
+
+    @property
+    def input_size(self) -> int:
+        """Side ``S`` of the square network input, in pixels (from ``metadata.json``)."""
+        return self.artifact.preprocessing.input_size
+
+    def infer(self, batch: np.ndarray, cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Run the network on preprocessed inputs.
+
+        Args:
+            batch: ``(N, 1, S, S)`` float32, stacked :func:`~deephealth.preprocessing.preprocess` outputs.
+            cam: also return the class activation maps.
+
+        Returns:
+            ``(logits, cams)``: ``(N, 3)`` float32 raw logits and ``(N, 3, h, w)`` float32 class
+            activation maps in logit units (``None`` unless ``cam``).
+
+        Raises:
+            ValueError: if ``batch`` does not have shape ``(N, 1, S, S)``.
+        """
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        s = self.input_size
+        if batch.ndim != 4 or batch.shape[1:] != (1, s, s):
+            raise ValueError(f"expected a (N, 1, {s}, {s}) batch, got {batch.shape}")
+        names = [self.logits_name, self.cam_name] if cam else [self.logits_name]
+        out = self.session.run(names, {self.input_name: batch})
+        return out[0], (out[1] if cam else None)
+
+    def load(self, source: Source, name: str | None = None) -> tuple[np.ndarray, ImageInfo]:
+        """Decode one input for this model (reduced-scale decoding of large files is allowed).
+
+        Args:
+            source: file path, file bytes, or an ``(H, W)`` float array in [0, 1] (bright = dense).
+            name: label used in messages and results instead of the path.
+
+        Returns:
+            ``(image, info)``: ``(H, W)`` float32 in [0, 1] and the reader's :class:`ImageInfo`.
+
+        Raises:
+            ImageReadError: if the input cannot be read; the message names the file and the problem.
+        """
+        label = _source_label(source, name)
+        if isinstance(source, np.ndarray):
+            return self._load_array(source, label)
+        if isinstance(source, (bytearray, memoryview)):
+            source = bytes(source)
+        if not isinstance(source, (str, Path, bytes)):
+            raise ImageReadError(f"{label}: unsupported input type {type(source).__name__}")
+        try:
+            result = read_image(source, name=name, target_size=self.input_size)
+        except ImageReadError:
+            raise
+        except FileNotFoundError:
+            raise ImageReadError(f"{label}: file not found") from None
+        except IsADirectoryError:
+            raise ImageReadError(f"{label}: is a folder, not an image file") from None
+        except OSError as exc:
+            raise ImageReadError(f"{label}: cannot read file ({exc.strerror or exc})") from exc
+        return result.image, result.info
+
+    @staticmethod
+    def _load_array(arr: np.ndarray, label: str) -> tuple[np.ndarray, ImageInfo]:
+        if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise ImageReadError(f"{label}: expected a 2-D grayscale array (H, W), got shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise ImageReadError(f"{label}: expected a real-valued array, got dtype {arr.dtype}")
+        image = np.asarray(arr, dtype=np.float32)
+        if not np.isfinite(image).all():
+            raise ImageReadError(f"{label}: array contains NaN or infinite values")
+        lo, hi = float(image.min()), float(image.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ImageReadError(
+                f"{label}: array values must be in [0, 1] (bright = dense), got [{lo:.4g}, {hi:.4g}]"
+            )
+        h, w = image.shape
+        return image, ImageInfo(path=label, format="array", width=w, height=h, bit_depth=32)
+
+    def _result(
+        self, label: str, image: np.ndarray, info: ImageInfo, logits: np.ndarray, cam: np.ndarray | None
+    ) -> Prediction:
+        probs = calibrated_probabilities(logits, self.artifact.temperature)  # (3,) float64
+        k = int(np.argmax(probs))
+        heat = cam_heatmap(cam[k], image.shape) if cam is not None else None
+        return Prediction(
+            source=label,
+            label=CLASS_NAMES[k],
+            label_index=k,
+            probabilities={c: float(p) for c, p in zip(CLASS_NAMES, probs)},
+            probs=probs,
+            logits=np.asarray(logits, dtype=np.float32),
+            warnings=list(getattr(info, "warnings", []) or []),
+            info=info,
+            heatmap=heat,
+            image=image if cam is not None else None,
+        )
+
+    # -- public ------------------------------------------------------------------------------------
+
+    def predict(self, source: Source, *, name: str | None = None, heatmap: bool = False) -> Prediction:
+        """Classify one radiograph.
+
+        Args:
+            source: file path (JPEG, PNG, DICOM... anything the readers accept), the file's bytes,
+                or an ``(H, W)`` float array in [0, 1] (bright = dense).
+            name: label for messages and :attr:`Prediction.source` (e.g. an upload's file name).
+            heatmap: also compute the class activation heatmap of the predicted class.
+
+        Returns:
+            The :class:`Prediction`.
+
+        Raises:
+            ImageReadError: if the input cannot be read as a radiograph (message names the file).
+        """
+        label = _source_label(source, name)
+        image, info = self.load(source, name)
+        x = preprocess(image, self.artifact.preprocessing)[None]  # (1, 1, S, S)
+        logits, cams = self.infer(x, cam=heatmap)
+        return self._result(label, image, info, logits[0], cams[0] if cams is not None else None)
+
+    def predict_many(
+        self,
+        sources: Iterable[Source],
+        *,
+        batch_size: int = 32,
+        heatmap: bool = False,
+        progress: bool | Callable[[int], None] = False,
+        names: Sequence[str | None] | None = None,
+    ) -> list[Prediction | PredictionError]:
+        """Classify many radiographs, running the network in batches; never raises for a bad input.
+
+        Inputs are decoded and preprocessed ``batch_size`` at a time (so memory stays bounded),
+        then run through the network together. Results keep the input order.
+
+        Args:
+            sources: paths, bytes or arrays, as for :meth:`predict`.
+            batch_size: images per network run (>= 1).
+            heatmap: also compute heatmaps (keeps each decoded image in memory for overlays).
+            progress: ``True`` shows a tqdm progress bar on stderr (if tqdm is installed); a callable
+                is called with the number of inputs finished after each batch.
+            names: optional labels, one per source (``None`` entries fall back to the path).
+
+        Returns:
+            One :class:`Prediction` or :class:`PredictionError` per input, in input order.
+
+        Raises:
+            ValueError: if ``batch_size < 1`` or ``names`` has a different length.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        sources = list(sources)
+        if names is not None and len(names) != len(sources):
+            raise ValueError(f"{len(names)} names for {len(sources)} sources")
+        bar = None
+        callback: Callable[[int], None] | None = progress if callable(progress) else None
+        if progress is True:
+            try:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(sources), unit="img", desc="predict", leave=False)
+            except ImportError:
+                _logger.info("tqdm not installed; no progress bar")
+
+        results: list[Prediction | PredictionError] = []
+        try:
+            for start in range(0, len(sources), batch_size):
+                chunk = sources[start : start + batch_size]
+                loaded: list[tuple[int, str, np.ndarray, ImageInfo, np.ndarray]] = []
+                chunk_results: list[Prediction | PredictionError | None] = [None] * len(chunk)
+                for i, src in enumerate(chunk):
+                    nm = names[start + i] if names is not None else None
+                    label = _source_label(src, nm)
+                    try:
+                        image, info = self.load(src, nm)
+                        x = preprocess(image, self.artifact.preprocessing)  # (1, S, S)
+                    except ImageReadError as exc:
+                        chunk_results[i] = PredictionError(label, _one_line(exc, label))
+                        continue
+                    except Exception as exc:  # a broken decoder must not stop the batch
+                        _logger.debug("unexpected error on %s", label, exc_info=True)
+                        chunk_results[i] = PredictionError(label, f"{label}: cannot process ({type(exc).__name__}: {_one_line(exc, None)})")
+                        continue
+                    loaded.append((i, label, image, info, x))
+                if loaded:
+                    batch = np.stack([item[4] for item in loaded])  # (n, 1, S, S)
+                    logits, cams = self.infer(batch, cam=heatmap)
+                    for j, (i, label, image, info, _) in enumerate(loaded):
+                        cam = cams[j] if cams is not None else None
+                        # keep the decoded image only when an overlay may be wanted
+                        chunk_results[i] = self._result(label, image, info, logits[j], cam)
+                results.extend(r for r in chunk_results if r is not None)
+                done = len(results)
+                if bar is not None:
+                    bar.update(len(chunk))
+                if callback is not None:
+                    callback(done)
+        finally:
+            if bar is not None:
+                bar.close()
+        return results
+
+
+def _one_line(exc: BaseException, label: str | None) -> str:
+    """An exception as one line; prefixed with ``label`` unless it already names it."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if label and label not in text:
+        text = f"{label}: {text}"
+    return text

@@ -1,0 +1,215 @@
+"""PNG plots of the evaluation report (matplotlib, Agg backend, no display needed).
+
+- confusion matrix (counts, with the row percentage = per-class sensitivity);
+- ROC curves, one-vs-rest for each class (Fawcett, 2006, "An introduction to ROC analysis");
+- ROC curves of the two binary protocols of Kermany et al. (2018), with the 0.5 operating point
+  and the operating point Kermany et al. report, for comparison;
+- reliability diagram (DeGroot & Fienberg, 1983; as drawn by Guo et al., 2017) over the 15 ECE bins.
+
+matplotlib is imported inside each function so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deephealth.evaluation.metrics import (
+    DEFAULT_THRESHOLD,
+    PROTOCOL_LABELS,
+    PROTOCOLS,
+    binary_scores,
+    binary_targets,
+)
+
+_PNG_METADATA = {"Software": None}  # keep PNG bytes independent of the matplotlib version string
+_DPI = 120
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=_DPI, bbox_inches="tight", metadata=_PNG_METADATA)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def plot_confusion_matrix(
+    cm: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path, title: str = "Confusion matrix"
+) -> Path:
+    """Draw a confusion matrix as a heat map with counts and row percentages.
+
+    Args:
+        cm: ``(C, C)`` int counts, rows = true class, columns = predicted class.
+        class_names: ``C`` class names in index order.
+        path: output PNG path (parent folders are created).
+        title: figure title.
+
+    Returns:
+        The PNG path.
+    """
+    plt = _pyplot()
+    m = np.asarray(cm, dtype=np.int64)
+    rows = m.sum(axis=1, keepdims=True)
+    frac = np.divide(m, rows, out=np.zeros(m.shape, dtype=np.float64), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(
+                j, i, f"{m[i, j]}\n{100 * frac[i, j]:.1f} %", ha="center", va="center",
+                color="white" if frac[i, j] > 0.6 else "black", fontsize=10,
+            )
+    ax.set_xticks(range(len(class_names)), labels=list(class_names))
+    ax.set_yticks(range(len(class_names)), labels=list(class_names))
+    ax.set_xlabel("predicted class (arg-max)")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="fraction of the true class (row)")
+    return _save(fig, path)
+
+
+def plot_roc_one_vs_rest(
+    y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str], path: str | Path
+) -> Path:
+    """One-vs-rest ROC curve of each class, score ``probs[:, k]``, AUROC in the legend.
+
+    Args:
+        y_true: ``(N,)`` int labels.
+        probs: ``(N, C)`` calibrated probabilities.
+        class_names: ``C`` class names in index order.
+        path: output PNG path.
+
+    Returns:
+        The PNG path.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    y = np.asarray(y_true)
+    p = np.asarray(probs, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    for k, name in enumerate(class_names):
+        truth = y == k
+        if truth.all() or not truth.any():
+            continue
+        fpr, tpr, _ = roc_curve(truth, p[:, k])
+        ax.plot(fpr, tpr, lw=1.8, label=f"{name} vs rest (AUROC {roc_auc_score(truth, p[:, k]):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_title("ROC, one class vs the rest")
+    ax.legend(loc="lower right", fontsize=9)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_roc_binary(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    path: str | Path,
+    reference_points: dict[str, tuple[float, float]] | None = None,
+) -> Path:
+    """ROC curves of the two Kermany et al. (2018) binary protocols, side by side.
+
+    Each panel marks the model's operating point at threshold 0.5 and, when given, a reference
+    operating point (e.g. Kermany et al.'s reported sensitivity and specificity).
+
+    Args:
+        y_true: ``(N,)`` int labels in ``{0, 1, 2}``.
+        probs: ``(N, 3)`` calibrated probabilities.
+        path: output PNG path.
+        reference_points: ``{protocol: (sensitivity, specificity)}`` to mark, labelled "Kermany 2018".
+
+    Returns:
+        The PNG path.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    y = np.asarray(y_true)
+    p = np.asarray(probs, dtype=np.float64)
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.8))
+    for ax, protocol in zip(axes, PROTOCOLS):
+        pos, neg = PROTOCOL_LABELS[protocol]
+        mask, truth = binary_targets(y, protocol)
+        t, s = truth[mask], binary_scores(p, protocol)[mask]
+        ax.set_title(f"{pos} vs {neg} (positive: {pos}, n={int(mask.sum())})")
+        if t.any() and not t.all():
+            fpr, tpr, _ = roc_curve(t, s)
+            ax.plot(fpr, tpr, lw=1.8, label=f"model (AUROC {roc_auc_score(t, s):.3f})")
+            pred = s >= DEFAULT_THRESHOLD
+            sens, spec = float(np.mean(pred[t])), float(np.mean(~pred[~t]))
+            ax.plot([1 - spec], [sens], "o", color="C0", ms=7,
+                    label=f"threshold 0.5 (sens {100 * sens:.1f} %, spec {100 * spec:.1f} %)")
+        else:
+            ax.text(0.5, 0.5, "only one class present", ha="center", va="center")
+        if reference_points and protocol in reference_points:
+            rs, rp = reference_points[protocol]
+            ax.plot([1 - rp], [rs], "s", color="C3", ms=7,
+                    label=f"Kermany 2018 (sens {100 * rs:.1f} %, spec {100 * rp:.1f} %)")
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel(f"1 - specificity (false {pos} rate)")
+        ax.set_ylabel(f"sensitivity ({pos} recall)")
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Binary protocols of Kermany et al. (2018)")
+    return _save(fig, path)
+
+
+def plot_reliability(calibration: dict[str, Any], path: str | Path) -> Path:
+    """Reliability diagram: accuracy vs mean confidence per bin, and the bin counts.
+
+    Args:
+        calibration: the ``calibration`` dict of
+            :func:`deephealth.evaluation.metrics.compute_metrics` (``bins``, ``ece``, ``n_bins``).
+        path: output PNG path.
+
+    Returns:
+        The PNG path.
+    """
+    plt = _pyplot()
+    bins = calibration["bins"]
+    lower = np.array([b["lower"] for b in bins])
+    width = np.array([b["upper"] - b["lower"] for b in bins])
+    counts = np.array([b["count"] for b in bins])
+    acc = np.array([b["accuracy"] if b["accuracy"] is not None else np.nan for b in bins])
+    conf = np.array([b["confidence"] if b["confidence"] is not None else np.nan for b in bins])
+    fig, (ax, axh) = plt.subplots(2, 1, figsize=(5.2, 6.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    has = counts > 0
+    ax.bar(lower[has], acc[has], width=width[has], align="edge", edgecolor="black", color="C0", alpha=0.8,
+           label="accuracy in bin")
+    ax.bar(lower[has], (conf - acc)[has], bottom=acc[has], width=width[has], align="edge", color="C3",
+           alpha=0.35, hatch="//", edgecolor="C3", label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(
+        f"Reliability diagram (top-class confidence, {calibration['n_bins']} bins)\n"
+        f"ECE {calibration['ece']:.3f}, Brier {calibration['brier']:.3f}, NLL {calibration['nll']:.3f}"
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    axh.bar(lower, counts, width=width, align="edge", edgecolor="black", color="grey")
+    axh.set_xlim(0, 1)
+    axh.set_xlabel("confidence (largest calibrated probability)")
+    axh.set_ylabel("images")
+    return _save(fig, path)

@@ -1,0 +1,544 @@
+"""The evaluation report: ``metrics.json``, ``report.md``, CSVs and PNG plots in one folder.
+
+Folder contents (written by :func:`write_report`):
+
+- ``metrics.json``: everything below except the plots. Sections ``model``, ``data``, ``metrics``,
+  ``confidence_intervals``, ``anchors``, ``misclassified`` and ``failures`` depend only on the
+  model and the data (fixed bootstrap seed, floats rounded to 6 decimals, file paths relative to
+  the dataset), so a rerun reproduces them byte for byte; the ``run`` section holds what changes
+  between runs (command, date, absolute paths, library versions, duration).
+- ``report.md``: the human-readable report (command, date, model, data provenance, intended use,
+  metric tables with 95 % intervals, comparison with published anchors, plots, misclassified list).
+- ``predictions.csv``: one row per image (file, patient, true, predicted, 3 probabilities, error).
+- ``misclassified.csv``: the misclassified images, most confident mistakes first.
+- ``confusion_matrix.png``, ``roc_one_vs_rest.png``, ``roc_binary.png``, ``reliability.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deephealth.evaluation.bootstrap import bootstrap_ci
+from deephealth.evaluation.metrics import PROTOCOLS, compute_metrics
+from deephealth.labels import CLASS_NAMES, INTENDED_USE
+
+_logger = logging.getLogger(__name__)
+
+SCHEMA = "deephealth-evaluation/1"
+ROUND_DIGITS = 6
+REPRODUCIBLE_SECTIONS = (
+    "schema", "model", "data", "metrics", "confidence_intervals", "anchors", "misclassified", "failures",
+)
+"""Sections of ``metrics.json`` that a rerun on the same model and data reproduces exactly."""
+
+PLOTS = {
+    "confusion_matrix": "confusion_matrix.png",
+    "roc_one_vs_rest": "roc_one_vs_rest.png",
+    "roc_binary": "roc_binary.png",
+    "reliability": "reliability.png",
+}
+
+ANCHORS: tuple[dict[str, Any], ...] = (
+    {
+        "reference": "Deep Health 2020 prototype",
+        "citation": "this project's 2020 prototype (approximate)",
+        "task": "three_class",
+        "values": {"accuracy": 0.83},
+        "note": "approximate; same 3 classes and official test split",
+    },
+    {
+        "reference": "Best published 3-class results",
+        "citation": "literature on the official Kermany test split (approximate)",
+        "task": "three_class",
+        "values": {"accuracy": 0.91},
+        "note": "approximate; different models and training protocols",
+    },
+    {
+        "reference": "Kermany et al. 2018",
+        "citation": "Kermany DS et al. Cell 172(5):1122-1131, 2018, doi:10.1016/j.cell.2018.02.010",
+        "task": "pneumonia_vs_normal",
+        "values": {"accuracy": 0.928, "sensitivity": 0.932, "specificity": 0.901, "auroc": 0.968},
+        "note": "transfer-learned Inception v3 on the original-resolution images",
+    },
+    {
+        "reference": "Kermany et al. 2018",
+        "citation": "Kermany DS et al. Cell 172(5):1122-1131, 2018, doi:10.1016/j.cell.2018.02.010",
+        "task": "bacterial_vs_viral",
+        "values": {"accuracy": 0.907, "sensitivity": 0.886, "specificity": 0.909, "auroc": 0.940},
+        "note": "the paper does not say which class is positive; here positive = viral",
+    },
+    {
+        "reference": "MedMNIST v2 PneumoniaMNIST, best (Google AutoML Vision)",
+        "citation": "Yang J et al. MedMNIST v2. Scientific Data 10:41, 2023, doi:10.1038/s41597-022-01721-8",
+        "task": "pneumonia_vs_normal",
+        "values": {"accuracy": 0.946, "auroc": 0.991},
+        "note": "28x28 images and a different split: not like for like",
+    },
+)
+"""Published results the report compares against (values are fractions, not percent)."""
+
+_TASK_TITLES = {
+    "three_class": "3-class",
+    "pneumonia_vs_normal": "pneumonia vs normal",
+    "bacterial_vs_viral": "bacterial vs viral",
+}
+
+
+def _clean(obj: Any) -> Any:
+    """Round floats to ROUND_DIGITS, NaN/inf -> None, tuples/arrays -> lists (JSON-able, stable)."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        if not math.isfinite(f):
+            return None
+        r = round(f, ROUND_DIGITS)
+        return 0.0 if r == 0 else r  # no "-0.0"
+    return obj
+
+
+def relative_path(path: str, root: str | Path | None) -> str:
+    """``path`` relative to ``root`` (POSIX separators) when it lies under it, else unchanged."""
+    if root:
+        try:
+            rel = os.path.relpath(path, root)
+        except ValueError:
+            return path
+        if not rel.startswith(".."):
+            return Path(rel).as_posix()
+    return path
+
+
+def data_fingerprint(rows: list[dict[str, Any]], root: str | Path | None) -> str:
+    """SHA-256 over the sorted lines ``<relative path>\\t<label>\\t<sha256 of the file>``.
+
+    Identifies the evaluated images and labels independently of where the dataset lies; a file
+    that cannot be hashed contributes ``unreadable`` instead of its digest.
+    """
+    from deephealth.artifact import sha256_file
+
+    lines = []
+    for r in rows:
+        try:
+            digest = sha256_file(r["path"])
+        except OSError:
+            digest = "unreadable"
+        lines.append(f"{relative_path(r['path'], root)}\t{r['label']}\t{digest}")
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+
+def _misclassified(rows: list[dict[str, Any]], root: str | Path | None) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        if r["error"] is None and r["predicted"] != r["label"]:
+            item = {
+                "file": relative_path(r["path"], root),
+                "patient_id": r["patient_id"],
+                "true": r["label"],
+                "predicted": r["predicted"],
+            }
+            item.update({f"p_{name}": p for name, p in zip(CLASS_NAMES, r["probs"])})
+            out.append(item)
+    # Most confident mistakes first; ties by file name, so the order is stable.
+    out.sort(key=lambda m: (-max(m[f"p_{c}"] for c in CLASS_NAMES), m["file"]))
+    return out
+
+
+def build_report(
+    *,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    rows: list[dict[str, Any]],
+    model: dict[str, Any],
+    data: dict[str, Any],
+    run: dict[str, Any],
+    operating_points: dict[str, Any] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Compute metrics and intervals and assemble the ``metrics.json`` content.
+
+    Args:
+        y_true: ``(M,)`` int labels of the scored images (from
+            :func:`deephealth.evaluation.scoring.evaluate_model`).
+        probs: ``(M, 3)`` calibrated probabilities of the scored images.
+        rows: one dict per record, including failures (``evaluate_model``'s rows).
+        model: ``name``, ``version``, ``sha256``, ``temperature`` (and anything else to record).
+        data: provenance: ``dataset``, ``kind``, ``split``, ``root`` (paths are reported relative
+            to it; ``root`` itself is moved to the ``run`` section), plus anything else to record.
+        run: what changes between runs: ``command``, ``date_utc``, versions, absolute paths.
+        operating_points: optional thresholds from the model's metadata (see
+            :func:`deephealth.evaluation.metrics.compute_metrics`).
+        n_resamples: bootstrap resamples (>= 1,000 for the report).
+        seed: bootstrap seed.
+        alpha: 1 - confidence level.
+
+    Returns:
+        The JSON-able report dict (floats rounded to 6 decimals).
+
+    Raises:
+        ValueError: if no image was scored or the inputs are malformed.
+    """
+    if len(y_true) == 0:
+        raise ValueError("no image could be scored; nothing to report")
+    scored = [r for r in rows if r["error"] is None]
+    if len(scored) != len(y_true):
+        raise ValueError(f"{len(scored)} scored rows but {len(y_true)} labels")
+    patient_ids = [r["patient_id"] for r in scored]
+    metrics = compute_metrics(y_true, probs, operating_points)
+    ci = bootstrap_ci(y_true, probs, patient_ids, n_resamples=n_resamples, seed=seed, alpha=alpha)
+    data = dict(data)
+    root = data.pop("root", None)
+    run = dict(run)
+    if root is not None:
+        run["data_root"] = str(root)
+    data.update(
+        {
+            "n_records": len(rows),
+            "n_scored": len(scored),
+            "n_failed": len(rows) - len(scored),
+            "support": metrics["support"],
+            "n_patients": len(set(patient_ids)),
+            "files_sha256": data_fingerprint(rows, root),
+        }
+    )
+    failures = [{"file": relative_path(r["path"], root), "error": r["error"]} for r in rows if r["error"]]
+    return _clean(
+        {
+            "schema": SCHEMA,
+            "model": model,
+            "data": data,
+            "metrics": metrics,
+            "confidence_intervals": ci.describe(),
+            "anchors": list(ANCHORS),
+            "misclassified": _misclassified(rows, root),
+            "failures": failures,
+            "run": run,
+        }
+    )
+
+
+def write_report(report: dict[str, Any], y_true: np.ndarray, probs: np.ndarray, rows: list[dict[str, Any]],
+                 out_dir: str | Path) -> dict[str, Path]:
+    """Write ``metrics.json``, ``report.md``, the CSVs and the plots into ``out_dir``.
+
+    Args:
+        report: the dict from :func:`build_report`.
+        y_true: ``(M,)`` labels of the scored images (for the ROC plots).
+        probs: ``(M, 3)`` calibrated probabilities of the scored images.
+        rows: one dict per record (for ``predictions.csv``).
+        out_dir: output folder, created if missing; existing report files are overwritten.
+
+    Returns:
+        ``{kind: path}`` of every file written.
+
+    Raises:
+        OSError: if the folder cannot be created or written.
+    """
+    from deephealth.evaluation import plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    root = report.get("run", {}).get("data_root")
+    names = list(CLASS_NAMES)
+    written["confusion_matrix"] = plots.plot_confusion_matrix(
+        report["metrics"]["three_class"]["confusion_matrix"], names, out / PLOTS["confusion_matrix"],
+        title=f"Confusion matrix, {report['data'].get('split', '')} (n={report['metrics']['n']})",
+    )
+    written["roc_one_vs_rest"] = plots.plot_roc_one_vs_rest(y_true, probs, names, out / PLOTS["roc_one_vs_rest"])
+    kermany = {
+        a["task"]: (a["values"]["sensitivity"], a["values"]["specificity"])
+        for a in ANCHORS
+        if a["reference"].startswith("Kermany") and "sensitivity" in a["values"]
+    }
+    written["roc_binary"] = plots.plot_roc_binary(y_true, probs, out / PLOTS["roc_binary"], kermany)
+    written["reliability"] = plots.plot_reliability(report["metrics"]["calibration"], out / PLOTS["reliability"])
+
+    path = out / "metrics.json"
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    written["metrics_json"] = path
+
+    path = out / "predictions.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["file", "patient_id", "true", "predicted", *(f"p_{c}" for c in names), "error"])
+        for r in rows:
+            ps = [f"{v:.6f}" for v in r["probs"]] if r["probs"] is not None else [""] * len(names)
+            w.writerow([relative_path(r["path"], root), r["patient_id"], r["label"], r["predicted"] or "", *ps,
+                        r["error"] or ""])
+    written["predictions_csv"] = path
+
+    path = out / "misclassified.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["file", "patient_id", "true", "predicted", *(f"p_{c}" for c in names)])
+        for m in report["misclassified"]:
+            w.writerow([m["file"], m["patient_id"], m["true"], m["predicted"], *(f"{m[f'p_{c}']:.6f}" for c in names)])
+    written["misclassified_csv"] = path
+
+    path = out / "report.md"
+    path.write_text(render_markdown(report))
+    written["report_md"] = path
+    _logger.info("evaluation report written to %s", out)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100.0 * x:.1f} %"
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _fmt(x: Any, kind: str) -> str:
+    return _pct(x) if kind == "pct" else _num(x)
+
+
+def _with_ci(x: Any, ci: list[Any] | None, kind: str) -> str:
+    """``93.1 % (91.0–95.0)`` or ``0.968 (0.951–0.981)``."""
+    s = _fmt(x, kind)
+    if x is None or not ci or ci[0] is None or ci[1] is None:
+        return s
+    if kind == "pct":
+        return f"{s} ({100.0 * ci[0]:.1f}–{100.0 * ci[1]:.1f})"
+    return f"{s} ({ci[0]:.3f}–{ci[1]:.3f})"
+
+
+_KIND = {"accuracy": "pct", "balanced_accuracy": "pct", "macro_f1": "num", "sensitivity": "pct",
+         "specificity": "pct", "precision": "pct", "f1": "num", "auroc": "num", "ppv": "pct", "npv": "pct"}
+
+
+def _ours(report: dict[str, Any], task: str, metric: str) -> str:
+    m = report["metrics"]
+    ci = report["confidence_intervals"]["intervals"]
+    if task == "three_class":
+        return _with_ci(m["three_class"].get(metric), ci.get(metric), _KIND[metric])
+    return _with_ci(m["binary"][task].get(metric), ci.get(f"{task}.{metric}"), _KIND[metric])
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The ``report.md`` text of a report dict from :func:`build_report`."""
+    m, ci = report["metrics"], report["confidence_intervals"]
+    iv = ci["intervals"]
+    model, data, run = report["model"], report["data"], report["run"]
+    tc = m["three_class"]
+    level = f"{100 * ci['level']:.0f} %"
+    L: list[str] = []
+    add = L.append
+    add(f"# Evaluation report: {model.get('name', '?')} {model.get('version', '')}".rstrip())
+    add("")
+    add(f"> **Intended use.** {INTENDED_USE}")
+    add("")
+    add("| | |")
+    add("|---|---|")
+    add(f"| Command | `{run.get('command', '')}` |")
+    add(f"| Date (UTC) | {run.get('date_utc', '')} |")
+    add(f"| Model | {model.get('name', '?')} version {model.get('version', '?')}, "
+        f"temperature {_num(model.get('temperature'), 4)} |")
+    add(f"| Model SHA-256 | `{model.get('sha256', '?')}` (ONNX file, as in metadata.json) |")
+    sup = data["support"]
+    counts = ", ".join(f"{sup[c]} {c}" for c in CLASS_NAMES)
+    add(f"| Data | {data.get('description', data.get('dataset', '?'))} |")
+    add(f"| Split | {data.get('split', '?')}: {data['n_scored']} images scored ({counts}) from "
+        f"{data['n_patients']} patients; {data['n_failed']} could not be read |")
+    add(f"| Data fingerprint | `{data['files_sha256']}` (SHA-256 over path, label and file SHA-256) |")
+    add(f"| Scored with | the exported ONNX model through `deephealth.inference.Predictor` (what ships is "
+        f"what is scored); deephealth {run.get('deephealth_version', '?')}, onnxruntime "
+        f"{run.get('onnxruntime_version', '?')} |")
+    add("")
+    add(f"Intervals are {level} percentile bootstrap intervals over {ci['n_resamples']:,} resamples of "
+        f"**patients** (seed {ci['seed']}; all images of a drawn child come along). The predicted class "
+        "is the class with the largest calibrated probability; the binary protocols use threshold 0.5 "
+        "on their score.")
+    add("")
+    # Headline
+    pn, bv = m["binary"]["pneumonia_vs_normal"], m["binary"].get("bacterial_vs_viral", {})
+    add("## Headline")
+    add("")
+    add("| | value (95 % CI) |")
+    add("|---|---|")
+    add(f"| 3-class accuracy | {_ours(report, 'three_class', 'accuracy')} |")
+    add(f"| 3-class balanced accuracy | {_ours(report, 'three_class', 'balanced_accuracy')} |")
+    add(f"| 3-class macro-F1 | {_ours(report, 'three_class', 'macro_f1')} |")
+    for proto in PROTOCOLS:
+        if m["binary"][proto].get("n"):
+            title = _TASK_TITLES[proto]
+            add(f"| {title}: accuracy / sensitivity / specificity | "
+                f"{_ours(report, proto, 'accuracy')} / {_ours(report, proto, 'sensitivity')} / "
+                f"{_ours(report, proto, 'specificity')} |")
+            add(f"| {title}: AUROC | {_ours(report, proto, 'auroc')} |")
+    cal = m["calibration"]
+    add(f"| ECE (15 bins) | {_with_ci(cal['ece'], iv.get('ece'), 'num')} |")
+    add("")
+    # 3-class
+    add("## 3-class metrics")
+    add("")
+    add("| metric | value (95 % CI) |")
+    add("|---|---|")
+    add(f"| accuracy | {_ours(report, 'three_class', 'accuracy')} |")
+    add(f"| balanced accuracy (mean sensitivity) | {_ours(report, 'three_class', 'balanced_accuracy')} |")
+    add(f"| macro-F1 | {_ours(report, 'three_class', 'macro_f1')} |")
+    add(f"| macro AUROC (one-vs-rest) | {_num(tc.get('macro_auroc'))} |")
+    add("")
+    add("| class | images | precision | sensitivity (recall) | specificity | F1 | AUROC one-vs-rest (95 % CI) |")
+    add("|---|---:|---:|---:|---:|---:|---|")
+    for c in CLASS_NAMES:
+        pc = tc["per_class"][c]
+        add(f"| {c} | {pc['support']} | {_pct(pc['precision'])} | {_pct(pc['sensitivity'])} | "
+            f"{_pct(pc['specificity'])} | {_num(pc['f1'])} | {_with_ci(pc['auroc'], iv.get(f'auroc_{c}'), 'num')} |")
+    add("")
+    add("Confusion matrix (rows: true class, columns: predicted class):")
+    add("")
+    add("| true \\ predicted | " + " | ".join(CLASS_NAMES) + " |")
+    add("|---|" + "---:|" * len(CLASS_NAMES))
+    for c, row in zip(CLASS_NAMES, tc["confusion_matrix"]):
+        add(f"| **{c}** | " + " | ".join(str(v) for v in row) + " |")
+    add("")
+    add(f"![Confusion matrix]({PLOTS['confusion_matrix']})")
+    add("")
+    # Binary protocols
+    add("## Binary protocols of Kermany et al. (2018)")
+    add("")
+    add("Both are derived from the 3-class probabilities. **Pneumonia vs normal** on all images: "
+        "positive = pneumonia, score = 1 − P(normal). **Bacterial vs viral** on the images whose true "
+        "label is bacterial or viral: positive = viral, score = P(viral) / (P(bacterial) + P(viral)), "
+        "so sensitivity is the recall of viral and specificity the recall of bacterial pneumonia "
+        "(Kermany et al. do not state their positive class). Default operating point: score ≥ 0.5.")
+    add("")
+    add("| protocol | images (pos / neg) | threshold | accuracy | sensitivity | specificity | PPV | NPV | AUROC |")
+    add("|---|---|---:|---|---|---|---:|---:|---|")
+    for proto in PROTOCOLS:
+        b = m["binary"][proto]
+        if not b.get("n"):
+            add(f"| {_TASK_TITLES[proto]} | 0 | | | | | | | |")
+            continue
+        add(f"| {_TASK_TITLES[proto]} | {b['n']} ({b['n_positive']} {b['positive']} / {b['n_negative']} "
+            f"{b['negative']}) | {b['threshold']:.2f} | {_ours(report, proto, 'accuracy')} | "
+            f"{_ours(report, proto, 'sensitivity')} | {_ours(report, proto, 'specificity')} | {_pct(b['ppv'])} | "
+            f"{_pct(b['npv'])} | {_ours(report, proto, 'auroc')} |")
+        op = b.get("operating_point")
+        if op:
+            add(f"| {_TASK_TITLES[proto]}, operating point from the model's metadata (chosen on validation) | "
+                f"{op['n']} | {op['threshold']:.3f} | {_pct(op['accuracy'])} | {_pct(op['sensitivity'])} | "
+                f"{_pct(op['specificity'])} | {_pct(op['ppv'])} | {_pct(op['npv'])} | (same) |")
+    add("")
+    add("The pneumonia-vs-normal AUROC equals the normal one-vs-rest AUROC (its score is a decreasing "
+        "function of P(normal)).")
+    add("")
+    add(f"![ROC curves of the binary protocols]({PLOTS['roc_binary']})")
+    add("")
+    add(f"![ROC curves, one class vs the rest]({PLOTS['roc_one_vs_rest']})")
+    add("")
+    # Calibration
+    add("## Calibration")
+    add("")
+    add("| metric | value (95 % CI) | definition |")
+    add("|---|---|---|")
+    add(f"| ECE | {_with_ci(cal['ece'], iv.get('ece'), 'num')} | {cal['n_bins']} equal-width bins of the top-class "
+        "confidence, Σ |B|/N·|acc(B) − conf(B)| (Guo et al., 2017) |")
+    add(f"| Brier score | {_with_ci(cal['brier'], iv.get('brier'), 'num')} | mean over images of Σ_k (p_k − y_k)², "
+        "multi-class form, range 0–2 |")
+    add(f"| NLL | {_with_ci(cal['nll'], iv.get('nll'), 'num')} | mean −ln P(true class), nats, P clipped at 1e-12 |")
+    add("")
+    add(f"![Reliability diagram]({PLOTS['reliability']})")
+    add("")
+    # Anchors
+    add("## Comparison with published results")
+    add("")
+    add("| reference | task | metric | published | this model (95 % CI) | note |")
+    add("|---|---|---|---:|---|---|")
+    for a in report["anchors"]:
+        for metric, value in a["values"].items():
+            task = a["task"]
+            ours = _ours(report, task, metric) if (task == "three_class" or m["binary"][task].get("n")) else "n/a"
+            add(f"| {a['reference']} | {_TASK_TITLES[task]} | {metric} | {_fmt(value, _KIND[metric])} | "
+                f"{ours} | {a['note']} |")
+    add("")
+    add("Anchors come from different models, image resolutions and training protocols; the MedMNIST "
+        "result is at 28×28 pixels on a different split. Only the Kermany et al. rows use the same test "
+        "images and tasks. Sources: " + "; ".join(sorted({a['citation'] for a in report['anchors']})) + ".")
+    add("")
+    # Misclassified
+    mis = report["misclassified"]
+    add(f"## Misclassified images ({len(mis)})")
+    add("")
+    add("Most confident mistakes first; also in [`misclassified.csv`](misclassified.csv) (all predictions: "
+        "[`predictions.csv`](predictions.csv)). File paths are relative to the dataset folder.")
+    add("")
+    if mis:
+        add("| file | patient | true | predicted | P(normal) | P(bacterial) | P(viral) |")
+        add("|---|---|---|---|---:|---:|---:|")
+        for x in mis:
+            add(f"| `{x['file']}` | {x['patient_id']} | {x['true']} | {x['predicted']} | "
+                + " | ".join(f"{x[f'p_{c}']:.3f}" for c in CLASS_NAMES) + " |")
+        add("")
+    # Failures
+    if report["failures"]:
+        add(f"## Files that could not be read ({len(report['failures'])})")
+        add("")
+        add("These are excluded from every metric above.")
+        add("")
+        for f in report["failures"]:
+            add(f"- `{f['file']}`: {f['error']}")
+        add("")
+    add("## Notes")
+    add("")
+    skipped = ci.get("skipped") or {}
+    if skipped:
+        add("- Resamples in which a metric was undefined (one class absent) were skipped for that metric: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) + f" of {ci['n_resamples']}.")
+    else:
+        add(f"- Every metric was defined in all {ci['n_resamples']:,} bootstrap resamples.")
+    add(f"- {ci['n_images']} images from {ci['n_patients']} patients; patient ids come from the file names "
+        "(Kermany layout) or the CSV's `patient_id` column (without it every image is its own patient).")
+    add("- `metrics.json` holds every number of this report; its sections other than `run` are reproduced "
+        "exactly by rerunning the command above on the same model and data.")
+    add("")
+    return "\n".join(L)
+
+
+def load_metrics(path: str | Path) -> dict[str, Any]:
+    """Read a ``metrics.json`` written by :func:`write_report`."""
+    return json.loads(Path(path).read_text())
+
+
+def reproducible_part(report: dict[str, Any]) -> dict[str, Any]:
+    """The sections of a report that depend only on model and data (:data:`REPRODUCIBLE_SECTIONS`)."""
+    return {k: report.get(k) for k in REPRODUCIBLE_SECTIONS}
+
+
+__all__ = [
+    "ANCHORS",
+    "PLOTS",
+    "REPRODUCIBLE_SECTIONS",
+    "build_report",
+    "data_fingerprint",
+    "load_metrics",
+    "render_markdown",
+    "reproducible_part",
+    "write_report",
+]

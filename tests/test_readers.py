@@ -1,0 +1,402 @@
+"""Reader tests for the Pillow formats (JPEG, PNG, TIFF, BMP, GIF, WebP).
+
+Every input is generated here, with golden pixel values; a few real dataset images check the
+training contract (see also test_preprocessing.py for the resize round trip).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from deephealth.readers import ImageInfo, ImageReadError, ReadResult, read_image
+from deephealth.readers import image as image_module
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def gray_ramp(h: int = 80, w: int = 96) -> np.ndarray:
+    """(h, w) uint8 with pixel (y, x) = (3 * x + y) % 256: every value known."""
+    y, x = np.mgrid[0:h, 0:w]
+    return ((3 * x + y) % 256).astype(np.uint8)
+
+
+def pillow_l(data: bytes) -> np.ndarray:
+    """What training sees: Pillow's own decode converted to L, as float32 / 255."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L"), dtype=np.float32) / 255
+
+
+# --------------------------------------------------------------------------- lossless 8-bit formats
+
+RAMP = gray_ramp()
+RGB_EQUAL = Image.merge("RGB", [Image.fromarray(RAMP)] * 3)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "image", "kw"),
+    [
+        ("PNG", Image.fromarray(RAMP), {}),
+        ("PNG", RGB_EQUAL, {}),
+        ("TIFF", Image.fromarray(RAMP), {}),
+        ("TIFF", Image.fromarray(RAMP), {"compression": "tiff_deflate"}),
+        ("BMP", Image.fromarray(RAMP), {}),
+        ("WEBP", RGB_EQUAL, {"lossless": True}),
+        ("PNG", Image.fromarray(RAMP).convert("LA"), {}),  # opaque grayscale + alpha
+        ("PNG", RGB_EQUAL.convert("RGBA"), {}),  # opaque RGBA
+    ],
+    ids=["png-L", "png-rgb", "tiff-L", "tiff-deflate", "bmp", "webp-lossless", "png-LA-opaque", "png-RGBA-opaque"],
+)
+def test_lossless_8bit_exact(fmt: str, image: Image.Image, kw: dict) -> None:
+    res = read_image(encode(image, fmt, **kw), name=f"ramp.{fmt.lower()}")
+    assert isinstance(res, ReadResult)
+    assert res.image.dtype == np.float32
+    assert res.image.shape == RAMP.shape
+    np.testing.assert_array_equal(res.image, RAMP.astype(np.float32) / 255)
+    assert res.image[10, 20] == np.float32(70 / 255)  # (3*20 + 10) % 256 = 70
+    assert res.info.format == fmt
+    assert (res.info.width, res.info.height) == (96, 80)
+    assert res.info.bit_depth == 8
+    assert res.info.warnings == []
+
+
+def test_palette_png_maps_through_palette() -> None:
+    # Palette index i shows grey 255 - i: the reader must output the palette colour, not the index.
+    idx = gray_ramp()
+    im = Image.frombytes("P", (idx.shape[1], idx.shape[0]), idx.tobytes())
+    im.putpalette([c for i in range(256) for c in (255 - i,) * 3])
+    res = read_image(encode(im, "PNG"), name="palette.png")
+    np.testing.assert_array_equal(res.image, (255 - idx).astype(np.float32) / 255)
+    assert res.info.mode == "P"
+
+
+def test_bilevel_png() -> None:
+    arr = np.zeros((64, 64), dtype=bool)
+    arr[:, 32:] = True
+    res = read_image(encode(Image.fromarray(arr), "PNG"), name="bits.png")
+    assert res.info.bit_depth == 1
+    assert res.image[0, 0] == 0.0 and res.image[0, 63] == 1.0
+
+
+def test_single_frame_gif() -> None:
+    res = read_image(encode(Image.fromarray(RAMP), "GIF"), name="one.gif")
+    assert res.info.format == "GIF"
+    np.testing.assert_array_equal(res.image, RAMP.astype(np.float32) / 255)
+
+
+# --------------------------------------------------------------------------- JPEG family
+
+
+def smooth_image(h: int = 120, w: int = 160) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return (40 + 150 * x / (w - 1) + 40 * y / (h - 1)).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("mode", "kw"),
+    [("L", {}), ("L", {"progressive": True}), ("RGB", {}), ("RGB", {"progressive": True, "quality": 80})],
+    ids=["baseline-gray", "progressive-gray", "baseline-rgb", "progressive-rgb"],
+)
+def test_jpeg_matches_training_decode(mode: str, kw: dict) -> None:
+    src = smooth_image()
+    im = Image.fromarray(src)
+    if mode == "RGB":
+        im = Image.merge("RGB", [im] * 3)
+    data = encode(im, "JPEG", quality=kw.pop("quality", 95), **kw)
+    res = read_image(data, name="x.jpg")
+    # The training contract: identical to Pillow decode -> convert("L") -> / 255.
+    np.testing.assert_array_equal(res.image, pillow_l(data))
+    # and close to the source (lossy codec): a few grey levels at most on a smooth ramp.
+    assert np.abs(res.image * 255 - src).max() <= 4
+    assert res.info.format == "JPEG"
+    assert res.info.warnings == []
+
+
+def test_cmyk_jpeg() -> None:
+    # C = M = Y = 0, K = k  ->  grey 255 - k.
+    k = smooth_image()
+    zeros = Image.new("L", (k.shape[1], k.shape[0]), 0)
+    im = Image.merge("CMYK", [zeros, zeros, zeros, Image.fromarray(k)])
+    res = read_image(encode(im, "JPEG", quality=95), name="cmyk.jpg")
+    assert res.info.mode == "CMYK"
+    assert np.abs(res.image * 255 - (255.0 - k)).max() <= 4
+
+
+def test_colour_photo_warns_but_converts() -> None:
+    rgb = np.zeros((80, 80, 3), dtype=np.uint8)
+    rgb[..., 0] = 200  # red
+    rgb[..., 2] = 40
+    res = read_image(encode(Image.fromarray(rgb), "PNG"), name="photo.png")
+    # ITU-R 601-2 luma as Pillow computes it: (200*299 + 0*587 + 40*114) / 1000 = 64.36 -> 64
+    assert res.image[5, 5] == np.float32(64 / 255)
+    assert len(res.info.warnings) == 1 and "colour image" in res.info.warnings[0]
+
+
+def test_nearly_grey_rgb_does_not_warn() -> None:
+    # JPEG chroma noise on a grey radiograph saved as RGB must not trigger the colour warning.
+    rgb = np.stack([RAMP, RAMP, np.clip(RAMP.astype(int) + 2, 0, 255).astype(np.uint8)], axis=2)
+    res = read_image(encode(Image.fromarray(rgb), "PNG"), name="greyish.png")
+    assert res.info.warnings == []
+
+
+# --------------------------------------------------------------------------- transparency
+
+
+def test_transparency_composited_over_black() -> None:
+    grey = np.full((64, 64), 200, dtype=np.uint8)
+    alpha = np.full((64, 64), 255, dtype=np.uint8)
+    alpha[:, :32] = 0  # left half fully transparent
+    alpha[:, 32:48] = 51  # 20 % opaque
+    im = Image.merge("LA", [Image.fromarray(grey), Image.fromarray(alpha)])
+    for img in (im, im.convert("RGBA")):
+        res = read_image(encode(img, "PNG"), name="alpha.png")
+        assert res.image[0, 0] == 0.0
+        assert res.image[0, 40] == pytest.approx(200 / 255 * 51 / 255, abs=1e-6)
+        assert res.image[0, 60] == pytest.approx(200 / 255, abs=1e-6)
+        assert any("composited over black" in w for w in res.info.warnings)
+
+
+# --------------------------------------------------------------------------- 16-bit and float data
+
+
+@pytest.mark.parametrize("bits", [10, 12, 16])
+def test_16bit_png_ramp_has_full_contrast(bits: int) -> None:
+    top = 2**bits - 1
+    ramp = np.linspace(0, top, 64 * 100).round().astype(np.uint16).reshape(64, 100)
+    res = read_image(encode(Image.fromarray(ramp), "PNG"), name=f"ramp{bits}.png")
+    assert res.info.bit_depth == 16
+    assert res.image.min() == 0.0 and res.image.max() == 1.0
+    # a known pixel keeps its relative position in the range
+    assert res.image[32, 50] == pytest.approx(ramp[32, 50] / top, abs=1e-6)
+    # and it is not near-black: half the pixels are above 0.5
+    assert np.median(res.image) == pytest.approx(0.5, abs=0.01)
+
+
+def test_16bit_min_max_with_offset() -> None:
+    # 12-bit detector data that never reaches 0: min-max scaling, documented in the module.
+    arr = np.full((64, 64), 1000, dtype=np.uint16)
+    arr[:, 32:] = 3000
+    arr[0, 0] = 2000
+    res = read_image(encode(Image.fromarray(arr), "TIFF"), name="det.tif")
+    assert res.info.format == "TIFF" and res.info.bit_depth == 16
+    assert res.image[1, 1] == 0.0 and res.image[1, 40] == 1.0
+    assert res.image[0, 0] == pytest.approx(0.5)
+
+
+def test_float_tiff_min_max() -> None:
+    arr = np.linspace(-1.0, 3.0, 64 * 64, dtype=np.float32).reshape(64, 64)
+    res = read_image(encode(Image.fromarray(arr, mode="F"), "TIFF"), name="f.tif")
+    assert res.info.bit_depth == 32
+    assert res.image[0, 0] == 0.0 and res.image[-1, -1] == 1.0
+
+
+def test_uniform_16bit_is_zero_with_warning() -> None:
+    arr = np.full((64, 64), 777, dtype=np.uint16)
+    res = read_image(encode(Image.fromarray(arr), "PNG"), name="flat.png")
+    assert not res.image.any()
+    assert any("uniform" in w for w in res.info.warnings)
+
+
+# --------------------------------------------------------------------------- EXIF orientation
+
+
+def marker_image() -> Image.Image:
+    """Stored 120 wide x 80 high, black, with a white 20x20 marker in the stored top-left corner."""
+    arr = np.zeros((80, 120), dtype=np.uint8)
+    arr[:20, :20] = 255
+    return Image.fromarray(arr)
+
+
+@pytest.mark.parametrize(
+    ("orientation", "shape", "corner"),
+    [
+        (1, (80, 120), "top-left"),
+        (3, (80, 120), "bottom-right"),  # rotated 180
+        (6, (120, 80), "top-right"),  # display = stored rotated 90 degrees clockwise
+        (8, (120, 80), "bottom-left"),  # display = stored rotated 90 degrees counter-clockwise
+    ],
+)
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_exif_orientation(fmt: str, orientation: int, shape: tuple[int, int], corner: str) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(marker_image(), fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    res = read_image(data, name=f"o{orientation}.{fmt.lower()}")
+    assert res.image.shape == shape
+    assert (res.info.height, res.info.width) == shape
+    h, w = shape
+    corners = {
+        "top-left": res.image[2:18, 2:18],
+        "top-right": res.image[2:18, w - 18 : w - 2],
+        "bottom-left": res.image[h - 18 : h - 2, 2:18],
+        "bottom-right": res.image[h - 18 : h - 2, w - 18 : w - 2],
+    }
+    for name, patch in corners.items():
+        expected = 1.0 if name == corner else 0.0
+        assert patch.mean() == pytest.approx(expected, abs=0.03), name
+    assert any("EXIF orientation" in w for w in res.info.warnings) == (orientation != 1)
+
+
+# --------------------------------------------------------------------------- target_size (JPEG draft)
+
+
+@pytest.mark.parametrize(
+    ("size", "target", "decoded"),
+    [
+        ((2000, 1600), None, (2000, 1600)),  # no hint: full resolution
+        ((2000, 1600), 224, (1000, 800)),  # 1/4 would give 400 < 448: stop at 1/2
+        ((2000, 1600), 100, (250, 200)),  # 1/8 gives exactly 2 * 100 on the shorter side
+        ((1024, 768), 224, (1024, 768)),  # no power-of-two reduction keeps >= 448
+    ],
+)
+def test_target_size_draft(size: tuple[int, int], target: int | None, decoded: tuple[int, int]) -> None:
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    arr = ((x + y) * 255 // (w + h)).astype(np.uint8)
+    data = encode(Image.fromarray(arr), "JPEG", quality=90)
+    res = read_image(data, name="big.jpg", target_size=target)
+    assert (res.info.width, res.info.height) == size
+    assert (res.info.decoded_width, res.info.decoded_height) == decoded
+    assert res.image.shape == (decoded[1], decoded[0])
+    if target:
+        assert min(decoded) >= 2 * target
+    # the reduced decode is still the same picture: the ramp's corners are dark and bright
+    assert res.image[0, 0] < 0.05 and res.image[-1, -1] > 0.95
+
+
+def test_target_size_ignored_for_png() -> None:
+    data = encode(Image.new("L", (1200, 1000), 128), "PNG")
+    res = read_image(data, target_size=100)
+    assert res.image.shape == (1000, 1200)
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A syntactically valid PNG signature + IHDR claiming width x height, then an empty IDAT."""
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def animated(fmt: str) -> bytes:
+    frames = [Image.fromarray(RAMP), Image.fromarray(255 - RAMP)]
+    return encode(frames[0], fmt, save_all=True, append_images=frames[1:])
+
+
+def truncated(fmt: str, **kw) -> bytes:
+    rng = np.random.default_rng(0)
+    data = encode(Image.fromarray((rng.random((200, 300)) * 255).astype(np.uint8)), fmt, **kw)
+    return data[: len(data) // 2]
+
+
+REFUSALS = [
+    ("empty", b"", "empty file"),
+    ("text", b"patient,label\n1,normal\n" * 20, "not an image"),
+    ("html", b"<!DOCTYPE html><html><body>not an x-ray</body></html>" + b" " * 200, "not an image"),
+    ("truncated-jpeg", truncated("JPEG"), "truncated or corrupt JPEG"),
+    ("truncated-progressive-jpeg", truncated("JPEG", progressive=True), "truncated or corrupt JPEG"),
+    ("truncated-png", truncated("PNG"), "truncated or corrupt PNG"),
+    ("truncated-tiff", truncated("TIFF"), "truncated or corrupt TIFF"),
+    ("bomb-png-header", png_header_only(8_000, 7_000), "too large to decode safely: 8000x7000 = 56.0 megapixels (limit 50)"),
+    ("bomb-over-pillow-limit", png_header_only(60_000, 60_000), "too large to decode safely"),
+    ("tiny", encode(Image.new("L", (32, 32), 100), "PNG"), "too small to diagnose: 32x32"),
+    ("thin", encode(Image.new("L", (400, 63), 100), "JPEG"), "too small to diagnose: 400x63"),
+    ("animated-gif", animated("GIF"), "multi-frame GIF (2 frames)"),
+    ("apng", animated("PNG"), "multi-frame PNG (2 frames)"),
+    ("multipage-tiff", animated("TIFF"), "multi-frame TIFF (2 frames)"),
+]
+
+
+@pytest.mark.parametrize(("case", "data", "message"), REFUSALS, ids=[c[0] for c in REFUSALS])
+def test_refused_with_one_line_message(case: str, data: bytes, message: str) -> None:
+    with pytest.raises(ImageReadError) as err:
+        read_image(data, name=f"{case}.bin")
+    text = str(err.value)
+    assert text.startswith(f"{case}.bin: "), text
+    assert message in text, text
+    assert "\n" not in text
+    assert isinstance(err.value, ValueError)
+
+
+def test_bomb_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With a lower limit, a real (decodable) 200x200 image is refused and load() is never called.
+    data = encode(Image.new("L", (200, 200)), "PNG")
+    monkeypatch.setattr(image_module, "MAX_PIXELS", 30_000)
+    called = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: called.append(1))
+    with pytest.raises(ImageReadError, match=r"too large to decode safely: 200x200 = 0.0 megapixels"):
+        read_image(data, name="b.png")
+    assert called == []
+
+
+def test_min_side_boundary() -> None:
+    res = read_image(encode(Image.new("L", (64, 500), 10), "PNG"))
+    assert res.image.shape == (500, 64)
+
+
+def test_path_errors(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match=r"missing\.png: file not found$"):
+        read_image(tmp_path / "missing.png")
+    with pytest.raises(ImageReadError, match=r"is a folder"):
+        read_image(tmp_path)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageReadError, match=r"empty\.jpg: empty file"):
+        read_image(empty)
+
+
+def test_path_and_bytes_agree(tmp_path: Path) -> None:
+    data = encode(Image.fromarray(RAMP), "PNG")
+    f = tmp_path / "scan.dat"  # extension is irrelevant: the content decides
+    f.write_bytes(data)
+    by_path, by_bytes = read_image(f), read_image(bytearray(data), name="upload")
+    np.testing.assert_array_equal(by_path.image, by_bytes.image)
+    assert by_path.info.path == str(f) and by_bytes.info.path == "upload"
+    assert read_image(data).info.path == "<bytes>"
+
+
+def test_info_to_dict_and_defaults() -> None:
+    info = ImageInfo("a.png", "PNG", 100, 80, 8)
+    d = info.to_dict()
+    assert d["decoded_width"] == 100 and d["decoded_height"] == 80
+    assert d["warnings"] == [] and d["modality"] is None
+    assert set(d) >= {"path", "format", "width", "height", "bit_depth", "photometric_interpretation",
+                      "modality", "view_position", "warnings"}
+
+
+# --------------------------------------------------------------------------- real dataset images
+
+
+def test_real_dataset_images_are_exact(dataset_root: Path) -> None:
+    files = sorted(dataset_root.glob("test/*/*.jpeg"))[::150][:5] + sorted(dataset_root.glob("train/*/*.jpeg"))[::1000][:5]
+    assert len(files) == 10
+    for f in files:
+        res = read_image(f)
+        assert res.info.format == "JPEG" and (res.info.width, res.info.height) == (224, 224)
+        assert res.info.warnings == [], f
+        np.testing.assert_array_equal(res.image, pillow_l(f.read_bytes()))
+        assert 0.0 <= res.image.min() and res.image.max() <= 1.0
+
+
+def test_readers_do_not_import_torch() -> None:
+    code = "import sys, deephealth.readers as r, deephealth.commands.inspect; " \
+           "from deephealth.readers import dicom; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -230,24 +230,20 @@ def _decode(ds: Any, label: str, ts_text: str | None) -> np.ndarray:
 
 def _grayscale(ds: Any, arr: np.ndarray, bits_stored: int, warnings: list[str]) -> np.ndarray:
     """Steps 2-4 of the module docstring: modality LUT, VOI LUT/window, scale to [0, 1]."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut
 
     has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds
     values = apply_modality_lut(arr, ds) if has_rescale else arr
-    has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
-    if has_voi:
+    has_lut = bool(ds.get("VOILUTSequence"))
+    has_window = "WindowCenter" in ds and "WindowWidth" in ds
+    if has_lut or has_window:
         try:
-            windowed = apply_voi_lut(values, ds, index=0, prefer_lut=True)
-            # Output range of the transform: its values for the lowest and highest inputs.
-            lo_in, hi_in = float(np.min(values)), float(np.max(values))
-            span = max(hi_in - lo_in, 1.0)
-            probe = np.array([lo_in - 1e6 * span, hi_in + 1e6 * span], dtype=np.float64)
-            y0, y1 = (float(v) for v in apply_voi_lut(probe, ds, index=0, prefer_lut=True))
+            windowed, y0, y1 = (_voi_lut if has_lut else _windowing)(ds, values)
             if y1 != y0 and np.isfinite(y0) and np.isfinite(y1):
                 out = (np.asarray(windowed, dtype=np.float64) - y0) / (y1 - y0)
                 return np.clip(out, 0.0, 1.0).astype(np.float32)
             warnings.append("DICOM VOI LUT/window has an empty output range; ignored (min-max scaling used)")
-        except (ValueError, TypeError, IndexError, KeyError) as exc:
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
             warnings.append(f"DICOM VOI LUT/window is invalid and was ignored ({_one_line(exc)}); min-max scaling used")
     if not has_rescale and bits_stored <= 8 and arr.dtype.kind == "u":
         out = arr.astype(np.float32)
@@ -259,6 +255,32 @@ def _grayscale(ds: Any, arr: np.ndarray, bits_stored: int, warnings: list[str]) 
         warnings.append("uniform image (every pixel has the same value): no contrast")
         return np.zeros(out.shape, dtype=np.float32)
     return ((out - lo) / (hi - lo)).astype(np.float32)
+
+
+def _voi_lut(ds: Any, values: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """First VOI LUT Sequence item (PS3.3 C.11.2.1.1) -> (output, lowest, highest table value)."""
+    from pydicom.pixels import apply_voi_lut
+
+    if values.dtype.kind == "f":  # after a rescale: the LUT is indexed by integer values
+        values = np.rint(values).astype(np.int64)
+    windowed = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+    descriptor = ds.VOILUTSequence[0].LUTDescriptor
+    entries, first = int(descriptor[0]) or 65536, int(descriptor[1])
+    table = apply_voi_lut(np.arange(first, first + entries, dtype=np.int64), ds, index=0, prefer_lut=True)
+    return windowed, float(np.min(table)), float(np.max(table))
+
+
+def _windowing(ds: Any, values: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """First Window Center/Width pair (PS3.3 C.11.2.1.2) -> (output, output for -inf, for +inf)."""
+    from pydicom.pixels import apply_windowing
+
+    windowed = apply_windowing(values, ds, index=0)
+    # Output range of the transform: its values far below and far above the data.
+    lo_in, hi_in = float(np.min(values)), float(np.max(values))
+    span = max(hi_in - lo_in, 1.0)
+    probe = np.array([lo_in - 1e6 * span, hi_in + 1e6 * span], dtype=np.float64)
+    y0, y1 = (float(v) for v in apply_windowing(probe, ds, index=0))
+    return windowed, y0, y1
 
 
 def _color_to_gray(arr: np.ndarray, bits_stored: int) -> np.ndarray:

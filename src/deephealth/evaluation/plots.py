@@ -150,7 +150,7 @@ def plot_roc_binary(
         pos, neg = PROTOCOL_LABELS[protocol]
         mask, truth = binary_targets(y, protocol)
         t, s = truth[mask], binary_scores(p, protocol)[mask]
-        ax.set_title(f"{pos} vs {neg} (positive: {pos}, n={int(mask.sum())})")
+        ax.set_title(f"{protocol.replace('_', ' ')} (positive: {pos}, n={int(mask.sum())})")
         if t.any() and not t.all():
             fpr, tpr, _ = roc_curve(t, s)
             ax.plot(fpr, tpr, lw=1.8, label=f"model (AUROC {roc_auc_score(t, s):.3f})")

@@ -356,6 +356,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     add("| | |")
     add("|---|---|")
     add(f"| Command | `{run.get('command', '')}` |")
+    if run.get("command_resolved") and run.get("command_resolved") != run.get("command"):
+        add(f"| Same, all options spelled out | `{run['command_resolved']}` |")
     add(f"| Date (UTC) | {run.get('date_utc', '')} |")
     add(f"| Model | {model.get('name', '?')} version {model.get('version', '?')}, "
         f"temperature {_num(model.get('temperature'), 4)} |")
@@ -459,7 +461,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     add("| metric | value (95 % CI) | definition |")
     add("|---|---|---|")
     add(f"| ECE | {_with_ci(cal['ece'], iv.get('ece'), 'num')} | {cal['n_bins']} equal-width bins of the top-class "
-        "confidence, Σ |B|/N·|acc(B) − conf(B)| (Guo et al., 2017) |")
+        "confidence, Σ_b (n_b / N) · abs(acc_b − conf_b) (Guo et al., 2017) |")
     add(f"| Brier score | {_with_ci(cal['brier'], iv.get('brier'), 'num')} | mean over images of Σ_k (p_k − y_k)², "
         "multi-class form, range 0–2 |")
     add(f"| NLL | {_with_ci(cal['nll'], iv.get('nll'), 'num')} | mean −ln P(true class), nats, P clipped at 1e-12 |")

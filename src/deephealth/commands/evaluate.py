@@ -1,0 +1,221 @@
+"""Score a model on labelled chest X-rays and write its evaluation report.
+
+The exported ONNX model is scored through the same reading and preprocessing path users get
+(what ships is what is scored). The report folder gets metrics.json, report.md, predictions.csv,
+misclassified.csv and PNG plots (confusion matrix, ROC curves, reliability diagram): 3-class
+metrics, the two binary protocols of Kermany et al. (2018), calibration (ECE, Brier, NLL), 95 %
+patient-level bootstrap intervals, and a comparison with published results.
+
+Data: a Kermany-layout folder ({train,val,test}/{NORMAL,PNEUMONIA}/...; default: the shared
+chest_xray_224, official test split) or a CSV with columns path,label[,patient_id,split].
+
+Examples:
+  deephealth evaluate
+  deephealth evaluate --model src/deephealth/models/deephealth-cxr3 --out src/deephealth/models/deephealth-cxr3/report
+  deephealth evaluate --data my_images.csv --out eval-mine
+
+Exit status: 0 report written; 1 report written but some images could not be read (listed in the
+report), or none could; 2 bad model, data or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+DEFAULT_OUT = "evaluation"
+MIN_RECOMMENDED_RESAMPLES = 1000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``deephealth evaluate``."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--model", metavar="DIR", help="model folder (model.onnx + metadata.json); "
+                        "default: DEEPHEALTH_MODEL_DIR or the bundled model")
+    parser.add_argument("--data", metavar="PATH", help="Kermany-layout dataset folder or a CSV of path,label "
+                        "(optional patient_id, split); default: <data root>/chest_xray_224")
+    parser.add_argument("--split", metavar="NAME", help="split to score: train, val or test (default: test for a "
+                        "folder; every row of a CSV unless given, then its split column must match)")
+    parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
+                        help=f"report folder, created if needed (default: ./{DEFAULT_OUT})")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per inference batch (32)")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples of patients for the 95 %% intervals (1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _error(msg: str) -> int:
+    print(f"deephealth evaluate: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _invoked_command() -> str | None:
+    """The command line as typed, when this process is the ``deephealth`` program."""
+    argv = sys.argv
+    if len(argv) > 1 and "evaluate" in argv[1:] and Path(argv[0]).name.startswith(("deephealth", "cli")):
+        return "deephealth " + shlex.join(argv[1:])
+    return None
+
+
+def _describe_data(path: Path, is_csv: bool) -> str:
+    if is_csv:
+        return f"CSV {path.name} (paths and labels as listed; patient ids from its patient_id column if any)"
+    if path.name == "chest_xray_224":
+        return ("chest_xray_224: 224×224 copies of the pediatric chest X-rays of Kermany et al. (2018), "
+                "Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, CC BY 4.0; labels from folder and file name, "
+                "patients from file name")
+    return f"Kermany-layout folder {path.name} (labels from folder and file name, patients from file name)"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score the model and write the report; see the module docstring for the exit status."""
+    import datetime
+    import platform
+    import time
+
+    from deephealth import __version__, manifest, paths
+
+    try:
+        from deephealth.evaluation import build_report, evaluate_model, write_report
+        from deephealth.inference import Predictor
+    except ImportError as exc:  # the [eval] extra is missing
+        return _error(f"{exc}; install the evaluation extra: pip install 'deephealth[eval]'")
+    from deephealth.artifact import ModelArtifactError
+
+    if args.bootstrap < 1:
+        return _error(f"--bootstrap must be >= 1, got {args.bootstrap}")
+    if args.batch_size < 1:
+        return _error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.bootstrap < MIN_RECOMMENDED_RESAMPLES:
+        print(f"warning: {args.bootstrap} bootstrap resamples; use >= {MIN_RECOMMENDED_RESAMPLES} for a report",
+              file=sys.stderr)
+
+    model_dir = Path(args.model) if args.model else paths.default_model_dir()
+    try:
+        predictor = Predictor(model_dir)
+    except ModelArtifactError as exc:
+        return _error(str(exc))
+
+    data_path = Path(args.data) if args.data else paths.dataset_dir()
+    is_csv = data_path.is_file()
+    try:
+        if is_csv:
+            man = manifest.read_csv(data_path)
+            records = man.records
+            splits = sorted({r.split for r in records})
+            if args.split:
+                records = [r for r in records if r.split == args.split]
+            elif len(splits) > 1:
+                return _error(f"{data_path} holds the splits {', '.join(splits)}; choose one with --split")
+            split = args.split or (splits[0] if splits else "csv")
+            root = data_path.resolve().parent
+        else:
+            man = manifest.scan(data_path)
+            split = args.split or "test"
+            records = man.split(split)
+            root = Path(man.root)
+    except (OSError, ValueError) as exc:
+        return _error(str(exc))
+    if man.problems:
+        print(f"warning: {len(man.problems)} entries of {data_path} do not fit the layout and were skipped "
+              "(see the log with -v)", file=sys.stderr)
+    if not records:
+        return _error(f"no labelled images for split {split!r} in {data_path}")
+
+    t0 = time.monotonic()
+    try:
+        y_true, probs, rows = evaluate_model(
+            predictor, records, batch_size=args.batch_size, progress=not args.no_progress
+        )
+    except ValueError as exc:
+        return _error(str(exc))
+    failures = [r for r in rows if r["error"]]
+    for r in failures:
+        print(f"not scored: {r['error']}", file=sys.stderr)
+    if len(y_true) == 0:
+        print(f"deephealth evaluate: error: none of the {len(rows)} images could be read", file=sys.stderr)
+        return 1
+
+    art = predictor.artifact
+    model_info = {
+        "name": art.name,
+        "version": art.version,
+        "sha256": art.sha256,
+        "temperature": art.temperature,
+    }
+    operating_points = art.metadata.get("operating_points")
+    if operating_points:
+        model_info["operating_points"] = operating_points
+    resolved = shlex.join([
+        "deephealth", "evaluate", "--model", str(model_dir), "--data", str(data_path),
+        *(["--split", args.split] if args.split else ([] if is_csv else ["--split", split])),
+        "--out", str(args.out), "--bootstrap", str(args.bootstrap), "--seed", str(args.seed),
+    ])
+    try:
+        import onnxruntime
+        import sklearn
+
+        ort_version, sk_version = onnxruntime.__version__, sklearn.__version__
+    except ImportError:  # pragma: no cover - both are dependencies of this command
+        ort_version = sk_version = "?"
+    run_info = {
+        "command": _invoked_command() or resolved,
+        "command_resolved": resolved,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model_dir": str(model_dir),
+        "data_path": str(data_path),
+        "deephealth_version": __version__,
+        "onnxruntime_version": ort_version,
+        "sklearn_version": sk_version,
+        "python_version": platform.python_version(),
+        "scoring_seconds": round(time.monotonic() - t0, 1),
+    }
+    data_info = {
+        "dataset": data_path.name,
+        "kind": "csv" if is_csv else "kermany-folder",
+        "description": _describe_data(data_path, is_csv),
+        "split": split,
+        "root": str(root),
+    }
+    try:
+        report = build_report(
+            y_true=y_true, probs=probs, rows=rows, model=model_info, data=data_info, run=run_info,
+            operating_points=operating_points if isinstance(operating_points, dict) else None,
+            n_resamples=args.bootstrap, seed=args.seed,
+        )
+        written = write_report(report, y_true, probs, rows, args.out)
+    except ValueError as exc:
+        return _error(str(exc))
+    except OSError as exc:
+        return _error(f"cannot write the report to {args.out}: {exc}")
+
+    m, iv = report["metrics"], report["confidence_intervals"]["intervals"]
+
+    def show(label: str, value: float | None, key: str, pct: bool = True) -> None:
+        lo, hi = iv.get(key, [None, None])
+        if value is None:
+            print(f"  {label:<36} n/a")
+        elif pct:
+            print(f"  {label:<36} {100 * value:5.1f} %  (95 % CI {100 * lo:.1f}–{100 * hi:.1f})")
+        else:
+            print(f"  {label:<36} {value:.3f}    (95 % CI {lo:.3f}–{hi:.3f})")
+
+    print(f"{art.name} {art.version} on {data_path.name} [{split}]: {len(y_true)} images, "
+          f"{report['data']['n_patients']} patients, {len(failures)} not readable")
+    show("3-class accuracy", m["three_class"]["accuracy"], "accuracy")
+    show("3-class balanced accuracy", m["three_class"]["balanced_accuracy"], "balanced_accuracy")
+    show("3-class macro-F1", m["three_class"]["macro_f1"], "macro_f1", pct=False)
+    for proto, title in (("pneumonia_vs_normal", "pneumonia vs normal"), ("bacterial_vs_viral", "bacterial vs viral")):
+        b = m["binary"][proto]
+        if not b.get("n"):
+            continue
+        for metric in ("accuracy", "sensitivity", "specificity"):
+            show(f"{title} {metric}", b[metric], f"{proto}.{metric}")
+        show(f"{title} AUROC", b["auroc"], f"{proto}.auroc", pct=False)
+    show("ECE (15 bins)", m["calibration"]["ece"], "ece", pct=False)
+    print(f"report: {written['report_md']}")
+    print(f"metrics: {written['metrics_json']}")
+    return 1 if failures else 0

@@ -1,0 +1,180 @@
+"""``deephealth evaluate`` end to end: a tiny exported model on real dataset images, and the released model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deephealth.cli import main
+from deephealth.evaluation.metrics import compute_metrics
+from deephealth.evaluation.report import load_metrics, reproducible_part
+from deephealth.paths import default_model_dir
+
+RELEASED_REPORT = default_model_dir() / "report" / "metrics.json"
+
+# 20 images of the official test split: 7 normal (7 patients), 7 bacterial (2 patients), 6 viral (5 patients).
+NORMAL = ["IM-0001-0001", "IM-0003-0001", "IM-0005-0001", "IM-0006-0001", "IM-0007-0001", "IM-0009-0001",
+          "IM-0011-0001-0001"]
+BACTERIAL = ["person100_bacteria_475", "person100_bacteria_477", "person100_bacteria_478",
+             "person100_bacteria_479", "person101_bacteria_483", "person101_bacteria_484",
+             "person101_bacteria_485"]
+VIRAL = ["person10_virus_35", "person11_virus_38", "person14_virus_44", "person15_virus_46",
+         "person1612_virus_2797", "person1612_virus_2798"]
+
+
+@pytest.fixture(scope="module")
+def small_dataset(dataset_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Kermany-layout folder of symlinks to 20 real test images (the dataset is never copied)."""
+    root = tmp_path_factory.mktemp("small_ds")
+    for folder, stems in (("NORMAL", NORMAL), ("PNEUMONIA", BACTERIAL + VIRAL)):
+        (root / "test" / folder).mkdir(parents=True)
+        for stem in stems:
+            src = dataset_root / "test" / folder / f"{stem}.jpeg"
+            assert src.is_file(), src
+            (root / "test" / folder / src.name).symlink_to(src)
+    return root
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(["evaluate", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.needs_data
+def test_evaluate_folder_end_to_end(tiny_model_dir, small_dataset, tmp_path, capsys):
+    out = tmp_path / "report"
+    rc, stdout, stderr = _run(capsys, "--model", str(tiny_model_dir), "--data", str(small_dataset),
+                              "--out", str(out), "--no-progress")
+    assert rc == 0, stderr
+    assert "tiny-test-model 0.0.0-test on small_ds" in stdout and "3-class accuracy" in stdout
+    for name in ("metrics.json", "report.md", "predictions.csv", "misclassified.csv", "confusion_matrix.png",
+                 "roc_one_vs_rest.png", "roc_binary.png", "reliability.png"):
+        assert (out / name).is_file(), name
+    report = load_metrics(out / "metrics.json")
+    assert report["model"]["name"] == "tiny-test-model" and report["model"]["temperature"] == 1.5
+    data = report["data"]
+    assert data["split"] == "test" and data["kind"] == "kermany-folder"
+    assert data["support"] == {"normal": 7, "bacterial": 7, "viral": 6}
+    assert data["n_patients"] == 7 + 2 + 5 and data["n_failed"] == 0
+    assert report["confidence_intervals"]["n_resamples"] == 1000
+
+    # What is scored is what the Predictor gives a user for each file, one at a time.
+    from deephealth.inference import Predictor
+
+    pred = Predictor(tiny_model_dir)
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == 20
+    y, probs = [], []
+    for row in rows:
+        p = pred.predict(small_dataset / row["file"])
+        got = [float(row[f"p_{c}"]) for c in ("normal", "bacterial", "viral")]
+        assert got == pytest.approx(p.probs.tolist(), abs=2e-6), row["file"]
+        y.append(["normal", "bacterial", "viral"].index(row["true"]))
+        probs.append(p.probs)
+    expected = json.loads(json.dumps(compute_metrics(np.array(y), np.stack(probs))))
+    m = report["metrics"]
+    assert m["three_class"]["confusion_matrix"] == expected["three_class"]["confusion_matrix"]
+    assert m["three_class"]["accuracy"] == pytest.approx(expected["three_class"]["accuracy"], abs=1e-6)
+    assert m["calibration"]["ece"] == pytest.approx(expected["calibration"]["ece"], abs=1e-5)
+    assert m["binary"]["bacterial_vs_viral"]["n"] == 13
+
+    md = (out / "report.md").read_text()
+    assert f"--data {small_dataset}" in md and report["model"]["sha256"] in md
+
+    # A rerun reproduces everything except the run section, byte for byte.
+    out2 = tmp_path / "again"
+    rc, _, _ = _run(capsys, "--model", str(tiny_model_dir), "--data", str(small_dataset), "--out", str(out2),
+                    "--no-progress")
+    assert rc == 0
+    again = load_metrics(out2 / "metrics.json")
+    assert json.dumps(reproducible_part(again)) == json.dumps(reproducible_part(report))
+
+
+@pytest.mark.needs_data
+def test_evaluate_csv_matches_folder_and_lists_unreadable_files(tiny_model_dir, small_dataset, tmp_path, capsys):
+    broken = tmp_path / "person999_bacteria_1.jpeg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    table = tmp_path / "images.csv"
+    with table.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "patient_id"])
+        for folder, stems, label in (("NORMAL", NORMAL, "normal"), ("PNEUMONIA", BACTERIAL, "1"),
+                                     ("PNEUMONIA", VIRAL, "viral")):
+            for stem in stems:
+                pid = stem.split("_")[0] if "_" in stem else "-".join(stem.split("-")[:2])
+                w.writerow([small_dataset / "test" / folder / f"{stem}.jpeg", label, pid])
+        w.writerow([broken.name, "bacterial", "person999"])  # relative to the CSV's folder
+    out = tmp_path / "csv_report"
+    rc, _, stderr = _run(capsys, "--model", str(tiny_model_dir), "--data", str(table), "--out", str(out),
+                         "--no-progress")
+    assert rc == 1  # report written, one file could not be read
+    assert "not scored:" in stderr and "person999_bacteria_1.jpeg" in stderr
+    report = load_metrics(out / "metrics.json")
+    assert report["data"]["kind"] == "csv" and report["data"]["n_scored"] == 20
+    assert report["data"]["n_failed"] == 1 and report["data"]["n_patients"] == 14
+    assert [f["file"] for f in report["failures"]] == ["person999_bacteria_1.jpeg"]
+    assert "person999_bacteria_1.jpeg" in report["failures"][0]["error"]
+    assert "could not be read (1)" in (out / "report.md").read_text()
+
+    folder_out = tmp_path / "folder_report"
+    rc, _, _ = _run(capsys, "--model", str(tiny_model_dir), "--data", str(small_dataset), "--out",
+                    str(folder_out), "--no-progress")
+    assert rc == 0
+    folder = load_metrics(folder_out / "metrics.json")
+    assert report["metrics"] == folder["metrics"]
+    assert report["confidence_intervals"] == folder["confidence_intervals"]
+
+
+def test_evaluate_refuses_bad_model_and_data(tiny_model_dir, tmp_path, capsys):
+    rc, _, err = _run(capsys, "--model", str(tmp_path / "nope"), "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert rc == 2 and "model folder not found" in err and str(tmp_path / "nope") in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+    rc, _, err = _run(capsys, "--model", str(tiny_model_dir), "--data", str(tmp_path / "missing"))
+    assert rc == 2 and "dataset folder not found" in err and str(tmp_path / "missing") in err
+
+    empty = tmp_path / "empty"
+    (empty / "test" / "NORMAL").mkdir(parents=True)
+    rc, _, err = _run(capsys, "--model", str(tiny_model_dir), "--data", str(empty))
+    assert rc == 2 and "no labelled images for split 'test'" in err
+
+    table = tmp_path / "mixed.csv"
+    img = tmp_path / "x.png"
+    img.write_bytes(b"")
+    table.write_text(f"path,label,split\n{img},0,train\n{img},1,test\n")
+    rc, _, err = _run(capsys, "--model", str(tiny_model_dir), "--data", str(table))
+    assert rc == 2 and "holds the splits test, train; choose one with --split" in err
+
+    rc, _, err = _run(capsys, "--model", str(tiny_model_dir), "--data", str(table), "--bootstrap", "0")
+    assert rc == 2 and "--bootstrap must be >= 1" in err
+
+
+def test_evaluation_never_imports_torch():
+    code = (
+        "import sys, deephealth.evaluation, deephealth.evaluation.plots, deephealth.commands.evaluate, "
+        "deephealth.inference; assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.needs_data
+@pytest.mark.skipif(not RELEASED_REPORT.is_file(), reason=f"no committed released-model report at {RELEASED_REPORT}")
+def test_released_model_reproduces_committed_metrics(dataset_root, tmp_path, capsys):
+    committed = load_metrics(RELEASED_REPORT)
+    rc, _, err = _run(capsys, "--model", str(default_model_dir()), "--data", str(dataset_root), "--split", "test",
+                      "--out", str(tmp_path / "report"), "--no-progress")
+    assert rc == 0, err
+    fresh = load_metrics(tmp_path / "report" / "metrics.json")
+    assert fresh["data"]["n_scored"] == 624
+    for section, value in reproducible_part(committed).items():
+        assert reproducible_part(fresh)[section] == value, f"section {section!r} differs from {RELEASED_REPORT}"

@@ -1,0 +1,172 @@
+"""Tests of deephealth.training.export and `deephealth export`: ONNX file, metadata.json, checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+import onnxruntime as ort  # noqa: E402
+
+from deephealth.artifact import ModelArtifact  # noqa: E402
+from deephealth.cli import main  # noqa: E402
+from deephealth.labels import CLASS_NAMES, INTENDED_USE  # noqa: E402
+from deephealth.preprocessing import PreprocessConfig, preprocess  # noqa: E402
+from deephealth.readers import read_image  # noqa: E402
+from deephealth.training.export import (  # noqa: E402
+    CAM_ATOL,
+    LOGITS_ATOL,
+    ExportError,
+    check_export,
+    export_model,
+    export_run,
+)
+from deephealth.training.model import CamModel, build_model  # noqa: E402
+
+
+def _tiny_model(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model("test_resnet").eval()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fake training run folder with a best.pt in the training loop's checkpoint format."""
+    d = tmp_path_factory.mktemp("runs") / "tiny-run"
+    d.mkdir()
+    model = _tiny_model(seed=1)
+    torch.save(
+        {
+            "model_state": model.state_dict(),
+            "model_args": {"arch": "test_resnet", "num_classes": 3, "in_chans": 1},
+            "config": {"arch": "test_resnet", "input_size": 64, "epochs": 2, "lr": 0.001},
+            "preprocessing": PreprocessConfig(input_size=64).to_dict(),
+            "temperature": 1.25,
+            "val_metrics": {"balanced_accuracy": 0.5, "auroc_macro": 0.6},
+            "epoch": 2,
+            "data": {"dataset_root": "/data/chest_xray_224", "split_seed": 0, "counts": {"train": 10, "val": 4}},
+            "history": [{"epoch": 1, "loss": 1.1}, {"epoch": 2, "loss": 1.0}],
+        },
+        d / "best.pt",
+    )
+    (d / "calibration.json").write_text(json.dumps({"temperature": 1.25, "ece_before": 0.1, "ece_after": 0.05}))
+    return d
+
+
+def test_tiny_model_dir_is_a_valid_artifact(tiny_model_dir: Path):
+    art = ModelArtifact.load(tiny_model_dir)  # verifies the sha256
+    meta = art.metadata
+    assert art.class_names == CLASS_NAMES and art.temperature == 1.5
+    assert art.preprocessing == PreprocessConfig(input_size=96)
+    assert meta["intended_use"] == INTENDED_USE
+    assert meta["onnx"]["input"] == "image" and meta["onnx"]["logits"] == "logits" and meta["onnx"]["cam"] == "cam"
+    assert meta["onnx"]["bytes"] == (tiny_model_dir / "model.onnx").stat().st_size
+    n_params = sum(p.numel() for p in _tiny_model().parameters())
+    assert meta["summary"]["parameters"] == n_params
+    assert meta["summary"]["input_shape"] == ["N", 1, 96, 96]
+    assert meta["summary"]["output_shapes"] == {"logits": ["N", 3], "cam": ["N", 3, 3, 3]}
+    assert [layer["name"] for layer in meta["summary"]["layers"]][-1] == "fc"
+    check = meta["export_check"]
+    assert check["passed"] and check["logits_max_abs_diff"] <= LOGITS_ATOL and check["cam_max_abs_diff"] <= CAM_ATOL
+    assert len(check["real_inputs"]) == 8 and check["real_inputs"][0].startswith("val/NORMAL/")
+    assert any("virus" in n for n in check["real_inputs"])
+    text = (tiny_model_dir / "model_summary.txt").read_text()
+    assert f"{n_params:,} parameters" in text and "layer4.0.conv1" in text and "(N, 3, 3, 3)" in text
+
+
+def test_onnx_graph_has_dynamic_batch_and_embedded_weights(tiny_model_dir: Path):
+    m = onnx.load(str(tiny_model_dir / "model.onnx"))
+    onnx.checker.check_model(m, full_check=True)
+    (inp,) = m.graph.input
+    assert inp.name == "image"
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [1, 96, 96]
+    assert [o.name for o in m.graph.output] == ["logits", "cam"]
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
+    assert sorted(p.name for p in tiny_model_dir.iterdir()) == ["metadata.json", "model.onnx", "model_summary.txt"]
+
+
+def test_onnx_matches_pytorch_on_real_images(tiny_model_dir: Path, dataset_root: Path):
+    """Independent of the exporter's own check: same seed-0 weights, dataset images, batch of 5."""
+    files = sorted((dataset_root / "test" / "PNEUMONIA").glob("*virus*.jpeg"))[:5]
+    pre = PreprocessConfig(input_size=96)
+    x = np.stack([preprocess(read_image(f).image, pre) for f in files])
+    with torch.no_grad():
+        t_logits, t_cam = (t.numpy() for t in CamModel(_tiny_model())(torch.from_numpy(x)))
+    sess = ort.InferenceSession(str(tiny_model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    o_logits, o_cam = sess.run(["logits", "cam"], {"image": x})
+    assert o_logits.shape == (5, 3) and o_cam.shape == (5, 3, 3, 3)
+    np.testing.assert_allclose(o_logits, t_logits, atol=LOGITS_ATOL, rtol=1e-4)
+    np.testing.assert_allclose(o_cam, t_cam, atol=CAM_ATOL, rtol=1e-4)
+    # CAM contract: logits are the spatial mean of the class activation maps
+    np.testing.assert_allclose(o_cam.mean(axis=(2, 3)), o_logits, atol=1e-5)
+
+
+def test_check_export_detects_a_mismatch(tiny_model_dir: Path):
+    model = _tiny_model()
+    with torch.no_grad():
+        model.fc.bias[1] += 0.01  # the exported file no longer matches this network
+    x = np.zeros((2, 1, 96, 96), np.float32)
+    with pytest.raises(ExportError, match="logits differ"):
+        check_export(CamModel(model).eval(), tiny_model_dir / "model.onnx", x)
+    report = check_export(CamModel(_tiny_model()).eval(), tiny_model_dir / "model.onnx", x, ["a", "b"])
+    assert report["passed"] and report["real_inputs"] == ["a", "b"] and report["batch_sizes"] == [1, 4]
+
+
+def test_export_model_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ExportError, match="temperature"):
+        export_model(_tiny_model(), PreprocessConfig(input_size=64), tmp_path, temperature=0.0)
+    with pytest.raises(ExportError, match="2 class names"):
+        export_model(_tiny_model(), PreprocessConfig(input_size=64), tmp_path, class_names=["a", "b"])
+    assert not (tmp_path / "metadata.json").exists()
+
+
+def test_export_run_writes_training_metadata(run_dir: Path, tmp_path):
+    out = export_run(run_dir, tmp_path / "model", name="cxr-test", version="9.9.9")
+    art = ModelArtifact.load(out)
+    meta = art.metadata
+    assert (meta["name"], meta["version"], art.temperature) == ("cxr-test", "9.9.9", 1.25)
+    assert art.preprocessing.input_size == 64
+    assert meta["architecture"]["arch"] == "test_resnet"
+    assert meta["training"]["epoch"] == 2 and meta["training"]["config"]["lr"] == 0.001
+    assert meta["training"]["run"] == "tiny-run" and len(meta["training"]["history"]) == 2
+    assert meta["data"]["counts"] == {"train": 10, "val": 4}
+    assert meta["validation_metrics"] == {"balanced_accuracy": 0.5, "auroc_macro": 0.6}
+    assert meta["calibration"]["ece_after"] == 0.05
+    # the exported weights are the checkpoint's (seed 1), not a fresh model
+    x = np.zeros((1, 1, 64, 64), np.float32)
+    (logits,) = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(["logits"], {"image": x})
+    with torch.no_grad():
+        expected = _tiny_model(seed=1)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(logits, expected, atol=LOGITS_ATOL)
+
+
+def test_export_run_errors(run_dir: Path, tmp_path):
+    with pytest.raises(ExportError, match="not found"):
+        export_run(tmp_path / "no-run", tmp_path / "out")
+    bad = tmp_path / "bad.pt"
+    torch.save({"model_state": {}, "model_args": {"arch": "test_resnet"}}, bad)
+    with pytest.raises(ExportError, match="missing key.*preprocessing"):
+        export_run(bad, tmp_path / "out")
+    wrong = tmp_path / "wrong.pt"
+    ckpt = torch.load(run_dir / "best.pt", weights_only=True)
+    ckpt["model_args"]["arch"] = "resnet10t"
+    torch.save(ckpt, wrong)
+    with pytest.raises(ExportError, match="do not fit resnet10t"):
+        export_run(wrong, tmp_path / "out")
+    assert not (tmp_path / "out" / "metadata.json").exists()
+
+
+def test_export_cli(run_dir: Path, tmp_path, capsys):
+    rc = main(["export", str(run_dir), "--out", str(tmp_path / "m"), "--version", "2.0"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
+    assert meta["version"] == "2.0" and meta["onnx"]["sha256"] in out
+    rc = main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "m2")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("export failed:") and "nothing" in err and "Traceback" not in err

@@ -1,0 +1,262 @@
+"""HTTP routes: the upload page, the REST API (``/api/v1/...``) and the health check.
+
+Every error answers JSON ``{"detail": "..."}`` naming the problem: 413 upload over the limit, 415 a
+format the readers do not read, 422 an unreadable or unsuitable image (the reader's message, which
+names the file). Uploaded bytes stay in memory (see :mod:`deephealth.web.upload`) and are never
+logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from PIL import Image
+
+from deephealth import labels
+from deephealth.readers import ImageReadError
+from deephealth.web.schemas import ErrorResponse, Health, ModelCard, PredictionPublic
+from deephealth.web.upload import FILE_FIELD, SUPPORTED_FORMATS_TEXT, UploadError, read_upload, sniff_format
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(str(resources.files("deephealth.web") / "static"))
+"""Folder of the upload page's files (package data)."""
+
+PREVIEW_MAX_SIDE = 1024
+"""Longest side, in pixels, of the preview and heatmap PNGs returned by the API."""
+
+router = APIRouter()
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "upload over the size limit (DEEPHEALTH_MAX_UPLOAD_MB)"},
+    415: {"model": ErrorResponse, "description": f"not a {SUPPORTED_FORMATS_TEXT} file, or not multipart/form-data"},
+    422: {"model": ErrorResponse, "description": "unreadable or unsuitable image (e.g. truncated, CT, empty)"},
+}
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {
+                        FILE_FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": f"the chest X-ray: {SUPPORTED_FORMATS_TEXT}",
+                        },
+                        "heatmap": {"type": "boolean", "description": "same as the heatmap query parameter"},
+                        "preview": {"type": "boolean", "description": "same as the preview query parameter"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def _form_flag(fields: dict[str, str], name: str, default: bool) -> bool:
+    """A boolean form field (``true``/``false``/``1``/``0``/``on``/``off``); 422 for anything else."""
+    if name not in fields:
+        return default
+    value = fields[name].strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise UploadError(422, f"form field {name!r} must be true or false, got {fields[name][:20]!r}")
+
+
+def _png_base64(image: Image.Image) -> str:
+    """Base64 text of a PNG of ``image`` shrunk to at most :data:`PREVIEW_MAX_SIDE` pixels a side."""
+    image.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _gray_png_base64(image: np.ndarray) -> str:
+    """Base64 PNG of a (H, W) float32 image in [0, 1] (8-bit grayscale, bright = dense)."""
+    arr = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+    return _png_base64(Image.fromarray(np.round(arr * 255.0).astype(np.uint8), mode="L"))
+
+
+def _predict(request: Request, data: bytes, filename: str, heatmap: bool, preview: bool) -> dict[str, Any]:
+    """Classify one uploaded file (runs in a worker thread). Raises ImageReadError for bad images."""
+    predictor = request.app.state.predictor
+    start = time.perf_counter()
+    # The Prediction keeps the decoded image only when a heatmap is computed; the class activation
+    # map comes from the same network run, so asking for it to get the preview costs little.
+    pred = predictor.predict(data, name=filename, heatmap=heatmap or preview)
+    heatmap_b64 = None
+    if heatmap:
+        with Image.open(io.BytesIO(pred.overlay_png())) as im:
+            heatmap_b64 = _png_base64(im.convert("RGB"))
+    preview_b64 = _gray_png_base64(pred.image) if preview else None
+    latency_ms = (time.perf_counter() - start) * 1000.0
+    artifact = predictor.artifact
+    class_names = list(artifact.class_names)
+    probs = {name: float(pred.probabilities[name]) for name in class_names}
+    info = pred.info
+    return {
+        "label": pred.label,
+        "label_index": int(pred.label_index),
+        "label_description": labels.CLASS_DESCRIPTIONS.get(pred.label, pred.label),
+        "probabilities": probs,
+        "classes": [
+            {
+                "index": i,
+                "name": name,
+                "description": labels.CLASS_DESCRIPTIONS.get(name, name),
+                "probability": probs[name],
+            }
+            for i, name in enumerate(class_names)
+        ],
+        "warnings": list(pred.warnings),
+        "model": {"name": artifact.name, "version": artifact.version, "sha256": artifact.sha256},
+        "image": {
+            "filename": filename,
+            "format": str(getattr(info, "format", "unknown")),
+            "width": int(getattr(info, "width", 0)),
+            "height": int(getattr(info, "height", 0)),
+            "bit_depth": getattr(info, "bit_depth", None),
+            "photometric_interpretation": getattr(info, "photometric_interpretation", None),
+            "modality": getattr(info, "modality", None),
+            "view_position": getattr(info, "view_position", None),
+            "size_bytes": len(data),
+        },
+        "heatmap_png": heatmap_b64,
+        "preview_png": preview_b64,
+        "latency_ms": round(latency_ms, 2),
+        "intended_use": labels.INTENDED_USE,
+    }
+
+
+@router.post(
+    "/api/v1/predictions",
+    response_model=PredictionPublic,
+    responses=_ERRORS,
+    openapi_extra=_UPLOAD_BODY,
+    summary="Classify a chest X-ray",
+    tags=["predictions"],
+)
+async def create_prediction(
+    request: Request,
+    heatmap: bool = Query(False, description="add a base64 PNG of the class activation heatmap over the image"),
+    preview: bool = Query(False, description="add a base64 PNG of the decoded image (useful for DICOM)"),
+) -> Any:
+    """Classify one chest X-ray sent as multipart field ``file`` (JPEG, PNG, TIFF or DICOM).
+
+    Returns the predicted class on the 0/1/2 scale (0 no pneumonia, 1 bacterial, 2 viral), the
+    calibrated probability of each class, warnings about the image and the model's name and
+    version. Decision support, not a diagnosis.
+    """
+    settings = request.app.state.settings
+    try:
+        upload = await read_upload(
+            request.headers.get("content-type"),
+            request.headers.get("content-length"),
+            request.stream(),
+            settings.max_upload_bytes,
+        )
+        heatmap = _form_flag(upload.fields, "heatmap", heatmap)
+        preview = _form_flag(upload.fields, "preview", preview)
+    except UploadError as exc:
+        return _error(request, exc.status_code, exc.detail)
+    request.state.upload_bytes = len(upload.data)
+    name = upload.filename
+    if not upload.data:
+        return _error(request, 422, f"{name}: empty file (0 bytes)")
+    fmt = sniff_format(upload.data)
+    if fmt is None:
+        return _error(request, 415, f"{name}: unsupported format: expected {SUPPORTED_FORMATS_TEXT}")
+    try:
+        body = await run_in_threadpool(_predict, request, upload.data, name, heatmap, preview)
+    except ImageReadError as exc:
+        return _error(request, 422, _one_line(str(exc)))
+    return body
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _error(request: Request, status: int, detail: str) -> JSONResponse:
+    logger.info("rejected upload: %s %s", status, detail)
+    return JSONResponse(status_code=status, content={"detail": detail})
+
+
+def _model_card(request: Request) -> dict[str, Any]:
+    """Build the model card from metadata.json and, if present, ``report/metrics.json``."""
+    artifact = request.app.state.predictor.artifact
+    meta: dict[str, Any] = dict(artifact.metadata)
+    test_metrics = meta.get("test_metrics")
+    report = Path(artifact.directory) / "report" / "metrics.json"
+    if report.is_file():
+        try:
+            data = json.loads(report.read_text())
+            test_metrics = data.get("headline", data) if isinstance(data, dict) else data
+        except (OSError, json.JSONDecodeError) as exc:
+            logger.warning("cannot read %s: %s", report, exc)
+    return {
+        "name": artifact.name,
+        "version": artifact.version,
+        "sha256": artifact.sha256,
+        "classes": [
+            {"index": i, "name": n, "description": labels.CLASS_DESCRIPTIONS.get(n, n)}
+            for i, n in enumerate(artifact.class_names)
+        ],
+        "temperature": artifact.temperature,
+        "preprocessing": meta.get("preprocessing", {}),
+        "architecture": meta.get("architecture"),
+        "training": meta.get("training"),
+        "data": meta.get("data"),
+        "validation_metrics": meta.get("validation_metrics"),
+        "test_metrics": test_metrics,
+        "summary": meta.get("summary"),
+        "created": meta.get("created"),
+        "intended_use": meta.get("intended_use") or labels.INTENDED_USE,
+    }
+
+
+@router.get("/api/v1/model", response_model=ModelCard, summary="The model card", tags=["model"])
+def get_model(request: Request) -> Any:
+    """The loaded model's card: classes, version, calibration, metrics and intended use."""
+    card = getattr(request.app.state, "model_card", None)
+    if card is None:
+        card = request.app.state.model_card = _model_card(request)
+    return card
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness and readiness", tags=["service"])
+def healthz(request: Request) -> Any:
+    """``ok`` with the loaded model's name and version and the upload limit."""
+    artifact = request.app.state.predictor.artifact
+    return {
+        "status": "ok",
+        "model": artifact.name,
+        "version": artifact.version,
+        "max_upload_bytes": request.app.state.settings.max_upload_bytes,
+    }
+
+
+@router.get("/", include_in_schema=False)
+def index() -> FileResponse:
+    """The upload page."""
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")

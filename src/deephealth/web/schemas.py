@@ -1,0 +1,108 @@
+"""Public JSON shapes of the REST API (pydantic models; they also generate the OpenAPI schema at ``/docs``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ClassProbability(BaseModel):
+    """One class of the 0/1/2 scale with its calibrated probability."""
+
+    index: int = Field(description="class index on the prototype's scale: 0 normal, 1 bacterial, 2 viral", ge=0)
+    name: str = Field(description="class name: normal, bacterial or viral")
+    description: str = Field(description="human-readable class name, e.g. 'Bacterial pneumonia (e.g. Streptococcus)'")
+    probability: float = Field(description="calibrated probability in [0, 1]; the three sum to 1", ge=0, le=1)
+
+
+class ModelRef(BaseModel):
+    """The model that produced a result."""
+
+    name: str
+    version: str
+    sha256: str = Field(description="SHA-256 of the ONNX file")
+
+
+class ImageInfoPublic(BaseModel):
+    """What the reader learned about the uploaded file."""
+
+    filename: str = Field(description="file name as uploaded")
+    format: str = Field(description="file format detected by the reader, e.g. JPEG, PNG, DICOM")
+    width: int = Field(description="full-resolution image width in pixels")
+    height: int = Field(description="full-resolution image height in pixels")
+    bit_depth: int | None = Field(default=None, description="stored bits per pixel")
+    photometric_interpretation: str | None = Field(default=None, description="DICOM (0028,0004), e.g. MONOCHROME2")
+    modality: str | None = Field(default=None, description="DICOM (0008,0060), e.g. CR or DX")
+    view_position: str | None = Field(default=None, description="DICOM (0018,5101), e.g. PA or AP")
+    size_bytes: int = Field(description="uploaded file size in bytes")
+
+
+class PredictionPublic(BaseModel):
+    """Response of ``POST /api/v1/predictions``."""
+
+    label: str = Field(description="predicted class name: normal, bacterial or viral")
+    label_index: int = Field(description="predicted class on the 0/1/2 scale (0 no pneumonia, 1 bacterial, 2 viral)")
+    label_description: str = Field(description="human-readable predicted class")
+    probabilities: dict[str, float] = Field(
+        description="calibrated probability of each class (normal, bacterial, viral), summing to 1"
+    )
+    classes: list[ClassProbability] = Field(description="the three classes in index order with their probabilities")
+    warnings: list[str] = Field(description="problems noticed in the image that may make the result less reliable")
+    model: ModelRef
+    image: ImageInfoPublic
+    heatmap_png: str | None = Field(
+        default=None,
+        description="with heatmap=true: base64 PNG of the class activation heatmap over the decoded image",
+    )
+    preview_png: str | None = Field(
+        default=None,
+        description="with preview=true: base64 PNG of the decoded grayscale image as read (before the square resize), "
+        "longest side at most 1024 px",
+    )
+    latency_ms: float = Field(description="server-side time to read and classify the image, in milliseconds")
+    intended_use: str = Field(description="decision support, not a diagnosis")
+
+
+class ClassInfo(BaseModel):
+    """A class in the model's output order."""
+
+    index: int
+    name: str
+    description: str
+
+
+class ModelCard(BaseModel):
+    """Response of ``GET /api/v1/model``: what the model is, how it was scored and what it is for."""
+
+    name: str
+    version: str
+    sha256: str = Field(description="SHA-256 of the ONNX file")
+    classes: list[ClassInfo]
+    temperature: float = Field(description="temperature-scaling calibration: probabilities = softmax(logits / T)")
+    preprocessing: dict[str, Any] = Field(description="the preprocessing contract (PreprocessConfig)")
+    architecture: Any | None = None
+    training: Any | None = None
+    data: Any | None = None
+    validation_metrics: Any | None = Field(default=None, description="metrics on the validation split")
+    test_metrics: Any | None = Field(
+        default=None, description="headline metrics on the official test split (from the evaluation report)"
+    )
+    summary: Any | None = None
+    created: str | None = None
+    intended_use: str
+
+
+class Health(BaseModel):
+    """Response of ``GET /healthz``."""
+
+    status: str = Field(description="'ok' once the model is loaded")
+    model: str
+    version: str
+    max_upload_bytes: int = Field(description="largest accepted upload in bytes")
+
+
+class ErrorResponse(BaseModel):
+    """Every error: ``detail`` names the problem (and the file, for image errors)."""
+
+    detail: str

@@ -337,6 +337,13 @@ def test_report_files_and_contents(tmp_path):
     assert data["run"]["data_root"] == str(tmp_path / "data")
     lo, hi = data["confidence_intervals"]["intervals"]["accuracy"]
     assert 0.0 <= lo <= 0.625 <= hi <= 1.0
+    head = data["headline"]
+    assert head["n_images"] == 8 and head["n_patients"] == 4 and head["ci_level"] == 0.95
+    assert head["metrics"]["three_class.accuracy"] == {"value": 0.625, "ci_low": lo, "ci_high": hi}
+    assert head["metrics"]["three_class.auroc_bacterial"]["value"] == round(11 / 15, 6)
+    assert head["metrics"]["bacterial_vs_viral.sensitivity"]["value"] == 0.5
+    assert head["metrics"]["calibration.ece"]["value"] == 0.25375
+    assert len(head["metrics"]) == 17
     mis = data["misclassified"]
     assert [m["file"] for m in mis] == ["test/img2.jpeg", "test/img5.jpeg", "test/img7.jpeg"]  # .65, .65, .45
     assert mis[0] == {"file": "test/img2.jpeg", "patient_id": "p1", "true": "normal", "predicted": "bacterial",

@@ -16,8 +16,8 @@ treatable diseases by image-based deep learning") are derived from the 3-class p
 - **bacterial vs viral** on the images whose *true* label is bacterial or viral: positive = viral,
   score ``P(viral) / (P(bacterial) + P(viral))``, predicted viral when ``score >= threshold``
   (default 0.5). Sensitivity is therefore the recall of viral pneumonia and specificity the recall
-  of bacterial pneumonia. Kermany et al. do not state which class they took as positive; both class
-  recalls are reported, so the comparison can be read either way.
+  of bacterial pneumonia. We could not confirm which class Kermany et al. took as positive; both
+  class recalls are reported, so the comparison can be read either way.
 
 Calibration (Guo et al., 2017, "On Calibration of Modern Neural Networks", ICML):
 

@@ -36,7 +36,8 @@ _logger = logging.getLogger(__name__)
 SCHEMA = "deephealth-evaluation/1"
 ROUND_DIGITS = 6
 REPRODUCIBLE_SECTIONS = (
-    "schema", "model", "data", "metrics", "confidence_intervals", "anchors", "misclassified", "failures",
+    "schema", "model", "data", "headline", "metrics", "confidence_intervals", "anchors", "misclassified",
+    "failures",
 )
 """Sections of ``metrics.json`` that a rerun on the same model and data reproduces exactly."""
 
@@ -74,7 +75,7 @@ ANCHORS: tuple[dict[str, Any], ...] = (
         "citation": "Kermany DS et al. Cell 172(5):1122-1131, 2018, doi:10.1016/j.cell.2018.02.010",
         "task": "bacterial_vs_viral",
         "values": {"accuracy": 0.907, "sensitivity": 0.886, "specificity": 0.909, "auroc": 0.940},
-        "note": "the paper does not say which class is positive; here positive = viral",
+        "note": "positive class of the paper not confirmed; here positive = viral (specificity = bacterial recall)",
     },
     {
         "reference": "MedMNIST v2 PneumoniaMNIST, best (Google AutoML Vision)",
@@ -161,6 +162,52 @@ def _misclassified(rows: list[dict[str, Any]], root: str | Path | None) -> list[
     return out
 
 
+def _headline_key(name: str) -> str:
+    if "." in name:
+        return name
+    if name in ("ece", "brier", "nll"):
+        return f"calibration.{name}"
+    return f"three_class.{name}"
+
+
+def _metric_value(metrics: dict[str, Any], key: str) -> Any:
+    group, name = key.split(".", 1)
+    if group == "calibration":
+        return metrics["calibration"][name]
+    if group == "three_class":
+        if name.startswith("auroc_"):
+            return metrics["three_class"]["per_class"][name[len("auroc_"):]]["auroc"]
+        return metrics["three_class"][name]
+    return metrics["binary"].get(group, {}).get(name)
+
+
+def headline(metrics: dict[str, Any], ci: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """Compact summary for model cards and the README: each headline metric with its interval.
+
+    Args:
+        metrics: :func:`deephealth.evaluation.metrics.compute_metrics` output.
+        ci: :class:`deephealth.evaluation.bootstrap.BootstrapResult` of the same data.
+        data: the report's data section (``split``, ``dataset``).
+
+    Returns:
+        ``{"dataset", "split", "n_images", "n_patients", "ci_level", "metrics": {key: {"value",
+        "ci_low", "ci_high"}}}`` with keys ``three_class.<metric>``, ``three_class.auroc_<class>``,
+        ``<protocol>.<metric>`` and ``calibration.<ece|brier|nll>``; fractions, not percent.
+    """
+    out = {}
+    for name, (lo, hi) in ci.items():
+        key = _headline_key(name)
+        out[key] = {"value": _metric_value(metrics, key), "ci_low": lo, "ci_high": hi}
+    return {
+        "dataset": data.get("dataset"),
+        "split": data.get("split"),
+        "n_images": metrics["n"],
+        "n_patients": ci.n_patients,
+        "ci_level": 1.0 - ci.alpha,
+        "metrics": out,
+    }
+
+
 def build_report(
     *,
     y_true: np.ndarray,
@@ -226,6 +273,7 @@ def build_report(
             "schema": SCHEMA,
             "model": model,
             "data": data,
+            "headline": headline(metrics, ci, data),
             "metrics": metrics,
             "confidence_intervals": ci.describe(),
             "anchors": list(ANCHORS),
@@ -429,7 +477,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "positive = pneumonia, score = 1 − P(normal). **Bacterial vs viral** on the images whose true "
         "label is bacterial or viral: positive = viral, score = P(viral) / (P(bacterial) + P(viral)), "
         "so sensitivity is the recall of viral and specificity the recall of bacterial pneumonia "
-        "(Kermany et al. do not state their positive class). Default operating point: score ≥ 0.5.")
+        "(we could not confirm which class Kermany et al. took as positive; if bacterial, swap their sensitivity "
+        "and specificity when comparing). Default operating point: score ≥ 0.5.")
     add("")
     add("| protocol | images (pos / neg) | threshold | accuracy | sensitivity | specificity | PPV | NPV | AUROC |")
     add("|---|---|---:|---|---|---|---:|---:|---|")
@@ -539,6 +588,7 @@ __all__ = [
     "REPRODUCIBLE_SECTIONS",
     "build_report",
     "data_fingerprint",
+    "headline",
     "load_metrics",
     "render_markdown",
     "reproducible_part",

@@ -312,6 +312,8 @@ REFUSALS = [
     ("html", b"<!DOCTYPE html><html><body>not an x-ray</body></html>" + b" " * 200, "not an image"),
     ("truncated-jpeg", truncated("JPEG"), "truncated or corrupt JPEG"),
     ("truncated-progressive-jpeg", truncated("JPEG", progressive=True), "truncated or corrupt JPEG"),
+    ("zero-padded-jpeg", truncated("JPEG") + bytes(20_000), "truncated or corrupt JPEG file (no end-of-image marker"),
+    ("zero-padded-progressive", truncated("JPEG", progressive=True) + bytes(20_000), "no end-of-image marker"),
     ("truncated-png", truncated("PNG"), "truncated or corrupt PNG"),
     ("truncated-tiff", truncated("TIFF"), "truncated or corrupt TIFF"),
     ("bomb-png-header", png_header_only(8_000, 7_000), "too large to decode safely: 8000x7000 = 56.0 megapixels (limit 50)"),
@@ -344,6 +346,13 @@ def test_bomb_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ImageReadError, match=r"too large to decode safely: 200x200 = 0.0 megapixels"):
         read_image(data, name="b.png")
     assert called == []
+
+
+def test_bytes_after_jpeg_end_are_tolerated() -> None:
+    # Some devices append data after the end-of-image marker; the image itself is complete.
+    data = encode(Image.fromarray(smooth_image()), "JPEG", quality=95)
+    res = read_image(data + b"vendor trailer", name="t.jpg")
+    np.testing.assert_array_equal(res.image, pillow_l(data))
 
 
 def test_min_side_boundary() -> None:

@@ -32,7 +32,8 @@ Intensity rules for the Pillow formats (documented choices):
 
 Refused, with :class:`ImageReadError`: missing/unreadable/empty files, content that is not an
 image, truncated or corrupt files (Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays ``False``,
-so missing rows are never filled in), images larger than :data:`MAX_PIXELS` (checked from the
+so missing rows are never filled in; a JPEG whose last scan is not followed by an end-of-image
+marker, e.g. zero-padded by an interrupted download, is refused too), images larger than :data:`MAX_PIXELS` (checked from the
 header, before any pixel buffer is allocated), images whose shorter side is below
 :data:`MIN_SIDE`, and multi-frame files (animated GIF/PNG/WebP, multi-page TIFF).
 """
@@ -254,8 +255,16 @@ def _read_pillow(data: bytes, label: str, target_size: int | None) -> ReadResult
             orientation = 1
         width, height = (stored_h, stored_w) if orientation in (5, 6, 7, 8) else (stored_w, stored_h)
 
-        if target_size and fmt == "JPEG":
-            _draft(im, target_size)
+        if fmt == "JPEG":
+            # Pillow refuses a JPEG that simply ends early, but a truncated scan followed by an
+            # end-of-image marker or by padding (zeros from an interrupted download) decodes
+            # "successfully" with invented rows. The last scan (SOS) must be followed by an EOI.
+            if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+                raise ImageReadError(
+                    f"{label}: truncated or corrupt JPEG file (no end-of-image marker after the image data)"
+                )
+            if target_size:
+                _draft(im, target_size)
         try:
             im.load()
         except Exception as exc:  # noqa: BLE001 - OSError/SyntaxError/ValueError/zlib.error...

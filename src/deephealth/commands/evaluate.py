@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         return _error(str(exc))
     if man.problems:
-        print(f"warning: {len(man.problems)} entries of {data_path} do not fit the layout and were skipped "
-              "(see the log with -v)", file=sys.stderr)
+        print(f"warning: {len(man.problems)} entries of {data_path} were skipped (first: {man.problems[0]})",
+              file=sys.stderr)
     if not records:
         return _error(f"no labelled images for split {split!r} in {data_path}")
 

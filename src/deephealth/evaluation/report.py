@@ -54,7 +54,7 @@ ANCHORS: tuple[dict[str, Any], ...] = (
         "citation": "this project's 2020 prototype (approximate)",
         "task": "three_class",
         "values": {"accuracy": 0.83},
-        "note": "approximate; same 3 classes and official test split",
+        "note": "approximate, as recorded by the project; same 3 classes",
     },
     {
         "reference": "Best published 3-class results",
@@ -531,7 +531,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     add("")
     add("Anchors come from different models, image resolutions and training protocols; the MedMNIST "
         "result is at 28×28 pixels on a different split. Only the Kermany et al. rows use the same test "
-        "images and tasks. Sources: " + "; ".join(sorted({a['citation'] for a in report['anchors']})) + ".")
+        "images (at their original resolution) and tasks. Sources: " + "; ".join(sorted({a['citation'] for a in report['anchors']})) + ".")
     add("")
     # Misclassified
     mis = report["misclassified"]

@@ -22,6 +22,7 @@ $(VENV)/.dev-installed: $(VENV)/bin/activate pyproject.toml
 
 install-serve: $(VENV)/.serve-installed
 install-dev: $(VENV)/.dev-installed
+	@command -v chromium >/dev/null 2>&1 || { echo 'installing Debian chromium for the browser test'; apt-get update -q && apt-get install -y -q chromium; }
 
 run: install-serve
 	$(VENV)/bin/deephealth serve --host $(HOST) --port $(PORT)

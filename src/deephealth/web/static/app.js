@@ -24,6 +24,10 @@
     return (mb >= 10 ? mb.toFixed(0) : mb.toFixed(1).replace(/\.0$/, "")) + " MB";
   }
 
+  function formatSize(bytes) {
+    return bytes < 1024 * 1024 ? Math.max(1, Math.round(bytes / 1024)) + " KB" : formatMB(bytes);
+  }
+
   function setState(state) {
     document.body.dataset.state = state;
   }
@@ -94,7 +98,7 @@
     const parts = [im.format, im.width + " × " + im.height + " px"];
     if (im.photometric_interpretation) parts.push(im.photometric_interpretation);
     if (im.modality) parts.push(im.modality);
-    parts.push(formatMB(im.size_bytes));
+    parts.push(formatSize(im.size_bytes));
     $("image-info").textContent = "Read as " + parts.join(" · ");
     $("model-version").textContent = data.model.name + " " + data.model.version;
 

@@ -1,0 +1,283 @@
+"""End-to-end: Debian's Chromium, driven by Playwright, uses the upload page against a real uvicorn server.
+
+The browser is the system one (``/usr/bin/chromium``, installed by ``make install-dev`` with
+apt-get; override with ``DEEPHEALTH_CHROMIUM``); Playwright never downloads a browser here. The
+server serves the released model if it is bundled, else the ``tiny_model_dir`` test model, on
+127.0.0.1 only.
+
+Set ``DEEPHEALTH_SCREENSHOT_DIR`` to also save desktop and phone screenshots of a result there
+(this is how ``docs/screenshot.png`` is made).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright not installed: pip install -e '.[dev]'")
+
+import numpy as np  # noqa: E402
+import uvicorn  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from deephealth.inference import Predictor  # noqa: E402
+from deephealth.labels import CLASS_DESCRIPTIONS, CLASS_NAMES  # noqa: E402
+from deephealth.paths import default_model_dir  # noqa: E402
+from deephealth.web.app import create_app  # noqa: E402
+from deephealth.web.settings import Settings  # noqa: E402
+
+CHROMIUM = os.environ.get("DEEPHEALTH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.needs_data,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).is_file(),
+        reason=f"no Chromium at {CHROMIUM}: run `make install-dev` (apt-get install chromium) or set DEEPHEALTH_CHROMIUM",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(request: pytest.FixtureRequest) -> Path:
+    """The released model when it is bundled, otherwise the tiny test model."""
+    released = default_model_dir()
+    if (released / "metadata.json").is_file():
+        return released
+    return request.getfixturevalue("tiny_model_dir")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path) -> Iterator[str]:
+    """uvicorn serving the app (model loaded by the lifespan) on 127.0.0.1 and a free port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(Settings(model_dir=model_dir, max_upload_mb=2))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(server + "/")
+    sync_api.expect(pg.locator("#model-version")).not_to_have_text("not loaded")
+    yield pg
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture(scope="module")
+def xray(dataset_root: Path) -> Path:
+    """A real bacterial-pneumonia X-ray from the test split."""
+    return sorted((dataset_root / "test" / "PNEUMONIA").glob("*_bacteria_*.jpeg"))[0]
+
+
+def _expect_result(pg, expected, filename: str) -> None:
+    expect = sync_api.expect
+    expect(pg.locator("body")).to_have_attribute("data-state", "result", timeout=30_000)
+    expect(pg.locator("#result")).to_be_visible()
+    expect(pg.locator("#result-file")).to_have_text(filename)
+    expect(pg.locator("#pred-index")).to_have_text(str(expected.label_index))
+    expect(pg.locator("#pred-label")).to_have_text(CLASS_DESCRIPTIONS[expected.label])
+    bars = pg.locator("#bars li")
+    expect(bars).to_have_count(3)
+    for i, name in enumerate(CLASS_NAMES):
+        pct = 100 * expected.probabilities[name]
+        bar = bars.nth(i)
+        expect(bar.locator(".bar-pct")).to_have_text(f"{pct:.1f} %")
+        expect(bar.locator(".bar-label span").first).to_have_text(f"{i} · {CLASS_DESCRIPTIONS[name]}")
+        width = bar.locator(".bar-fill").evaluate("e => e.style.width")
+        assert float(width.rstrip("%")) == pytest.approx(pct, abs=0.01)
+    expect(bars.nth(expected.label_index)).to_have_class("top")
+    # the preview and the heatmap overlay are decoded images on screen
+    for sel in ("#preview", "#overlay"):
+        assert pg.locator(sel).evaluate("img => img.complete && img.naturalWidth") > 0, sel
+    expect(pg.locator("#notice")).to_be_visible()
+    expect(pg.locator("#notice")).to_contain_text("Decision support, not a diagnosis.")
+
+
+def test_upload_a_real_xray_shows_class_bars_and_heatmap(page, xray, model_dir):
+    expected = Predictor(model_dir).predict(xray.read_bytes(), name=xray.name)
+    expect = sync_api.expect
+    page.set_input_files("#file", str(xray))
+    _expect_result(page, expected, xray.name)
+
+    overlay = page.locator("#overlay")
+    expect(overlay).to_be_visible()
+    # the overlay covers the preview exactly (same box on screen)
+    assert overlay.bounding_box() == page.locator("#preview").bounding_box()
+    # the heatmap really is coloured (the preview is gray): sample the drawn overlay's pixels
+    spread = overlay.evaluate(
+        """img => { const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+                    const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+                    const d = g.getImageData(0, 0, c.width, c.height).data; let s = 0;
+                    for (let i = 0; i < d.length; i += 4) s += Math.max(d[i], d[i+1], d[i+2]) - Math.min(d[i], d[i+1], d[i+2]);
+                    return s / (d.length / 4); }"""
+    )
+    assert spread > 5, "overlay has no colour: no heatmap drawn"
+    page.uncheck("#heatmap-toggle")
+    expect(overlay).to_be_hidden()
+    expect(page.locator("#preview")).to_be_visible()
+    page.check("#heatmap-toggle")
+    expect(overlay).to_be_visible()
+
+    kb = round(len(xray.read_bytes()) / 1024)
+    expect(page.locator("#image-info")).to_have_text(f"Read as JPEG · 224 × 224 px · {kb} KB")
+    art = Predictor(model_dir).artifact
+    expect(page.locator("#model-version")).to_have_text(f"{art.name} {art.version}")
+    expect(page.locator("#error")).to_be_hidden()
+
+    shots = os.environ.get("DEEPHEALTH_SCREENSHOT_DIR")
+    if shots:
+        Path(shots).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(shots) / "screenshot.png"), full_page=True)
+
+
+def test_drag_and_drop_a_dicom_shows_its_preview(page, dicom_dir, model_dir):
+    path = dicom_dir / "cr_chest_pa_rsna.dcm"
+    expected = Predictor(model_dir).predict(path.read_bytes(), name=path.name)
+    data = list(path.read_bytes())
+    page.evaluate(
+        """([bytes, name]) => {
+             const file = new File([new Uint8Array(bytes)], name, {type: 'application/dicom'});
+             const dt = new DataTransfer(); dt.items.add(file);
+             const zone = document.getElementById('dropzone');
+             zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: dt, bubbles: true, cancelable: true}));
+             zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+           }""",
+        [data, path.name],
+    )
+    _expect_result(page, expected, path.name)
+    sync_api.expect(page.locator("#image-info")).to_contain_text("DICOM · 1024 × 1024 px · MONOCHROME2 · CR")
+    if expected.warnings:
+        sync_api.expect(page.locator("#warnings")).to_be_visible()
+        sync_api.expect(page.locator("#warning-list li")).to_have_count(len(expected.warnings))
+
+
+def test_rejected_files_show_clear_errors(page, xray):
+    expect = sync_api.expect
+    # a text file: 415
+    page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an x-ray\n" * 50}])
+    expect(page.locator("body")).to_have_attribute("data-state", "error", timeout=30_000)
+    expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#error-title")).to_have_text("Unsupported file format")
+    expect(page.locator("#error-detail")).to_have_text(
+        "notes.txt: unsupported format: expected JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP"
+    )
+    expect(page.locator("#result")).to_be_hidden()
+
+    # a good file clears the error, then a truncated JPEG: 422 with the reader's message
+    page.set_input_files("#file", str(xray))
+    expect(page.locator("body")).to_have_attribute("data-state", "result", timeout=30_000)
+    expect(page.locator("#error")).to_be_hidden()
+    data = xray.read_bytes()
+    page.set_input_files("#file", files=[{"name": "cut.jpeg", "mimeType": "image/jpeg", "buffer": data[: len(data) // 2]}])
+    expect(page.locator("body")).to_have_attribute("data-state", "error", timeout=30_000)
+    expect(page.locator("#error-title")).to_have_text("This image cannot be used")
+    expect(page.locator("#error-detail")).to_contain_text("cut.jpeg: truncated")
+    expect(page.locator("#result")).to_be_hidden()
+
+    # over the server's 2 MB limit: refused in the page before uploading
+    big = bytes([0xFF, 0xD8, 0xFF]) + bytes(3 * 1024 * 1024)
+    page.set_input_files("#file", files=[{"name": "huge.jpg", "mimeType": "image/jpeg", "buffer": big}])
+    expect(page.locator("#error-title")).to_have_text("File too large")
+    expect(page.locator("#error-detail")).to_have_text("huge.jpg: 3 MB is over the limit of 2 MB.")
+    expect(page.locator("#limit")).to_have_text("2 MB")
+
+
+def test_server_side_413_is_shown(page):
+    """A file over the limit that slips past the page's own check: the server's 413 detail is shown."""
+    expect = sync_api.expect
+    # Post from the page's own context with fetch, bypassing the page's size check.
+    page.evaluate(
+        """async () => {
+             const form = new FormData();
+             form.append('file', new File([new Uint8Array(3 * 1024 * 1024).fill(7)], 'huge.png'), 'huge.png');
+             const r = await fetch('/api/v1/predictions', {method: 'POST', body: form});
+             window.__status = r.status; window.__body = await r.json();
+           }"""
+    )
+    assert page.evaluate("window.__status") == 413
+    assert page.evaluate("window.__body.detail") == "file too large: the limit is 2 MB"
+    expect(page.locator("#notice")).to_be_visible()
+
+
+def test_phone_sized_screen(browser, server, xray, model_dir):
+    context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    pg = context.new_page()
+    try:
+        pg.goto(server + "/")
+        expected = Predictor(model_dir).predict(xray.read_bytes(), name=xray.name)
+        pg.set_input_files("#file", str(xray))
+        _expect_result(pg, expected, xray.name)
+        # nothing wider than the screen: no sideways scrolling
+        assert pg.evaluate("document.documentElement.scrollWidth") <= 375
+        # one column: the probabilities sit below the image
+        img = pg.locator("#preview").bounding_box()
+        bars = pg.locator("#bars").bounding_box()
+        assert bars["y"] >= img["y"] + img["height"]
+        assert img["width"] <= 375
+        # the disclaimer stays visible while scrolling (sticky)
+        pg.mouse.wheel(0, 2000)
+        pg.wait_for_timeout(200)
+        box = pg.locator("#notice").bounding_box()
+        assert box is not None and 0 <= box["y"] < 740
+        shots = os.environ.get("DEEPHEALTH_SCREENSHOT_DIR")
+        if shots:
+            pg.evaluate("window.scrollTo(0, 0)")
+            pg.screenshot(path=str(Path(shots) / "screenshot-phone.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_preview_png_matches_what_was_read(page, xray):
+    """The page's preview is the decoded image itself (gray values as read, same size)."""
+    page.set_input_files("#file", str(xray))
+    sync_api.expect(page.locator("body")).to_have_attribute("data-state", "result", timeout=30_000)
+    src = page.locator("#preview").get_attribute("src")
+    assert src.startswith("data:image/png;base64,")
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
+    read = np.asarray(Image.open(xray).convert("L"))
+    np.testing.assert_array_equal(shown, read)

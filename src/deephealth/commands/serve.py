@@ -15,6 +15,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--host --port --workers --model --max-upload-mb --log-level`` to the sub-parser."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes, each loads the model (default 1)")
@@ -42,6 +43,12 @@ def _log_config(level: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Load the model, then serve until interrupted.
+
+    Returns:
+        0 after a clean shutdown; 1 if the model cannot be loaded; 2 for bad arguments, bad
+        ``DEEPHEALTH_*`` settings or a missing ``[web]`` extra. Errors are one line on stderr.
+    """
     if args.workers < 1:
         print("deephealth serve: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -54,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        import deephealth.web.app  # noqa: F401  (FastAPI, pydantic-settings, python-multipart)
+        from deephealth.web.app import create_app  # FastAPI, pydantic-settings, python-multipart
+        from deephealth.web.settings import Settings
     except ImportError as exc:
         print(
             f"deephealth serve: the web extra is not installed ({exc.name} missing): "
@@ -65,8 +73,6 @@ def run(args: argparse.Namespace) -> int:
 
     from deephealth.artifact import ModelArtifactError
     from deephealth.inference import Predictor
-    from deephealth.web.app import create_app
-    from deephealth.web.settings import Settings
 
     # Worker processes (--workers > 1) read their settings from the environment.
     if args.model:

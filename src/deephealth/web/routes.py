@@ -198,7 +198,8 @@ def _one_line(text: str) -> str:
 
 
 def _error(request: Request, status: int, detail: str) -> JSONResponse:
-    logger.info("rejected upload: %s %s", status, detail)
+    # The detail names the client's file, which may itself be personal data: debug level only.
+    logger.debug("rejected upload: %s %s", status, detail)
     return JSONResponse(status_code=status, content={"detail": detail})
 
 

@@ -1,0 +1,364 @@
+"""The training loop: ``fit(config)`` trains, selects, calibrates and saves one run.
+
+A run folder ``<out_dir>/<name>/`` receives ``config.yaml`` (the resolved config), ``history.csv``
+(per-epoch train/validation loss and accuracy), ``curves.png``, ``best.pt`` (the checkpoint read by
+``deephealth export``), ``calibration.json`` and ``summary.json`` (wall time, best epoch, validation
+metrics). The checkpoint keeps the weight-EMA model (Polyak averaging) when ``ema_decay > 0``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deephealth import __version__
+from deephealth.calibration import fit_temperature, nll, softmax
+from deephealth.labels import CLASS_NAMES
+from deephealth.manifest import Record, grouped_split, scan
+from deephealth.paths import dataset_dir
+from deephealth.training.config import TrainConfig, save_config
+from deephealth.training.data import augment, decode_records, to_input
+from deephealth.training.model import build_model
+
+_logger = logging.getLogger(__name__)
+
+
+class Ema:
+    """Exponential moving average of a model's parameters and buffers (Polyak & Juditsky, 1992).
+
+    The effective decay ramps up as ``min(decay, (1 + t) / (10 + t))`` over update steps ``t`` so
+    the average is not dominated by the random initialisation early on.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Blend the current weights of ``model`` into the average."""
+        self.steps += 1
+        d = min(self.decay, (1.0 + self.steps) / (10.0 + self.steps))
+        ema_state = self.module.state_dict()
+        for k, v in model.state_dict().items():
+            e = ema_state[k]
+            if v.dtype.is_floating_point:
+                e.mul_(d).add_(v.detach(), alpha=1.0 - d)
+            else:
+                e.copy_(v)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, numpy and torch; returns a torch generator for augmentation."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _subset(records: list[Record], n: int, seed: int) -> list[Record]:
+    """A class-stratified subset of about ``n`` records (for smoke tests)."""
+    if n <= 0 or n >= len(records):
+        return records
+    rng = np.random.default_rng(seed)
+    out: list[Record] = []
+    for label in CLASS_NAMES:
+        group = [r for r in records if r.label == label]
+        k = max(1, round(n * len(group) / len(records)))
+        out.extend(group[i] for i in sorted(rng.permutation(len(group))[:k]))
+    return out
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Validation metrics used for model selection: accuracy, balanced accuracy, NLL, macro AUROC.
+
+    Args:
+        labels: ``(N,)`` int class indices.
+        probs: ``(N, C)`` probabilities.
+    """
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    pred = probs.argmax(1)
+    out = {
+        "accuracy": float((pred == labels).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
+        "nll": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()),
+    }
+    try:
+        out["macro_auroc"] = float(roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(probs.shape[1]))))
+    except ValueError:
+        out["macro_auroc"] = float("nan")
+    return out
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images_u8: np.ndarray, config: TrainConfig, bf16: bool, batch_size: int = 64
+) -> np.ndarray:
+    """Logits ``(N, C)`` float32 of the model in eval mode on cached uint8 images ``(N, S, S)``."""
+    model.eval()
+    device = torch.device(config.device)
+    out = []
+    pre = config.preprocessing
+    for i in range(0, len(images_u8), batch_size):
+        x = to_input(torch.from_numpy(images_u8[i : i + batch_size]), pre).to(device)
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out.append(model(x).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, len(CLASS_NAMES)), np.float32)
+
+
+def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(ep, [h["train_loss"] for h in history], label="train (augmented)")
+    a1.plot(ep, [h["val_loss"] for h in history], label="validation")
+    a1.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    a2.plot(ep, [h["train_accuracy"] for h in history], label="train (augmented)")
+    a2.plot(ep, [h["val_accuracy"] for h in history], label="validation")
+    a2.plot(ep, [h["val_balanced_accuracy"] for h in history], label="validation, balanced", linestyle="--")
+    a2.set(xlabel="epoch", ylabel="3-class accuracy", title="Accuracy")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fit(config: TrainConfig, progress: bool = True) -> Path:
+    """Train one model and write its run folder.
+
+    Args:
+        config: the resolved training config.
+        progress: show a progress bar per epoch (tqdm, on stderr).
+
+    Returns:
+        The run folder path (holding ``best.pt``).
+
+    Raises:
+        FileNotFoundError: if the dataset folder is missing.
+        deephealth.training.model.PretrainedWeightsUnavailable: for ``pretrained`` while offline.
+    """
+    from tqdm import tqdm
+
+    t_start = time.time()
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    gen = seed_everything(config.seed)
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+    bf16 = config.bf16
+
+    # Model first: a pretrained-weights failure must come before minutes of decoding.
+    model = build_model(
+        config.arch, pretrained=config.pretrained, pretrained_file=config.pretrained_file or None,
+        drop_rate=config.drop_rate,
+    )
+    name = config.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.arch}-{config.input_size}"
+    run_dir = Path(config.out_dir) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+
+    data_dir = Path(config.data_dir) if config.data_dir else dataset_dir()
+    manifest = scan(data_dir)
+    train_recs, val_recs = grouped_split(manifest.split("train"), config.val_fraction, config.split_seed)
+    train_recs = _subset(train_recs, config.max_train_images, config.seed)
+    val_recs = _subset(val_recs, config.max_train_images // 4 if config.max_train_images else 0, config.seed)
+    pre = config.preprocessing
+    t0 = time.time()
+    x_train = decode_records(train_recs, pre)
+    x_val = decode_records(val_recs, pre)
+    y_train = np.array([r.label_index for r in train_recs])
+    y_val = np.array([r.label_index for r in val_recs])
+    _logger.info("decoded %d train + %d validation images at %d px in %.1f s",
+                 len(x_train), len(x_val), pre.input_size, time.time() - t0)
+
+    counts = np.bincount(y_train, minlength=len(CLASS_NAMES)).astype(np.float64)
+    if config.class_weighting == "balanced":
+        weights = counts.sum() / (len(CLASS_NAMES) * np.maximum(counts, 1.0))
+    else:
+        weights = np.ones(len(CLASS_NAMES))
+    class_w = torch.tensor(weights, dtype=torch.float32, device=device)
+
+    model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for n_, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    steps_per_epoch = max(1, len(x_train) // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    warm = max(1, int(config.warmup_epochs * steps_per_epoch))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    ema = Ema(model, config.ema_decay) if config.ema_decay > 0 else None
+
+    history: list[dict[str, Any]] = []
+    best_value, best_epoch, best_state = -math.inf, 0, None
+    higher_better = config.select_metric != "nll"
+    x_train_t = torch.from_numpy(x_train)
+    for epoch in range(1, config.epochs + 1):
+        t_ep = time.time()
+        model.train()
+        perm = torch.randperm(len(x_train), generator=gen)
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
+                   leave=False, unit="batch")
+        for i in bar:
+            idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
+            xb = x_train_t[idx].to(torch.float32).unsqueeze(1) * (1.0 / 255.0)
+            xb = augment(xb, gen, config.aug_rotate, config.aug_scale, config.aug_translate,
+                         config.aug_brightness, config.aug_contrast, config.aug_gamma)
+            xb = ((xb - pre.mean) / pre.std).to(device)
+            if config.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            yb = torch.from_numpy(y_train[idx.numpy()]).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb, weight=class_w, label_smoothing=config.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.update(model)
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(idx)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        eval_model = ema.module if ema is not None else model
+        val_logits = predict_logits(eval_model, x_val, config, bf16)
+        val_probs = softmax(val_logits)
+        vm = classification_metrics(y_val, val_probs)
+        row = {
+            "epoch": epoch,
+            "lr": opt.param_groups[0]["lr"],
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "val_loss": nll(val_logits, y_val) if len(y_val) else float("nan"),
+            "val_accuracy": vm["accuracy"],
+            "val_balanced_accuracy": vm["balanced_accuracy"],
+            "val_macro_auroc": vm["macro_auroc"],
+            "seconds": time.time() - t_ep,
+        }
+        history.append(row)
+        value = vm[config.select_metric] if config.select_metric != "nll" else -vm["nll"]
+        improved = value > best_value
+        if improved:
+            best_value, best_epoch = value, epoch
+            best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
+        _logger.info(
+            "epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f bal %.3f auroc %.4f | %.0f s%s",
+            epoch, row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"],
+            row["val_balanced_accuracy"], row["val_macro_auroc"], row["seconds"], " *" if improved else "",
+        )
+        _write_history(history, run_dir)
+        if epoch - best_epoch >= config.patience:
+            _logger.info("early stop: no improvement of %s for %d epochs", config.select_metric, config.patience)
+            break
+
+    assert best_state is not None
+    final = build_model(config.arch, drop_rate=config.drop_rate)
+    final.load_state_dict(best_state)
+    final.to(device)
+    if config.channels_last:
+        final = final.to(memory_format=torch.channels_last)
+    # Calibrate in float32, as the exported ONNX model runs.
+    val_logits = predict_logits(final, x_val, config, bf16=False)
+    temperature = fit_temperature(val_logits, y_val) if len(y_val) else 1.0
+    calib = {
+        "method": "temperature scaling (Guo et al., 2017), fitted on the validation split",
+        "temperature": temperature,
+        "val_nll_before": nll(val_logits, y_val),
+        "val_nll_after": nll(val_logits, y_val, temperature),
+    }
+    val_metrics = classification_metrics(y_val, softmax(val_logits, temperature))
+    (run_dir / "calibration.json").write_text(json.dumps(calib, indent=2) + "\n")
+    wall = time.time() - t_start
+    data_info = {
+        "dataset_dir": str(data_dir),
+        "source": "Kermany et al., 2018, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0), 224x224 copies",
+        "train_split": "official train split, patient-grouped label-stratified split into train/validation",
+        "val_fraction": config.val_fraction,
+        "split_seed": config.split_seed,
+        "n_train": int(len(y_train)),
+        "n_val": int(len(y_val)),
+        "train_counts": {c: int(n) for c, n in zip(CLASS_NAMES, np.bincount(y_train, minlength=3))},
+        "val_counts": {c: int(n) for c, n in zip(CLASS_NAMES, np.bincount(y_val, minlength=3))},
+        "n_train_patients": len({r.patient_id for r in train_recs}),
+        "n_val_patients": len({r.patient_id for r in val_recs}),
+    }
+    summary = {
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "select_metric": config.select_metric,
+        "val_metrics": val_metrics,
+        "temperature": temperature,
+        "wall_time_s": wall,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "device": config.device},
+        "deephealth_version": __version__,
+    }
+    torch.save(
+        {
+            "model_state": {k: v.cpu() for k, v in final.state_dict().items()},
+            "model_args": {"arch": config.arch, "num_classes": len(CLASS_NAMES), "in_chans": 1},
+            "config": config.to_dict(),
+            "preprocessing": pre.to_dict(),
+            "temperature": temperature,
+            "val_metrics": val_metrics,
+            "epoch": best_epoch,
+            "data": data_info,
+            "history": history,
+            "summary": summary,
+        },
+        run_dir / "best.pt",
+    )
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "data": data_info}, indent=2) + "\n")
+    _plot_curves(history, run_dir / "curves.png")
+    _logger.info("run %s: best epoch %d, val %s, T=%.3f, %.1f min", run_dir, best_epoch,
+                 {k: round(v, 4) for k, v in val_metrics.items()}, temperature, wall / 60)
+    return run_dir
+
+
+def _write_history(history: list[dict[str, Any]], run_dir: Path) -> None:
+    with open(run_dir / "history.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)

@@ -170,3 +170,32 @@ def test_export_cli(run_dir: Path, tmp_path, capsys):
     rc = main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "m2")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("export failed:") and "nothing" in err and "Traceback" not in err
+
+
+def test_int8_export(run_dir: Path, tmp_path, capsys):
+    """--quantize ships an int8 QDQ graph that agrees with the float32 network and loads in the Predictor."""
+    from deephealth.inference import Predictor
+
+    rc = main(["export", str(run_dir), "--out", str(tmp_path / "int8"), "--quantize"])
+    assert rc == 0, capsys.readouterr().err
+    assert "int8: probabilities within" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "int8" / "metadata.json").read_text())
+    assert meta["onnx"]["precision"] == "int8" and "MinMax over" in meta["onnx"]["quantization"]["calibration"]
+    q = meta["export_check"]["int8"]
+    assert q["passed"] and q["images"] == 8 and q["prob_max_abs_diff"] <= q["prob_atol"]
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    fp32 = export_run(run_dir, tmp_path / "fp32")
+    assert json.loads((fp32 / "metadata.json").read_text())["onnx"]["precision"] == "float32"
+    x = np.random.default_rng(0).random((64, 80)).astype(np.float32)
+    a, b = Predictor(tmp_path / "int8").predict(x), Predictor(fp32).predict(x)
+    np.testing.assert_allclose(a.probs, b.probs, atol=q["prob_atol"])
+    # check_quantized refuses an int8 graph that does not match the network
+    model = _tiny_model(seed=1)
+    with torch.no_grad():
+        model.fc.bias[1] += 50.0
+    with pytest.raises(ExportError, match="int8 model's probabilities differ"):
+        from deephealth.training.export import check_quantized
+
+        check_quantized(CamModel(model).eval(), tmp_path / "int8" / "model.onnx",
+                        np.zeros((2, 1, 64, 64), np.float32), temperature=1.25)

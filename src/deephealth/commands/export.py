@@ -4,6 +4,9 @@ The ONNX file has a dynamic batch axis, input "image" (N, 1, S, S) float32 and o
 (N, 3) and "cam" (N, 3, h, w) class activation maps. The export is checked (ONNX checker, PyTorch
 vs ONNX Runtime on real dataset images) before metadata.json is written. Needs the [train] extra.
 
+--quantize ships an int8 model instead (about 3x faster on CPU), compared with the float32 network
+on the same images.
+
 Example: deephealth export runs/resnet18 --out src/deephealth/models/deephealth-cxr3 --version 1.0.0
 """
 
@@ -21,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", dest="model_version", default=None, metavar="V",
                         help="model version (default: the package version)")
     parser.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint to use instead of RUN/best.pt")
+    parser.add_argument("--quantize", action="store_true",
+                        help="ship an int8 model (ONNX Runtime static quantization, calibrated on 64 training "
+                        "images; about 3x faster on CPU); score it with deephealth evaluate before release")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from deephealth.artifact import METADATA_FILE
 
     try:
-        out = export_run(args.run, args.out, name=args.name, version=args.model_version, checkpoint=args.checkpoint)
+        out = export_run(args.run, args.out, name=args.name, version=args.model_version, checkpoint=args.checkpoint,
+                         quantize=args.quantize)
     except (ExportError, ValueError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 2
@@ -50,4 +57,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  check: ONNX checker passed; PyTorch vs ONNX Runtime on {len(check['real_inputs'])} dataset images "
           f"+ {check['random_inputs']} random inputs: max |diff| logits {check['logits_max_abs_diff']:.2g} "
           f"(atol {check['logits_atol']:g}), cam {check['cam_max_abs_diff']:.2g} (atol {check['cam_atol']:g})")
+    if "int8" in check:
+        q = check["int8"]
+        print(f"  int8: probabilities within {q['prob_max_abs_diff']:.3f} of float32 PyTorch on {q['images']} dataset "
+              f"images (limit {q['prob_atol']:g}), top-1 agreement {q['top1_agreement']:.0%}; "
+              "score it with deephealth evaluate before release")
     return 0

@@ -16,6 +16,11 @@ passes): ``onnx.checker.check_model(full_check=True)``, then PyTorch vs ONNX Run
 real dataset images (plus random inputs) within :data:`LOGITS_ATOL` / :data:`CAM_ATOL` (absolute)
 and :data:`RTOL` (relative), at batch size 1 and N, and the CAM contract
 ``logits == mean_hw(cam)``. The figures are recorded under ``export_check`` in ``metadata.json``.
+
+Optionally (``quantize=True``, ``deephealth export --quantize``) the checked float32 graph is
+quantized to int8 with ONNX Runtime's static quantization (about 3x less CPU time per image on
+CPUs with AVX-512 VNNI); the int8 graph is then compared with the float32 network (calibrated
+probabilities within :data:`QUANT_PROB_ATOL`) and recorded under ``export_check.int8``.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import torch
 from torch import nn
 
 from deephealth import __version__
-from deephealth.artifact import METADATA_FILE, ONNX_FILE, sha256_file, write_metadata
+from deephealth.artifact import ONNX_FILE, sha256_file, write_metadata
 from deephealth.labels import CLASS_NAMES, INTENDED_USE
 from deephealth.paths import DEFAULT_MODEL_NAME, dataset_dir
 from deephealth.preprocessing import PreprocessConfig, preprocess
@@ -53,6 +58,12 @@ CAM_ATOL = 1e-3
 """Absolute tolerance for PyTorch vs ONNX Runtime class activation maps (logit units)."""
 RTOL = 1e-4
 """Relative tolerance for both outputs (``|a - b| <= atol + rtol * |b|``, numpy ``allclose``)."""
+QUANT_PROB_ATOL = 0.1
+"""Largest accepted difference of calibrated probabilities between an int8 ONNX model and the
+float32 PyTorch network on the check images (a gross-error guard; the shipped artifact must still
+be scored with ``deephealth evaluate``)."""
+QUANT_CALIBRATION_IMAGES = 64
+"""Training images used to calibrate int8 activation ranges."""
 MAX_ONNX_BYTES = 50 * 1024 * 1024
 """Size above which an export is logged as too large to ship in the package."""
 
@@ -302,6 +313,122 @@ def check_export(
     return report
 
 
+def calibration_inputs(preprocessing: PreprocessConfig, n: int = QUANT_CALIBRATION_IMAGES,
+                       root: str | Path | None = None) -> np.ndarray:
+    """Training images for int8 calibration: every k-th file of ``train/`` (sorted), read and preprocessed.
+
+    Returns:
+        ``(m, 1, S, S)`` float32 with ``m <= n`` (``m = 0`` when no dataset is found).
+    """
+    from deephealth.readers import ImageReadError, read_image
+
+    root = Path(root) if root is not None else dataset_dir()
+    files = sorted((root / "train").glob("*/*.jpeg"))
+    if files:
+        files = files[:: max(1, len(files) // n)][:n]
+    arrays = []
+    for f in files:
+        try:
+            arrays.append(preprocess(read_image(f).image, preprocessing))
+        except (ImageReadError, ValueError, OSError) as exc:
+            _logger.warning("calibration: skipping %s (%s)", f, exc)
+    s = preprocessing.input_size
+    return np.stack(arrays).astype(np.float32) if arrays else np.zeros((0, 1, s, s), np.float32)
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> dict[str, Any]:
+    """Static int8 quantization with ONNX Runtime (QDQ format, per-channel int8 weights, uint8 activations).
+
+    Activation ranges are calibrated with ONNX Runtime's MinMax method on ``calibration``
+    (``(m, 1, S, S)`` float32 preprocessed training images); see the ONNX Runtime documentation,
+    "Quantize ONNX models" (onnxruntime.ai/docs/performance/model-optimizations/quantization.html).
+
+    Returns:
+        The ``onnx.quantization`` metadata entry.
+
+    Raises:
+        ExportError: if there are no calibration images or quantization fails.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if len(calibration) == 0:
+        raise ExportError("int8 quantization needs calibration images; no dataset found")
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(calibration[i : i + 1] for i in range(len(calibration)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self._it, None)
+            return None if x is None else {INPUT_NAME: x}
+
+    prep = out_path.with_suffix(".prep.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(prep))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(
+                str(prep), str(out_path), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            )
+    except Exception as exc:  # onnxruntime.quantization raises assorted types
+        raise ExportError(f"int8 quantization failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        prep.unlink(missing_ok=True)
+    return {
+        "type": "int8 static, QDQ, per-channel int8 weights, uint8 activations",
+        "tool": "onnxruntime.quantization.quantize_static",
+        "calibration": f"MinMax over {len(calibration)} training images",
+    }
+
+
+def check_quantized(cam_model: CamModel, onnx_path: Path, inputs: np.ndarray, temperature: float) -> dict[str, Any]:
+    """Compare an int8 ONNX model with the float32 PyTorch network on real inputs.
+
+    Returns:
+        Report: largest calibrated-probability and logit differences, top-1 agreement,
+        ``logits`` vs ``mean_hw(cam)`` difference.
+
+    Raises:
+        ExportError: if the checker fails, there are no inputs, or probabilities differ by more
+            than :data:`QUANT_PROB_ATOL`.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(str(onnx_path), full_check=True)
+    except Exception as exc:
+        raise ExportError(f"{onnx_path}: ONNX checker failed on the int8 model: {exc}") from exc
+    if len(inputs) == 0:
+        raise ExportError("no real inputs to check the int8 model against")
+    with torch.no_grad():
+        t_logits = cam_model(torch.from_numpy(inputs))[0].numpy()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    o_logits, o_cam = sess.run([LOGITS_NAME, CAM_NAME], {INPUT_NAME: inputs})
+
+    def probs(z: np.ndarray) -> np.ndarray:
+        e = np.exp((z - z.max(1, keepdims=True)) / temperature)
+        return e / e.sum(1, keepdims=True)
+
+    report = {
+        "images": int(len(inputs)),
+        "prob_atol": QUANT_PROB_ATOL,
+        "prob_max_abs_diff": float(np.abs(probs(o_logits) - probs(t_logits)).max()),
+        "logits_max_abs_diff": float(np.abs(o_logits - t_logits).max()),
+        "top1_agreement": float(np.mean(o_logits.argmax(1) == t_logits.argmax(1))),
+        "cam_mean_vs_logits_max_abs_diff": float(np.abs(o_cam.mean(axis=(2, 3)) - o_logits).max()),
+    }
+    report["passed"] = report["prob_max_abs_diff"] <= QUANT_PROB_ATOL
+    if not report["passed"]:
+        raise ExportError(
+            f"{onnx_path}: int8 model's probabilities differ from float32 by up to "
+            f"{report['prob_max_abs_diff']:.3f} (> {QUANT_PROB_ATOL}); export without quantization"
+        )
+    return report
+
+
 def export_model(
     model: nn.Module,
     preprocessing: PreprocessConfig,
@@ -315,6 +442,8 @@ def export_model(
     parity_inputs: np.ndarray | None = None,
     parity_names: Sequence[str] | None = None,
     opset: int = OPSET,
+    quantize: bool = False,
+    calibration: np.ndarray | None = None,
 ) -> Path:
     """Export a pool+linear classifier to a checked model folder.
 
@@ -337,6 +466,12 @@ def export_model(
             default :func:`dataset_parity_inputs` (8 dataset images, none if there is no dataset).
         parity_names: names of ``parity_inputs`` for the report.
         opset: ONNX opset version.
+        quantize: ship an int8 model (:func:`quantize_int8`; about 3x faster on CPUs with
+            AVX-512 VNNI, at a small cost in fidelity, checked by :func:`check_quantized` and
+            recorded under ``onnx.quantization`` and ``export_check.int8``). The float32 export
+            is still checked against PyTorch first.
+        calibration: ``(m, 1, S, S)`` float32 inputs for int8 calibration; default
+            :func:`calibration_inputs` (64 training images).
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -371,6 +506,14 @@ def export_model(
         tmp_onnx = Path(tmp) / ONNX_FILE
         _export_onnx(cam_model, tmp_onnx, size, opset)
         check = check_export(cam_model, tmp_onnx, parity_inputs, parity_names or [])
+        quant_meta = None
+        if quantize:
+            int8_onnx = Path(tmp) / "model.int8.onnx"
+            calib = calibration if calibration is not None else calibration_inputs(preprocessing)
+            quant_meta = quantize_int8(tmp_onnx, int8_onnx, np.asarray(calib, dtype=np.float32))
+            # export_check describes the float32 graph vs PyTorch; export_check.int8 the shipped int8 graph
+            check["int8"] = check_quantized(cam_model, int8_onnx, parity_inputs, temperature)
+            int8_onnx.replace(tmp_onnx)
         n_bytes = tmp_onnx.stat().st_size
         if n_bytes > MAX_ONNX_BYTES:
             _logger.warning("%s is %.1f MB, more than the %.0f MB the package can ship",
@@ -410,6 +553,7 @@ def export_model(
             "opset": int(opset),
             "dynamic_axes": {INPUT_NAME: {"0": "batch"}, LOGITS_NAME: {"0": "batch"}, CAM_NAME: {"0": "batch"}},
             "exporter": f"torch.onnx.export (TorchScript, dynamo=False), torch {torch.__version__}",
+            "precision": "int8" if quantize else "float32",
         },
         "intended_use": INTENDED_USE,
     }
@@ -418,6 +562,8 @@ def export_model(
             _logger.warning("metadata_extra key %r ignored: set by the exporter", key)
             continue
         metadata[key] = value
+    if quant_meta is not None:
+        metadata["onnx"]["quantization"] = quant_meta
     metadata["summary"] = summary_meta
     metadata["export_check"] = check
     write_metadata(out_dir, metadata)
@@ -484,6 +630,7 @@ def export_run(
     name: str | None = None,
     version: str | None = None,
     checkpoint: str | Path | None = None,
+    quantize: bool = False,
 ) -> Path:
     """Export a training run (or one checkpoint file) to a checked model folder.
 
@@ -493,6 +640,7 @@ def export_run(
         name: model name (default :data:`deephealth.paths.DEFAULT_MODEL_NAME`).
         version: model version (default: the package version).
         checkpoint: checkpoint file to use instead of ``<source>/best.pt``.
+        quantize: ship an int8 model (see :func:`export_model`).
 
     Returns:
         ``out_dir``.
@@ -558,4 +706,5 @@ def export_run(
         version=version or __version__,
         temperature=float(ckpt["temperature"]),
         metadata_extra=_jsonable(extra),
+        quantize=quantize,
     )

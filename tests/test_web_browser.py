@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,13 +68,13 @@ def model_dir(request: pytest.FixtureRequest) -> Path:
     return request.getfixturevalue("tiny_model_dir")
 
 
-@pytest.fixture(scope="module")
-def server(model_dir: Path) -> Iterator[str]:
+@contextmanager
+def _uvicorn(model_dir: Path, **settings) -> Iterator[str]:
     """uvicorn serving the app (model loaded by the lifespan) on 127.0.0.1 and a free port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = create_app(Settings(model_dir=model_dir, max_upload_mb=2))
+    app = create_app(Settings(model_dir=model_dir, **settings))
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -81,10 +82,26 @@ def server(model_dir: Path) -> Iterator[str]:
     while not srv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path) -> Iterator[str]:
+    """The app with default settings (32 MB upload limit)."""
+    with _uvicorn(model_dir) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def small_server(model_dir: Path) -> Iterator[str]:
+    """The app with a 2 MB upload limit."""
+    with _uvicorn(model_dir, max_upload_mb=2) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +112,29 @@ def browser() -> Iterator[object]:
         b.close()
 
 
-@pytest.fixture()
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
+def _open(browser, url: str, **context_args):
+    context = browser.new_context(**({"viewport": {"width": 1200, "height": 900}} | context_args))
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    pg.goto(server + "/")
+    pg.goto(url + "/")
     sync_api.expect(pg.locator("#model-version")).not_to_have_text("not loaded")
+    return context, pg, errors
+
+
+@pytest.fixture()
+def page(browser, server):
+    """A desktop-sized page on the default server; fails the test on any JavaScript error."""
+    context, pg, errors = _open(browser, server)
+    yield pg
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture()
+def small_page(browser, small_server):
+    """A page on the server with the 2 MB limit."""
+    context, pg, errors = _open(browser, small_server)
     yield pg
     context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
@@ -219,17 +251,20 @@ def test_rejected_files_show_clear_errors(page, xray):
     expect(page.locator("#error-detail")).to_contain_text("cut.jpeg: truncated")
     expect(page.locator("#result")).to_be_hidden()
 
-    # over the server's 2 MB limit: refused in the page before uploading
+    expect(page.locator("#limit")).to_have_text("32 MB")
+
+
+def test_file_over_the_limit_is_refused(small_page):
+    """Over the server's limit (2 MB here): the page refuses it before uploading, and so does the server."""
+    expect = sync_api.expect
+    page = small_page
+    expect(page.locator("#limit")).to_have_text("2 MB")
     big = bytes([0xFF, 0xD8, 0xFF]) + bytes(3 * 1024 * 1024)
     page.set_input_files("#file", files=[{"name": "huge.jpg", "mimeType": "image/jpeg", "buffer": big}])
+    expect(page.locator("body")).to_have_attribute("data-state", "error")
     expect(page.locator("#error-title")).to_have_text("File too large")
     expect(page.locator("#error-detail")).to_have_text("huge.jpg: 3 MB is over the limit of 2 MB.")
-    expect(page.locator("#limit")).to_have_text("2 MB")
 
-
-def test_server_side_413_is_shown(page):
-    """A file over the limit that slips past the page's own check: the server's 413 detail is shown."""
-    expect = sync_api.expect
     # Post from the page's own context with fetch, bypassing the page's size check.
     page.evaluate(
         """async () => {

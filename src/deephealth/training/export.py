@@ -685,6 +685,7 @@ def export_run(
         "epoch": ckpt.get("epoch"),
         "config": ckpt.get("config"),
         "history": ckpt.get("history"),
+        "summary": ckpt.get("summary"),
     }
     calib_file = run_dir / "calibration.json"
     extra: dict[str, Any] = {

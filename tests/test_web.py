@@ -486,10 +486,10 @@ def test_upload_page_and_static_files(client):
 
 
 def test_settings_from_environment(monkeypatch, tmp_path):
-    for var in ("DEEPHEALTH_MODEL_DIR", "DEEPHEALTH_MAX_UPLOAD_MB", "DEEPHEALTH_LOG_LEVEL"):
+    for var in ("DEEPHEALTH_MODEL_DIR", "DEEPHEALTH_MAX_UPLOAD_MB", "DEEPHEALTH_MAX_CONCURRENCY", "DEEPHEALTH_LOG_LEVEL"):
         monkeypatch.delenv(var, raising=False)
     s = Settings()
-    assert s.max_upload_bytes == 32 * 1024 * 1024 and s.model_dir is None
+    assert s.max_upload_bytes == 32 * 1024 * 1024 and s.model_dir is None and s.max_concurrency == 4
     monkeypatch.setenv("DEEPHEALTH_MAX_UPLOAD_MB", "5")
     monkeypatch.setenv("DEEPHEALTH_MODEL_DIR", str(tmp_path))
     s = Settings()
@@ -523,11 +523,29 @@ def live_server(app) -> Iterator[str]:
         sock.close()
 
 
-def test_eight_concurrent_clients_all_succeed(tiny_model_dir, predictor, xrays):
+def test_eight_concurrent_clients_all_succeed(tiny_model_dir, predictor, xrays, monkeypatch):
     expected = {p.name: predictor.predict(p.read_bytes(), name=p.name) for p in xrays}
+    served = Predictor(tiny_model_dir)
+    real_predict = served.predict
+    lock = threading.Lock()
+    running = [0]
+    peak = [0]
+
+    def counting_predict(*args, **kwargs):  # the real prediction, counting how many run at once
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.2)  # make the overlap certain
+            return real_predict(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(served, "predict", counting_predict)
     barrier = threading.Barrier(len(xrays))
 
-    with live_server(create_app(Settings(model_dir=tiny_model_dir))) as base:
+    with live_server(create_app(Settings(max_concurrency=3), predictor=served)) as base:
 
         def one(path: Path) -> httpx.Response:
             with httpx.Client(base_url=base, timeout=60) as http:
@@ -545,6 +563,7 @@ def test_eight_concurrent_clients_all_succeed(tiny_model_dir, predictor, xrays):
         assert body["label_index"] == want.label_index
         np.testing.assert_allclose([body["probabilities"][c] for c in CLASS_NAMES], want.probs, atol=1e-9)
         assert body["heatmap_png"]
+    assert peak[0] == 3  # requests overlapped, and no more than DEEPHEALTH_MAX_CONCURRENCY ran at once
 
 
 def test_torch_is_never_imported_by_the_serving_path(tiny_model_dir, xrays):

@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.state.settings = settings
     app.state.predictor = predictor
     app.state.model_card = None
+    app.state.limiter = None  # anyio.CapacityLimiter(settings.max_concurrency), made in the event loop
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

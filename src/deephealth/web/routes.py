@@ -17,9 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 
@@ -186,8 +187,13 @@ async def create_prediction(
     fmt = sniff_format(upload.data)
     if fmt is None:
         return _error(request, 415, f"{name}: unsupported format: expected {SUPPORTED_FORMATS_TEXT}")
+    limiter = request.app.state.limiter
+    if limiter is None:  # created on first use, inside the event loop
+        limiter = request.app.state.limiter = anyio.CapacityLimiter(settings.max_concurrency)
     try:
-        body = await run_in_threadpool(_predict, request, upload.data, name, heatmap, preview)
+        # CPU-bound: in a worker thread, so the event loop keeps serving; at most
+        # max_concurrency at once (ONNX Runtime's InferenceSession.run is thread-safe).
+        body = await anyio.to_thread.run_sync(_predict, request, upload.data, name, heatmap, preview, limiter=limiter)
     except ImageReadError as exc:
         return _error(request, 422, _one_line(str(exc)))
     return body

@@ -7,6 +7,9 @@ Variable                       Meaning
                                the model bundled in the package (:func:`deephealth.paths.default_model_dir`)
 ``DEEPHEALTH_MAX_UPLOAD_MB``   largest accepted upload in MiB (default 32); larger uploads get
                                HTTP 413, enforced while the request body is read
+``DEEPHEALTH_MAX_CONCURRENCY`` images decoded and classified at the same time (default 4);
+                               further requests wait their turn (bounds memory: a 50-megapixel
+                               image takes 200 MB as float32)
 ``DEEPHEALTH_LOG_LEVEL``       log level of the ``deephealth`` loggers (default ``INFO``)
 =============================  ===========================================================
 
@@ -29,6 +32,7 @@ class Settings(BaseSettings):
     Attributes:
         model_dir: model folder; ``None`` means :func:`deephealth.paths.default_model_dir`.
         max_upload_mb: upload limit in MiB (1 MiB = 1,048,576 bytes), > 0.
+        max_concurrency: most images decoded and classified at once, >= 1.
         log_level: level name for the ``deephealth`` loggers (``DEBUG``, ``INFO``, ``WARNING``...).
     """
 
@@ -36,6 +40,7 @@ class Settings(BaseSettings):
 
     model_dir: Path | None = None
     max_upload_mb: float = Field(default=32.0, gt=0)
+    max_concurrency: int = Field(default=4, ge=1)
     log_level: str = "INFO"
 
     @property

@@ -1,5 +1,6 @@
 // Deep Health upload page: sends the file to POST /api/v1/predictions and shows the result.
-// Plain JavaScript, no build step, no external resources.
+// Plain JavaScript, no build step, no external resources. URLs are relative, so the app also
+// works behind a reverse proxy under a sub-path.
 "use strict";
 
 (function () {
@@ -121,7 +122,7 @@
     form.append("file", file, file.name);
     let response;
     try {
-      response = await fetch("/api/v1/predictions?heatmap=true&preview=true", { method: "POST", body: form });
+      response = await fetch("api/v1/predictions?heatmap=true&preview=true", { method: "POST", body: form });
     } catch (err) {
       showError("Could not reach the server", "The upload did not complete. Check the connection and try again.");
       return;
@@ -167,7 +168,7 @@
     overlay.hidden = !(toggle.checked && overlay.getAttribute("src"));
   });
 
-  fetch("/healthz")
+  fetch("healthz")
     .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
     .then((h) => {
       maxUploadBytes = h.max_upload_bytes;

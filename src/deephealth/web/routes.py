@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 
 from deephealth import labels
+from deephealth.inference import overlay_png
 from deephealth.readers import ImageReadError
 from deephealth.web.schemas import ErrorResponse, Health, ModelCard, PredictionPublic
 from deephealth.web.upload import FILE_FIELD, SUPPORTED_FORMATS_TEXT, UploadError, read_upload, sniff_format
@@ -84,18 +85,28 @@ def _form_flag(fields: dict[str, str], name: str, default: bool) -> bool:
     raise UploadError(422, f"form field {name!r} must be true or false, got {fields[name][:20]!r}")
 
 
-def _png_base64(image: Image.Image) -> str:
-    """Base64 text of a PNG of ``image`` shrunk to at most :data:`PREVIEW_MAX_SIDE` pixels a side."""
-    image.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=False)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+def _shrink(image: np.ndarray) -> np.ndarray:
+    """A (H, W) float image reduced to at most :data:`PREVIEW_MAX_SIDE` pixels a side (area average).
+
+    Returns:
+        ``(h, w)`` float32, the same aspect ratio (sides rounded to whole pixels); ``image`` itself
+        if it is already small enough.
+    """
+    h, w = image.shape
+    scale = PREVIEW_MAX_SIDE / max(h, w)
+    if scale >= 1.0:
+        return np.asarray(image, dtype=np.float32)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # (width, height) for Pillow
+    small = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F").resize(size, Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32)
 
 
 def _gray_png_base64(image: np.ndarray) -> str:
-    """Base64 PNG of a (H, W) float32 image in [0, 1] (8-bit grayscale, bright = dense)."""
+    """Base64 PNG (8-bit grayscale, bright = dense) of a (H, W) float image in [0, 1]."""
     arr = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-    return _png_base64(Image.fromarray(np.round(arr * 255.0).astype(np.uint8), mode="L"))
+    buf = io.BytesIO()
+    Image.fromarray(np.round(arr * 255.0).astype(np.uint8), mode="L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _predict(request: Request, data: bytes, filename: str, heatmap: bool, preview: bool) -> dict[str, Any]:
@@ -105,11 +116,12 @@ def _predict(request: Request, data: bytes, filename: str, heatmap: bool, previe
     # The Prediction keeps the decoded image only when a heatmap is computed; the class activation
     # map comes from the same network run, so asking for it to get the preview costs little.
     pred = predictor.predict(data, name=filename, heatmap=heatmap or preview)
+    image = _shrink(pred.image) if (heatmap or preview) else None  # (h, w), at most 1024 a side
     heatmap_b64 = None
     if heatmap:
-        with Image.open(io.BytesIO(pred.overlay_png())) as im:
-            heatmap_b64 = _png_base64(im.convert("RGB"))
-    preview_b64 = _gray_png_base64(pred.image) if preview else None
+        heat = _shrink(pred.heatmap)  # aligned with the decoded image, so with `image` too
+        heatmap_b64 = base64.b64encode(overlay_png(image, heat)).decode("ascii")
+    preview_b64 = _gray_png_base64(image) if preview else None
     latency_ms = (time.perf_counter() - start) * 1000.0
     artifact = predictor.artifact
     class_names = list(artifact.class_names)

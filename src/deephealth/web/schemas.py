@@ -53,7 +53,8 @@ class PredictionPublic(BaseModel):
     image: ImageInfoPublic
     heatmap_png: str | None = Field(
         default=None,
-        description="with heatmap=true: base64 PNG of the class activation heatmap over the decoded image",
+        description="with heatmap=true: base64 PNG of the class activation heatmap (jet colours, alpha 0.4) over the "
+        "decoded image, longest side at most 1024 px",
     )
     preview_png: str | None = Field(
         default=None,

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from deephealth.artifact import ModelArtifact, ModelArtifactError
+from deephealth.calibration import softmax
 from deephealth.labels import CLASS_NAMES
 from deephealth.paths import default_model_dir
 from deephealth.preprocessing import preprocess
@@ -67,10 +68,7 @@ def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarr
     Returns:
         ``(..., C)`` float64 probabilities ``softmax(logits / T)``, each row summing to 1.
     """
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=-1, keepdims=True)  # numerical stability
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    return softmax(logits, temperature)
 
 
 def cam_heatmap(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

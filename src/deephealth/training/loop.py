@@ -331,7 +331,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         "val_metrics": val_metrics,
         "temperature": temperature,
         "wall_time_s": wall,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": str(torch.__version__),
                     "threads": torch.get_num_threads(), "device": config.device},
         "deephealth_version": __version__,
     }

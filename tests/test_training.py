@@ -1,0 +1,144 @@
+"""Training: config precedence, augmentation, a one-epoch smoke run on real images, pretrained weights."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from deephealth.cli import main  # noqa: E402
+from deephealth.preprocessing import PreprocessConfig, normalize, resize_to_input  # noqa: E402
+from deephealth.readers import read_image  # noqa: E402
+from deephealth.training.config import TrainConfig, load_config, save_config  # noqa: E402
+from deephealth.training.data import augment, decode_records, to_input  # noqa: E402
+from deephealth.training.model import CamModel, PretrainedWeightsUnavailable, build_model  # noqa: E402
+
+
+def test_config_precedence(tmp_path: Path) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_text("epochs: 7\nlr: 0.01\ninput_size: 128\n")
+    c = load_config(y, epochs=3, lr=None)
+    assert (c.epochs, c.lr, c.input_size, c.arch) == (3, 0.01, 128, "resnet18")
+    assert c.preprocessing == PreprocessConfig(128, "bilinear", 0.5, 0.25)
+    save_config(c, tmp_path / "out.yaml")
+    assert load_config(tmp_path / "out.yaml") == c
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("epoch: 3\n", "unknown config key"), ("epochs: three\n", "must be int"), ("device: tpu\n", "device"),
+     ("input_size: 8\n", "input_size")],
+)
+def test_config_errors(tmp_path: Path, text: str, match: str) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_config(y)
+
+
+def test_release_recipe_is_a_valid_config() -> None:
+    c = load_config(Path(__file__).parents[1] / "configs" / "release.yaml")
+    assert c.arch == "resnet18" and c.epochs >= 1
+
+
+def test_to_input_matches_numpy_contract() -> None:
+    q = np.array([[[0, 128, 255]]], dtype=np.uint8)
+    pre = PreprocessConfig(input_size=16)
+    x = to_input(torch.from_numpy(q), pre)
+    assert x.shape == (1, 1, 1, 3)
+    np.testing.assert_allclose(x.numpy().ravel(), [-2.0, (128 / 255 - 0.5) / 0.25, 2.0], atol=1e-6)
+    np.testing.assert_allclose(x.numpy()[:, 0], normalize(q, pre), atol=1e-6)
+
+
+def test_augment_identity_when_disabled_and_bounded_otherwise() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 32, 32, generator=g)
+    same = augment(x, g, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    torch.testing.assert_close(same, x.clamp(1e-6, 1.0), atol=1e-5, rtol=0)
+    y = augment(x, g, 10.0, 0.1, 0.06, 0.1, 0.2, 0.25)
+    assert y.shape == x.shape and float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    assert not torch.allclose(y, x)
+
+
+def test_augment_never_flips_left_right() -> None:
+    # A bright left half must stay mostly on the left under the strongest allowed settings.
+    x = torch.zeros(64, 1, 32, 32)
+    x[..., :16] = 1.0
+    y = augment(x, torch.Generator().manual_seed(1), 10.0, 0.1, 0.06, 0.0, 0.0, 0.0)
+    assert bool((y[..., :16].mean((1, 2, 3)) > y[..., 16:].mean((1, 2, 3)) + 0.5).all())
+
+
+def test_cam_model_logits_equal_mean_of_cam() -> None:
+    torch.manual_seed(0)
+    m = CamModel(build_model("resnet18")).eval()
+    logits, cam = m(torch.randn(2, 1, 64, 64))
+    assert logits.shape == (2, 3) and cam.shape == (2, 3, 2, 2)
+    torch.testing.assert_close(cam.mean((2, 3)), logits, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_records_uses_the_contract(dataset_root: Path) -> None:
+    from deephealth.manifest import scan
+
+    recs = scan(dataset_root).split("test")[:3]
+    pre = PreprocessConfig(input_size=96)
+    arr = decode_records(recs, pre)
+    assert arr.shape == (3, 96, 96) and arr.dtype == np.uint8
+    np.testing.assert_array_equal(arr[1], resize_to_input(read_image(recs[1].path).image, pre))
+
+
+@pytest.mark.slow
+def test_one_epoch_smoke_training_on_real_images(tmp_path: Path, dataset_root: Path) -> None:
+    status = main([
+        "train", "--data", str(dataset_root), "--max-train-images", "48", "--epochs", "1", "--input-size", "64",
+        "--batch-size", "16", "--out-dir", str(tmp_path), "--name", "smoke", "--quiet", "--num-threads", "2",
+    ])
+    assert status == 0
+    run = tmp_path / "smoke"
+    for f in ("config.yaml", "history.csv", "curves.png", "best.pt", "calibration.json", "summary.json"):
+        assert (run / f).is_file(), f
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert len(rows) == 1 and rows[0]["epoch"] == "1"
+    assert 0.0 <= float(rows[0]["val_accuracy"]) <= 1.0 and float(rows[0]["train_loss"]) > 0
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["model_args"] == {"arch": "resnet18", "num_classes": 3, "in_chans": 1}
+    assert ckpt["preprocessing"]["input_size"] == 64 and ckpt["temperature"] > 0
+    assert abs(ckpt["data"]["n_train"] - 48) <= 1  # class-stratified subset, rounded per class
+    calib = json.loads((run / "calibration.json").read_text())
+    assert calib["val_nll_after"] <= calib["val_nll_before"] + 1e-9
+    model = build_model("resnet18")
+    model.load_state_dict(ckpt["model_state"])
+
+
+def test_pretrained_offline_fails_at_once_with_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PretrainedWeightsUnavailable, match="--pretrained-file"):
+        build_model("resnet18", pretrained=True)
+
+
+def test_train_cli_pretrained_offline_exits_2(monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["train", "--pretrained", "true", "--out-dir", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot download ImageNet weights") and "Traceback" not in err
+
+
+def test_pretrained_from_local_file(tmp_path: Path) -> None:
+    import timm
+
+    torch.manual_seed(0)
+    src = timm.create_model("resnet18", num_classes=1000)  # stands in for ImageNet weights
+    path = tmp_path / "resnet18_imagenet.pth"
+    torch.save(src.state_dict(), path)
+    m = build_model("resnet18", pretrained_file=path)
+    # timm adapts the RGB stem to one channel by summing over the colour axis.
+    torch.testing.assert_close(m.conv1.weight, src.conv1.weight.sum(1, keepdim=True))
+    torch.testing.assert_close(m.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
+    assert m.fc.weight.shape == (3, 512)
+    with pytest.raises(PretrainedWeightsUnavailable, match="not found"):
+        build_model("resnet18", pretrained_file=tmp_path / "missing.pth")

@@ -365,16 +365,8 @@ class Predictor:
             source = bytes(source)
         if not isinstance(source, (str, Path, bytes)):
             raise ImageReadError(f"{label}: unsupported input type {type(source).__name__}")
-        try:
-            result = read_image(source, name=name, target_size=self.input_size)
-        except ImageReadError:
-            raise
-        except FileNotFoundError:
-            raise ImageReadError(f"{label}: file not found") from None
-        except IsADirectoryError:
-            raise ImageReadError(f"{label}: is a folder, not an image file") from None
-        except OSError as exc:
-            raise ImageReadError(f"{label}: cannot read file ({exc.strerror or exc})") from exc
+        # The reader turns missing files, folders and OS errors into ImageReadError itself.
+        result = read_image(source, name=name, target_size=self.input_size)
         return result.image, result.info
 
     @staticmethod

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from deephealth.artifact import ModelArtifact
 from PIL import Image
 
 from deephealth.cli import main
@@ -80,6 +82,8 @@ def test_json_output_parses(folder: Path, tiny_model_dir: Path, capsys):
             assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-9)
             assert r["label_index"] in (0, 1, 2) and r["image"]["format"] == "JPEG"
     assert rows[2]["error"].startswith(str(folder / "sub" / "broken.jpeg") + ": ")
+    art = ModelArtifact.load(tiny_model_dir)
+    assert all(r["model"] == {"name": art.name, "version": art.version, "sha256": art.sha256} for r in rows)
     assert INTENDED_USE in err and INTENDED_USE not in out
 
 
@@ -89,8 +93,10 @@ def test_csv_output_parses(folder: Path, tiny_model_dir: Path, capsys):
     assert rc == 1
     reader = csv.DictReader(io.StringIO(out))
     assert reader.fieldnames == ["path", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral",
-                                 "warnings", "error"]
+                                 "warnings", "error", "model"]
     rows = list(reader)
+    art = ModelArtifact.load(tiny_model_dir)
+    assert {r["model"] for r in rows} == {f"{art.name} {art.version}"}
     assert len(rows) == 4
     ok = [r for r in rows if r["ok"] == "true"]
     assert len(ok) == 3

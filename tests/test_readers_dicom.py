@@ -377,3 +377,10 @@ def test_real_ct_refused(dicom_dir: Path) -> None:
 def test_dicom_constants_are_sane() -> None:
     assert {"CR", "DX"} <= dicom_module.RADIOGRAPH_MODALITIES
     assert "CT" not in dicom_module.RADIOGRAPH_MODALITIES
+
+
+@pytest.mark.parametrize("keep_bytes", [2_000, 60_000, 120_000])
+def test_real_cr_truncated_is_refused_as_truncated(dicom_dir: Path, keep_bytes: int) -> None:
+    data = (dicom_dir / "cr_chest_pa_rsna.dcm").read_bytes()[:keep_bytes]
+    with pytest.raises(ImageReadError, match=r"^cut\.dcm: .*(truncated|corrupt)"):
+        read_image(data, name="cut.dcm")

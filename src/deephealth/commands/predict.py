@@ -132,17 +132,18 @@ def _fmt_table(rows: list[dict]) -> str:
     return "\n".join([line(headers), sep, *(line(b) for b in body)])
 
 
-def _fmt_csv(rows: list[dict]) -> str:
+def _fmt_csv(rows: list[dict], model: str) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "warnings", "error"])
+    w.writerow(["path", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "warnings", "error",
+                "model"])
     for r in rows:
         if r["ok"]:
             p = r["probabilities"]
             w.writerow([r["source"], "true", r["label"], r["label_index"], f"{p['normal']:.6f}",
-                        f"{p['bacterial']:.6f}", f"{p['viral']:.6f}", "; ".join(r["warnings"]), ""])
+                        f"{p['bacterial']:.6f}", f"{p['viral']:.6f}", "; ".join(r["warnings"]), "", model])
         else:
-            w.writerow([r["source"], "false", "", "", "", "", "", "", r["error"]])
+            w.writerow([r["source"], "false", "", "", "", "", "", "", r["error"], model])
     return buf.getvalue()
 
 
@@ -210,12 +211,16 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"source": arg, "ok": False, "error": f"{arg}: {reason}"})
 
     n_bad = sum(not r["ok"] for r in rows)
-    notice = f"Model {predictor.artifact.name} {predictor.artifact.version}. {INTENDED_USE}"
+    art = predictor.artifact
+    model_id = f"{art.name} {art.version}"
+    notice = f"Model {model_id}. {INTENDED_USE}"
     if args.format == "json":
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        # Every result names the model that produced it (saved results stay traceable).
+        model_info = {"name": art.name, "version": art.version, "sha256": art.sha256}
+        sys.stdout.write(json.dumps([{**r, "model": model_info} for r in rows], indent=2) + "\n")
         print(notice, file=sys.stderr)
     elif args.format == "csv":
-        sys.stdout.write(_fmt_csv(rows))
+        sys.stdout.write(_fmt_csv(rows, model_id))
         print(notice, file=sys.stderr)
     else:
         if rows:

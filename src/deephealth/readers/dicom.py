@@ -104,6 +104,9 @@ def read_dicom(data: bytes, label: str) -> ReadResult:
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt files
         raise ImageReadError(f"{label}: truncated or corrupt DICOM file ({_one_line(exc)})") from None
 
+    if "PixelData" not in ds and (b"\xe0\x7f\x10\x00" in data or b"\x7f\xe0\x00\x10" in data):
+        # pydicom drops a Pixel Data element whose value is cut short (it only warns).
+        raise ImageReadError(f"{label}: truncated DICOM file: the pixel data (7FE0,0010) is cut short")
     try:
         return _convert(ds, label)
     except ImageReadError:
@@ -177,7 +180,7 @@ def _convert(ds: Any, label: str) -> ReadResult:
         transfer_syntax=ts_text,
     )
     for w in warnings:
-        logger.info("%s: %s", label, w)
+        logger.debug("%s: %s", label, w)
     return ReadResult(image, info)
 
 

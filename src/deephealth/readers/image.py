@@ -293,7 +293,7 @@ def _read_pillow(data: bytes, label: str, target_size: int | None) -> ReadResult
         mode=mode,
     )
     for w in warnings:
-        logger.info("%s: %s", label, w)
+        logger.debug("%s: %s", label, w)
     return ReadResult(image, info)
 
 

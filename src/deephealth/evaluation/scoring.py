@@ -76,7 +76,7 @@ def evaluate_model(
         p = getattr(res, "probs", None)
         if p is None:
             row["error"] = str(getattr(res, "error", None) or f"{rec.path}: no prediction")
-            _logger.warning("not scored: %s", row["error"])
+            _logger.debug("not scored: %s", row["error"])
         else:
             p = np.asarray(p, dtype=np.float64).reshape(len(CLASS_NAMES))
             row["probs"] = [float(v) for v in p]

@@ -159,7 +159,7 @@ def test_evaluate_refuses_bad_model_and_data(tiny_model_dir, tmp_path, capsys):
 
 def test_evaluation_never_imports_torch():
     code = (
-        "import sys, deephealth.evaluation, deephealth.evaluation.plots, deephealth.commands.evaluate, "
+        "import sys, deephealth.evaluation, deephealth.evaluation.plots, deephealth.cli.evaluate, "
         "deephealth.inference; assert 'torch' not in sys.modules, 'torch imported'"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})

@@ -15,7 +15,7 @@ from deephealth.artifact import ModelArtifact
 from PIL import Image
 
 from deephealth.cli import main
-from deephealth.commands.predict import collect_inputs
+from deephealth.cli.predict import collect_inputs
 from deephealth.inference import Predictor
 from deephealth.labels import INTENDED_USE
 

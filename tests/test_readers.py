@@ -405,7 +405,7 @@ def test_real_dataset_images_are_exact(dataset_root: Path) -> None:
 
 
 def test_readers_do_not_import_torch() -> None:
-    code = "import sys, deephealth.readers as r, deephealth.commands.inspect; " \
+    code = "import sys, deephealth.readers as r, deephealth.cli.inspect; " \
            "from deephealth.readers import dicom; assert 'torch' not in sys.modules, 'torch imported'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -572,7 +572,7 @@ import sys
 from fastapi.testclient import TestClient
 from deephealth.web.app import create_app
 from deephealth.web.settings import Settings
-import deephealth.commands.serve
+import deephealth.cli.serve
 with TestClient(create_app(Settings(model_dir={str(tiny_model_dir)!r}))) as c:
     r = c.post('/api/v1/predictions?heatmap=true&preview=true', files={{'file': ('x.jpeg', open({str(xrays[0])!r}, 'rb').read())}})
     assert r.status_code == 200, r.text

@@ -1,6 +1,6 @@
 """The ``deephealth`` command line: ``deephealth <command> --help`` documents each command.
 
-Each command lives in ``deephealth.commands.<name>`` with ``add_arguments(parser)`` and
+Each command lives in ``deephealth.cli.<name>`` with ``add_arguments(parser)`` and
 ``run(args) -> int`` (the exit status). Command modules import heavy libraries inside ``run`` only,
 so ``deephealth --help`` and the serving commands never import PyTorch.
 """
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module, help_text in COMMANDS:
-        mod = importlib.import_module(f"deephealth.commands.{module}")
+        mod = importlib.import_module(f"deephealth.cli.{module}")
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
@@ -58,7 +58,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

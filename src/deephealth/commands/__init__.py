@@ -1,1 +1,0 @@
-"""Sub-commands of the ``deephealth`` command line, one module each."""

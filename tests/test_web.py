@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,6 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from deephealth.artifact import sha256_file  # noqa: E402
@@ -43,6 +41,8 @@ from deephealth.web.app import create_app  # noqa: E402
 from deephealth.web.schemas import ModelCard, PredictionPublic  # noqa: E402
 from deephealth.web.settings import Settings  # noqa: E402
 from deephealth.web.upload import UploadError, read_upload, sniff_format  # noqa: E402
+
+from _servers import live_server  # noqa: E402
 
 pytestmark = pytest.mark.needs_data
 
@@ -502,25 +502,6 @@ def test_settings_from_environment(monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------------------ real server
 
 
-@contextmanager
-def live_server(app) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def test_eight_concurrent_clients_all_succeed(tiny_model_dir, predictor, xrays, monkeypatch):

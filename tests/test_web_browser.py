@@ -15,9 +15,6 @@ import base64
 import io
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +25,6 @@ pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright not installed: pip install -e '.[dev]'")
 
 import numpy as np  # noqa: E402
-import uvicorn  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from deephealth.inference import Predictor  # noqa: E402
@@ -36,6 +32,8 @@ from deephealth.labels import CLASS_DESCRIPTIONS, CLASS_NAMES  # noqa: E402
 from deephealth.paths import default_model_dir  # noqa: E402
 from deephealth.web.app import create_app  # noqa: E402
 from deephealth.web.settings import Settings  # noqa: E402
+
+from _servers import live_server  # noqa: E402
 
 CHROMIUM = os.environ.get("DEEPHEALTH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -71,23 +69,8 @@ def model_dir(request: pytest.FixtureRequest) -> Path:
 @contextmanager
 def _uvicorn(model_dir: Path, **settings) -> Iterator[str]:
     """uvicorn serving the app (model loaded by the lifespan) on 127.0.0.1 and a free port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    app = create_app(Settings(model_dir=model_dir, **settings))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(10)
-        sock.close()
+    with live_server(create_app(Settings(model_dir=model_dir, **settings)), start_timeout_s=60) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,12 @@ ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "TIFF", "DICOM", "BMP", "GIF
 ACCEPTED_FORMATS_TEXT = "JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP"
 """The accepted formats, as named in messages."""
 
+FILE_SUFFIXES: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".dicom"}
+)
+"""Usual file name suffixes of the accepted formats (lower case), for picking files out of folders.
+Files are still recognised by content; DICOM files often have no suffix at all."""
+
 #: Pillow plugins allowed to open each accepted Pillow format (MPO: a JPEG with extra camera
 #: frames, e.g. from phones; DIB: BMP without a file header is never sniffed, so not listed).
 PILLOW_PLUGINS: dict[str, tuple[str, ...]] = {

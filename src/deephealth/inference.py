@@ -7,7 +7,10 @@ Pipeline for one image: :func:`deephealth.readers.read_image` (``(H, W)`` float3
 :func:`deephealth.preprocessing.preprocess` (``(1, S, S)`` float32, the model's contract from
 ``metadata.json``) -> ONNX Runtime (``logits`` ``(N, 3)``, and ``cam`` ``(N, 3, h, w)`` only when a
 heatmap is asked for) -> calibrated probabilities ``softmax(logits / T)`` (temperature scaling,
-Guo et al., 2017, "On Calibration of Modern Neural Networks", ICML) -> label = argmax.
+Guo et al., 2017, "On Calibration of Modern Neural Networks", ICML) -> label at the model's
+operating point (:func:`deephealth.calibration.decide`: pneumonia when ``1 - P(normal)`` reaches
+the threshold fitted on validation, ``metadata.json`` -> ``operating_point``; arg-max for a model
+without one).
 
 Heatmap: the class activation map (Zhou et al., 2016, "Learning Deep Features for Discriminative
 Localization", CVPR) of the predicted class, ``CAM_k = W_k . F + b_k`` over the last feature map
@@ -31,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from deephealth.artifact import ModelArtifact, ModelArtifactError
-from deephealth.calibration import softmax
+from deephealth.calibration import decide, softmax
 from deephealth.labels import CLASS_NAMES
 from deephealth.paths import default_model_dir
 from deephealth.preprocessing import preprocess
@@ -390,7 +393,7 @@ class Predictor:
         self, label: str, image: np.ndarray, info: ImageInfo, logits: np.ndarray, cam: np.ndarray | None
     ) -> Prediction:
         probs = calibrated_probabilities(logits, self.artifact.temperature)  # (3,) float64
-        k = int(np.argmax(probs))
+        k = int(decide(probs, self.artifact.operating_point))
         heat = cam_heatmap(cam[k], image.shape) if cam is not None else None
         return Prediction(
             source=label,

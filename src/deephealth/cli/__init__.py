@@ -22,7 +22,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("evaluate", "evaluate", "score a model and write its evaluation report"),
     ("train", "train", "train a model (needs the [train] extra)"),
     ("export", "export", "export a training run to ONNX + metadata.json"),
-    ("dataset", "dataset", "summarise a dataset folder: classes per split, patients, problems"),
+    ("dataset", "dataset", "summarise a dataset: classes per split, patients, duplicates, overlap between splits"),
 )
 
 

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 from deephealth.evaluation.bootstrap import bootstrap_ci
 from deephealth.evaluation.metrics import PROTOCOLS, compute_metrics
 from deephealth.labels import CLASS_NAMES, INTENDED_USE
+from deephealth.manifest import relative_path
 
 _logger = logging.getLogger(__name__)
 
@@ -113,18 +113,6 @@ def _clean(obj: Any) -> Any:
         r = round(f, ROUND_DIGITS)
         return 0.0 if r == 0 else r  # no "-0.0"
     return obj
-
-
-def relative_path(path: str, root: str | Path | None) -> str:
-    """``path`` relative to ``root`` (POSIX separators) when it lies under it, else unchanged."""
-    if root:
-        try:
-            rel = os.path.relpath(path, root)
-        except ValueError:
-            return path
-        if not rel.startswith(".."):
-            return Path(rel).as_posix()
-    return path
 
 
 def data_fingerprint(rows: list[dict[str, Any]], root: str | Path | None) -> str:

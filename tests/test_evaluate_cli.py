@@ -177,4 +177,6 @@ def test_released_model_reproduces_committed_metrics(dataset_root, tmp_path, cap
     fresh = load_metrics(tmp_path / "report" / "metrics.json")
     assert fresh["data"]["n_scored"] == 624
     for section, value in reproducible_part(committed).items():
+        if section not in committed:  # a section added after that report was made (e.g. "deduplicated")
+            continue
         assert reproducible_part(fresh)[section] == value, f"section {section!r} differs from {RELEASED_REPORT}"

@@ -48,7 +48,7 @@ class Deduplication:
         return [g for g in self.groups if len(g.labels) > 1]
 
 
-def deduplicate(rows: list[dict[str, Any]], digests: dict[str, str]) -> Deduplication:
+def deduplicate(rows: list[dict[str, Any]], digests: dict[str, str], split: str = "evaluated") -> Deduplication:
     """Find the duplicate groups among the scored rows and what to keep.
 
     Args:
@@ -56,13 +56,14 @@ def deduplicate(rows: list[dict[str, Any]], digests: dict[str, str]) -> Deduplic
             :func:`deephealth.evaluation.scoring.evaluate_model`; rows with an error are ignored.
         digests: ``{path: sha256}`` of the files; a scored file missing from it is hashed here
             (an unreadable one is kept as unique).
+        split: name of the evaluated split, recorded in the groups.
 
     Returns:
         A :class:`Deduplication` over the scored rows.
     """
     scored = [r for r in rows if r["error"] is None]
     # One split is evaluated, so patient ids are compared as they are.
-    records = [Record(r["path"], "evaluated", r["label"], r["patient_id"]) for r in scored]
+    records = [Record(r["path"], split, r["label"], r["patient_id"]) for r in scored]
     missing, _ = file_digests(r.path for r in records if r.path not in digests)
     digests = {**digests, **missing}
     groups = find_duplicates(records, digests)

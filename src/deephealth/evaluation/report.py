@@ -317,7 +317,7 @@ def deduplicated_section(
         "groups": [...], "label_conflicts": [...], "headline", "metrics", "confidence_intervals"}``
         (not yet rounded).
     """
-    d = deduplicate(rows, digests)
+    d = deduplicate(rows, digests, str(data.get("split") or "evaluated"))
     y, p = np.asarray(y_true)[d.keep], np.asarray(probs)[d.keep]
     units = [u for u, k in zip(d.units, d.keep) if k]
     metrics = compute_metrics(y, p, operating_points)

@@ -3,9 +3,10 @@
 Folder contents (written by :func:`write_report`):
 
 - ``metrics.json``: everything below except the plots. Sections ``model``, ``data``, ``metrics``,
-  ``confidence_intervals``, ``anchors``, ``misclassified`` and ``failures`` depend only on the
-  model and the data (fixed bootstrap seed, floats rounded to 6 decimals, file paths relative to
-  the dataset), so a rerun reproduces them byte for byte; the ``run`` section holds what changes
+  ``confidence_intervals``, ``anchors``, ``misclassified``, ``failures``, ``deduplicated`` (the
+  headline metrics with each byte-identical image counted once) and ``comparisons`` (other
+  models' rows, ``--compare``) depend only on the model, the data and the compared files (fixed
+  bootstrap seed, floats rounded to 6 decimals, file paths relative to the dataset), so a rerun reproduces them byte for byte; the ``run`` section holds what changes
   between runs (command, date, absolute paths, library versions, duration).
 - ``report.md``: the human-readable report (command, date, model, data provenance, intended use,
   metric tables with 95 % intervals, comparison with published anchors, plots, misclassified list).

@@ -95,3 +95,16 @@ def test_real_dataset_has_within_split_duplicates_only(data_root: Path, capsys) 
     files = {tuple(g["files"]) for g in s["duplicates"]["groups"]}
     assert ("chest_xray_224/test/NORMAL/NORMAL2-IM-0095-0001.jpeg",
             "chest_xray_224/test/NORMAL/NORMAL2-IM-0096-0001.jpeg") in files
+
+
+def test_identical_images_of_two_train_patients_split_into_fit_and_validation_fail(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "ds"
+    _write(root, "train/NORMAL/IM-0001-0001.jpeg", b"same film")
+    _write(root, "train/NORMAL/IM-0002-0001.jpeg", b"same film")  # 2 normal patients: one goes to validation
+    _write(root, "train/PNEUMONIA/person1_bacteria_1.jpeg", b"b")
+    rc = main(["dataset", "--data", str(root), "--val-fraction", "0.5"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert "within train: 1 group(s), 2 files (1 redundant); 1 group(s) span more than one patient id" in out
+    assert "identical image in train (fit), validation: " in err and "(grouped split, seed 0)" in err
+    assert "IM-0001-0001.jpeg" in err and "IM-0002-0001.jpeg" in err

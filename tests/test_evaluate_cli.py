@@ -177,4 +177,59 @@ def test_released_model_reproduces_committed_metrics(dataset_root, tmp_path, cap
     fresh = load_metrics(tmp_path / "report" / "metrics.json")
     assert fresh["data"]["n_scored"] == 624
     for section, value in reproducible_part(committed).items():
+        if section not in committed:  # a section added after that report was made (e.g. "deduplicated")
+            continue
         assert reproducible_part(fresh)[section] == value, f"section {section!r} differs from {RELEASED_REPORT}"
+
+
+@pytest.mark.needs_data
+def test_evaluate_deduplicates_the_known_test_pair_and_adds_compare_rows(tiny_model_dir, dataset_root, tmp_path,
+                                                                         capsys):
+    # A CSV named like a sibling folder: its relative paths are found in that folder (as the shared CSV's).
+    folder = tmp_path / "mini"
+    stems = [("NORMAL", s) for s in ("NORMAL2-IM-0095-0001", "NORMAL2-IM-0096-0001", "IM-0001-0001", "IM-0003-0001")]
+    stems += [("PNEUMONIA", s) for s in ("person100_bacteria_475", "person10_virus_35")]
+    table = tmp_path / "mini.csv"
+    with table.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["split", "label", "patient_id", "path"])
+        for cls, stem in stems:
+            rel = f"test/{cls}/{stem}.jpeg"
+            (folder / "test" / cls).mkdir(parents=True, exist_ok=True)
+            (folder / rel).symlink_to(dataset_root / rel)
+            label = "normal" if cls == "NORMAL" else ("viral" if "virus" in stem else "bacterial")
+            w.writerow(["test", label, stem.rsplit("-", 1)[0] if cls == "NORMAL" else stem.split("_")[0], rel])
+    first = tmp_path / "first"
+    rc, stdout, stderr = _run(capsys, "--model", str(tiny_model_dir), "--data", str(table), "--out", str(first),
+                              "--no-progress", "--bootstrap", "200")
+    assert rc == 0, stderr
+    assert "deduplicated: 1 groups of byte-identical files counted once: 5 images, 5 bootstrap units" in stdout
+    report = load_metrics(first / "metrics.json")
+    assert report["data"]["n_scored"] == 6 and report["data"]["n_patients"] == 6
+    dd = report["deduplicated"]
+    assert dd["n_images"] == 5 and dd["n_patients"] == 5
+    assert [Path(f).name for f in dd["groups"][0]["files"]] == ["NORMAL2-IM-0095-0001.jpeg",
+                                                               "NORMAL2-IM-0096-0001.jpeg"]
+    assert dd["groups"][0]["patient_ids"] == ["NORMAL2-IM-0095", "NORMAL2-IM-0096"]
+    # identical files get identical predictions, so only the duplicate's weight changes
+    keep = [r for r in csv.DictReader((first / "predictions.csv").open()) if "IM-0096" not in r["file"]]
+    correct = sum(r["true"] == r["predicted"] for r in keep)
+    assert dd["metrics"]["three_class"]["accuracy"] == pytest.approx(correct / 5, abs=1e-6)
+
+    second = tmp_path / "second"
+    rc, _, stderr = _run(capsys, "--model", str(tiny_model_dir), "--data", str(table), "--out", str(second),
+                         "--no-progress", "--bootstrap", "200", "--compare", f"prototype method={first / 'metrics.json'}",
+                         "--compare-adapted", f"site-adapted (AdaBN)={first / 'metrics.json'}")
+    assert rc == 0, stderr
+    md = (second / "report.md").read_text()
+    assert "| prototype method | all 6 (same images) |" in md
+    assert "| site-adapted (AdaBN), deduplicated | 5 |" in md
+    rows = [line for line in md.splitlines() if line.startswith(("| prototype method", "| site-adapted"))]
+    assert [line.rsplit("|", 2)[1].strip() for line in rows] == ["no", "no", "**yes**", "**yes**"]
+    assert [c["name"] for c in load_metrics(second / "metrics.json")["comparisons"]] == [
+        "prototype method", "site-adapted (AdaBN)"]
+
+    rc, _, err = _run(capsys, "--model", str(tiny_model_dir), "--data", str(table), "--compare", "no-equals-sign")
+    assert rc == 2 and "--compare needs NAME=path/to/metrics.json" in err
+    rc, _, err = _run(capsys, "--model", str(tiny_model_dir), "--data", str(table), "--compare", f"x={table}")
+    assert rc == 2 and "is not JSON" in err

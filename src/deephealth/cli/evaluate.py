@@ -195,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
     operating_points = art.metadata.get("operating_points")
     if operating_points:
         model_info["operating_points"] = operating_points
+    if art.operating_point:  # the shipped decision rule: labels and figures are at it
+        model_info["operating_point"] = art.operating_point
     if art.metadata.get("adaptation"):  # a site-adapted model records how (transductive)
         model_info["adaptation"] = art.metadata["adaptation"]
     resolved = shlex.join([
@@ -234,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         report = build_report(
             y_true=y_true, probs=probs, rows=rows, model=model_info, data=data_info, run=run_info,
             operating_points=operating_points if isinstance(operating_points, dict) else None,
-            n_resamples=args.bootstrap, seed=args.seed, comparisons=comparisons,
+            n_resamples=args.bootstrap, seed=args.seed, comparisons=comparisons, decision=art.operating_point,
         )
         written = write_report(report, y_true, probs, rows, args.out)
     except ValueError as exc:

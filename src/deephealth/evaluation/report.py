@@ -30,7 +30,7 @@ import numpy as np
 from deephealth.duplicates import file_digests
 from deephealth.evaluation.bootstrap import bootstrap_ci
 from deephealth.evaluation.dedup import deduplicate
-from deephealth.evaluation.metrics import PROTOCOLS, compute_metrics
+from deephealth.evaluation.metrics import PROTOCOLS, compute_metrics, decision_threshold
 from deephealth.labels import CLASS_NAMES, INTENDED_USE
 from deephealth.manifest import relative_path
 
@@ -210,6 +210,7 @@ def build_report(
     n_resamples: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    decision: dict[str, Any] | None = None,
     comparisons: list[tuple[str, dict[str, Any], bool | None]] | None = None,
 ) -> dict[str, Any]:
     """Compute metrics and intervals and assemble the ``metrics.json`` content.
@@ -233,6 +234,9 @@ def build_report(
         n_resamples: bootstrap resamples (>= 1,000 for the report).
         seed: bootstrap seed.
         alpha: 1 - confidence level.
+        decision: the model's shipped operating point (``metadata.json`` -> ``operating_point``):
+            labels, 3-class and pneumonia-vs-normal figures are at it (see
+            :func:`deephealth.evaluation.metrics.compute_metrics`); ``None``: arg-max.
         comparisons: other models for the comparison table, each ``(label, its metrics.json
             dict, uses unlabelled target images: True, False or None to read it from the file)``;
             see :func:`comparison_entry`.
@@ -249,8 +253,8 @@ def build_report(
     if len(scored) != len(y_true):
         raise ValueError(f"{len(scored)} scored rows but {len(y_true)} labels")
     patient_ids = [r["patient_id"] for r in scored]
-    metrics = compute_metrics(y_true, probs, operating_points)
-    ci = bootstrap_ci(y_true, probs, patient_ids, n_resamples=n_resamples, seed=seed, alpha=alpha)
+    metrics = compute_metrics(y_true, probs, operating_points, decision)
+    ci = bootstrap_ci(y_true, probs, patient_ids, n_resamples=n_resamples, seed=seed, alpha=alpha, decision=decision)
     data = dict(data)
     root = data.pop("root", None)
     digests, _ = file_digests(r["path"] for r in rows)
@@ -268,7 +272,7 @@ def build_report(
         }
     )
     dedup = deduplicated_section(y_true, probs, rows, digests, data, root, operating_points,
-                                 n_resamples=n_resamples, seed=seed, alpha=alpha)
+                                 n_resamples=n_resamples, seed=seed, alpha=alpha, decision=decision)
     failures = [{"file": relative_path(r["path"], root), "error": r["error"]} for r in rows if r["error"]]
     return _clean(
         {
@@ -298,6 +302,7 @@ def deduplicated_section(
     root: str | Path | None,
     operating_points: dict[str, Any] | None = None,
     *,
+    decision: dict[str, Any] | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
@@ -311,7 +316,7 @@ def deduplicated_section(
         digests: ``{path: sha256}`` of the files.
         data: the report's data section (``dataset``, ``split``).
         root: dataset folder the listed files are made relative to.
-        operating_points, n_resamples, seed, alpha: as :func:`build_report`.
+        operating_points, decision, n_resamples, seed, alpha: as :func:`build_report`.
 
     Returns:
         ``{"method", "n_images", "n_removed", "n_duplicate_groups", "n_patients" (bootstrap units),
@@ -321,8 +326,8 @@ def deduplicated_section(
     d = deduplicate(rows, digests, str(data.get("split") or "evaluated"))
     y, p = np.asarray(y_true)[d.keep], np.asarray(probs)[d.keep]
     units = [u for u, k in zip(d.units, d.keep) if k]
-    metrics = compute_metrics(y, p, operating_points)
-    ci = bootstrap_ci(y, p, units, n_resamples=n_resamples, seed=seed, alpha=alpha)
+    metrics = compute_metrics(y, p, operating_points, decision)
+    ci = bootstrap_ci(y, p, units, n_resamples=n_resamples, seed=seed, alpha=alpha, decision=decision)
     return {
         "method": "each group of byte-identical files (SHA-256 of the bytes) counted once (first by path); "
                   "patients sharing an identical image merged into one bootstrap unit",
@@ -428,7 +433,9 @@ def write_report(report: dict[str, Any], y_true: np.ndarray, probs: np.ndarray, 
         for a in ANCHORS
         if a["reference"].startswith("Kermany") and "sensitivity" in a["values"]
     }
-    written["roc_binary"] = plots.plot_roc_binary(y_true, probs, out / PLOTS["roc_binary"], kermany)
+    decision = report["model"].get("operating_point")
+    written["roc_binary"] = plots.plot_roc_binary(y_true, probs, out / PLOTS["roc_binary"], kermany,
+                                                  thresholds={p: decision_threshold(p, decision) for p in PROTOCOLS})
     written["reliability"] = plots.plot_reliability(report["metrics"]["calibration"], out / PLOTS["reliability"])
 
     path = out / "metrics.json"
@@ -640,10 +647,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"what is scored); deephealth {run.get('deephealth_version', '?')}, onnxruntime "
         f"{run.get('onnxruntime_version', '?')} |")
     add("")
+    op = model.get("operating_point")
+    if op:
+        rule = (f"The predicted class is the model's shipped decision at its **operating point**: pneumonia when "
+                f"1 − P(normal) ≥ {_num(op.get('threshold'), 4)} (chosen on the validation split for "
+                f"{_pct(op.get('target_sensitivity'))} sensitivity; validation sensitivity "
+                f"{_pct(op.get('val_sensitivity'))}, specificity {_pct(op.get('val_specificity'))}), then the likelier "
+                "of bacterial and viral; pneumonia vs normal uses that threshold, bacterial vs viral 0.5.")
+    else:
+        rule = ("The predicted class is the class with the largest calibrated probability; the binary protocols "
+                "use threshold 0.5 on their score.")
     add(f"Intervals are {level} percentile bootstrap intervals over {ci['n_resamples']:,} resamples of "
-        f"**patients** (seed {ci['seed']}; all images of a drawn child come along). The predicted class "
-        "is the class with the largest calibrated probability; the binary protocols use threshold 0.5 "
-        "on their score.")
+        f"**patients** (seed {ci['seed']}; all images of a drawn child come along). {rule}")
     add("")
     # Headline
     dd = report.get("deduplicated")

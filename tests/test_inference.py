@@ -413,3 +413,28 @@ def test_bad_operating_point_is_refused(known_model_dir: Path, tmp_path: Path):
     (d / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ModelArtifactError, match="operating_point.threshold"):
         Predictor(d)
+
+
+def test_border_crop_model_ignores_padding_and_zeroes_heatmap_there(known_model_dir: Path, tmp_path: Path):
+    import shutil
+
+    d = tmp_path / "crop"
+    shutil.copytree(known_model_dir, d)
+    meta = json.loads((d / "metadata.json").read_text())
+    meta["preprocessing"]["crop_border"] = True
+    (d / "metadata.json").write_text(json.dumps(meta))
+    pred = Predictor(d, num_threads=1)
+    yy, xx = np.mgrid[0:60, 0:40].astype(np.float32)
+    film = 0.5 + 0.3 * np.sin(xx / 3.0) * np.cos(yy / 4.0)
+    canvas = np.zeros((120, 80), np.float32)
+    canvas[30:90, 20:60] = film
+    a, b = pred.predict(film, heatmap=True), pred.predict(canvas, heatmap=True)
+    np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+    assert b.border_crop == (30, 90, 20, 60) and a.border_crop is None
+    assert b.to_dict()["image"]["border_crop"] == {"top": 30, "bottom": 90, "left": 20, "right": 60}
+    assert any("uniform border removed" in w for w in b.warnings)
+    assert b.heatmap.shape == (120, 80) and b.heatmap[:30].max() == 0.0 and b.heatmap[:, :20].max() == 0.0
+    np.testing.assert_allclose(b.heatmap[30:90, 20:60], a.heatmap, atol=1e-6)
+    # without the contract's crop the padding changes the answer
+    plain = Predictor(known_model_dir, num_threads=1).predict(canvas)
+    assert abs(plain.probs[0] - a.probs[0]) > 0.05

@@ -22,7 +22,8 @@ class TrainConfig:
     Data: ``data_dir`` (Kermany layout; empty = ``paths.dataset_dir()``), ``val_fraction`` of train
     patients held out per class, ``split_seed``. Model: timm ``arch``, ``drop_rate``,
     ``pretrained`` (ImageNet through timm, online only) or ``pretrained_file`` (local weights).
-    Input: ``input_size`` (px), ``interpolation``, ``mean``/``std`` (the preprocessing contract).
+    Input: ``input_size`` (px), ``interpolation``, ``mean``/``std``, ``crop_border`` (the
+    preprocessing contract, :class:`deephealth.preprocessing.PreprocessConfig`).
     Optimisation: AdamW with ``lr`` (peak), ``weight_decay``, linear warm-up for ``warmup_epochs``
     then cosine decay to ``lr * min_lr_ratio``, ``batch_size``, ``epochs`` (max),
     ``label_smoothing``, class-weighted cross-entropy (``class_weighting``: ``balanced`` or
@@ -60,6 +61,7 @@ class TrainConfig:
     interpolation: str = "bilinear"
     mean: float = 0.5
     std: float = 0.25
+    crop_border: bool = True
     epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3
@@ -134,7 +136,7 @@ class TrainConfig:
     @property
     def preprocessing(self) -> PreprocessConfig:
         """The preprocessing contract this run trains with (saved in the model's metadata)."""
-        return PreprocessConfig(self.input_size, self.interpolation, self.mean, self.std)
+        return PreprocessConfig(self.input_size, self.interpolation, self.mean, self.std, self.crop_border)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field."""

@@ -153,6 +153,8 @@ def _predict(request: Request, data: bytes, filename: str, heatmap: bool, previe
             "modality": getattr(info, "modality", None),
             "view_position": getattr(info, "view_position", None),
             "size_bytes": len(data),
+            "border_crop": (dict(zip(("top", "bottom", "left", "right"), pred.border_crop))
+                            if pred.border_crop else None),
         },
         "heatmap_png": heatmap_b64,
         "preview_png": preview_b64,

@@ -28,7 +28,7 @@ from torch import nn
 
 from deephealth import __version__
 from deephealth.calibration import decide, fit_operating_point, fit_temperature, nll, softmax
-from deephealth.cpu import cpu_capability
+from deephealth.cpu import describe as cpu_description
 from deephealth.labels import CLASS_NAMES
 from deephealth.manifest import Record, grouped_split, scan
 from deephealth.paths import dataset_dir
@@ -175,7 +175,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA device is available")
     bf16 = config.use_bf16()
-    _logger.info("CPU: %s; bf16 autocast %s (config: %s)", cpu_capability(), "on" if bf16 else "off", config.bf16)
+    _logger.info("CPU: %s; bf16 autocast %s (config: %s)", cpu_description(), "on" if bf16 else "off", config.bf16)
 
     # Model first: a pretrained-weights failure must come before minutes of decoding.
     model = build_model(
@@ -374,7 +374,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         "wall_time_s": wall,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": str(torch.__version__),
                     "threads": torch.get_num_threads(), "device": config.device,
-                    "cpu_capability": cpu_capability(), "bf16_autocast": bf16},
+                    "cpu_capability": cpu_description(), "bf16_autocast": bf16},
         "deephealth_version": __version__,
     }
     torch.save(

@@ -26,9 +26,9 @@ from PIL import Image
 
 from deephealth import labels
 from deephealth.inference import overlay_png
-from deephealth.readers import ImageReadError
+from deephealth.readers import ImageReadError, UnsupportedFormatError, detect_format
 from deephealth.web.schemas import ErrorResponse, Health, ModelCard, PredictionPublic
-from deephealth.web.upload import FILE_FIELD, SUPPORTED_FORMATS_TEXT, UploadError, read_upload, sniff_format
+from deephealth.web.upload import FILE_FIELD, SUPPORTED_FORMATS_TEXT, UploadError, read_upload
 
 logger = logging.getLogger(__name__)
 
@@ -198,9 +198,9 @@ async def create_prediction(
     name = upload.filename
     if not upload.data:
         return _error(request, 422, f"{name}: empty file (0 bytes)")
-    fmt = sniff_format(upload.data)
-    if fmt is None:
-        return _error(request, 415, f"{name}: unsupported format: expected {SUPPORTED_FORMATS_TEXT}")
+    found = detect_format(upload.data)  # the readers' one format policy, checked before queueing
+    if not found.accepted:
+        return _error(request, 415, f"{name}: {found.refusal()}")
     limiter = request.app.state.limiter
     if limiter is None:  # created on first use, inside the event loop
         limiter = request.app.state.limiter = anyio.CapacityLimiter(settings.max_concurrency)
@@ -208,6 +208,8 @@ async def create_prediction(
         # CPU-bound: in a worker thread, so the event loop keeps serving; at most
         # max_concurrency at once (ONNX Runtime's InferenceSession.run is thread-safe).
         body = await anyio.to_thread.run_sync(_predict, request, upload.data, name, heatmap, preview, limiter=limiter)
+    except UnsupportedFormatError as exc:
+        return _error(request, 415, _one_line(str(exc)))
     except ImageReadError as exc:
         return _error(request, 422, _one_line(str(exc)))
     return body

@@ -401,6 +401,8 @@ def test_operating_point_in_metadata_decides_the_label(known_model_dir: Path, tm
         pred = Predictor(d, num_threads=1).predict(img)
         np.testing.assert_allclose(pred.probs, [0.50581, 0.18681, 0.30739], atol=1e-4)
         assert pred.label == label, tau
+        assert pred.decision["threshold"] == tau and pred.to_dict()["decision"] == pred.decision
+        assert pred.decision["pneumonia_probability"] == pytest.approx(0.49419, abs=1e-4)
 
 
 def test_bad_operating_point_is_refused(known_model_dir: Path, tmp_path: Path):

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from deephealth.artifact import ModelArtifact, ModelArtifactError
-from deephealth.calibration import decide, softmax
+from deephealth.calibration import decide, describe_decision, softmax
 from deephealth.labels import CLASS_NAMES
 from deephealth.paths import default_model_dir
 from deephealth.preprocessing import content_box, preprocess
@@ -182,6 +182,9 @@ class Prediction:
         border_crop: ``(top, bottom, left, right)`` of the decoded image that was analysed when
             the preprocessing contract removed a uniform border (letterboxing, padding), in decoded
             pixels; ``None`` when nothing was removed.
+        decision: how the label follows from the probabilities
+            (:func:`deephealth.calibration.describe_decision`: rule, pneumonia probability,
+            the operating point's threshold and target sensitivity).
     """
 
     source: str
@@ -195,6 +198,7 @@ class Prediction:
     heatmap: np.ndarray | None = field(default=None, repr=False)
     image: np.ndarray | None = field(default=None, repr=False)
     border_crop: tuple[int, int, int, int] | None = None
+    decision: dict[str, Any] | None = None
 
     ok = True
     """Always ``True`` (``PredictionError.ok`` is ``False``), for uniform handling of batch results."""
@@ -224,6 +228,7 @@ class Prediction:
             "logits": [float(v) for v in self.logits],
             "warnings": list(self.warnings),
             "image": _image_facts(self.info, self.border_crop),
+            "decision": self.decision,
         }
         if include_heatmap and self.heatmap is not None:
             d["heatmap"] = self.heatmap.tolist()
@@ -441,6 +446,7 @@ class Predictor:
             info=info,
             heatmap=heat,
             border_crop=(top, bottom, left, right) if cropped else None,
+            decision=describe_decision(probs, self.artifact.operating_point),
             image=image if cam is not None else None,
         )
 

@@ -141,6 +141,7 @@ def _predict(request: Request, data: bytes, filename: str, heatmap: bool, previe
             }
             for i, name in enumerate(class_names)
         ],
+        "decision": pred.decision,
         "warnings": list(pred.warnings),
         "model": {"name": artifact.name, "version": artifact.version, "sha256": artifact.sha256},
         "image": {

@@ -43,6 +43,19 @@ class ImageInfoPublic(BaseModel):
     )
 
 
+class DecisionPublic(BaseModel):
+    """How the label follows from the probabilities: the model's operating point."""
+
+    rule: str = Field(description="the decision rule in words")
+    pneumonia_probability: float = Field(description="1 - P(normal): calibrated probability of pneumonia, in [0, 1]")
+    threshold: float | None = Field(
+        default=None,
+        description="pneumonia is called when pneumonia_probability >= threshold (chosen on validation data for "
+        "target_sensitivity); null: the label is the most probable class",
+    )
+    target_sensitivity: float | None = Field(default=None, description="sensitivity the threshold was chosen for")
+
+
 class PredictionPublic(BaseModel):
     """Response of ``POST /api/v1/predictions``."""
 
@@ -53,6 +66,7 @@ class PredictionPublic(BaseModel):
         description="calibrated probability of each class (normal, bacterial, viral), summing to 1"
     )
     classes: list[ClassProbability] = Field(description="the three classes in index order with their probabilities")
+    decision: DecisionPublic | None = Field(default=None, description="how the label follows from the probabilities")
     warnings: list[str] = Field(description="problems noticed in the image that may make the result less reliable")
     model: ModelRef
     image: ImageInfoPublic

@@ -226,7 +226,7 @@ def package_images() -> list[tuple[str, np.ndarray]]:
 
 
 def pydicom_images() -> list[tuple[str, np.ndarray]]:
-    """Pixel data of pydicom's bundled test files (first frame, greyscale, min-max scaled), both sides >= 32 px."""
+    """Pixel data of pydicom's bundled test files (middle frame, greyscale, min-max scaled), both sides >= 32 px."""
     import warnings
 
     try:
@@ -235,25 +235,38 @@ def pydicom_images() -> list[tuple[str, np.ndarray]]:
         return []
     folder = Path(pydicom.__file__).parent / "data" / "test_files"
     out = []
-    for f in sorted(folder.glob("*.dcm")):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                ds = pydicom.dcmread(f)
-                if "PixelData" not in ds:
-                    continue
-                a = np.asarray(ds.pixel_array)
-            except Exception:  # noqa: BLE001 - codecs missing, deliberately broken test files
-                continue
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        if frames > 1:
-            a = a[frames // 2]
-        if a.ndim == 3:  # colour: luma
-            a = a.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        if a.ndim != 2 or min(a.shape) < 32:
-            continue
-        out.append((f"pydicom {f.name}", _minmax(a)))
+    pydicom_logger = logging.getLogger("pydicom")
+    level = pydicom_logger.level
+    pydicom_logger.setLevel(logging.CRITICAL)  # its decoders log every deliberately broken test file
+    try:
+        for f in sorted(folder.glob("*.dcm")):
+            a = _dicom_pixels(pydicom, f, warnings)
+            if a is not None:
+                out.append((f"pydicom {f.name}", a))
+    finally:
+        pydicom_logger.setLevel(level)
     return out
+
+
+def _dicom_pixels(pydicom: Any, f: Path, warnings: Any) -> np.ndarray | None:
+    """One test file's middle frame as greyscale in [0, 1]; ``None`` if unusable."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(f)
+            if "PixelData" not in ds:
+                return None
+            a = np.asarray(ds.pixel_array)
+        except Exception:  # noqa: BLE001 - codecs missing, deliberately broken test files
+            return None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        a = a[frames // 2]
+    if a.ndim == 3:  # colour: luma
+        a = a.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    if a.ndim != 2 or min(a.shape) < 32:
+        return None
+    return _minmax(a)
 
 
 def _augment_film(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:

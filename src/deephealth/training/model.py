@@ -123,8 +123,8 @@ class CamModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = self.model.forward_features(x)  # (N, Cf, h, w)
-        pooled = self.model.forward_head(feats, pre_logits=True)  # (N, Cf), global average pool
-        logits = self.head(pooled)  # (N, C); dropout before the head is off in eval mode
+        logits = self.model.forward_head(feats)  # (N, C)
+        pooled = feats.mean((2, 3))  # (N, Cf): the global average pool the linear head reads
         w = self.head.weight  # (C, Cf)
         cam = torch.einsum("kc,nchw->nkhw", w, feats) + self.head.bias[None, :, None, None]  # (N, C, h, w)
         return logits, cam, pooled

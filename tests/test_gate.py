@@ -322,3 +322,94 @@ def test_inverted_and_rotated_films_are_named(gated_model_dir: Path, dataset_roo
     assert r.suitability.flagged and "rotated by 90 degrees clockwise" in r.suitability.message()
     r = p.predict(np.ascontiguousarray(np.rot90(f, 1)), allow_unsuitable=True)
     assert r.suitability.flagged and "rotated by 90 degrees counter-clockwise" in r.suitability.message()
+
+
+# ------------------------------------------------------------------------------------- interfaces
+
+
+def test_api_refuses_with_422_and_the_override_classifies(gated_model_dir: Path, dataset_root: Path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from deephealth.web.app import create_app
+    from deephealth.web.schemas import ModelCard, PredictionPublic
+    from deephealth.web.settings import Settings
+
+    noise = _png(np.random.default_rng(5).random((256, 256)))
+    film = (dataset_root / "val" / "NORMAL").glob("*.jpeg").__next__().read_bytes()
+    url = "/api/v1/predictions"
+    with TestClient(create_app(Settings(model_dir=gated_model_dir))) as c:
+        r = c.post(url, files={"file": ("noise.png", noise, "image/png")})
+        assert r.status_code == 422
+        body = r.json()
+        assert body["detail"].startswith("noise.png: not suitable for this model: ")
+        assert body["suitability"]["status"] == "refuse" and body["suitability"]["reasons"]
+        assert "probabilities" not in body
+        r2 = c.post(url + "?allow_unsuitable=true", files={"file": ("noise.png", noise, "image/png")})
+        assert r2.status_code == 200
+        b2 = PredictionPublic.model_validate(r2.json())
+        assert b2.suitability.status == "refuse" and b2.suitability.reasons == body["suitability"]["reasons"]
+        # the form field works as the query parameter does
+        r3 = c.post(url, files={"file": ("noise.png", noise, "image/png")}, data={"allow_unsuitable": "true"})
+        assert r3.status_code == 200
+        ok = c.post(url, files={"file": ("film.jpeg", film, "image/jpeg")})
+        assert ok.status_code == 200 and ok.json()["suitability"]["status"] == "accept"
+        assert ok.json()["suitability"]["scores"]["mahalanobis"] < ok.json()["suitability"]["scores"]["mahalanobis_warn"]
+        card = ModelCard.model_validate(c.get("/api/v1/model").json())
+        assert card.gate["thresholds"] == json.loads((gated_model_dir / "metadata.json").read_text())["gate"]["thresholds"]
+        assert card.gate["validation"]["flagged_fraction"] <= 0.01
+
+
+def test_cli_reports_refusals_and_the_override(gated_model_dir: Path, dataset_root: Path, tmp_path: Path, capsys):
+    import csv
+
+    from deephealth.cli import main
+
+    film = tmp_path / "film.jpeg"
+    film.write_bytes(next((dataset_root / "val" / "NORMAL").glob("*.jpeg")).read_bytes())
+    noise = tmp_path / "noise.png"
+    noise.write_bytes(_png(np.random.default_rng(5).random((256, 256))))
+    rc = main(["predict", str(film), str(noise), "--model", str(gated_model_dir)])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    (row,) = [line for line in out.splitlines() if line.startswith(str(noise))]
+    assert row.split()[1:3] == ["REFUSED", "-"] and " refuse " in row
+    (row,) = [line for line in out.splitlines() if line.startswith(str(film))]
+    assert " accept" in row
+    assert f"error: {noise}: not suitable for this model: " in err
+    assert "2 input(s): 1 classified, 1 failed (input gate: 1 refused, 0 classified with a warning)" in out
+
+    rc = main(["predict", str(film), str(noise), "--model", str(gated_model_dir), "--format", "json",
+               "--allow-unsuitable"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    rows = {Path(r["source"]).name: r for r in json.loads(out)}
+    assert rows["noise.png"]["ok"] and rows["noise.png"]["suitability"]["status"] == "refuse"
+    assert rows["film.jpeg"]["suitability"]["status"] == "accept"
+
+    rc = main(["predict", str(noise), "--model", str(gated_model_dir), "--format", "csv"])
+    out, _ = capsys.readouterr()
+    (r,) = list(csv.DictReader(io.StringIO(out)))
+    assert rc == 1 and r["ok"] == "false" and r["gate"] == "refuse" and r["gate_reasons"]
+    assert r["error"].startswith(f"{noise}: not suitable for this model: ")
+
+
+def test_evaluation_report_has_a_gate_section(gated_model_dir: Path, dataset_root: Path, tmp_path: Path):
+    from deephealth.evaluation.report import _gate_markdown, gate_summary
+    from deephealth.evaluation.scoring import evaluate_model
+    from deephealth.manifest import Record
+
+    files = sorted((dataset_root / "val" / "NORMAL").glob("*.jpeg"))[:4]
+    noise = tmp_path / "noise.png"
+    noise.write_bytes(_png(np.random.default_rng(5).random((256, 256))))
+    records = [Record(str(f), "val", "normal", f.stem) for f in files] + [Record(str(noise), "val", "normal", "n")]
+    y, probs, rows = evaluate_model(Predictor(gated_model_dir), records, progress=False)
+    assert len(y) == 5  # the refused image is still scored, so the metrics cover the split
+    g = gate_summary(rows, tmp_path)
+    assert g["counts"] == {"accept": 4, "refuse": 1} and g["n_read"] == 5 and g["flagged_fraction"] == 0.2
+    assert g["flagged"][0]["file"] == "noise.png" and g["flagged"][0]["status"] == "refuse"
+    # the report.md section
+    lines: list[str] = []
+    _gate_markdown(g, lines.append)
+    assert lines[0] == "## Input gate" and any("`noise.png` (refuse)" in ln for ln in lines)
+    assert "| refuse | 1 | 20.0 % |" in lines

@@ -399,7 +399,7 @@ def test_operating_point_in_metadata_decides_the_label(known_model_dir: Path, tm
         if tau is not None:
             meta["operating_point"] = {"threshold": tau, "target_sensitivity": 0.95}
         (d / "metadata.json").write_text(json.dumps(meta))
-        pred = Predictor(d, num_threads=1).predict(img)
+        pred = Predictor(d, num_threads=1).predict(img, allow_unsuitable=True)  # flat: the gate would refuse it
         np.testing.assert_allclose(pred.probs, [0.50581, 0.18681, 0.30739], atol=1e-4)
         assert pred.label == label, tau
         assert pred.decision["threshold"] == tau and pred.to_dict()["decision"] == pred.decision

@@ -278,9 +278,19 @@ def _model_card(request: Request) -> dict[str, Any]:
         "test_metrics": test_metrics,
         "summary": meta.get("summary"),
         "gate": meta.get("gate"),
+        "operating_point": artifact.operating_point,
+        "initialisation": meta.get("initialisation"),
+        "adaptation": _adaptation_summary(meta.get("adaptation")),
         "created": meta.get("created"),
         "intended_use": meta.get("intended_use") or labels.INTENDED_USE,
     }
+
+
+def _adaptation_summary(adaptation: Any) -> dict[str, Any] | None:
+    """A site-adapted model's provenance without the per-film hash list (that stays in metadata.json)."""
+    if not isinstance(adaptation, dict):
+        return None
+    return {k: v for k, v in adaptation.items() if k != "images"}
 
 
 @router.get("/api/v1/model", response_model=ModelCard, summary="The model card", tags=["model"])

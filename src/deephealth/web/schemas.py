@@ -140,6 +140,19 @@ class ModelCard(BaseModel):
     gate: Any | None = Field(
         default=None, description="the input gate: thresholds, validation false-alarm rate, method (null: not fitted)"
     )
+    operating_point: Any | None = Field(
+        default=None,
+        description="the decision threshold: pneumonia when 1 - P(normal) >= threshold, chosen on validation films for "
+        "target_sensitivity (null: arg-max)",
+    )
+    initialisation: Any | None = Field(
+        default=None, description="where pretrained weights came from (source, licence, SHA-256), or random"
+    )
+    adaptation: Any | None = Field(
+        default=None,
+        description="for a site-adapted model (deephealth adapt): method, number of films, date, source model "
+        "(null: not adapted)",
+    )
     created: str | None = None
     intended_use: str
 

@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deephealth import __version__, labels
+from deephealth.readers.formats import ACCEPTED_FORMATS_TEXT
 from deephealth.web.routes import STATIC_DIR, router
 from deephealth.web.settings import Settings
 
@@ -35,8 +36,9 @@ with calibrated probabilities and a class activation heatmap.
 
 {labels.INTENDED_USE}
 
-Errors are JSON `{{"detail": "..."}}`: 413 upload over the limit, 415 a format other than JPEG, PNG,
-TIFF or DICOM, 422 an unreadable or unsuitable image.
+Errors are JSON `{{"detail": "..."}}`: 413 upload over the limit, 415 a format other than
+{ACCEPTED_FORMATS_TEXT} (the detail names it, e.g. HEIC/HEIF or AVIF), 422 an unreadable or
+unsuitable image (truncated, no contrast, CT...).
 """
 
 

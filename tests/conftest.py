@@ -55,3 +55,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         temperature=1.5,
         metadata_extra={"architecture": {"arch": "test_resnet", "num_classes": 3, "in_chans": 1}},
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The audit trail's default SQLite file goes to a temporary state folder, never to ~/.local/state."""
+    import os
+
+    folder = tmp_path_factory.mktemp("state")
+    old = {k: os.environ.get(k) for k in ("DEEPHEALTH_STATE_DIR", "DEEPHEALTH_DATABASE_URL")}
+    os.environ["DEEPHEALTH_STATE_DIR"] = str(folder)
+    os.environ.pop("DEEPHEALTH_DATABASE_URL", None)
+    yield folder
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

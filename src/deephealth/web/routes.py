@@ -9,6 +9,7 @@ logged.
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import io
 import json
 import logging
@@ -20,13 +21,15 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 
 from deephealth import labels
 from deephealth.inference import overlay_png
 from deephealth.readers import ImageReadError
+from deephealth.web.audit import audit_status, record_prediction
+from deephealth.web.i18n import localize_prediction, request_language, translate_text
 from deephealth.web.schemas import ErrorResponse, Health, ModelCard, PredictionPublic
 from deephealth.web.upload import FILE_FIELD, SUPPORTED_FORMATS_TEXT, UploadError, read_upload, sniff_format
 
@@ -171,6 +174,7 @@ def _predict(request: Request, data: bytes, filename: str, heatmap: bool, previe
 )
 async def create_prediction(
     request: Request,
+    response: Response,
     heatmap: bool = Query(False, description="add a base64 PNG of the class activation heatmap over the image"),
     preview: bool = Query(False, description="add a base64 PNG of the decoded image (useful for DICOM)"),
 ) -> Any:
@@ -178,8 +182,23 @@ async def create_prediction(
 
     Returns the predicted class on the 0/1/2 scale (0 no pneumonia, 1 bacterial, 2 viral), the
     calibrated probability of each class, warnings about the image and the model's name and
-    version. Decision support, not a diagnosis.
+    version. Decision support, not a diagnosis. Human-readable texts (``detail``, ``warnings``,
+    descriptions, ``intended_use``) are in English or Spanish after ``Accept-Language``; every
+    request is recorded in the audit trail.
     """
+    start, created_at = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc)
+    result = await _classify_upload(request, heatmap, preview)
+    record_prediction(request, result, start, created_at)
+    lang = request_language(request)
+    if isinstance(result, dict):
+        response.headers["Content-Language"] = lang
+        return localize_prediction(result, lang)
+    result.headers["Content-Language"] = lang
+    return result
+
+
+async def _classify_upload(request: Request, heatmap: bool, preview: bool) -> dict[str, Any] | JSONResponse:
+    """The prediction (a dict) or the error response for one upload request."""
     settings = request.app.state.settings
     try:
         upload = await read_upload(
@@ -193,10 +212,11 @@ async def create_prediction(
     except UploadError as exc:
         return _error(request, exc.status_code, exc.detail)
     request.state.upload_bytes = len(upload.data)
+    request.state.upload_data = upload.data  # for the audit's SHA-256 (the bytes are never stored)
     name = upload.filename
     if not upload.data:
         return _error(request, 422, f"{name}: empty file (0 bytes)")
-    fmt = sniff_format(upload.data)
+    fmt = request.state.input_format = sniff_format(upload.data)
     if fmt is None:
         return _error(request, 415, f"{name}: unsupported format: expected {SUPPORTED_FORMATS_TEXT}")
     limiter = request.app.state.limiter
@@ -218,7 +238,7 @@ def _one_line(text: str) -> str:
 def _error(request: Request, status: int, detail: str) -> JSONResponse:
     # The detail names the client's file, which may itself be personal data: debug level only.
     logger.debug("rejected upload: %s %s", status, detail)
-    return JSONResponse(status_code=status, content={"detail": detail})
+    return JSONResponse(status_code=status, content={"detail": translate_text(detail, request_language(request))})
 
 
 def _model_card(request: Request) -> dict[str, Any]:
@@ -265,13 +285,15 @@ def get_model(request: Request) -> Any:
 
 @router.get("/healthz", response_model=Health, summary="Liveness and readiness", tags=["service"])
 def healthz(request: Request) -> Any:
-    """``ok`` with the loaded model's name and version and the upload limit."""
+    """``ok`` with the loaded model's name and version, the upload limit and the audit trail's state
+    (records written, write failures: a failing audit database never fails a prediction)."""
     artifact = request.app.state.predictor.artifact
     return {
         "status": "ok",
         "model": artifact.name,
         "version": artifact.version,
         "max_upload_bytes": request.app.state.settings.max_upload_bytes,
+        "audit": audit_status(request),
     }
 
 

@@ -49,8 +49,8 @@ class AuditRecord(Base):
     model_version: Mapped[str] = mapped_column(String(64))
     model_sha256: Mapped[str] = mapped_column(String(64))
     label: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    probabilities: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    gate: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    probabilities: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    gate: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     latency_ms: Mapped[float] = mapped_column(Float)
     status_code: Mapped[int] = mapped_column(Integer)
 

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 FOLDER_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".dicom"}
@@ -49,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ONNX Runtime threads (default: all CPU cores)")
     parser.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity in the overlays, 0-1 (default 0.4)")
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    parser.add_argument("--audit", action="store_true",
+                        help="record every prediction in the audit trail ($DEEPHEALTH_DATABASE_URL, needs deephealth[audit])")
 
 
 def _is_image_candidate(path: Path) -> bool:
@@ -151,6 +154,24 @@ def _fmt_csv(rows: list[dict], model: str) -> str:
     return buf.getvalue()
 
 
+def _audit(audit, results, artifact, latency_ms: float) -> None:
+    """Queue one audit record per result (interface ``cli``; the file's bytes are hashed, never stored)."""
+    for res in results:
+        try:
+            data = Path(res.source).read_bytes()
+        except OSError:
+            data = None
+        info = getattr(res, "info", None)
+        audit.record(
+            interface="cli", client="local", input_data=data,
+            input_format=getattr(info, "format", None),
+            model_name=artifact.name, model_version=artifact.version, model_sha256=artifact.sha256,
+            label=res.label if res.ok else None,
+            probabilities=dict(res.probabilities) if res.ok else None,
+            gate=None, latency_ms=latency_ms, status_code=200 if res.ok else 422,
+        )
+
+
 def _write_dicom(res, row: dict, artifact, out_dir: Path, alpha: float) -> dict:
     """Write the SR and Secondary Capture of one prediction; the row gains ``dicom_files`` or becomes an error."""
     from deephealth.dicom_output import build_dicom_result, read_source_header
@@ -196,6 +217,14 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             print("--dicom-out needs highdicom: pip install 'deephealth[pacs]'", file=sys.stderr)
             return 2
+    audit = None
+    if args.audit:
+        from deephealth.audit import open_audit_log
+
+        audit = open_audit_log()
+        if audit is None:
+            print("--audit needs SQLAlchemy and Alembic: pip install 'deephealth[audit]'", file=sys.stderr)
+            return 2
     files, missing = collect_inputs(args.paths)
     heat_dir = Path(args.heatmap_dir) if args.heatmap_dir else None
     if heat_dir is not None:
@@ -222,7 +251,11 @@ def run(args: argparse.Namespace) -> int:
         for start in range(0, len(files), chunk):
             part = files[start : start + chunk]
             want_heat = heat_dir is not None or dicom_dir is not None
-            for res in predictor.predict_many(part, batch_size=args.batch_size, heatmap=want_heat):
+            t0 = time.perf_counter()
+            results = predictor.predict_many(part, batch_size=args.batch_size, heatmap=want_heat)
+            if audit is not None:  # latency: the chunk's time shared evenly by its images
+                _audit(audit, results, predictor.artifact, (time.perf_counter() - t0) * 1000.0 / max(len(part), 1))
+            for res in results:
                 d = res.to_dict()
                 if dicom_dir is not None and not isinstance(res, PredictionError):
                     d = _write_dicom(res, d, predictor.artifact, dicom_dir, args.alpha)
@@ -242,6 +275,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+        if audit is not None:
+            audit.close()
+            if audit.failures:
+                print(f"warning: {audit.failures} audit record(s) could not be written ({audit.error})",
+                      file=sys.stderr)
     for arg, reason in missing:
         rows.append({"source": arg, "ok": False, "error": f"{arg}: {reason}"})
 

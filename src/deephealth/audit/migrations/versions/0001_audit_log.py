@@ -30,8 +30,8 @@ def upgrade() -> None:
         sa.Column("model_version", sa.String(64), nullable=False),
         sa.Column("model_sha256", sa.String(64), nullable=False),
         sa.Column("label", sa.String(16), nullable=True),
-        sa.Column("probabilities", sa.JSON(), nullable=True),
-        sa.Column("gate", sa.JSON(), nullable=True),
+        sa.Column("probabilities", sa.JSON(none_as_null=True), nullable=True),
+        sa.Column("gate", sa.JSON(none_as_null=True), nullable=True),
         sa.Column("latency_ms", sa.Float(), nullable=False),
         sa.Column("status_code", sa.Integer(), nullable=False),
     )

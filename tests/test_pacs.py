@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import urllib.request
 from pathlib import Path
 
@@ -68,14 +69,17 @@ def _pacs(capsys, url: str, *extra: str) -> tuple[int, dict]:
     return rc, json.loads(out)
 
 
-def test_pacs_classifies_stores_the_sr_and_is_idempotent(orthanc: str, dicom_dir: Path, tmp_path: Path, capsys):
+def test_pacs_classifies_stores_the_sr_and_is_idempotent(orthanc: str, dicom_dir: Path, tmp_path: Path, capsys,
+                                                        monkeypatch):
     src = pydicom.dcmread(dicom_dir / "cr_chest_pa_rsna.dcm", stop_before_pixels=True)
     _upload(orthanc, (dicom_dir / "cr_chest_pa_rsna.dcm").read_bytes())
     tiny, tiny_study, tiny_sop = _tiny_cr(tmp_path)
     _upload(orthanc, tiny)
     url = f"{orthanc}/dicom-web"
 
-    rc, report = _pacs(capsys, url)
+    db = tmp_path / "audit.sqlite3"
+    monkeypatch.setenv("DEEPHEALTH_DATABASE_URL", f"sqlite:///{db}")
+    rc, report = _pacs(capsys, url, "--audit")
     assert rc == 1  # the tiny image failed ...
     by_sop = {o["sop_uid"]: o for o in report["outcomes"]}
     assert by_sop[tiny_sop]["status"] == "failed" and tiny_sop in by_sop[tiny_sop]["error"]
@@ -83,6 +87,11 @@ def test_pacs_classifies_stores_the_sr_and_is_idempotent(orthanc: str, dicom_dir
     assert ok["status"] == "stored" and ok["label"] == "normal"
     assert ok["probabilities"]["normal"] == pytest.approx(RSNA_P_NORMAL, abs=2e-3)
     assert report["counts"] == {"stored": 1, "skipped": 0, "failed": 1}
+    con = sqlite3.connect(db)
+    audit = sorted(con.execute("SELECT interface, client, label, status_code, input_format FROM audit_log"),
+                   key=lambda r: r[3])
+    con.close()
+    assert audit == [("pacs", url, "normal", 200, "DICOM"), ("pacs", url, None, 422, "DICOM")]
 
     # Query Orthanc (QIDO-RS) for our SR in the source study and read its finding back.
     client = make_client(url)

@@ -62,13 +62,15 @@ MESSAGES: dict[str, dict[str, str]] = {
 }
 """Messages of our own, by key and language."""
 
-# (English regular expression, Spanish replacement) for texts made elsewhere in English: the
-# upload checks (deephealth.web.upload, routes) and the readers' warnings and errors.
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+# (English regular expression, Spanish replacement: a re.sub template or a function of the match)
+# for texts made elsewhere in English: the upload checks (deephealth.web.upload, routes) and the
+# readers' warnings and errors.
+_PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
     (re.compile(p), r)
     for p, r in (
         (r"^(?P<f>.+): empty file \(0 bytes\)$", r"\g<f>: archivo vacío (0 bytes)"),
-        (r"^(?P<f>.+): unsupported format: expected (?P<x>.+)$", r"\g<f>: formato no admitido: se espera \g<x>"),
+        (r"^(?P<f>.+): unsupported format: expected (?P<x>.+)$",
+         lambda m: f"{m['f']}: formato no admitido: se espera {m['x'].replace(' or ', ' o ')}"),
         (r"^(?P<f>.+): DICOM modality (?P<m>\S+) \((?P<n>[^)]+)\) is not a radiograph \(expected CR or DX\)$",
          r"\g<f>: la modalidad DICOM \g<m> (\g<n>) no es una radiografía (se espera CR o DX)"),
         (r"^(?P<f>.+): file too large: the limit is (?P<l>.+)$", r"\g<f>: archivo demasiado grande: el límite es \g<l>"),
@@ -128,8 +130,8 @@ def negotiate(accept_language: str | None) -> str:
         tag, _, params = part.strip().partition(";")
         lang = tag.strip().lower().split("-")[0]
         q = 1.0
-        m = re.search(r"q\s*=\s*([0-9.]+)", params)
-        if m:
+        m = re.search(r"q\s*=\s*([^;,]*)", params)
+        if m:  # a malformed weight ignores the entry
             try:
                 q = float(m.group(1))
             except ValueError:

@@ -52,6 +52,9 @@ def _line(o) -> str:
 def run(args: argparse.Namespace) -> int:
     """Process the PACS; prints one line per instance (or JSON). Exit 0 ok, 1 some failed, 2 setup error."""
     try:
+        import dicomweb_client  # noqa: F401
+        import highdicom  # noqa: F401
+
         from deephealth.pacs import PacsWorker, make_client, parse_since, summarize
     except ImportError as exc:
         print(f"deephealth pacs needs the [pacs] extra: pip install 'deephealth[pacs]' ({exc})", file=sys.stderr)

@@ -17,6 +17,8 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
+from deephealth.web.i18n import tr
+
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
@@ -86,8 +88,6 @@ def get_audit(
 
     Off (404) unless ``DEEPHEALTH_ADMIN_API_KEY`` is set; then send ``Authorization: Bearer <key>``.
     """
-    from deephealth.web.i18n import tr
-
     key = request.app.state.settings.admin_api_key
     if key is None or not key.get_secret_value():
         return JSONResponse(status_code=404, content={"detail": tr(request, "audit_off")})

@@ -187,7 +187,11 @@ async def create_prediction(
     request is recorded in the audit trail.
     """
     start, created_at = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc)
-    result = await _classify_upload(request, heatmap, preview)
+    try:
+        result = await _classify_upload(request, heatmap, preview)
+    except Exception:  # a bug: the app's handler answers 500; the audit still records the request
+        record_prediction(request, JSONResponse(status_code=500, content={}), start, created_at)
+        raise
     record_prediction(request, result, start, created_at)
     lang = request_language(request)
     if isinstance(result, dict):

@@ -21,6 +21,8 @@ import json
 import os
 import sys
 
+from deephealth.cli._audit import close_for_cli, open_for_cli
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
@@ -76,13 +78,9 @@ def run(args: argparse.Namespace) -> int:
     except ModelArtifactError as exc:
         print(f"cannot load the model: {exc}", file=sys.stderr)
         return 2
-    audit = None
-    if args.audit:
-        from deephealth.audit import open_audit_log
-
-        audit = open_audit_log()
-        if audit is None:
-            print("cannot open the audit trail (see the log); continuing without it", file=sys.stderr)
+    audit, ok = open_for_cli(args.audit)
+    if not ok:
+        return 2
     client = make_client(args.url, os.environ.get("DEEPHEALTH_PACS_USER"),
                          os.environ.get("DEEPHEALTH_PACS_PASSWORD"), timeout=args.timeout,
                          attempts=max(1, args.attempts))
@@ -97,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     finally:
         if audit is not None:
-            audit.close()
+            close_for_cli(audit)
     counts = summarize(outcomes)
     art = predictor.artifact
     notice = f"Model {art.name} {art.version}. {INTENDED_USE}"

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from deephealth.cli._audit import close_for_cli, open_for_cli
+
 FOLDER_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".dicom"}
 """File suffixes picked up inside folders (plus files without a suffix, which may be DICOM)."""
 PROGRESS_MIN_FILES = 50
@@ -217,14 +219,9 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             print("--dicom-out needs highdicom: pip install 'deephealth[pacs]'", file=sys.stderr)
             return 2
-    audit = None
-    if args.audit:
-        from deephealth.audit import open_audit_log
-
-        audit = open_audit_log()
-        if audit is None:
-            print("--audit needs SQLAlchemy and Alembic: pip install 'deephealth[audit]'", file=sys.stderr)
-            return 2
+    audit, ok = open_for_cli(args.audit)
+    if not ok:
+        return 2
     files, missing = collect_inputs(args.paths)
     heat_dir = Path(args.heatmap_dir) if args.heatmap_dir else None
     if heat_dir is not None:
@@ -276,10 +273,7 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
         if audit is not None:
-            audit.close()
-            if audit.failures:
-                print(f"warning: {audit.failures} audit record(s) could not be written ({audit.error})",
-                      file=sys.stderr)
+            close_for_cli(audit)
     for arg, reason in missing:
         rows.append({"source": arg, "ok": False, "error": f"{arg}: {reason}"})
 

@@ -156,3 +156,24 @@ def test_dicom_out_json_lists_the_files_and_the_no_source_warning(tmp_path: Path
     assert row["ok"] and len(row["dicom_files"]) == 2
     assert all(Path(f).is_file() for f in row["dicom_files"])
     assert any("no source study" in w for w in row["warnings"])
+
+
+def test_a_minimal_source_missing_type2_attributes_still_gives_valid_objects(dicom_dir: Path, tmp_path: Path):
+    """A source without Patient's Birth Date, Sex, Study ID... (Type 2): our copies carry them empty."""
+    from deephealth.dicom_output import build_dicom_result, header_from_bytes
+
+    src = pydicom.dcmread(dicom_dir / "cr_chest_pa_rsna.dcm")
+    for kw in ("PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber", "ReferringPhysicianName", "PatientAge"):
+        delattr(src, kw)
+    path = tmp_path / "minimal.dcm"
+    src.save_as(path)
+    p = Predictor()
+    pred = p.predict(path, heatmap=True)
+    a = p.artifact
+    result = build_dicom_result(pred, a.name, a.version, a.sha256, header_from_bytes(path.read_bytes()))
+    sr_path, sc_path = result.save(tmp_path / "out")
+    sr = pydicom.dcmread(sr_path)
+    assert sr.PatientBirthDate == "" and sr.PatientSex == "" and sr.PatientID == src.PatientID
+    assert read_sr(sr)["label"] == pred.label
+    if shutil.which("dciodvfy"):
+        assert _dciodvfy_errors(sr_path) == [] and _dciodvfy_errors(sc_path) == []

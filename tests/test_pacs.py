@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import urllib.request
@@ -121,6 +122,47 @@ def test_pacs_classifies_stores_the_sr_and_is_idempotent(orthanc: str, dicom_dir
     assert [o["sop_uid"] for o in one["outcomes"]] == [tiny_sop]
     rc, none = _pacs(capsys, url, "--since", "2100-01-01")
     assert rc == 0 and none["outcomes"] == []
+
+
+def _cr_from_jpeg(jpeg: Path, tmp_path: Path) -> tuple[bytes, str, str]:
+    """A DICOM CR (MONOCHROME2, 8 bits) holding a dataset JPEG's pixels; returns (bytes, study UID, SOP UID)."""
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(jpeg).convert("L"), dtype=np.uint8)
+    data, _, _ = _tiny_cr(tmp_path)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PatientID, ds.PatientAge = "CHILD1", "003Y"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = pixels.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue(), ds.StudyInstanceUID, ds.SOPInstanceUID
+
+
+def test_a_new_model_version_adds_its_own_sr(orthanc: str, tiny_model_dir: Path, dataset_root: Path,
+                                             tmp_path: Path, capsys):
+    jpeg = sorted((dataset_root / "test" / "PNEUMONIA").glob("*_virus_*.jpeg"))[0]
+    data, study, sop = _cr_from_jpeg(jpeg, tmp_path)
+    _upload(orthanc, data)
+    url = f"{orthanc}/dicom-web"
+    expected = Predictor().predict(jpeg)
+    rc, first = _pacs(capsys, url, "--study", study)
+    assert rc == 0 and [(o["sop_uid"], o["status"], o["label"]) for o in first["outcomes"]] == [
+        (sop, "stored", expected.label)]
+    assert first["outcomes"][0]["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
+    rc, tiny = _pacs(capsys, url, "--study", study, "--model", str(tiny_model_dir))
+    assert rc == 0 and tiny["counts"] == {"stored": 1, "skipped": 0, "failed": 0}  # another model version
+    rc, again = _pacs(capsys, url, "--study", study, "--model", str(tiny_model_dir))
+    assert again["counts"] == {"stored": 0, "skipped": 1, "failed": 0}
+    client = make_client(url)
+    srs = client.search_for_series(study_instance_uid=study, search_filters={"Modality": "SR"},
+                                   fields=["SeriesDescription"])
+    descriptions = sorted(s["0008103E"]["Value"][0] for s in srs)
+    bundled = Predictor().artifact
+    assert descriptions == sorted([f"Deep Health {bundled.name} {bundled.version} SR",
+                                   "Deep Health tiny-test-model 0.0.0-test SR"])
 
 
 def test_unreachable_pacs_exits_2_with_a_message(capsys):

@@ -199,6 +199,11 @@ def annotated_overlay(prediction: Prediction, alpha: float = 0.4, max_side: int 
     return np.asarray(canvas, dtype=np.uint8)
 
 
+_TYPE2_COPIED = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+"""Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1) copied to our objects."""
 _AGE_DIGITS = re.compile(r"^\s*(\d{1,3})\s*$")
 
 
@@ -207,8 +212,13 @@ def _repaired_copy(source: Dataset) -> Dataset:
 
     (0010,1010) Patient's Age must be ``nnnD|W|M|Y`` (PS3.5 AS); a bare number such as ``62``
     (as in the RSNA files) is read as years, ``062Y``; anything else unparsable is dropped.
+    Type 2 patient and study attributes (:data:`_TYPE2_COPIED`) that the source lacks are added
+    empty, as PS3.3 allows, so the copies are complete.
     """
     ds = copy.deepcopy(source)
+    for keyword in _TYPE2_COPIED:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
     age = ds.get("PatientAge")
     if age is not None and not re.fullmatch(r"\d{3}[DWMY]", str(age)):
         m = _AGE_DIGITS.match(str(age))

@@ -177,3 +177,19 @@ def test_a_minimal_source_missing_type2_attributes_still_gives_valid_objects(dic
     assert read_sr(sr)["label"] == pred.label
     if shutil.which("dciodvfy"):
         assert _dciodvfy_errors(sr_path) == [] and _dciodvfy_errors(sc_path) == []
+
+
+def test_the_input_gate_outcome_is_recorded_in_the_sr(dicom_dir: Path):
+    """When the service has an input gate (issue 10), its outcome goes into the SR as a comment."""
+    from deephealth.dicom_output import build_dicom_result, read_source_header
+
+    p = Predictor()
+    path = dicom_dir / "cr_chest_pa_rsna.dcm"
+    pred = p.predict(path, heatmap=True)
+    pred.suitability = {"status": "warn", "reasons": ["adult patient", "unusual exposure"]}
+    a = p.artifact
+    sr = build_dicom_result(pred, a.name, a.version, a.sha256, read_source_header(path)).sr
+    summary = read_sr(sr)
+    assert summary["gate"] == "warn: adult patient; unusual exposure" and summary["comments"] == []
+    pred.suitability = None
+    assert read_sr(build_dicom_result(pred, a.name, a.version, a.sha256, read_source_header(path)).sr)["gate"] is None

@@ -15,7 +15,8 @@ Built with highdicom (https://highdicom.readthedocs.io), never by hand:
     named by local codes ``99DEEPHEALTH p-normal`` / ``p-bacterial`` / ``p-viral``;
   - the algorithm (TID 4019): the model's name and version, with its ONNX SHA-256 as the
     parameter ``model_sha256``;
-  - the source image (the classified radiograph) as the group's source image.
+  - the source image (the classified radiograph) as the group's source image;
+  - when the service has an input gate, its outcome as a comment ``Input gate: <status>[: reasons]``.
 
   The SR's evidence (Current Requested Procedure Evidence Sequence) lists the source study,
   series and SOP instance and the Secondary Capture below.
@@ -44,6 +45,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
 from deephealth import __version__
+from deephealth.audit import gate_outcome
 from deephealth.inference import Prediction, colorize
 
 _logger = logging.getLogger(__name__)
@@ -88,6 +90,10 @@ def _codes():  # imported lazily: highdicom is the optional [pacs] extra
         "viral": CC("p-viral", LOCAL_SCHEME, "Probability of viral pneumonia"),
     }
     return pneumonia, classes, probability
+
+
+GATE_PREFIX = "Input gate: "
+"""Start of the SR comment that records the input gate's outcome (``Input gate: accept``...)."""
 
 
 def finding_code(label: str) -> tuple[str, str, str]:
@@ -389,10 +395,15 @@ def _build(
         procedure_reported=hd.sr.CodedConcept("399208008", "SCT", "Plain chest X-ray"),
         imaging_measurements=[group],
     )
-    if not has_source:
+    comments = [] if has_source else [NO_SOURCE_NOTE]
+    gate = gate_outcome(prediction)
+    if gate is not None:
+        reasons = "; ".join(gate.get("reasons") or [])
+        comments.append(f"{GATE_PREFIX}{gate.get('status')}" + (f": {reasons}" if reasons else ""))
+    for text in comments:
         report[0].ContentSequence.append(
             hd.sr.TextContentItem(
-                name=codes.DCM.Comment, value=NO_SOURCE_NOTE, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+                name=codes.DCM.Comment, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
             )
         )
     evidence = [source, sc] if has_source else [sc]
@@ -464,13 +475,14 @@ def read_sr(sr: Dataset) -> dict:
     Returns:
         ``{"label": "normal"|"bacterial"|"viral"|None, "pneumonia": "Present"|"Absent"|None,
         "probabilities": {class: float}, "model_name", "model_version", "model_sha256" (str or
-        None), "source_sop_instance_uids": [UIDs of the evidence], "comments": [text]}``.
+        None), "gate": the input gate's comment after ``Input gate: `` or None,
+        "source_sop_instance_uids": [UIDs of the evidence], "comments": [other comments]}``.
     """
     _, class_codes, prob_codes = _codes()
     by_code = {c.value: name for name, c in class_codes.items()}
     prob_by_code = {c.value: name for name, c in prob_codes.items()}
     out: dict = {"label": None, "pneumonia": None, "probabilities": {}, "model_name": None,
-                 "model_version": None, "model_sha256": None, "comments": []}
+                 "model_version": None, "model_sha256": None, "gate": None, "comments": []}
     for item in _walk(sr.get("ContentSequence")):
         name = item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else None
         vtype = item.get("ValueType")
@@ -489,7 +501,11 @@ def read_sr(sr: Dataset) -> dict:
             if text.startswith("model_sha256="):
                 out["model_sha256"] = text.split("=", 1)[1]
         elif vtype == "TEXT" and name == "121106":  # DCM Comment
-            out["comments"].append(str(item.TextValue))
+            text = str(item.TextValue)
+            if text.startswith(GATE_PREFIX):
+                out["gate"] = text[len(GATE_PREFIX):]
+            else:
+                out["comments"].append(text)
     out["source_sop_instance_uids"] = [
         sop.ReferencedSOPInstanceUID
         for study in sr.get("CurrentRequestedProcedureEvidenceSequence", [])

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from deephealth.audit import gate_outcome
 from deephealth.dicom_output import build_dicom_result, read_sr, series_description
 
 _logger = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class InstanceOutcome:
         sr_uid, sc_uid: SOP Instance UIDs of the stored SR and Secondary Capture.
         error: one line naming the instance and the problem, when ``failed``.
         warnings: the reader's warnings about the image.
+        gate: the input gate's outcome (:func:`deephealth.audit.gate_outcome`), when the
+            service has a gate.
     """
 
     study_uid: str
@@ -67,6 +70,7 @@ class InstanceOutcome:
     sc_uid: str | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    gate: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of every attribute."""
@@ -194,7 +198,7 @@ class PacsWorker:
             data = buf.getvalue()
             pred = self.predictor.predict(data, name=f"instance {sop_uid}", heatmap=True)
             outcome.label, outcome.probabilities = pred.label, dict(pred.probabilities)
-            outcome.warnings = list(pred.warnings)
+            outcome.warnings, outcome.gate = list(pred.warnings), gate_outcome(pred)
             art = self.predictor.artifact
             result = build_dicom_result(pred, art.name, art.version, art.sha256, ds, alpha=self.alpha)
             self.client.store_instances([result.sr, result.sc], study_instance_uid=study_uid)
@@ -204,6 +208,15 @@ class PacsWorker:
         except ImageReadError as exc:
             outcome.error = " ".join(str(exc).split())
             status_code = 422
+        except ValueError as exc:
+            if getattr(exc, "suitability", None) is None:  # not the input gate's refusal: a bug or bad object
+                _logger.debug("instance %s failed", sop_uid, exc_info=True)
+                outcome.error = f"instance {sop_uid}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                status_code = 500
+            else:  # refused by the input gate (issue 10): reported like an unreadable image
+                outcome.error = " ".join(str(exc).split())
+                outcome.gate = gate_outcome(exc)
+                status_code = 422
         except Exception as exc:  # network, PACS refusal, a broken object: report it, go on
             _logger.debug("instance %s failed", sop_uid, exc_info=True)
             msg = " ".join(str(exc).split())[:300] or type(exc).__name__
@@ -221,7 +234,7 @@ class PacsWorker:
                 model_sha256=art.sha256,
                 label=outcome.label,
                 probabilities=outcome.probabilities,
-                gate=None,
+                gate=outcome.gate,
                 latency_ms=(time.perf_counter() - start) * 1000.0,
                 status_code=status_code,
             )

@@ -45,6 +45,19 @@ BATCH_MAX = 256
 """Most rows written in one transaction by the background writer."""
 
 
+def gate_outcome(result: object) -> dict | None:
+    """The input gate's outcome of a prediction or batch error as a dict, or ``None`` without a gate.
+
+    Reads ``result.suitability`` (:class:`deephealth.gate.Suitability`, issue 10) when present:
+    ``{"status": "accept"|"warn"|"refuse"|"unavailable", "reasons": [...], "scores": {...}, ...}``.
+    """
+    suitability = getattr(result, "suitability", None)
+    if suitability is None:
+        return None
+    to_dict = getattr(suitability, "to_dict", None)
+    return to_dict() if callable(to_dict) else dict(suitability)
+
+
 def database_url() -> str:
     """``DEEPHEALTH_DATABASE_URL``, or ``sqlite:///<state dir>/audit.sqlite3``."""
     env = os.environ.get("DEEPHEALTH_DATABASE_URL")

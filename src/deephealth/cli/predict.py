@@ -158,6 +158,8 @@ def _fmt_csv(rows: list[dict], model: str) -> str:
 
 def _audit(audit, results, artifact, latency_ms: float) -> None:
     """Queue one audit record per result (interface ``cli``; the file's bytes are hashed, never stored)."""
+    from deephealth.audit import gate_outcome
+
     for res in results:
         try:
             data = Path(res.source).read_bytes()
@@ -170,7 +172,7 @@ def _audit(audit, results, artifact, latency_ms: float) -> None:
             model_name=artifact.name, model_version=artifact.version, model_sha256=artifact.sha256,
             label=res.label if res.ok else None,
             probabilities=dict(res.probabilities) if res.ok else None,
-            gate=None, latency_ms=latency_ms, status_code=200 if res.ok else 422,
+            gate=gate_outcome(res), latency_ms=latency_ms, status_code=200 if res.ok else 422,
         )
 
 

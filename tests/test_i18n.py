@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 pytest.importorskip("fastapi", reason="the web tests need the [web] extra")
 
@@ -58,7 +60,16 @@ def test_spanish_prediction_keeps_machine_fields_english(client, dicom_dir: Path
 def test_spanish_error_details(client, dicom_dir: Path):
     r = client.post(URL, files={"file": ("notas.txt", b"hola")}, headers={"Accept-Language": "es"})
     assert r.status_code == 415 and r.headers["content-language"] == "es"
-    assert r.json()["detail"] == "notas.txt: formato no admitido: se espera JPEG, PNG, TIFF, DICOM, BMP, GIF o WebP"
+    assert r.json()["detail"] == ("notas.txt: no es una imagen (contenido no reconocido; se espera "
+                                  "JPEG, PNG, TIFF, DICOM, BMP, GIF o WebP)")
+    r = client.post(URL, files={"file": ("informe.pdf", b"%PDF-1.7\n...")}, headers={"Accept-Language": "es"})
+    assert r.status_code == 415
+    assert r.json()["detail"] == ("informe.pdf: PDF document: formato no admitido; expórtelo como JPEG o PNG "
+                                  "(o envíe el DICOM original)")
+    black = io.BytesIO()
+    Image.new("L", (256, 256), 0).save(black, format="PNG")
+    r = client.post(URL, files={"file": ("negra.png", black.getvalue())}, headers={"Accept-Language": "es"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("negra.png: imagen sin contraste (todo negro: ")
     r = client.post(URL, files={"file": ("ct.dcm", (dicom_dir / "ct_small.dcm").read_bytes())},
                     headers={"Accept-Language": "es"})
     assert r.status_code == 422
@@ -68,7 +79,8 @@ def test_spanish_error_details(client, dicom_dir: Path):
     assert r.status_code == 422 and r.json()["detail"] == "vacío.png: archivo vacío (0 bytes)"
     # English stays as it was
     r = client.post(URL, files={"file": ("notes.txt", b"hello")})
-    assert r.json()["detail"] == "notes.txt: unsupported format: expected JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP"
+    assert r.json()["detail"] == ("notes.txt: not an image (unrecognised content; expected "
+                                  "JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP)")
 
 
 def test_unknown_texts_stay_english():

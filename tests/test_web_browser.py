@@ -219,7 +219,7 @@ def test_rejected_files_show_clear_errors(page, xray):
     expect(page.locator("#error")).to_be_visible()
     expect(page.locator("#error-title")).to_have_text("Unsupported file format")
     expect(page.locator("#error-detail")).to_have_text(
-        "notes.txt: unsupported format: expected JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP"
+        "notes.txt: not an image (unrecognised content; expected JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP)"
     )
     expect(page.locator("#result")).to_be_hidden()
 
@@ -335,7 +335,7 @@ def test_spanish_from_accept_language_and_the_language_toggle(browser, server, x
         expect(pg.locator("body")).to_have_attribute("data-state", "error", timeout=30_000)
         expect(pg.locator("#error-title")).to_have_text("Formato de archivo no admitido")
         expect(pg.locator("#error-detail")).to_have_text(
-            "notas.txt: formato no admitido: se espera JPEG, PNG, TIFF, DICOM, BMP, GIF o WebP"
+            "notas.txt: no es una imagen (contenido no reconocido; se espera JPEG, PNG, TIFF, DICOM, BMP, GIF o WebP)"
         )
         # the choice is remembered over a reload
         pg.reload()

@@ -29,9 +29,10 @@ import time
 from pathlib import Path
 
 from deephealth.cli._audit import close_for_cli, open_for_cli
+from deephealth.readers.formats import FILE_SUFFIXES as FOLDER_SUFFIXES
 
-FOLDER_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".dicom"}
-"""File suffixes picked up inside folders (plus files without a suffix, which may be DICOM)."""
+# FOLDER_SUFFIXES: suffixes picked up inside folders (plus files without a suffix, which may be
+# DICOM), from the readers' one format policy.
 PROGRESS_MIN_FILES = 50
 """Show a progress bar (on an interactive stderr) from this many files on."""
 _GLOB_CHARS = set("*?[")

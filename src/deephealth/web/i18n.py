@@ -62,6 +62,8 @@ MESSAGES: dict[str, dict[str, str]] = {
 }
 """Messages of our own, by key and language."""
 
+_NO_CONTRAST = {"all black": "todo negro", "all white": "todo blanco"}
+
 # (English regular expression, Spanish replacement: a re.sub template or a function of the match)
 # for texts made elsewhere in English: the upload checks (deephealth.web.upload, routes) and the
 # readers' warnings and errors.
@@ -69,8 +71,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
     (re.compile(p), r)
     for p, r in (
         (r"^(?P<f>.+): empty file \(0 bytes\)$", r"\g<f>: archivo vacío (0 bytes)"),
-        (r"^(?P<f>.+): unsupported format: expected (?P<x>.+)$",
-         lambda m: f"{m['f']}: formato no admitido: se espera {m['x'].replace(' or ', ' o ')}"),
+        (r"^(?P<f>.+): (?P<w>.+) is not supported: export it as JPEG or PNG \(or send the original DICOM\)$",
+         r"\g<f>: \g<w>: formato no admitido; expórtelo como JPEG o PNG (o envíe el DICOM original)"),
         (r"^(?P<f>.+): DICOM modality (?P<m>\S+) \((?P<n>[^)]+)\) is not a radiograph \(expected CR or DX\)$",
          r"\g<f>: la modalidad DICOM \g<m> (\g<n>) no es una radiografía (se espera CR o DX)"),
         (r"^(?P<f>.+): file too large: the limit is (?P<l>.+)$", r"\g<f>: archivo demasiado grande: el límite es \g<l>"),
@@ -84,10 +86,18 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
         (r"^(?P<f>.+): truncated or corrupt JPEG file \(no end-of-image marker after the image data\)$",
          r"\g<f>: archivo JPEG truncado o dañado (falta el marcador de fin de imagen tras los datos)"),
         (r"^(?P<f>.+): truncated or corrupt (?P<t>\S+) file(?P<r>.*)$", r"\g<f>: archivo \g<t> truncado o dañado\g<r>"),
-        (r"^(?P<f>.+): truncated DICOM file: the pixel data \(7FE0,0010\) is cut short$",
-         r"\g<f>: archivo DICOM truncado: los datos de píxel (7FE0,0010) están incompletos"),
+        (r"^(?P<f>.+): truncated DICOM file: the (?P<p>.+) is cut short$",
+         r"\g<f>: archivo DICOM truncado: \g<p> está incompleto"),
         (r"^(?P<f>.+): not an image \(unrecognised content; expected (?P<x>.+)\)$",
-         r"\g<f>: no es una imagen (contenido no reconocido; se espera \g<x>)"),
+         lambda m: f"{m['f']}: no es una imagen (contenido no reconocido; se espera {m['x'].replace(' or ', ' o ')})"),
+        (r"^(?P<f>.+): image has no contrast \((?P<w>all black|all white|flat grey, level \d+ of 255): every pixel "
+         r"within (?P<d>[\d.]+) of 255 grey levels\); not a usable radiograph$",
+         lambda m: f"{m['f']}: imagen sin contraste ({_NO_CONTRAST.get(m['w'], m['w'])}: todos los píxeles dentro de "
+                   f"{m['d']} de 255 niveles de gris); no es una radiografía utilizable"),
+        (r"^uniform border removed before analysis: rows (?P<r>\S+) and columns (?P<c>\S+) of the (?P<s>\S+) "
+         r"decoded image were analysed$",
+         r"borde uniforme eliminado antes del análisis: se analizaron las filas \g<r> y las columnas \g<c> "
+         r"de la imagen decodificada de \g<s>"),
         (r"^(?P<f>.+): DICOM file has no pixel data \(7FE0,0010\); it is not an image$",
          r"\g<f>: el archivo DICOM no tiene datos de píxel (7FE0,0010); no es una imagen"),
         (r"^(?P<f>.+): multi-frame (?P<t>\S+) \((?P<n>\d+) frames\); send a single radiograph image$",

@@ -27,11 +27,11 @@ from PIL import Image
 
 from deephealth import labels
 from deephealth.inference import overlay_png
-from deephealth.readers import ImageReadError
+from deephealth.readers import ImageReadError, UnsupportedFormatError, detect_format
 from deephealth.web.audit import audit_status, record_prediction
 from deephealth.web.i18n import localize_prediction, request_language, translate_text
 from deephealth.web.schemas import ErrorResponse, Health, ModelCard, PredictionPublic
-from deephealth.web.upload import FILE_FIELD, SUPPORTED_FORMATS_TEXT, UploadError, read_upload, sniff_format
+from deephealth.web.upload import FILE_FIELD, SUPPORTED_FORMATS_TEXT, UploadError, read_upload
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,8 @@ def _predict(request: Request, data: bytes, filename: str, heatmap: bool, previe
             "modality": getattr(info, "modality", None),
             "view_position": getattr(info, "view_position", None),
             "size_bytes": len(data),
+            "border_crop": (dict(zip(("top", "bottom", "left", "right"), pred.border_crop))
+                            if pred.border_crop else None),
         },
         "heatmap_png": heatmap_b64,
         "preview_png": preview_b64,
@@ -220,9 +222,10 @@ async def _classify_upload(request: Request, heatmap: bool, preview: bool) -> di
     name = upload.filename
     if not upload.data:
         return _error(request, 422, f"{name}: empty file (0 bytes)")
-    fmt = request.state.input_format = sniff_format(upload.data)
-    if fmt is None:
-        return _error(request, 415, f"{name}: unsupported format: expected {SUPPORTED_FORMATS_TEXT}")
+    found = detect_format(upload.data)  # the readers' one format policy, checked before queueing
+    request.state.input_format = found.name
+    if not found.accepted:
+        return _error(request, 415, f"{name}: {found.refusal()}")
     limiter = request.app.state.limiter
     if limiter is None:  # created on first use, inside the event loop
         limiter = request.app.state.limiter = anyio.CapacityLimiter(settings.max_concurrency)
@@ -230,6 +233,8 @@ async def _classify_upload(request: Request, heatmap: bool, preview: bool) -> di
         # CPU-bound: in a worker thread, so the event loop keeps serving; at most
         # max_concurrency at once (ONNX Runtime's InferenceSession.run is thread-safe).
         body = await anyio.to_thread.run_sync(_predict, request, upload.data, name, heatmap, preview, limiter=limiter)
+    except UnsupportedFormatError as exc:
+        return _error(request, 415, _one_line(str(exc)))
     except ImageReadError as exc:
         return _error(request, 422, _one_line(str(exc)))
     return body

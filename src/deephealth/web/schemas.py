@@ -36,6 +36,11 @@ class ImageInfoPublic(BaseModel):
     modality: str | None = Field(default=None, description="DICOM (0008,0060), e.g. CR or DX")
     view_position: str | None = Field(default=None, description="DICOM (0018,5101), e.g. PA or AP")
     size_bytes: int = Field(description="uploaded file size in bytes")
+    border_crop: dict[str, int] | None = Field(
+        default=None,
+        description="uniform border (letterboxing, padding) removed before analysis: top, bottom, left, right "
+        "of the analysed box in decoded pixels; null when nothing was removed",
+    )
 
 
 class PredictionPublic(BaseModel):

@@ -152,15 +152,15 @@ def test_overlay_png_blend():
 
 def test_known_model_closed_form_probabilities(known: Predictor):
     """White image: preprocessed value (1 - 0.5) / 0.25 = 2 -> logits (2, -2, 0), T = 2."""
-    r = known.predict(np.ones((50, 40), np.float32))
+    r = known.predict(np.ones((50, 40), np.float32), allow_unsuitable=True)  # blank: the gate refuses
     np.testing.assert_allclose(r.logits, [2.0, -2.0, 0.0], atol=1e-6)
     np.testing.assert_allclose(r.probs, _softmax(np.array([1.0, -1.0, 0.0])), rtol=1e-6)
     assert (r.label, r.label_index) == ("normal", 0)
-    black = known.predict(np.zeros((50, 40), np.float32), name="black")
+    black = known.predict(np.zeros((50, 40), np.float32), name="black", allow_unsuitable=True)
     np.testing.assert_allclose(black.probs, _softmax(np.array([-1.0, 1.0, 0.0])), rtol=1e-6)
     assert (black.label, black.label_index, black.source) == ("bacterial", 1, "black")
     # mid-grey 0.5 -> q = 128 -> x = (128/255 - 0.5) / 0.25 = 0.00784; viral (logit 0) loses narrowly
-    grey = known.predict(np.full((64, 64), 0.5, np.float32))
+    grey = known.predict(np.full((64, 64), 0.5, np.float32), allow_unsuitable=True)
     m = (128 / 255 - 0.5) / 0.25
     np.testing.assert_allclose(grey.probs, _softmax(np.array([m, -m, 0.0]) / KNOWN_T), rtol=1e-5)
 
@@ -401,6 +401,8 @@ def test_operating_point_in_metadata_decides_the_label(known_model_dir: Path, tm
         pred = Predictor(d, num_threads=1).predict(img)
         np.testing.assert_allclose(pred.probs, [0.50581, 0.18681, 0.30739], atol=1e-4)
         assert pred.label == label, tau
+        assert pred.decision["threshold"] == tau and pred.to_dict()["decision"] == pred.decision
+        assert pred.decision["pneumonia_probability"] == pytest.approx(0.49419, abs=1e-4)
 
 
 def test_bad_operating_point_is_refused(known_model_dir: Path, tmp_path: Path):

@@ -76,9 +76,11 @@ def test_augment_never_flips_left_right() -> None:
 def test_cam_model_logits_equal_mean_of_cam() -> None:
     torch.manual_seed(0)
     m = CamModel(build_model("resnet18")).eval()
-    logits, cam = m(torch.randn(2, 1, 64, 64))
-    assert logits.shape == (2, 3) and cam.shape == (2, 3, 2, 2)
+    logits, cam, features = m(torch.randn(2, 1, 64, 64))
+    assert logits.shape == (2, 3) and cam.shape == (2, 3, 2, 2) and features.shape == (2, 512)
     torch.testing.assert_close(cam.mean((2, 3)), logits, atol=1e-5, rtol=1e-5)
+    # the pooled features are what the linear head reads
+    torch.testing.assert_close(features @ m.head.weight.T + m.head.bias, logits, atol=1e-5, rtol=1e-5)
 
 
 def test_decode_records_uses_the_contract(dataset_root: Path) -> None:

@@ -126,6 +126,29 @@ def fit_operating_point(probs: np.ndarray, labels: np.ndarray, target_sensitivit
     }
 
 
+def describe_decision(probs: np.ndarray, operating_point: dict | None = None) -> dict:
+    """How one film's label follows from its calibrated probabilities, for people and the API.
+
+    Args:
+        probs: ``(3,)`` calibrated probabilities (normal, bacterial, viral).
+        operating_point: the model's operating point, or ``None`` (arg-max).
+
+    Returns:
+        ``{"rule", "pneumonia_probability", "threshold", "target_sensitivity"}`` (the last two
+        ``None`` without an operating point).
+    """
+    p = float(pneumonia_score(probs))
+    if not operating_point:
+        return {"rule": "the most probable class", "pneumonia_probability": p, "threshold": None,
+                "target_sensitivity": None}
+    tau = float(operating_point["threshold"])
+    target = operating_point.get("target_sensitivity")
+    why = f", set on validation films for {100 * float(target):.0f} % sensitivity" if target else ""
+    return {"rule": f"pneumonia when P(pneumonia) >= {tau:.3f}{why}; then the likelier of bacterial and viral",
+            "pneumonia_probability": p, "threshold": tau,
+            "target_sensitivity": float(target) if target is not None else None}
+
+
 def decide(probs: np.ndarray, operating_point: dict | None = None) -> np.ndarray:
     """Predicted class indices of calibrated probabilities at the model's operating point.
 

@@ -268,6 +268,10 @@ def run(args: argparse.Namespace) -> int:
             show(f"{title} {metric}", b[metric], f"{proto}.{metric}")
         show(f"{title} AUROC", b["auroc"], f"{proto}.auroc", pct=False)
     show("ECE (15 bins)", m["calibration"]["ece"], "ece", pct=False)
+    gate = report.get("gate") or {}
+    if gate.get("n_read"):
+        counts = ", ".join(f"{n} {status}" for status, n in gate["counts"].items())
+        print(f"  input gate: {counts} ({100 * gate['flagged_fraction']:.1f} % warned or refused; listed in the report)")
     dd = report["deduplicated"]
     if dd["n_duplicate_groups"]:
         m, iv = dd["metrics"], dd["confidence_intervals"]["intervals"]

@@ -12,7 +12,12 @@ class over the image. --dicom-out DIR writes, for each image, a DICOM Comprehens
 coded finding and a Secondary Capture of the heatmap (needs the [pacs] extra); a DICOM input's
 patient and study are copied, any other input gets a generated study marked "no source study".
 
-Exit status: 0 every file classified, 1 some failed, 2 the model could not be loaded.
+Input gate: every image is checked first (is it a frontal chest radiograph the model can be trusted
+on?). The "gate" column says accept, warn (classified, reasons shown) or refuse (not classified,
+reported as an error line with the reasons). --allow-unsuitable classifies refused images anyway and
+keeps the flags. JSON rows carry the full "suitability" object (status, reasons, scores).
+
+Exit status: 0 every file classified, 1 some failed or were refused, 2 the model could not be loaded.
 Decision support only, not a diagnosis.
 """
 
@@ -55,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     parser.add_argument("--audit", action="store_true",
                         help="record every prediction in the audit trail ($DEEPHEALTH_DATABASE_URL, needs deephealth[audit])")
+    parser.add_argument("--allow-unsuitable", action="store_true",
+                        help="classify images the input gate refuses anyway (the flags are kept in the output)")
 
 
 def _is_image_candidate(path: Path) -> bool:
@@ -121,16 +128,25 @@ def _heatmap_name(path: str, used: set[str]) -> str:
     return name
 
 
+def _gate(r: dict) -> tuple[str, list[str]]:
+    """(status, reasons) of a result row's input-gate verdict; ("-", []) when there is none."""
+    s = r.get("suitability")
+    return (s["status"], list(s["reasons"])) if s else ("-", [])
+
+
 def _fmt_table(rows: list[dict]) -> str:
-    headers = ["file", "label", "index", "P(normal)", "P(bacterial)", "P(viral)", "warnings"]
+    headers = ["file", "label", "index", "P(normal)", "P(bacterial)", "P(viral)", "gate", "warnings"]
     body = []
     for r in rows:
+        status, reasons = _gate(r)
         if r["ok"]:
             p = r["probabilities"]
             body.append([r["source"], r["label"], str(r["label_index"]), f"{p['normal']:.3f}",
-                         f"{p['bacterial']:.3f}", f"{p['viral']:.3f}", "; ".join(r["warnings"])])
+                         f"{p['bacterial']:.3f}", f"{p['viral']:.3f}", status, "; ".join(reasons + r["warnings"])])
+        elif status == "refuse":
+            body.append([r["source"], "REFUSED", "-", "-", "-", "-", status, "; ".join(reasons)])
         else:
-            body.append([r["source"], "ERROR", "-", "-", "-", "-", r["error"]])
+            body.append([r["source"], "ERROR", "-", "-", "-", "-", status, r["error"]])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
     right = {2, 3, 4, 5}
 
@@ -145,15 +161,18 @@ def _fmt_table(rows: list[dict]) -> str:
 def _fmt_csv(rows: list[dict], model: str) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "warnings", "error",
-                "model"])
+    w.writerow(["path", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "warnings", "gate",
+                "gate_reasons", "error", "model"])
     for r in rows:
+        status, reasons = _gate(r)
+        status = "" if status == "-" else status
         if r["ok"]:
             p = r["probabilities"]
             w.writerow([r["source"], "true", r["label"], r["label_index"], f"{p['normal']:.6f}",
-                        f"{p['bacterial']:.6f}", f"{p['viral']:.6f}", "; ".join(r["warnings"]), "", model])
+                        f"{p['bacterial']:.6f}", f"{p['viral']:.6f}", "; ".join(r["warnings"]), status,
+                        "; ".join(reasons), "", model])
         else:
-            w.writerow([r["source"], "false", "", "", "", "", "", "", r["error"], model])
+            w.writerow([r["source"], "false", "", "", "", "", "", "", status, "; ".join(reasons), r["error"], model])
     return buf.getvalue()
 
 
@@ -252,7 +271,8 @@ def run(args: argparse.Namespace) -> int:
             part = files[start : start + chunk]
             want_heat = heat_dir is not None or dicom_dir is not None
             t0 = time.perf_counter()
-            results = predictor.predict_many(part, batch_size=args.batch_size, heatmap=want_heat)
+            results = predictor.predict_many(part, batch_size=args.batch_size, heatmap=want_heat,
+                                             allow_unsuitable=args.allow_unsuitable)
             if audit is not None:  # latency: the chunk's time shared evenly by its images
                 _audit(audit, results, predictor.artifact, (time.perf_counter() - t0) * 1000.0 / max(len(part), 1))
             for res in results:
@@ -281,6 +301,8 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"source": arg, "ok": False, "error": f"{arg}: {reason}"})
 
     n_bad = sum(not r["ok"] for r in rows)
+    n_refused = sum(_gate(r)[0] == "refuse" and not r["ok"] for r in rows)
+    n_warned = sum(_gate(r)[0] in ("warn", "refuse") and r["ok"] for r in rows)
     art = predictor.artifact
     model_id = f"{art.name} {art.version}"
     notice = f"Model {model_id}. {INTENDED_USE}"
@@ -296,9 +318,14 @@ def run(args: argparse.Namespace) -> int:
         if rows:
             print(_fmt_table(rows))
             print()
-        print(f"{len(rows)} input(s): {len(rows) - n_bad} classified, {n_bad} failed"
+        gate_note = ""
+        if n_refused or n_warned:
+            gate_note = f" (input gate: {n_refused} refused, {n_warned} classified with a warning)"
+        print(f"{len(rows)} input(s): {len(rows) - n_bad} classified, {n_bad} failed" + gate_note
               + (f"; heatmaps in {heat_dir}" if heat_dir is not None and len(rows) > n_bad else "")
               + (f"; DICOM SR and Secondary Capture in {dicom_dir}" if dicom_dir is not None and len(rows) > n_bad else ""))
+        if not predictor.gate.available:
+            print("input gate: image checks only (this model has no fitted feature-space gate)")
         print(notice)
     for r in rows:
         if not r["ok"]:

@@ -284,6 +284,7 @@ def build_report(
             "confidence_intervals": ci.describe(),
             "anchors": list(ANCHORS),
             "misclassified": _misclassified(rows, root),
+            "gate": gate_summary(rows, root),
             "failures": failures,
             "deduplicated": dedup,
             "comparisons": [comparison_entry(name, other, uses, data["files_sha256"])
@@ -399,6 +400,31 @@ def comparison_entry(name: str, other: dict[str, Any], uses_unlabelled_target_im
     }
 
 
+def gate_summary(rows: list[dict[str, Any]], root: str | Path | None) -> dict[str, Any]:
+    """The input gate's outcomes on the evaluated images (rows from ``evaluate_model``).
+
+    Returns:
+        ``{"counts": {status: n}, "n_read": int, "flagged_fraction": float | None,
+        "flagged": [{"file", "status", "reasons"}]}`` -- ``flagged`` lists every warned or refused
+        image (refused ones were still scored, so the metrics cover the whole split).
+    """
+    read = [r for r in rows if r.get("gate")]
+    counts: dict[str, int] = {}
+    for r in read:
+        counts[r["gate"]] = counts.get(r["gate"], 0) + 1
+    flagged = [
+        {"file": relative_path(r["path"], root), "status": r["gate"], "reasons": list(r.get("gate_reasons") or [])}
+        for r in read if r["gate"] in ("warn", "refuse")
+    ]
+    flagged.sort(key=lambda f: (f["status"] != "refuse", f["file"]))
+    return {
+        "counts": dict(sorted(counts.items())),
+        "n_read": len(read),
+        "flagged_fraction": len(flagged) / len(read) if read else None,
+        "flagged": flagged,
+    }
+
+
 def write_report(report: dict[str, Any], y_true: np.ndarray, probs: np.ndarray, rows: list[dict[str, Any]],
                  out_dir: str | Path) -> dict[str, Path]:
     """Write ``metrics.json``, ``report.md``, the CSVs and the plots into ``out_dir``.
@@ -445,11 +471,11 @@ def write_report(report: dict[str, Any], y_true: np.ndarray, probs: np.ndarray, 
     path = out / "predictions.csv"
     with path.open("w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["file", "patient_id", "true", "predicted", *(f"p_{c}" for c in names), "error"])
+        w.writerow(["file", "patient_id", "true", "predicted", *(f"p_{c}" for c in names), "gate", "error"])
         for r in rows:
             ps = [f"{v:.6f}" for v in r["probs"]] if r["probs"] is not None else [""] * len(names)
             w.writerow([relative_path(r["path"], root), r["patient_id"], r["label"], r["predicted"] or "", *ps,
-                        r["error"] or ""])
+                        r.get("gate") or "", r["error"] or ""])
     written["predictions_csv"] = path
 
     path = out / "misclassified.csv"
@@ -782,6 +808,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             add(f"| `{x['file']}` | {x['patient_id']} | {x['true']} | {x['predicted']} | "
                 + " | ".join(f"{x[f'p_{c}']:.3f}" for c in CLASS_NAMES) + " |")
         add("")
+    _gate_markdown(report.get("gate"), add)
     # Failures
     if report["failures"]:
         add(f"## Files that could not be read ({len(report['failures'])})")
@@ -805,6 +832,34 @@ def render_markdown(report: dict[str, Any]) -> str:
         "exactly by rerunning the command above on the same model and data.")
     add("")
     return "\n".join(L)
+
+
+def _gate_markdown(gate: dict[str, Any] | None, add: Any) -> None:
+    """The "Input gate" section of report.md."""
+    if not gate or not gate.get("n_read"):
+        return
+    c = gate["counts"]
+    n = gate["n_read"]
+    add("## Input gate")
+    add("")
+    if c.get("unavailable"):
+        add("This model has no fitted feature-space gate: only the image checks (colour, shape, near-blank) ran.")
+        add("")
+    add(f"Outcomes on the {n} images read (every image was scored anyway, so the metrics above cover them all; "
+        "in use, refused images get no probabilities):")
+    add("")
+    add("| outcome | images | share |")
+    add("|---|---:|---:|")
+    for status in ("accept", "warn", "refuse", "unavailable"):
+        if status in c:
+            add(f"| {status} | {c[status]} | {_pct(c[status] / n)} |")
+    add("")
+    if gate["flagged"]:
+        add(f"Warned or refused ({len(gate['flagged'])}, {_pct(gate['flagged_fraction'])} of the images):")
+        add("")
+        for f in gate["flagged"]:
+            add(f"- `{f['file']}` ({f['status']}): " + "; ".join(f["reasons"]))
+        add("")
 
 
 def load_metrics(path: str | Path) -> dict[str, Any]:

@@ -132,11 +132,13 @@ def linear_head(model: nn.Module) -> nn.Linear:
 
 
 class CamModel(nn.Module):
-    """Wraps a pool+linear classifier to return both logits and class activation maps.
+    """Wraps a pool+linear classifier to return logits, class activation maps and pooled features.
 
     ``forward(x)`` with ``x`` of shape ``(N, 1, S, S)`` float32 returns
-    ``(logits (N, C), cam (N, C, h, w))``; ``cam`` is in logit units, ``logits == cam.mean((2, 3))``
-    (up to dropout, which is off in eval mode).
+    ``(logits (N, C), cam (N, C, h, w), features (N, Cf))``; ``cam`` is in logit units,
+    ``logits == cam.mean((2, 3))`` (up to dropout, which is off in eval mode); ``features`` is the
+    globally pooled penultimate layer the linear head reads (``logits == features @ W.T + b``), used
+    by the input gate (:mod:`deephealth.gate`) for its out-of-distribution scores.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -144,9 +146,10 @@ class CamModel(nn.Module):
         self.model = model
         self.head = linear_head(model)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = self.model.forward_features(x)  # (N, Cf, h, w)
         logits = self.model.forward_head(feats)  # (N, C)
+        pooled = feats.mean((2, 3))  # (N, Cf): the global average pool the linear head reads
         w = self.head.weight  # (C, Cf)
         cam = torch.einsum("kc,nchw->nkhw", w, feats) + self.head.bias[None, :, None, None]  # (N, C, h, w)
-        return logits, cam
+        return logits, cam, pooled

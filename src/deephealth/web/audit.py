@@ -55,7 +55,7 @@ def record_prediction(request: Request, response: Any, start: float, created_at:
             model_sha256=artifact.sha256,
             label=body.get("label") if body else None,
             probabilities=body.get("probabilities") if body else None,
-            gate=body.get("suitability") if body else None,
+            gate=body.get("suitability") if body else getattr(request.state, "gate", None),
             latency_ms=latency_ms,
             status_code=200 if body is not None else int(getattr(response, "status_code", 500)),
         )

@@ -1,7 +1,7 @@
 """English and Spanish for the API's human-readable texts; the language comes from ``Accept-Language``.
 
-Translated: ``detail`` of errors, ``warnings``, ``label_description``, class ``description`` and
-``intended_use``. Machine-readable fields (``label``, ``label_index``, probabilities' keys, codes)
+Translated: ``detail`` of errors, ``warnings``, the input gate's ``suitability.reasons``,
+``label_description``, class ``description`` and ``intended_use``. Machine-readable fields (``label``, ``label_index``, probabilities' keys, codes)
 stay English whatever the language. The page (``static/app.js``) has its own strings for the same
 two languages and sends the chosen language as ``Accept-Language``.
 
@@ -125,6 +125,46 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
 )
 
 
+# Phrases of the input gate's reasons (deephealth.gate), replaced wherever they occur in a text
+# (a refusal joins several reasons with "; ", and some reasons contain "; " themselves).
+_GATE_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(p), r)
+    for p, r in (
+        (r": not suitable for this model: ", r": no apto para este modelo: "),
+        (r"it looks like an inverted \(negative\) chest film: bone dark, air bright; send the film with bone white",
+         r"parece una radiografía de tórax invertida (negativo): hueso oscuro, aire claro; envíela con el hueso blanco"),
+        (r"it looks like a chest film rotated by 90 degrees clockwise; rotate it upright and send it again",
+         r"parece una radiografía de tórax girada 90 grados en sentido horario; enderécela y envíela de nuevo"),
+        (r"it looks like a chest film turned upside down \(rotated by 180 degrees\); rotate it upright and send it again",
+         r"parece una radiografía de tórax boca abajo (girada 180 grados); enderécela y envíela de nuevo"),
+        (r"it looks like a chest film rotated by 90 degrees counter-clockwise; rotate it upright and send it again",
+         r"parece una radiografía de tórax girada 90 grados en sentido antihorario; enderécela y envíela de nuevo"),
+        (r"it does not look like a frontal chest radiograph \(e\.g\. a photo, document, screenshot, lateral view, "
+         r"CT slice or another body part\)",
+         r"no parece una radiografía de tórax frontal (p. ej., una foto, un documento, una captura de pantalla, una "
+         r"proyección lateral, un corte de TC u otra parte del cuerpo)"),
+        (r"\(P\(frontal chest film\) = ([\d.]+), below ([\d.]+)\)",
+         r"(P(radiografía de tórax frontal) = \1, por debajo de \2)"),
+        (r"\(P\(frontal chest film\) = ([\d.]+)\)", r"(P(radiografía de tórax frontal) = \1)"),
+        (r"unlike the chest films the model was trained on \(feature distance ([\d.]+), refusal limit ([\d.]+)\)",
+         r"distinta de las radiografías de tórax con las que se entrenó el modelo (distancia de características \1, "
+         r"límite de rechazo \2)"),
+        (r"unusual for the chest films the model was trained on \(feature distance ([\d.]+), limit ([\d.]+)\): "
+         r"check the result with care",
+         r"inusual para las radiografías de tórax con las que se entrenó el modelo (distancia de características \1, "
+         r"límite \2): revise el resultado con cuidado"),
+        (r"colour image \((\d+) % of pixels are coloured\): a photo or drawing, not a radiograph",
+         r"imagen en color (\1 % de píxeles en color): una foto o un dibujo, no una radiografía"),
+        (r"near-blank image \(98 % of pixels within (\d+) grey levels\): no visible anatomy",
+         r"imagen casi en blanco (98 % de los píxeles dentro de \1 niveles de gris): sin anatomía visible"),
+        (r"unusual shape for a chest film \(([^)]*)\); the model squashes it to a square",
+         r"forma inusual para una radiografía de tórax (\1); el modelo la comprime a un cuadrado"),
+        (r"unusual shape for a chest film \(([^)]*)\): a screenshot strip or panorama\?",
+         r"forma inusual para una radiografía de tórax (\1): ¿una tira de captura de pantalla o una panorámica?"),
+    )
+)
+
+
 def negotiate(accept_language: str | None) -> str:
     """The best supported language for an ``Accept-Language`` header (RFC 9110 12.5.4).
 
@@ -165,6 +205,8 @@ def translate_text(text: str, lang: str) -> str:
     for pattern, repl in _PATTERNS:
         if pattern.match(text):
             return pattern.sub(repl, text, count=1)
+    for pattern, repl in _GATE_PHRASES:
+        text = pattern.sub(repl, text)
     return text
 
 
@@ -186,5 +228,8 @@ def localize_prediction(body: dict[str, Any], lang: str) -> dict[str, Any]:
     body["label_description"] = names.get(body["label"], body["label_description"])
     body["classes"] = [{**c, "description": names.get(c["name"], c["description"])} for c in body["classes"]]
     body["warnings"] = [translate_text(w, lang) for w in body["warnings"]]
+    if isinstance(body.get("suitability"), dict):
+        gate = body["suitability"]
+        body["suitability"] = {**gate, "reasons": [translate_text(r, lang) for r in gate.get("reasons") or []]}
     body["intended_use"] = INTENDED_USE[lang]
     return body

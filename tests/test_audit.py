@@ -9,7 +9,11 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import io
+
+import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("sqlalchemy", reason="the audit trail needs the [audit] extra")
 pytest.importorskip("fastapi", reason="the web tests need the [web] extra")
@@ -80,7 +84,7 @@ def test_every_request_is_recorded_without_pixels_or_names(client, db_url, datas
     assert first["label"] == body["label"]
     assert first["probabilities"] == pytest.approx(body["probabilities"], abs=1e-12)
     assert first["model_name"] == body["model"]["name"] and first["model_sha256"] == body["model"]["sha256"]
-    assert first["gate"] is None  # no input gate in this service yet
+    assert first["gate"] == body["suitability"] and first["gate"]["status"] in {"accept", "warn", "unavailable"}
     assert 0 < first["latency_ms"] < 60_000
     assert second["status_code"] == 415 and second["label"] is None and second["interface"] == "api"
     assert second["input_sha256"] == hashlib.sha256(b"hello, not an image").hexdigest()
@@ -203,3 +207,16 @@ def test_record_never_raises_and_counts_without_a_database():
     assert log.flush(5.0)
     assert log.status()["failures"] == 1 and log.status()["written"] == 0
     log.close()
+
+
+def test_a_gate_refusal_is_recorded_with_its_outcome(client):
+    """A colour photo: the input gate refuses it (422); the audit keeps the gate's verdict, no label."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), "RGB").save(buf, format="PNG")
+    r = client.post(URL, files={"file": ("holiday.png", buf.getvalue())})
+    assert r.status_code == 422 and r.json()["suitability"]["status"] == "refuse"
+    (rec,) = _audit(client)["records"]
+    assert rec["status_code"] == 422 and rec["label"] is None and rec["probabilities"] is None
+    assert rec["gate"]["status"] == "refuse" and rec["gate"]["reasons"] == r.json()["suitability"]["reasons"]
+    assert rec["input_format"] == "PNG"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -88,3 +89,15 @@ def test_unknown_texts_stay_english():
     assert translate_text(text, "es") == text
     assert translate_text("uniform image (every pixel has the same value): no contrast", "es") == (
         "imagen uniforme (todos los píxeles tienen el mismo valor): sin contraste")
+
+
+def test_a_gate_refusal_in_spanish(client):
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), "RGB").save(buf, format="PNG")
+    r = client.post(URL, files={"file": ("foto.png", buf.getvalue())}, headers={"Accept-Language": "es"})
+    assert r.status_code == 422
+    body = r.json()
+    assert body["detail"].startswith("foto.png: no apto para este modelo: imagen en color (")
+    assert body["suitability"]["status"] == "refuse"  # machine field unchanged
+    assert body["suitability"]["reasons"][0].startswith("imagen en color (")

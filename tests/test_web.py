@@ -452,12 +452,15 @@ def test_model_card_reads_test_metrics_from_the_report(tiny_model_dir, tmp_path)
 
 
 def test_healthz(client):
-    assert client.get("/healthz").json() == {
+    health = client.get("/healthz").json()
+    audit = health.pop("audit")
+    assert health == {
         "status": "ok",
         "model": "tiny-test-model",
         "version": "0.0.0-test",
         "max_upload_bytes": 32 * 1024 * 1024,
     }
+    assert audit["enabled"] is True and audit["failures"] == 0 and audit["database"].startswith("sqlite:///")
 
 
 def test_openapi_docs(client):
@@ -614,6 +617,7 @@ def test_serve_command(tiny_model_dir, xrays, workers):
                    "--max-upload-mb", "8"])
     try:
         health = _wait_healthy(proc, base)
+        assert health.pop("audit")["failures"] == 0
         assert health == {"status": "ok", "model": "tiny-test-model", "version": "0.0.0-test",
                           "max_upload_bytes": 8 * 1024 * 1024}
         r = httpx.post(base + URL, files={"file": (xrays[0].name, xrays[0].read_bytes())}, timeout=60)

@@ -157,6 +157,16 @@ class ModelCard(BaseModel):
     intended_use: str
 
 
+class AuditStatus(BaseModel):
+    """The audit trail's state in ``/healthz``."""
+
+    enabled: bool = Field(description="whether predictions are recorded")
+    database: str | None = Field(default=None, description="database URL without its password")
+    written: int = Field(description="records written since the service started")
+    failures: int = Field(description="records that could not be written (database errors); predictions went on")
+    error: str | None = Field(default=None, description="the last database error, while it lasts")
+
+
 class Health(BaseModel):
     """Response of ``GET /healthz``."""
 
@@ -164,6 +174,7 @@ class Health(BaseModel):
     model: str
     version: str
     max_upload_bytes: int = Field(description="largest accepted upload in bytes")
+    audit: AuditStatus | None = Field(default=None, description="state of the audit trail")
 
 
 class ErrorResponse(BaseModel):

@@ -146,6 +146,14 @@ def _expect_result(pg, expected, filename: str) -> None:
         width = bar.locator(".bar-fill").evaluate("e => e.style.width")
         assert float(width.rstrip("%")) == pytest.approx(pct, abs=0.01)
     expect(bars.nth(expected.label_index)).to_have_class("top")
+    d = expected.decision or {}
+    if d.get("threshold") is not None:  # a model with an operating point says how the label was decided
+        expect(pg.locator("#decision")).to_be_visible()
+        expect(pg.locator("#decision")).to_contain_text(
+            f"Probability of pneumonia {100 * d['pneumonia_probability']:.1f} %. "
+            f"The model calls pneumonia from {100 * d['threshold']:.1f} %")
+    else:
+        expect(pg.locator("#decision")).to_be_hidden()
     # the preview and the heatmap overlay are decoded images on screen
     for sel in ("#preview", "#overlay"):
         assert pg.locator(sel).evaluate("img => img.complete && img.naturalWidth") > 0, sel

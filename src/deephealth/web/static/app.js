@@ -52,6 +52,9 @@
       done: (ms) => "Done in " + ms + " ms.",
       read_as: "Read as ",
       unavailable: "unavailable (server not ready)",
+      decision: (p, thr, sens) => "Probability of pneumonia " + p + " %. The model calls pneumonia from " + thr +
+        " % (its operating point, set on validation films for " + sens + " % sensitivity), so the label can " +
+        "differ from the largest bar.",
     },
     es: {
       title: "Deep Health — apoyo a la decisión en radiografías de tórax pediátricas",
@@ -88,6 +91,9 @@
       done: (ms) => "Hecho en " + ms + " ms.",
       read_as: "Leída como ",
       unavailable: "no disponible (el servidor no está listo)",
+      decision: (p, thr, sens) => "Probabilidad de neumonía " + p + " %. El modelo indica neumonía a partir de " +
+        thr + " % (su punto de operación, fijado en radiografías de validación para una sensibilidad del " + sens +
+        " %), así que la etiqueta puede no coincidir con la barra más larga.",
     },
   };
   const LANG_KEY = "deephealth.lang";
@@ -178,6 +184,14 @@
     $("result-file").textContent = data.image.filename;
     $("pred-index").textContent = String(data.label_index);
     $("pred-label").textContent = data.label_description;
+    const d = data.decision;
+    const decisionEl = $("decision");
+    decisionEl.hidden = !(d && d.threshold != null);
+    if (!decisionEl.hidden) {
+      const pct = (x) => (100 * x).toFixed(1);
+      decisionEl.textContent = t("decision")(pct(d.pneumonia_probability), pct(d.threshold),
+        d.target_sensitivity != null ? (100 * d.target_sensitivity).toFixed(0) : "?");
+    }
 
     const bars = $("bars");
     bars.replaceChildren();

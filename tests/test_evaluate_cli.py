@@ -191,8 +191,9 @@ def test_released_model_reproduces_committed_metrics(dataset_root, tmp_path, cap
     assert fresh["data"]["n_scored"] == 624
     # Machines of the same kind differ in the last digit (AVX-512 vs AVX2 kernels): probabilities
     # within 1e-4, labels and counts exact except at a near tie (reported), see tests/_golden.py.
+    op = committed["model"].get("operating_point") or {}
     diff = compare_predictions(_csv_rows(RELEASED_REPORT.parent / "predictions.csv"),
-                               _csv_rows(tmp_path / "report" / "predictions.csv"))
+                               _csv_rows(tmp_path / "report" / "predictions.csv"), op.get("threshold", 0.5))
     golden, now = reproducible_part(committed), reproducible_part(fresh)
     for section in golden:
         if section not in now:  # a section dropped since that report was made

@@ -195,8 +195,10 @@ def test_predict_cli_audit_flag(tmp_path: Path, dicom_dir: Path, monkeypatch, ca
     cr = (dicom_dir / "cr_chest_pa_rsna.dcm").read_bytes()
     ct = (dicom_dir / "ct_small.dcm").read_bytes()
     ok, bad = rows[hashlib.sha256(cr).hexdigest()], rows[hashlib.sha256(ct).hexdigest()]
-    assert ok["interface"] == "cli" and ok["status_code"] == 200 and ok["label"] == "normal"
-    assert json.loads(ok["probabilities"])["normal"] == pytest.approx(0.4987, abs=2e-3)  # bundled 0.2.0 on the RSNA CR
+    expected = Predictor().predict(dicom_dir / "cr_chest_pa_rsna.dcm")
+    assert ok["interface"] == "cli" and ok["status_code"] == 200 and ok["label"] == expected.label
+    assert json.loads(ok["probabilities"]) == pytest.approx(expected.probabilities, abs=1e-9)
+    assert json.loads(ok["gate"])["status"] == expected.suitability.status
     assert bad["status_code"] == 422 and bad["label"] is None and bad["probabilities"] is None
 
 

@@ -25,7 +25,6 @@ from deephealth.pacs import make_client, parse_since  # noqa: E402
 
 pytestmark = pytest.mark.needs_data
 
-RSNA_P_NORMAL = 0.4987  # bundled model on the RSNA CR (see test_dicom_output.py)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +72,7 @@ def _pacs(capsys, url: str, *extra: str) -> tuple[int, dict]:
 def test_pacs_classifies_stores_the_sr_and_is_idempotent(orthanc: str, dicom_dir: Path, tmp_path: Path, capsys,
                                                         monkeypatch):
     src = pydicom.dcmread(dicom_dir / "cr_chest_pa_rsna.dcm", stop_before_pixels=True)
+    expected = Predictor().predict(dicom_dir / "cr_chest_pa_rsna.dcm")  # the finding the SR must carry
     _upload(orthanc, (dicom_dir / "cr_chest_pa_rsna.dcm").read_bytes())
     tiny, tiny_study, tiny_sop = _tiny_cr(tmp_path)
     _upload(orthanc, tiny)
@@ -85,14 +85,14 @@ def test_pacs_classifies_stores_the_sr_and_is_idempotent(orthanc: str, dicom_dir
     by_sop = {o["sop_uid"]: o for o in report["outcomes"]}
     assert by_sop[tiny_sop]["status"] == "failed" and tiny_sop in by_sop[tiny_sop]["error"]
     ok = by_sop[src.SOPInstanceUID]  # ... and the real one was still classified and stored
-    assert ok["status"] == "stored" and ok["label"] == "normal"
-    assert ok["probabilities"]["normal"] == pytest.approx(RSNA_P_NORMAL, abs=2e-3)
+    assert ok["status"] == "stored" and ok["label"] == expected.label
+    assert ok["probabilities"] == pytest.approx(expected.probabilities, abs=1e-9)
     assert report["counts"] == {"stored": 1, "skipped": 0, "failed": 1}
     con = sqlite3.connect(db)
     audit = sorted(con.execute("SELECT interface, client, label, status_code, input_format FROM audit_log"),
                    key=lambda r: r[3])
     con.close()
-    assert audit == [("pacs", url, "normal", 200, "DICOM"), ("pacs", url, None, 422, "DICOM")]
+    assert audit == [("pacs", url, expected.label, 200, "DICOM"), ("pacs", url, None, 422, "DICOM")]
 
     # Query Orthanc (QIDO-RS) for our SR in the source study and read its finding back.
     client = make_client(url)
@@ -103,8 +103,9 @@ def test_pacs_classifies_stores_the_sr_and_is_idempotent(orthanc: str, dicom_dir
     sr = client.retrieve_instance(src.StudyInstanceUID, sr_series, inst["00080018"]["Value"][0])
     assert sr.SOPInstanceUID == ok["sr_uid"] and sr.PatientID == src.PatientID
     finding = read_sr(sr)
-    assert finding["label"] == "normal" and finding["pneumonia"] == "Absent"
-    assert finding["probabilities"]["normal"] == pytest.approx(RSNA_P_NORMAL, abs=2e-3)
+    assert finding["label"] == expected.label
+    assert finding["pneumonia"] == ("Absent" if expected.label == "normal" else "Present")
+    assert finding["probabilities"] == pytest.approx(expected.probabilities, abs=1e-9)
     assert src.SOPInstanceUID in finding["source_sop_instance_uids"]
     assert finding["model_version"] == Predictor().artifact.version
     scs = client.search_for_series(study_instance_uid=src.StudyInstanceUID, search_filters={"Modality": "OT"})

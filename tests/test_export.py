@@ -43,7 +43,9 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {
             "model_state": model.state_dict(),
             "model_args": {"arch": "test_resnet", "num_classes": 3, "in_chans": 1},
-            "config": {"arch": "test_resnet", "input_size": 64, "epochs": 2, "lr": 0.001},
+            # max_train_images: the export fits the input gate on the same small subsets training used
+            "config": {"arch": "test_resnet", "input_size": 64, "epochs": 2, "lr": 0.001, "max_train_images": 120,
+                       "val_fraction": 0.1, "split_seed": 0, "seed": 0},
             "preprocessing": PreprocessConfig(input_size=64).to_dict(),
             "temperature": 1.25,
             "val_metrics": {"balanced_accuracy": 0.5, "auroc_macro": 0.6},
@@ -68,7 +70,8 @@ def test_tiny_model_dir_is_a_valid_artifact(tiny_model_dir: Path):
     n_params = sum(p.numel() for p in _tiny_model().parameters())
     assert meta["summary"]["parameters"] == n_params
     assert meta["summary"]["input_shape"] == ["N", 1, 96, 96]
-    assert meta["summary"]["output_shapes"] == {"logits": ["N", 3], "cam": ["N", 3, 3, 3]}
+    assert meta["summary"]["output_shapes"] == {"logits": ["N", 3], "cam": ["N", 3, 3, 3], "features": ["N", 96]}
+    assert meta["onnx"]["features"] == "features" and "gate" not in meta  # export_model alone fits no gate
     assert [layer["name"] for layer in meta["summary"]["layers"]][-1] == "fc"
     check = meta["export_check"]
     assert check["passed"] and check["logits_max_abs_diff"] <= LOGITS_ATOL and check["cam_max_abs_diff"] <= CAM_ATOL
@@ -85,7 +88,7 @@ def test_onnx_graph_has_dynamic_batch_and_embedded_weights(tiny_model_dir: Path)
     assert inp.name == "image"
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [1, 96, 96]
-    assert [o.name for o in m.graph.output] == ["logits", "cam"]
+    assert [o.name for o in m.graph.output] == ["logits", "cam", "features"]
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
     assert sorted(p.name for p in tiny_model_dir.iterdir()) == ["metadata.json", "model.onnx", "model_summary.txt"]
 
@@ -96,10 +99,11 @@ def test_onnx_matches_pytorch_on_real_images(tiny_model_dir: Path, dataset_root:
     pre = PreprocessConfig(input_size=96)
     x = np.stack([preprocess(read_image(f).image, pre) for f in files])
     with torch.no_grad():
-        t_logits, t_cam = (t.numpy() for t in CamModel(_tiny_model())(torch.from_numpy(x)))
+        t_logits, t_cam, t_feat = (t.numpy() for t in CamModel(_tiny_model())(torch.from_numpy(x)))
     sess = ort.InferenceSession(str(tiny_model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    o_logits, o_cam = sess.run(["logits", "cam"], {"image": x})
-    assert o_logits.shape == (5, 3) and o_cam.shape == (5, 3, 3, 3)
+    o_logits, o_cam, o_feat = sess.run(["logits", "cam", "features"], {"image": x})
+    assert o_logits.shape == (5, 3) and o_cam.shape == (5, 3, 3, 3) and o_feat.shape == (5, t_feat.shape[1])
+    np.testing.assert_allclose(o_feat, t_feat, atol=CAM_ATOL, rtol=1e-4)
     np.testing.assert_allclose(o_logits, t_logits, atol=LOGITS_ATOL, rtol=1e-4)
     np.testing.assert_allclose(o_cam, t_cam, atol=CAM_ATOL, rtol=1e-4)
     # CAM contract: logits are the spatial mean of the class activation maps
@@ -137,6 +141,11 @@ def test_export_run_writes_training_metadata(run_dir: Path, tmp_path):
     assert meta["data"]["counts"] == {"train": 10, "val": 4}
     assert meta["validation_metrics"] == {"balanced_accuracy": 0.5, "auroc_macro": 0.6}
     assert meta["calibration"]["ece_after"] == 0.05
+    # the input gate, fitted on the run's own patient-grouped split (the smoke run's 120 + 30 films)
+    gate = meta["gate"]
+    assert gate["data"]["train_films"] == 120 and gate["validation"]["films"] == 30
+    assert gate["data"]["split"]["split_seed"] == 0 and gate["data"]["split"]["max_train_images"] == 120
+    assert gate["validation"]["flagged_fraction"] <= 0.01 and (out / "gate.npz").is_file()
     # the exported weights are the checkpoint's (seed 1), not a fresh model
     x = np.zeros((1, 1, 64, 64), np.float32)
     (logits,) = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(["logits"], {"image": x})
@@ -167,6 +176,7 @@ def test_export_cli(run_dir: Path, tmp_path, capsys):
     assert rc == 0
     meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
     assert meta["version"] == "2.0" and meta["onnx"]["sha256"] in out
+    assert "input gate: gate.npz" in out and "of 30 validation films flagged" in out
     rc = main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "m2")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("export failed:") and "nothing" in err and "Traceback" not in err
@@ -176,7 +186,7 @@ def test_int8_export(run_dir: Path, tmp_path, capsys):
     """--quantize ships an int8 QDQ graph that agrees with the float32 network and loads in the Predictor."""
     from deephealth.inference import Predictor
 
-    rc = main(["export", str(run_dir), "--out", str(tmp_path / "int8"), "--quantize"])
+    rc = main(["export", str(run_dir), "--out", str(tmp_path / "int8"), "--quantize", "--no-gate"])
     assert rc == 0, capsys.readouterr().err
     assert "int8: probabilities within" in capsys.readouterr().out
     meta = json.loads((tmp_path / "int8" / "metadata.json").read_text())
@@ -185,10 +195,11 @@ def test_int8_export(run_dir: Path, tmp_path, capsys):
     assert q["passed"] and q["images"] == 8 and q["prob_max_abs_diff"] <= q["prob_atol"]
     ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    fp32 = export_run(run_dir, tmp_path / "fp32")
+    fp32 = export_run(run_dir, tmp_path / "fp32", gate=False)
     assert json.loads((fp32 / "metadata.json").read_text())["onnx"]["precision"] == "float32"
     x = np.random.default_rng(0).random((64, 80)).astype(np.float32)
-    a, b = Predictor(tmp_path / "int8").predict(x), Predictor(fp32).predict(x)
+    a = Predictor(tmp_path / "int8").predict(x, allow_unsuitable=True)  # noise: the input gate refuses it
+    b = Predictor(fp32).predict(x, allow_unsuitable=True)
     np.testing.assert_allclose(a.probs, b.probs, atol=q["prob_atol"])
     # check_quantized refuses an int8 graph that does not match the network
     model = _tiny_model(seed=1)

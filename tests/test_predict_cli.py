@@ -45,7 +45,7 @@ def test_folder_with_a_corrupt_file_reports_it_and_exits_1(folder: Path, tiny_mo
     out, err = capsys.readouterr()
     assert rc == 1
     lines = out.splitlines()
-    assert lines[0].split() == ["file", "label", "index", "P(normal)", "P(bacterial)", "P(viral)", "warnings"]
+    assert lines[0].split() == ["file", "label", "index", "P(normal)", "P(bacterial)", "P(viral)", "gate", "warnings"]
     good = [folder / "a.jpeg", folder / "b.jpeg", folder / "sub" / "c.jpeg"]
     expected = _expected(tiny_model_dir, good)
     for f in good:
@@ -93,7 +93,7 @@ def test_csv_output_parses(folder: Path, tiny_model_dir: Path, capsys):
     assert rc == 1
     reader = csv.DictReader(io.StringIO(out))
     assert reader.fieldnames == ["path", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral",
-                                 "warnings", "error", "model"]
+                                 "warnings", "gate", "gate_reasons", "error", "model"]
     rows = list(reader)
     art = ModelArtifact.load(tiny_model_dir)
     assert {r["model"] for r in rows} == {f"{art.name} {art.version}"}

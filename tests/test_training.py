@@ -24,7 +24,7 @@ def test_config_precedence(tmp_path: Path) -> None:
     y.write_text("epochs: 7\nlr: 0.01\ninput_size: 128\n")
     c = load_config(y, epochs=3, lr=None)
     assert (c.epochs, c.lr, c.input_size, c.arch) == (3, 0.01, 128, "resnet18")
-    assert c.preprocessing == PreprocessConfig(128, "bilinear", 0.5, 0.25)
+    assert c.preprocessing == PreprocessConfig(128, "bilinear", 0.5, 0.25, crop_border=True)
     save_config(c, tmp_path / "out.yaml")
     assert load_config(tmp_path / "out.yaml") == c
 
@@ -43,7 +43,10 @@ def test_config_errors(tmp_path: Path, text: str, match: str) -> None:
 
 def test_release_recipe_is_a_valid_config() -> None:
     c = load_config(Path(__file__).parents[1] / "configs" / "release.yaml")
-    assert c.arch == "resnet18" and c.epochs >= 1
+    assert (c.arch, c.init, c.input_size, c.crop_border) == ("efficientnet_lite0", "imagenet", 192, True)
+    assert c.target_sensitivity == 0.95 and c.select_metric == "shift_balanced_accuracy"
+    for other in ("explore/lite0-fov-a.yaml", "baselines/prototype-linear-probe.yaml", "explore/resnet18-224.yaml"):
+        assert load_config(Path(__file__).parents[1] / "configs" / other).epochs >= 1
 
 
 def test_to_input_matches_numpy_contract() -> None:
@@ -76,9 +79,11 @@ def test_augment_never_flips_left_right() -> None:
 def test_cam_model_logits_equal_mean_of_cam() -> None:
     torch.manual_seed(0)
     m = CamModel(build_model("resnet18")).eval()
-    logits, cam = m(torch.randn(2, 1, 64, 64))
-    assert logits.shape == (2, 3) and cam.shape == (2, 3, 2, 2)
+    logits, cam, features = m(torch.randn(2, 1, 64, 64))
+    assert logits.shape == (2, 3) and cam.shape == (2, 3, 2, 2) and features.shape == (2, 512)
     torch.testing.assert_close(cam.mean((2, 3)), logits, atol=1e-5, rtol=1e-5)
+    # the pooled features are what the linear head reads
+    torch.testing.assert_close(features @ m.head.weight.T + m.head.bias, logits, atol=1e-5, rtol=1e-5)
 
 
 def test_decode_records_uses_the_contract(dataset_root: Path) -> None:

@@ -5,16 +5,22 @@ it needs only numpy, Pillow, the readers and onnxruntime.
 
 Pipeline for one image: :func:`deephealth.readers.read_image` (``(H, W)`` float32 in [0, 1]) ->
 :func:`deephealth.preprocessing.preprocess` (``(1, S, S)`` float32, the model's contract from
-``metadata.json``) -> ONNX Runtime (``logits`` ``(N, 3)``, and ``cam`` ``(N, 3, h, w)`` only when a
-heatmap is asked for) -> calibrated probabilities ``softmax(logits / T)`` (temperature scaling,
-Guo et al., 2017, "On Calibration of Modern Neural Networks", ICML) -> label = argmax.
+``metadata.json``) -> ONNX Runtime (``logits`` ``(N, 3)``, ``features`` ``(N, Cf)`` when the model
+has them, and ``cam`` ``(N, 3, h, w)`` only when a heatmap is asked for) -> the input gate
+(:mod:`deephealth.gate`: accept / warn / refuse, from the image and the features; a refused image
+raises :class:`~deephealth.gate.UnsuitableImageError` unless ``allow_unsuitable``) -> calibrated
+probabilities ``softmax(logits / T)`` (temperature scaling, Guo et al., 2017, "On Calibration of
+Modern Neural Networks", ICML) -> label at the model's operating point
+(:func:`deephealth.calibration.decide`: pneumonia when ``1 - P(normal)`` reaches the threshold
+fitted on validation, ``metadata.json`` -> ``operating_point``; arg-max for a model without one).
 
 Heatmap: the class activation map (Zhou et al., 2016, "Learning Deep Features for Discriminative
 Localization", CVPR) of the predicted class, ``CAM_k = W_k . F + b_k`` over the last feature map
 ``F``, computed inside the ONNX graph. It is passed through ReLU, divided by its maximum (an
-all-zero map stays zero) and upsampled with Pillow's bilinear filter to the decoded image's
-``(H, W)``. Because preprocessing squashes the whole image to a square without cropping, upsampling
-the ``(h, w)`` map straight to ``(H, W)`` is the exact geometric inverse.
+all-zero map stays zero) and upsampled with Pillow's bilinear filter to the analysed part of the
+decoded image (the whole image, or its content box when the contract removed a uniform border;
+the border gets zero). Because preprocessing squashes that part to a square without further
+cropping, upsampling the ``(h, w)`` map straight onto it is the exact geometric inverse.
 """
 
 from __future__ import annotations
@@ -31,13 +37,17 @@ import numpy as np
 from PIL import Image
 
 from deephealth.artifact import ModelArtifact, ModelArtifactError
-from deephealth.calibration import softmax
+from deephealth.calibration import decide, describe_decision, softmax
+from deephealth.gate import Gate, Suitability, UnsuitableImageError
 from deephealth.labels import CLASS_NAMES
 from deephealth.paths import default_model_dir
-from deephealth.preprocessing import preprocess
+from deephealth.preprocessing import content_box, normalize, resize_to_input
 from deephealth.readers import ImageInfo, ImageReadError, read_image
 
 _logger = logging.getLogger(__name__)
+
+Box = tuple[int, int, int, int]
+"""``(top, bottom, left, right)`` half-open pixel box of a decoded image."""
 
 Source = Union[str, Path, bytes, np.ndarray]
 """What :meth:`Predictor.predict` accepts: a file path, the file's bytes, or an ``(H, W)`` array in [0, 1]."""
@@ -52,6 +62,8 @@ __all__ = [
     "overlay_png",
     "ImageReadError",
     "ModelArtifactError",
+    "Suitability",
+    "UnsuitableImageError",
 ]
 
 
@@ -136,6 +148,14 @@ def overlay_png(image: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> byte
 # ------------------------------------------------------------------------------------------ results
 
 
+def _image_facts(info: Any, border_crop: tuple[int, int, int, int] | None) -> dict[str, Any] | None:
+    d = _info_dict(info)
+    if d is not None and border_crop is not None:
+        t, b, l, r = border_crop
+        d["border_crop"] = {"top": t, "bottom": b, "left": l, "right": r}
+    return d
+
+
 def _info_dict(info: Any) -> dict[str, Any] | None:
     if info is None:
         return None
@@ -164,6 +184,14 @@ class Prediction:
             ``None`` if no heatmap was asked for.
         image: the decoded ``(H, W)`` float32 image in [0, 1], kept only with a heatmap (for
             :meth:`overlay_png`), else ``None``.
+        border_crop: ``(top, bottom, left, right)`` of the decoded image that was analysed when
+            the preprocessing contract removed a uniform border (letterboxing, padding), in decoded
+            pixels; ``None`` when nothing was removed.
+        decision: how the label follows from the probabilities
+            (:func:`deephealth.calibration.describe_decision`: rule, pneumonia probability,
+            the operating point's threshold and target sensitivity).
+        suitability: the input gate's verdict (:class:`~deephealth.gate.Suitability`: accept,
+            warn, refuse -- only with ``allow_unsuitable`` -- or unavailable).
     """
 
     source: str
@@ -176,6 +204,9 @@ class Prediction:
     info: ImageInfo | None = None
     heatmap: np.ndarray | None = field(default=None, repr=False)
     image: np.ndarray | None = field(default=None, repr=False)
+    border_crop: tuple[int, int, int, int] | None = None
+    decision: dict[str, Any] | None = None
+    suitability: Suitability | None = None
 
     ok = True
     """Always ``True`` (``PredictionError.ok`` is ``False``), for uniform handling of batch results."""
@@ -204,8 +235,11 @@ class Prediction:
             "probabilities": {k: float(v) for k, v in self.probabilities.items()},
             "logits": [float(v) for v in self.logits],
             "warnings": list(self.warnings),
-            "image": _info_dict(self.info),
+            "image": _image_facts(self.info, self.border_crop),
+            "decision": self.decision,
         }
+        if self.suitability is not None:
+            d["suitability"] = self.suitability.to_dict()
         if include_heatmap and self.heatmap is not None:
             d["heatmap"] = self.heatmap.tolist()
         return d
@@ -218,17 +252,22 @@ class PredictionError:
     Attributes:
         source: the file path or name.
         error: one line naming the file and the problem.
+        suitability: the input gate's verdict when the gate refused the image, else ``None``.
     """
 
     source: str
     error: str
+    suitability: Suitability | None = None
 
     ok = False
     """Always ``False`` (``Prediction.ok`` is ``True``)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict: source, ok (False), error."""
-        return {"source": self.source, "ok": False, "error": self.error}
+        """JSON-able dict: source, ok (False), error, and ``suitability`` for a refused image."""
+        d: dict[str, Any] = {"source": self.source, "ok": False, "error": self.error}
+        if self.suitability is not None:
+            d["suitability"] = self.suitability.to_dict()
+        return d
 
 
 # ------------------------------------------------------------------------------------------ predictor
@@ -259,10 +298,15 @@ class Predictor:
         model_dir: model folder with ``model.onnx`` and ``metadata.json``; ``None`` means
             :func:`deephealth.paths.default_model_dir` (``DEEPHEALTH_MODEL_DIR`` or the bundled model).
         num_threads: ONNX Runtime intra-op threads; ``None`` means ``os.cpu_count()``.
-        verify: check the ONNX file's SHA-256 against ``metadata.json`` (default, recommended).
+        verify: check the ONNX file's (and ``gate.npz``'s) SHA-256 against ``metadata.json``
+            (default, recommended).
+
+    Attributes:
+        gate: the model's input gate (:class:`deephealth.gate.Gate`); ``gate.available`` is
+            ``False`` for a model exported without gate data (image checks only).
 
     Raises:
-        ModelArtifactError: if the folder is missing or incomplete, the checksum does not match,
+        ModelArtifactError: if the folder is missing or incomplete, a checksum does not match,
             the class names differ from :data:`deephealth.labels.CLASS_NAMES`, or ONNX Runtime
             cannot load the model or it lacks the inputs/outputs named in ``metadata.json``.
     """
@@ -283,6 +327,10 @@ class Predictor:
         self.input_name: str = onnx_meta["input"]
         self.logits_name: str = onnx_meta["logits"]
         self.cam_name: str = onnx_meta["cam"]
+        self.features_name: str | None = onnx_meta.get("features")
+        self.gate = Gate.for_artifact(self.artifact, verify=verify)
+        if self.gate.available and not self.features_name:
+            raise ModelArtifactError(f"{directory}: metadata.json has gate data but no onnx.features output")
         self.num_threads = int(num_threads or os.cpu_count() or 1)
 
         opts = ort.SessionOptions()
@@ -302,8 +350,8 @@ class Predictor:
         outputs = {o.name for o in self.session.get_outputs()}
         if self.input_name not in inputs:
             raise ModelArtifactError(f"{self.artifact.onnx_path}: no input named {self.input_name!r}")
-        for out in (self.logits_name, self.cam_name):
-            if out not in outputs:
+        for out in (self.logits_name, self.cam_name, self.features_name):
+            if out is not None and out not in outputs:
                 raise ModelArtifactError(f"{self.artifact.onnx_path}: no output named {out!r}")
         s = self.artifact.preprocessing.input_size
         shape = list(inputs[self.input_name].shape)
@@ -337,13 +385,20 @@ class Predictor:
         Raises:
             ValueError: if ``batch`` does not have shape ``(N, 1, S, S)``.
         """
+        logits, cams, _ = self._run(batch, cam)
+        return logits, cams
+
+    def _run(self, batch: np.ndarray, cam: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """:meth:`infer` plus the ``(N, Cf)`` pooled features (``None`` if the model has none)."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         s = self.input_size
         if batch.ndim != 4 or batch.shape[1:] != (1, s, s):
             raise ValueError(f"expected a (N, 1, {s}, {s}) batch, got {batch.shape}")
-        names = [self.logits_name, self.cam_name] if cam else [self.logits_name]
-        out = self.session.run(names, {self.input_name: batch})
-        return out[0], (out[1] if cam else None)
+        names = [self.logits_name] + ([self.cam_name] if cam else [])
+        if self.features_name:
+            names.append(self.features_name)
+        out = dict(zip(names, self.session.run(names, {self.input_name: batch})))
+        return out[self.logits_name], out.get(self.cam_name), (out[self.features_name] if self.features_name else None)
 
     def load(self, source: Source, name: str | None = None) -> tuple[np.ndarray, ImageInfo]:
         """Decode one input for this model (reduced-scale decoding of large files is allowed).
@@ -386,12 +441,33 @@ class Predictor:
         h, w = image.shape
         return image, ImageInfo(path=label, format="array", width=w, height=h, bit_depth=32)
 
+    def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, Box]:
+        """The preprocessing contract in its stages: ``(S, S)`` uint8 (for the gate), ``(1, S, S)``
+        float32 (for the network) and the analysed content box of the decoded image."""
+        pre = self.artifact.preprocessing
+        box = content_box(image) if pre.crop_border else (0, image.shape[0], 0, image.shape[1])
+        q = resize_to_input(image, pre, box)
+        return q, normalize(q, pre)[None], box
+
     def _result(
-        self, label: str, image: np.ndarray, info: ImageInfo, logits: np.ndarray, cam: np.ndarray | None
+        self, label: str, image: np.ndarray, info: ImageInfo, logits: np.ndarray, cam: np.ndarray | None,
+        suitability: Suitability | None = None, box: Box | None = None,
     ) -> Prediction:
         probs = calibrated_probabilities(logits, self.artifact.temperature)  # (3,) float64
-        k = int(np.argmax(probs))
-        heat = cam_heatmap(cam[k], image.shape) if cam is not None else None
+        k = int(decide(probs, self.artifact.operating_point))
+        h, w = image.shape
+        top, bottom, left, right = box if box is not None else (0, h, 0, w)
+        cropped = (top, bottom, left, right) != (0, h, 0, w)
+        heat = None
+        if cam is not None:  # the map covers the analysed box; zero over a removed border
+            heat = np.zeros((h, w), np.float32)
+            heat[top:bottom, left:right] = cam_heatmap(cam[k], (bottom - top, right - left))
+        warnings = list(getattr(info, "warnings", []) or [])
+        if cropped:
+            warnings.append(
+                f"uniform border removed before analysis: rows {top}-{bottom} and columns {left}-{right} "
+                f"of the {w}x{h} decoded image were analysed"
+            )
         return Prediction(
             source=label,
             label=CLASS_NAMES[k],
@@ -399,34 +475,46 @@ class Predictor:
             probabilities={c: float(p) for c, p in zip(CLASS_NAMES, probs)},
             probs=probs,
             logits=np.asarray(logits, dtype=np.float32),
-            warnings=list(getattr(info, "warnings", []) or []),
+            warnings=warnings,
             info=info,
             heatmap=heat,
+            border_crop=(top, bottom, left, right) if cropped else None,
+            decision=describe_decision(probs, self.artifact.operating_point),
             image=image if cam is not None else None,
+            suitability=suitability,
         )
 
     # -- public ------------------------------------------------------------------------------------
 
-    def predict(self, source: Source, *, name: str | None = None, heatmap: bool = False) -> Prediction:
-        """Classify one radiograph.
+    def predict(
+        self, source: Source, *, name: str | None = None, heatmap: bool = False, allow_unsuitable: bool = False
+    ) -> Prediction:
+        """Classify one radiograph, after the input gate.
 
         Args:
             source: file path (JPEG, PNG, DICOM... anything the readers accept), the file's bytes,
                 or an ``(H, W)`` float array in [0, 1] (bright = dense).
             name: label for messages and :attr:`Prediction.source` (e.g. an upload's file name).
             heatmap: also compute the class activation heatmap of the predicted class.
+            allow_unsuitable: classify an image the gate refuses anyway (its
+                :attr:`Prediction.suitability` keeps the refusal and the reasons).
 
         Returns:
-            The :class:`Prediction`.
+            The :class:`Prediction`, with :attr:`~Prediction.suitability` set.
 
         Raises:
             ImageReadError: if the input cannot be read as a radiograph (message names the file).
+            UnsuitableImageError: if the gate refuses the image and ``allow_unsuitable`` is false
+                (message names the file and the reasons; ``.suitability`` holds the verdict).
         """
         label = _source_label(source, name)
         image, info = self.load(source, name)
-        x = preprocess(image, self.artifact.preprocessing)[None]  # (1, 1, S, S)
-        logits, cams = self.infer(x, cam=heatmap)
-        return self._result(label, image, info, logits[0], cams[0] if cams is not None else None)
+        q, x, box = self._prepare(image)
+        logits, cams, feats = self._run(x[None], cam=heatmap)  # x[None]: (1, 1, S, S)
+        verdict = self.gate.assess(info, q, feats[0] if feats is not None else None, logits[0])
+        if verdict.refused and not allow_unsuitable:
+            raise UnsuitableImageError(label, verdict)
+        return self._result(label, image, info, logits[0], cams[0] if cams is not None else None, verdict, box)
 
     def predict_many(
         self,
@@ -436,6 +524,7 @@ class Predictor:
         heatmap: bool = False,
         progress: bool | Callable[[int], None] = False,
         names: Sequence[str | None] | None = None,
+        allow_unsuitable: bool = False,
     ) -> list[Prediction | PredictionError]:
         """Classify many radiographs, running the network in batches; never raises for a bad input.
 
@@ -449,6 +538,8 @@ class Predictor:
             progress: ``True`` shows a tqdm progress bar on stderr (if tqdm is installed); a callable
                 is called with the number of inputs finished after each batch.
             names: optional labels, one per source (``None`` entries fall back to the path).
+            allow_unsuitable: classify images the gate refuses too (see :meth:`predict`); otherwise
+                each comes back as a :class:`PredictionError` carrying its ``suitability``.
 
         Returns:
             One :class:`Prediction` or :class:`PredictionError` per input, in input order.
@@ -475,14 +566,14 @@ class Predictor:
         try:
             for start in range(0, len(sources), batch_size):
                 chunk = sources[start : start + batch_size]
-                loaded: list[tuple[int, str, np.ndarray, ImageInfo, np.ndarray]] = []
+                loaded: list[tuple[int, str, np.ndarray, ImageInfo, np.ndarray, np.ndarray, Box]] = []
                 chunk_results: list[Prediction | PredictionError | None] = [None] * len(chunk)
                 for i, src in enumerate(chunk):
                     nm = names[start + i] if names is not None else None
                     label = _source_label(src, nm)
                     try:
                         image, info = self.load(src, nm)
-                        x = preprocess(image, self.artifact.preprocessing)  # (1, S, S)
+                        q, x, box = self._prepare(image)  # (S, S) uint8, (1, S, S) float32, content box
                     except ImageReadError as exc:
                         chunk_results[i] = PredictionError(label, _one_line(exc, label))
                         continue
@@ -490,14 +581,18 @@ class Predictor:
                         _logger.debug("unexpected error on %s", label, exc_info=True)
                         chunk_results[i] = PredictionError(label, f"{label}: cannot process ({type(exc).__name__}: {_one_line(exc, None)})")
                         continue
-                    loaded.append((i, label, image, info, x))
+                    loaded.append((i, label, image, info, q, x, box))
                 if loaded:
-                    batch = np.stack([item[4] for item in loaded])  # (n, 1, S, S)
-                    logits, cams = self.infer(batch, cam=heatmap)
-                    for j, (i, label, image, info, _) in enumerate(loaded):
+                    batch = np.stack([item[5] for item in loaded])  # (n, 1, S, S)
+                    logits, cams, feats = self._run(batch, cam=heatmap)
+                    for j, (i, label, image, info, q, _, box) in enumerate(loaded):
+                        verdict = self.gate.assess(info, q, feats[j] if feats is not None else None, logits[j])
+                        if verdict.refused and not allow_unsuitable:
+                            chunk_results[i] = PredictionError(label, str(UnsuitableImageError(label, verdict)), verdict)
+                            continue
                         cam = cams[j] if cams is not None else None
                         # keep the decoded image only when an overlay may be wanted
-                        chunk_results[i] = self._result(label, image, info, logits[j], cam)
+                        chunk_results[i] = self._result(label, image, info, logits[j], cam, verdict, box)
                 results.extend(r for r in chunk_results if r is not None)
                 done = len(results)
                 if bar is not None:

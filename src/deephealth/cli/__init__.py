@@ -19,10 +19,12 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("inspect", "inspect", "read image files and show what the model will see"),
     ("predict", "predict", "classify chest X-rays (files, folders, globs)"),
     ("serve", "serve", "serve the web app and REST API"),
+    ("pacs", "pacs", "classify the CR/DX images in a PACS (DICOMweb) and store DICOM SR results back"),
     ("evaluate", "evaluate", "score a model and write its evaluation report"),
     ("train", "train", "train a model (needs the [train] extra)"),
     ("export", "export", "export a training run to ONNX + metadata.json"),
-    ("dataset", "dataset", "summarise a dataset folder: classes per split, patients, problems"),
+    ("adapt", "adapt", "adapt a model to a site's unlabelled films (BatchNorm statistics, AdaBN)"),
+    ("dataset", "dataset", "summarise a dataset: classes per split, patients, duplicates, overlap between splits"),
 )
 
 

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", action="store_true",
                         help="ship an int8 model (ONNX Runtime static quantization, calibrated on 64 training "
                         "images; about 3x faster on CPU); score it with deephealth evaluate before release")
+    parser.add_argument("--no-gate", action="store_true",
+                        help="do not fit the input gate (gate.npz); the model then runs image checks only")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         out = export_run(args.run, args.out, name=args.name, version=args.model_version, checkpoint=args.checkpoint,
-                         quantize=args.quantize)
+                         quantize=args.quantize, gate=not args.no_gate)
     except (ExportError, ValueError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 2
@@ -57,6 +59,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"  check: ONNX checker passed; PyTorch vs ONNX Runtime on {len(check['real_inputs'])} dataset images "
           f"+ {check['random_inputs']} random inputs: max |diff| logits {check['logits_max_abs_diff']:.2g} "
           f"(atol {check['logits_atol']:g}), cam {check['cam_max_abs_diff']:.2g} (atol {check['cam_atol']:g})")
+    gate = meta.get("gate")
+    if gate:
+        t, v = gate["thresholds"], gate["validation"]
+        print(f"  input gate: {gate['file']} (sha256 {gate['sha256'][:12]}...), fitted in {gate['fit_seconds']:.0f} s; "
+              f"warn if feature distance > {t['mahalanobis_warn']:.2f} or P(frontal) < {t['p_frontal_warn']:.3f}; "
+              f"{100 * v['flagged_fraction']:.1f} % of {v['films']} validation films flagged")
+    elif not args.no_gate:
+        print("  input gate: not fitted (no dataset found); the model runs image checks only")
     if "int8" in check:
         q = check["int8"]
         print(f"  int8: probabilities within {q['prob_max_abs_diff']:.3f} of float32 PyTorch on {q['images']} dataset "

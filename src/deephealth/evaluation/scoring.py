@@ -29,7 +29,9 @@ def evaluate_model(
     """Predict every record and collect labels and calibrated probabilities.
 
     A file that cannot be read is not scored: its row carries the reader's one-line error and it
-    is left out of ``y_true``/``probs`` (the report lists it), never silently dropped.
+    is left out of ``y_true``/``probs`` (the report lists it), never silently dropped. Images the
+    input gate refuses are still scored (``allow_unsuitable``), so the metrics cover the whole
+    split; each row records the gate's verdict for the report's gate section.
 
     Args:
         predictor: a :class:`deephealth.inference.Predictor` (anything with ``artifact.class_names``
@@ -43,7 +45,9 @@ def evaluate_model(
         ``(y_true, probs, rows)``: ``y_true`` ``(M,)`` int64 labels and ``probs`` ``(M, 3)`` float64
         calibrated probabilities of the ``M`` scored images, in record order; ``rows`` has one dict
         per record (``path``, ``label``, ``label_index``, ``patient_id``, ``predicted`` (class name
-        or None), ``probs`` (list of 3 floats or None), ``error`` (None or the one-line message)).
+        or None), ``probs`` (list of 3 floats or None), ``error`` (None or the one-line message),
+        ``gate`` (``accept``/``warn``/``refuse``/``unavailable``, None if not read) and
+        ``gate_reasons`` (list of str)).
 
     Raises:
         ValueError: if there are no records or the model's classes are not
@@ -57,7 +61,7 @@ def evaluate_model(
             f"model classes {list(class_names)} differ from the evaluated classes {list(CLASS_NAMES)}"
         )
     paths = [r.path for r in records]
-    results = predictor.predict_many(paths, batch_size=batch_size, progress=progress)
+    results = predictor.predict_many(paths, batch_size=batch_size, progress=progress, allow_unsuitable=True)
     if len(results) != len(records):
         raise RuntimeError(f"predictor returned {len(results)} results for {len(records)} images")
     rows: list[dict[str, Any]] = []
@@ -72,7 +76,12 @@ def evaluate_model(
             "predicted": None,
             "probs": None,
             "error": None,
+            "gate": None,
+            "gate_reasons": [],
         }
+        verdict = getattr(res, "suitability", None)
+        if verdict is not None:
+            row["gate"], row["gate_reasons"] = verdict.status, list(verdict.reasons)
         p = getattr(res, "probs", None)
         if p is None:
             row["error"] = str(getattr(res, "error", None) or f"{rec.path}: no prediction")
@@ -80,7 +89,7 @@ def evaluate_model(
         else:
             p = np.asarray(p, dtype=np.float64).reshape(len(CLASS_NAMES))
             row["probs"] = [float(v) for v in p]
-            row["predicted"] = CLASS_NAMES[int(np.argmax(p))]
+            row["predicted"] = str(res.label)  # the Predictor's decision, at the model's operating point
             y_true.append(rec.label_index)
             probs.append(p)
         rows.append(row)

@@ -68,6 +68,12 @@ MAX_FILE_BYTES: int = 512 * 1024 * 1024
 MIN_CONTRAST: float = 0.02
 #: Colour warning threshold: mean over pixels of (max channel - min channel), in 8-bit grey levels.
 COLOR_WARN_LEVELS: float = 8.0
+#: A pixel counts as coloured (for :attr:`ImageInfo.color_fraction`) when its channels differ by at
+#: least this many 8-bit grey levels -- well above JPEG chroma noise on a greyscale film.
+COLOR_PIXEL_LEVELS: int = 48
+#: :attr:`ImageInfo.color_block_fraction` is the largest coloured fraction over a grid of this many
+#: blocks a side (a local judgement: a small red arrow fills a block, not the image).
+COLOR_GRID: int = 8
 
 _EXIF_ORIENTATION = 0x0112
 _TIFF_PHOTOMETRIC = {0: "MinIsWhite", 1: "MinIsBlack", 2: "RGB", 3: "Palette", 5: "CMYK", 6: "YCbCr"}
@@ -118,6 +124,11 @@ class ImageInfo:
         mode: Pillow mode of the decoded file (``L``, ``RGB``, ``I;16``...) or, for DICOM, the
             numpy dtype of the stored pixels.
         transfer_syntax: DICOM transfer syntax name and UID; ``None`` for other formats.
+        color_fraction: for colour files, the fraction (0-1) of pixels whose channels differ by at
+            least :data:`COLOR_PIXEL_LEVELS` grey levels (burnt-in coloured annotations, photos);
+            ``None`` for greyscale files. Read by the input gate (:mod:`deephealth.gate`).
+        color_block_fraction: for colour files, the largest such fraction within one block of a
+            :data:`COLOR_GRID` x :data:`COLOR_GRID` grid over the image; ``None`` for greyscale files.
     """
 
     path: str
@@ -133,6 +144,8 @@ class ImageInfo:
     decoded_height: int | None = None
     mode: str | None = None
     transfer_syntax: str | None = None
+    color_fraction: float | None = None
+    color_block_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.decoded_width is None:
@@ -333,7 +346,8 @@ def _read_pillow(data: bytes, label: str, target_size: int | None, sniffed: str)
         if orientation != 1:
             im = ImageOps.exif_transpose(im)
             warnings.append(f"EXIF orientation {orientation} applied (image rotated/flipped upright)")
-        image = _to_gray(im, warnings)
+        color: dict[str, float] = {}
+        image = _to_gray(im, warnings, color)
 
     info = ImageInfo(
         path=label,
@@ -346,6 +360,8 @@ def _read_pillow(data: bytes, label: str, target_size: int | None, sniffed: str)
         decoded_width=int(image.shape[1]),
         decoded_height=int(image.shape[0]),
         mode=mode,
+        color_fraction=color.get("fraction"),
+        color_block_fraction=color.get("block_fraction"),
     )
     for w in warnings:
         logger.debug("%s: %s", label, w)
@@ -362,8 +378,12 @@ def _draft(im: Image.Image, target_size: int) -> None:
     im.draft(im.mode, (math.ceil(w * k), math.ceil(h * k)))
 
 
-def _to_gray(im: Image.Image, warnings: list[str]) -> np.ndarray:
-    """Any Pillow image -> (H, W) float32 in [0, 1] following the module's intensity rules."""
+def _to_gray(im: Image.Image, warnings: list[str], color: dict[str, float] | None = None) -> np.ndarray:
+    """Any Pillow image -> (H, W) float32 in [0, 1] following the module's intensity rules.
+
+    ``color``, if given, receives ``fraction`` and ``block_fraction`` for colour images (see
+    :attr:`ImageInfo.color_fraction`).
+    """
     mode = im.mode
     if mode in ("L", "1"):
         arr = np.asarray(im if mode == "L" else im.convert("L"), dtype=np.float32)
@@ -382,19 +402,22 @@ def _to_gray(im: Image.Image, warnings: list[str]) -> np.ndarray:
             im = im.convert(mode[:-1] + "A")
             mode = im.mode
         alpha = np.asarray(im.getchannel("A"), dtype=np.float32)
-        color = im.convert("RGB") if mode == "RGBA" else im.getchannel("L")
-        gray = _from_color(color, warnings) if mode == "RGBA" else np.asarray(color, dtype=np.float32) / 255.0
+        rgb = im.convert("RGB") if mode == "RGBA" else im.getchannel("L")
+        gray = _from_color(rgb, warnings, color) if mode == "RGBA" else np.asarray(rgb, dtype=np.float32) / 255.0
         if alpha.min() < 255:
             warnings.append("transparent pixels were composited over black")
             gray *= alpha / 255.0
         return gray
     if mode != "RGB":  # CMYK, YCbCr, LAB, HSV, I;16 variants handled above
         im = im.convert("RGB")
-    return _from_color(im, warnings)
+    return _from_color(im, warnings, color)
 
 
-def _from_color(im: Image.Image, warnings: list[str]) -> np.ndarray:
-    """RGB image -> luma in [0, 1], warning when the channels are not (nearly) equal."""
+def _from_color(im: Image.Image, warnings: list[str], color: dict[str, float] | None = None) -> np.ndarray:
+    """RGB image -> luma in [0, 1], warning when the channels are not (nearly) equal.
+
+    ``color``, if given, receives the coloured-pixel ``fraction`` and ``block_fraction``.
+    """
     r, g, b = im.split()
     # max - min over the three channels == the largest pairwise difference (Pillow: ~0.1 ms at 224x224).
     spread = ImageChops.lighter(
@@ -402,6 +425,11 @@ def _from_color(im: Image.Image, warnings: list[str]) -> np.ndarray:
         ImageChops.difference(r, b),
     )
     mean_spread = float(ImageStat.Stat(spread).mean[0])
+    if color is not None:
+        colored = spread.point(lambda v: 255 if v >= COLOR_PIXEL_LEVELS else 0)  # (H, W) mode L
+        color["fraction"] = float(ImageStat.Stat(colored).mean[0]) / 255.0
+        grid = colored.resize((COLOR_GRID, COLOR_GRID), Image.Resampling.BOX)  # block means
+        color["block_fraction"] = float(np.asarray(grid, dtype=np.float32).max()) / 255.0
     if mean_spread > COLOR_WARN_LEVELS:
         warnings.append(
             f"colour image (channels differ by {mean_spread:.1f} grey levels on average): "

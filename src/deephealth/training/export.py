@@ -9,7 +9,14 @@ embedded) and a dynamic batch axis:
 - output ``logits``: ``(N, 3)`` float32 raw logits (calibrated probabilities are
   ``softmax(logits / temperature)``, temperature scaling, Guo et al., 2017);
 - output ``cam``: ``(N, 3, h, w)`` float32 class activation maps in logit units (Zhou et al., 2016),
-  ``logits == cam.mean(axis=(2, 3))``.
+  ``logits == cam.mean(axis=(2, 3))``;
+- output ``features``: ``(N, Cf)`` float32 globally pooled penultimate features (what the linear
+  head reads), used by the input gate (:mod:`deephealth.gate`).
+
+After the checks, the input gate is fitted on the exported graph's own outputs
+(:func:`deephealth.training.gate_fit.fit_gate`, ``export_run`` only, when the dataset is present):
+``gate.npz`` beside ``model.onnx``, thresholds and false-alarm rate under ``gate`` in
+``metadata.json``.
 
 Every export is checked before ``metadata.json`` is written (the folder is only complete when it
 passes): ``onnx.checker.check_model(full_check=True)``, then PyTorch vs ONNX Runtime agreement on
@@ -29,6 +36,7 @@ import datetime as _dt
 import logging
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +48,7 @@ from torch import nn
 
 from deephealth import __version__
 from deephealth.artifact import ONNX_FILE, sha256_file, write_metadata
+from deephealth.gate import GATE_FILE
 from deephealth.labels import CLASS_NAMES, INTENDED_USE
 from deephealth.paths import DEFAULT_MODEL_NAME, dataset_dir
 from deephealth.preprocessing import PreprocessConfig, preprocess
@@ -50,6 +59,7 @@ _logger = logging.getLogger(__name__)
 INPUT_NAME = "image"
 LOGITS_NAME = "logits"
 CAM_NAME = "cam"
+FEATURES_NAME = "features"
 SUMMARY_FILE = "model_summary.txt"
 OPSET = 17
 LOGITS_ATOL = 1e-4
@@ -64,6 +74,8 @@ float32 PyTorch network on the check images (a gross-error guard; the shipped ar
 be scored with ``deephealth evaluate``)."""
 QUANT_CALIBRATION_IMAGES = 64
 """Training images used to calibrate int8 activation ranges."""
+WEIGHTS_FILE = "weights.pt"
+"""PyTorch weights shipped beside the ONNX file (for ``deephealth adapt``)."""
 MAX_ONNX_BYTES = 50 * 1024 * 1024
 """Size above which an export is logged as too large to ship in the package."""
 
@@ -149,6 +161,7 @@ def format_summary(summary: dict[str, Any], title: str, input_size: int, num_cla
         f"input  {INPUT_NAME}: (N, 1, {input_size}, {input_size}) float32 (preprocess() output)",
         f"output {LOGITS_NAME}: (N, {num_classes}) float32 raw logits",
         f"output {CAM_NAME}: (N, {num_classes}, {h}, {w}) float32 class activation maps (logit units)",
+        f"output {FEATURES_NAME}: (N, {summary['feature_shape'][0]}) float32 pooled penultimate features",
         "",
     ]
     rows = summary["leaf_layers"]
@@ -225,8 +238,9 @@ def _export_onnx(cam_model: CamModel, path: Path, input_size: int, opset: int) -
             (dummy,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=[LOGITS_NAME, CAM_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, LOGITS_NAME: {0: "batch"}, CAM_NAME: {0: "batch"}},
+            output_names=[LOGITS_NAME, CAM_NAME, FEATURES_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, LOGITS_NAME: {0: "batch"}, CAM_NAME: {0: "batch"},
+                          FEATURES_NAME: {0: "batch"}},
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
@@ -274,11 +288,11 @@ def check_export(
         raise ExportError("no inputs for the parity check")
 
     with torch.no_grad():
-        t_logits, t_cam = (t.numpy() for t in cam_model(torch.from_numpy(x)))
+        t_logits, t_cam, t_feat = (t.numpy() for t in cam_model(torch.from_numpy(x)))
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    o_logits, o_cam = sess.run([LOGITS_NAME, CAM_NAME], {INPUT_NAME: x})
+    o_logits, o_cam, o_feat = sess.run([LOGITS_NAME, CAM_NAME, FEATURES_NAME], {INPUT_NAME: x})
     # batch size 1 must give the same rows as the full batch (dynamic batch axis)
     o1_logits, o1_cam = sess.run([LOGITS_NAME, CAM_NAME], {INPUT_NAME: x[:1]})
 
@@ -294,6 +308,7 @@ def check_export(
         "rtol": RTOL,
         "logits_max_abs_diff": float(np.max(np.abs(o_logits - t_logits))),
         "cam_max_abs_diff": float(np.max(np.abs(o_cam - t_cam))),
+        "features_max_abs_diff": float(np.max(np.abs(o_feat - t_feat))),
         "batch1_logits_max_abs_diff": float(np.max(np.abs(o1_logits - o_logits[:1]))),
         "cam_mean_vs_logits_max_abs_diff": float(np.max(np.abs(o_cam.mean(axis=(2, 3)) - o_logits))),
         "predicted_class_agreement": float(np.mean(o_logits.argmax(1) == t_logits.argmax(1))),
@@ -303,6 +318,8 @@ def check_export(
         failures.append(f"logits differ by up to {report['logits_max_abs_diff']:.3g}")
     if not np.allclose(o_cam, t_cam, atol=CAM_ATOL, rtol=RTOL):
         failures.append(f"cam differs by up to {report['cam_max_abs_diff']:.3g}")
+    if not np.allclose(o_feat, t_feat, atol=CAM_ATOL, rtol=RTOL):
+        failures.append(f"features differ by up to {report['features_max_abs_diff']:.3g}")
     if not np.allclose(o1_logits, o_logits[:1], atol=LOGITS_ATOL, rtol=RTOL):
         failures.append(f"batch of 1 differs from the batch by {report['batch1_logits_max_abs_diff']:.3g}")
     if not np.allclose(o_cam.mean(axis=(2, 3)), o_logits, atol=LOGITS_ATOL, rtol=RTOL):
@@ -444,6 +461,7 @@ def export_model(
     opset: int = OPSET,
     quantize: bool = False,
     calibration: np.ndarray | None = None,
+    model_args: dict[str, Any] | None = None,
 ) -> Path:
     """Export a pool+linear classifier to a checked model folder.
 
@@ -472,6 +490,10 @@ def export_model(
             is still checked against PyTorch first.
         calibration: ``(m, 1, S, S)`` float32 inputs for int8 calibration; default
             :func:`calibration_inputs` (64 training images).
+        model_args: ``build_model`` arguments (``arch``, ``num_classes``, ``in_chans``); when given,
+            the PyTorch weights are shipped beside the ONNX file as :data:`WEIGHTS_FILE` (float32
+            state dict), because ONNX Runtime folds BatchNorm into the convolutions and
+            ``deephealth adapt`` needs the BatchNorm layers to re-estimate their statistics.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -488,7 +510,7 @@ def export_model(
     model = model.eval()
     cam_model = CamModel(model).eval()
     with torch.no_grad():
-        logits, cam = cam_model(torch.zeros(1, 1, size, size))
+        logits, cam, _ = cam_model(torch.zeros(1, 1, size, size))
     if logits.shape[1] != len(class_names):
         raise ExportError(f"model has {logits.shape[1]} outputs but {len(class_names)} class names")
 
@@ -520,13 +542,24 @@ def export_model(
                             ONNX_FILE, n_bytes / 1e6, MAX_ONNX_BYTES / 1e6)
         digest = sha256_file(tmp_onnx)
         shutil.move(str(tmp_onnx), out_dir / ONNX_FILE)
+        (out_dir / GATE_FILE).unlink(missing_ok=True)  # a gate fitted for a previous model no longer applies
+
+    weights_meta = None
+    if model_args is not None:
+        weights_path = out_dir / WEIGHTS_FILE
+        torch.save({"model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "model_args": dict(model_args), "preprocessing": preprocessing.to_dict()}, weights_path)
+        weights_meta = {"file": WEIGHTS_FILE, "sha256": sha256_file(weights_path),
+                        "bytes": int(weights_path.stat().st_size),
+                        "purpose": "PyTorch weights (float32 state dict) for deephealth adapt; inference uses the ONNX file"}
 
     c, h, w = int(cam.shape[1]), int(cam.shape[2]), int(cam.shape[3])
     summary_meta = {
         "parameters": summary["parameters"],
         "trainable_parameters": summary["trainable_parameters"],
         "input_shape": ["N", 1, size, size],
-        "output_shapes": {LOGITS_NAME: ["N", c], CAM_NAME: ["N", c, h, w]},
+        "output_shapes": {LOGITS_NAME: ["N", c], CAM_NAME: ["N", c, h, w],
+                          FEATURES_NAME: ["N", int(summary["feature_shape"][0])]},
         "feature_shape": ["N", *summary["feature_shape"]],
         "layers": summary["layers"],
         "num_leaf_layers": len(summary["leaf_layers"]),
@@ -550,8 +583,10 @@ def export_model(
             "input": INPUT_NAME,
             "logits": LOGITS_NAME,
             "cam": CAM_NAME,
+            "features": FEATURES_NAME,
             "opset": int(opset),
-            "dynamic_axes": {INPUT_NAME: {"0": "batch"}, LOGITS_NAME: {"0": "batch"}, CAM_NAME: {"0": "batch"}},
+            "dynamic_axes": {INPUT_NAME: {"0": "batch"}, LOGITS_NAME: {"0": "batch"}, CAM_NAME: {"0": "batch"},
+                             FEATURES_NAME: {"0": "batch"}},
             "exporter": f"torch.onnx.export (TorchScript, dynamo=False), torch {torch.__version__}",
             "precision": "int8" if quantize else "float32",
         },
@@ -564,6 +599,8 @@ def export_model(
         metadata[key] = value
     if quant_meta is not None:
         metadata["onnx"]["quantization"] = quant_meta
+    if weights_meta is not None:
+        metadata["weights"] = weights_meta
     metadata["summary"] = summary_meta
     metadata["export_check"] = check
     write_metadata(out_dir, metadata)
@@ -631,8 +668,9 @@ def export_run(
     version: str | None = None,
     checkpoint: str | Path | None = None,
     quantize: bool = False,
+    gate: bool = True,
 ) -> Path:
-    """Export a training run (or one checkpoint file) to a checked model folder.
+    """Export a training run (or one checkpoint file) to a checked model folder, with its input gate.
 
     Args:
         source: a run folder ``runs/<name>/`` (its ``best.pt`` is used) or a checkpoint file.
@@ -641,6 +679,8 @@ def export_run(
         version: model version (default: the package version).
         checkpoint: checkpoint file to use instead of ``<source>/best.pt``.
         quantize: ship an int8 model (see :func:`export_model`).
+        gate: fit the input gate on the exported graph (:func:`fit_run_gate`); skipped with a
+            warning when the dataset is not found.
 
     Returns:
         ``out_dir``.
@@ -694,12 +734,22 @@ def export_run(
         "data": ckpt.get("data"),
         "validation_metrics": ckpt.get("val_metrics"),
     }
+    if ckpt.get("operating_point"):
+        extra["operating_point"] = ckpt["operating_point"]
+    config = ckpt.get("config") or {}
+    if config.get("init") == "imagenet":
+        from deephealth.training.imagenet import weights_source
+
+        extra["initialisation"] = {"method": "ImageNet-1k weights", **weights_source(config["arch"]).to_dict()}
+    else:
+        extra["initialisation"] = {"method": "random (trained from scratch)" if not config.get("pretrained")
+                                   else "ImageNet weights through timm"}
     if calib_file.is_file():
         try:
             extra["calibration"] = json.loads(calib_file.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             _logger.warning("%s: not included (%s)", calib_file, exc)
-    return export_model(
+    out = export_model(
         model,
         pre,
         out_dir,
@@ -708,4 +758,63 @@ def export_run(
         temperature=float(ckpt["temperature"]),
         metadata_extra=_jsonable(extra),
         quantize=quantize,
+        model_args={k: v for k, v in model_args.items() if k in ("arch", "num_classes", "in_chans")},
     )
+    if gate:
+        fit_run_gate(out, ckpt.get("config") or {})
+    return out
+
+
+def fit_run_gate(model_dir: str | Path, config: dict[str, Any], data_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """Fit the input gate of an exported model on the patient-grouped split its training run used.
+
+    Re-creates the run's split exactly as training loaded it (:func:`deephealth.manifest.grouped_split`
+    of the official ``train`` folder with the checkpoint config's ``val_fraction`` and ``split_seed``,
+    then the same ``max_train_images`` subset, which is all of it for a release run), decodes the
+    films at the model's input size and calls :func:`deephealth.training.gate_fit.fit_gate`
+    (training films: statistics and classifier; validation films: thresholds). Smaller runs get
+    proportionally fewer negatives.
+
+    Args:
+        model_dir: the exported model folder.
+        config: the checkpoint's training config (``data_dir``, ``val_fraction``, ``split_seed``, ``seed``).
+        data_dir: dataset folder overriding the config's (default: the config's, else
+            :func:`deephealth.paths.dataset_dir`).
+
+    Returns:
+        The ``gate`` metadata entry, or ``None`` if no dataset was found (the model then ships
+        without feature-space gate; a warning is logged).
+
+    Raises:
+        ExportError: if fitting fails.
+    """
+    from deephealth.artifact import ModelArtifact
+    from deephealth.manifest import grouped_split, scan
+    from deephealth.training.data import decode_records
+    from deephealth.training.gate_fit import fit_gate
+
+    root = Path(data_dir or config.get("data_dir") or dataset_dir())
+    if not (root / "train").is_dir():
+        _logger.warning("no dataset at %s: %s ships without the feature-space input gate", root, model_dir)
+        return None
+    val_fraction, split_seed = float(config.get("val_fraction", 0.1)), int(config.get("split_seed", 0))
+    train_recs, val_recs = grouped_split(scan(root).split("train"), val_fraction, split_seed)
+    n_max, seed = int(config.get("max_train_images", 0) or 0), int(config.get("seed", 0))
+    if n_max:  # the same subsets the training loop used (smoke runs)
+        from deephealth.training.loop import _subset
+
+        train_recs, val_recs = _subset(train_recs, n_max, seed), _subset(val_recs, n_max // 4, seed)
+    pre = ModelArtifact.load(model_dir, verify=False).preprocessing
+    t0 = time.time()
+    train_films, val_films = decode_records(train_recs, pre), decode_records(val_recs, pre)
+    _logger.info("gate: decoded %d training + %d validation films in %.0f s", len(train_films), len(val_films),
+                 time.time() - t0)
+    split = {"dataset_dir": str(root), "val_fraction": val_fraction, "split_seed": split_seed,
+             "method": "patient-grouped, label-stratified (deephealth.manifest.grouped_split), as in training"}
+    try:
+        n = len(train_films)
+        return fit_gate(model_dir, train_films, np.array([r.label_index for r in train_recs]), val_films,
+                        n_lr_films=min(1500, n), n_transformed=min(400, max(20, n // 4)),
+                        n_other=min(1200, max(60, n // 2)), seed=seed, split={**split, "max_train_images": n_max})
+    except (ValueError, RuntimeError) as exc:
+        raise ExportError(f"fitting the input gate failed: {exc}") from exc

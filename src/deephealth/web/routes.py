@@ -9,6 +9,7 @@ logged.
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import io
 import json
 import logging
@@ -20,14 +21,17 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 
 from deephealth import labels
+from deephealth.gate import UnsuitableImageError
 from deephealth.inference import overlay_png
 from deephealth.readers import ImageReadError, UnsupportedFormatError, detect_format
-from deephealth.web.schemas import ErrorResponse, Health, ModelCard, PredictionPublic
+from deephealth.web.audit import audit_status, record_prediction
+from deephealth.web.i18n import localize_prediction, request_language, translate_text
+from deephealth.web.schemas import ErrorResponse, Health, ModelCard, PredictionPublic, UnsuitableResponse
 from deephealth.web.upload import FILE_FIELD, SUPPORTED_FORMATS_TEXT, UploadError, read_upload
 
 logger = logging.getLogger(__name__)
@@ -43,7 +47,9 @@ router = APIRouter()
 _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "upload over the size limit (DEEPHEALTH_MAX_UPLOAD_MB)"},
     415: {"model": ErrorResponse, "description": f"not a {SUPPORTED_FORMATS_TEXT} file, or not multipart/form-data"},
-    422: {"model": ErrorResponse, "description": "unreadable or unsuitable image (e.g. truncated, CT, empty)"},
+    422: {"model": UnsuitableResponse,
+          "description": "unreadable image (e.g. truncated, CT, empty), or refused by the input gate (then with "
+          "a suitability object; allow_unsuitable=true classifies it anyway)"},
 }
 
 _UPLOAD_BODY = {
@@ -62,6 +68,8 @@ _UPLOAD_BODY = {
                         },
                         "heatmap": {"type": "boolean", "description": "same as the heatmap query parameter"},
                         "preview": {"type": "boolean", "description": "same as the preview query parameter"},
+                        "allow_unsuitable": {"type": "boolean",
+                                             "description": "same as the allow_unsuitable query parameter"},
                     },
                 }
             }
@@ -109,13 +117,18 @@ def _gray_png_base64(image: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _predict(request: Request, data: bytes, filename: str, heatmap: bool, preview: bool) -> dict[str, Any]:
-    """Classify one uploaded file (runs in a worker thread). Raises ImageReadError for bad images."""
+def _predict(
+    request: Request, data: bytes, filename: str, heatmap: bool, preview: bool, allow_unsuitable: bool = False
+) -> dict[str, Any]:
+    """Classify one uploaded file (runs in a worker thread).
+
+    Raises ImageReadError for bad images, UnsuitableImageError for images the gate refuses.
+    """
     predictor = request.app.state.predictor
     start = time.perf_counter()
     # The Prediction keeps the decoded image only when a heatmap is computed; the class activation
     # map comes from the same network run, so asking for it to get the preview costs little.
-    pred = predictor.predict(data, name=filename, heatmap=heatmap or preview)
+    pred = predictor.predict(data, name=filename, heatmap=heatmap or preview, allow_unsuitable=allow_unsuitable)
     image = _shrink(pred.image) if (heatmap or preview) else None  # (h, w), at most 1024 a side
     heatmap_b64 = None
     if heatmap:
@@ -141,7 +154,9 @@ def _predict(request: Request, data: bytes, filename: str, heatmap: bool, previe
             }
             for i, name in enumerate(class_names)
         ],
+        "decision": pred.decision,
         "warnings": list(pred.warnings),
+        "suitability": pred.suitability.to_dict() if pred.suitability is not None else None,
         "model": {"name": artifact.name, "version": artifact.version, "sha256": artifact.sha256},
         "image": {
             "filename": filename,
@@ -153,6 +168,8 @@ def _predict(request: Request, data: bytes, filename: str, heatmap: bool, previe
             "modality": getattr(info, "modality", None),
             "view_position": getattr(info, "view_position", None),
             "size_bytes": len(data),
+            "border_crop": (dict(zip(("top", "bottom", "left", "right"), pred.border_crop))
+                            if pred.border_crop else None),
         },
         "heatmap_png": heatmap_b64,
         "preview_png": preview_b64,
@@ -171,15 +188,42 @@ def _predict(request: Request, data: bytes, filename: str, heatmap: bool, previe
 )
 async def create_prediction(
     request: Request,
+    response: Response,
     heatmap: bool = Query(False, description="add a base64 PNG of the class activation heatmap over the image"),
     preview: bool = Query(False, description="add a base64 PNG of the decoded image (useful for DICOM)"),
+    allow_unsuitable: bool = Query(
+        False, description="classify an image the input gate refuses anyway (the suitability object keeps the flags)"
+    ),
 ) -> Any:
     """Classify one chest X-ray sent as multipart field ``file`` (JPEG, PNG, TIFF or DICOM).
 
     Returns the predicted class on the 0/1/2 scale (0 no pneumonia, 1 bacterial, 2 viral), the
     calibrated probability of each class, warnings about the image and the model's name and
-    version. Decision support, not a diagnosis.
+    version, and the input gate's verdict (``suitability``). An image the gate refuses (not a
+    frontal chest radiograph) is answered 422 with the reasons, unless ``allow_unsuitable=true``.
+    Decision support, not a diagnosis. Human-readable texts (``detail``, ``warnings``,
+    descriptions, ``intended_use``) are in English or Spanish after ``Accept-Language``; every
+    request is recorded in the audit trail.
     """
+    start, created_at = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc)
+    try:
+        result = await _classify_upload(request, heatmap, preview, allow_unsuitable)
+    except Exception:  # a bug: the app's handler answers 500; the audit still records the request
+        record_prediction(request, JSONResponse(status_code=500, content={}), start, created_at)
+        raise
+    record_prediction(request, result, start, created_at)
+    lang = request_language(request)
+    if isinstance(result, dict):
+        response.headers["Content-Language"] = lang
+        return localize_prediction(result, lang)
+    result.headers["Content-Language"] = lang
+    return result
+
+
+async def _classify_upload(
+    request: Request, heatmap: bool, preview: bool, allow_unsuitable: bool
+) -> dict[str, Any] | JSONResponse:
+    """The prediction (a dict) or the error response for one upload request."""
     settings = request.app.state.settings
     try:
         upload = await read_upload(
@@ -190,13 +234,16 @@ async def create_prediction(
         )
         heatmap = _form_flag(upload.fields, "heatmap", heatmap)
         preview = _form_flag(upload.fields, "preview", preview)
+        allow_unsuitable = _form_flag(upload.fields, "allow_unsuitable", allow_unsuitable)
     except UploadError as exc:
         return _error(request, exc.status_code, exc.detail)
     request.state.upload_bytes = len(upload.data)
+    request.state.upload_data = upload.data  # for the audit's SHA-256 (the bytes are never stored)
     name = upload.filename
     if not upload.data:
         return _error(request, 422, f"{name}: empty file (0 bytes)")
     found = detect_format(upload.data)  # the readers' one format policy, checked before queueing
+    request.state.input_format = found.name
     if not found.accepted:
         return _error(request, 415, f"{name}: {found.refusal()}")
     limiter = request.app.state.limiter
@@ -205,11 +252,20 @@ async def create_prediction(
     try:
         # CPU-bound: in a worker thread, so the event loop keeps serving; at most
         # max_concurrency at once (ONNX Runtime's InferenceSession.run is thread-safe).
-        body = await anyio.to_thread.run_sync(_predict, request, upload.data, name, heatmap, preview, limiter=limiter)
+        body = await anyio.to_thread.run_sync(
+            _predict, request, upload.data, name, heatmap, preview, allow_unsuitable, limiter=limiter
+        )
     except UnsupportedFormatError as exc:
         return _error(request, 415, _one_line(str(exc)))
     except ImageReadError as exc:
         return _error(request, 422, _one_line(str(exc)))
+    except UnsuitableImageError as exc:
+        logger.debug("refused by the input gate: %s", exc)
+        lang = request_language(request)
+        request.state.gate = gate = exc.suitability.to_dict()  # for the audit
+        gate = {**gate, "reasons": [translate_text(r, lang) for r in gate["reasons"]]}
+        return JSONResponse(status_code=422, content={"detail": translate_text(_one_line(str(exc)), lang),
+                                                      "suitability": gate})
     return body
 
 
@@ -220,7 +276,7 @@ def _one_line(text: str) -> str:
 def _error(request: Request, status: int, detail: str) -> JSONResponse:
     # The detail names the client's file, which may itself be personal data: debug level only.
     logger.debug("rejected upload: %s %s", status, detail)
-    return JSONResponse(status_code=status, content={"detail": detail})
+    return JSONResponse(status_code=status, content={"detail": translate_text(detail, request_language(request))})
 
 
 def _model_card(request: Request) -> dict[str, Any]:
@@ -251,9 +307,20 @@ def _model_card(request: Request) -> dict[str, Any]:
         "validation_metrics": meta.get("validation_metrics"),
         "test_metrics": test_metrics,
         "summary": meta.get("summary"),
+        "gate": meta.get("gate"),
+        "operating_point": artifact.operating_point,
+        "initialisation": meta.get("initialisation"),
+        "adaptation": _adaptation_summary(meta.get("adaptation")),
         "created": meta.get("created"),
         "intended_use": meta.get("intended_use") or labels.INTENDED_USE,
     }
+
+
+def _adaptation_summary(adaptation: Any) -> dict[str, Any] | None:
+    """A site-adapted model's provenance without the per-film hash list (that stays in metadata.json)."""
+    if not isinstance(adaptation, dict):
+        return None
+    return {k: v for k, v in adaptation.items() if k != "images"}
 
 
 @router.get("/api/v1/model", response_model=ModelCard, summary="The model card", tags=["model"])
@@ -267,13 +334,15 @@ def get_model(request: Request) -> Any:
 
 @router.get("/healthz", response_model=Health, summary="Liveness and readiness", tags=["service"])
 def healthz(request: Request) -> Any:
-    """``ok`` with the loaded model's name and version and the upload limit."""
+    """``ok`` with the loaded model's name and version, the upload limit and the audit trail's state
+    (records written, write failures: a failing audit database never fails a prediction)."""
     artifact = request.app.state.predictor.artifact
     return {
         "status": "ok",
         "model": artifact.name,
         "version": artifact.version,
         "max_upload_bytes": request.app.state.settings.max_upload_bytes,
+        "audit": audit_status(request),
     }
 
 

@@ -36,6 +36,48 @@ class ImageInfoPublic(BaseModel):
     modality: str | None = Field(default=None, description="DICOM (0008,0060), e.g. CR or DX")
     view_position: str | None = Field(default=None, description="DICOM (0018,5101), e.g. PA or AP")
     size_bytes: int = Field(description="uploaded file size in bytes")
+    border_crop: dict[str, int] | None = Field(
+        default=None,
+        description="uniform border (letterboxing, padding) removed before analysis: top, bottom, left, right "
+        "of the analysed box in decoded pixels; null when nothing was removed",
+    )
+
+
+class DecisionPublic(BaseModel):
+    """How the label follows from the probabilities: the model's operating point."""
+
+    rule: str = Field(description="the decision rule in words")
+    pneumonia_probability: float = Field(description="1 - P(normal): calibrated probability of pneumonia, in [0, 1]")
+    threshold: float | None = Field(
+        default=None,
+        description="pneumonia is called when pneumonia_probability >= threshold (chosen on validation data for "
+        "target_sensitivity); null: the label is the most probable class",
+    )
+    target_sensitivity: float | None = Field(default=None, description="sensitivity the threshold was chosen for")
+
+
+class SuitabilityPublic(BaseModel):
+    """The input gate's verdict: is this a frontal chest radiograph the model can be trusted on?"""
+
+    status: str = Field(
+        description="accept; warn (classified, but flagged); refuse (not classified: HTTP 422 unless "
+        "allow_unsuitable=true); unavailable (this model has no fitted gate and the image checks found nothing)"
+    )
+    reasons: list[str] = Field(description="one human-readable sentence per problem found")
+    scores: dict[str, float] = Field(
+        description="measured values and thresholds: aspect_ratio, intensity_range, color_fraction, "
+        "mahalanobis (feature distance) with mahalanobis_warn/_refuse, p_frontal with p_frontal_warn/_refuse, energy"
+    )
+    feature_checks: bool = Field(description="whether the feature-space checks ran (the model has gate data)")
+
+
+class UnsuitableResponse(BaseModel):
+    """422 answer: ``detail`` names the file and the problem; ``suitability`` is set when the input gate refused it."""
+
+    detail: str
+    suitability: SuitabilityPublic | None = Field(
+        default=None, description="the gate's verdict, for an image it refused (absent for an unreadable file)"
+    )
 
 
 class PredictionPublic(BaseModel):
@@ -48,7 +90,12 @@ class PredictionPublic(BaseModel):
         description="calibrated probability of each class (normal, bacterial, viral), summing to 1"
     )
     classes: list[ClassProbability] = Field(description="the three classes in index order with their probabilities")
+    decision: DecisionPublic | None = Field(default=None, description="how the label follows from the probabilities")
     warnings: list[str] = Field(description="problems noticed in the image that may make the result less reliable")
+    suitability: SuitabilityPublic | None = Field(
+        default=None, description="the input gate's verdict (status, reasons, scores); a 'refuse' appears here only "
+        "with allow_unsuitable=true"
+    )
     model: ModelRef
     image: ImageInfoPublic
     heatmap_png: str | None = Field(
@@ -90,8 +137,34 @@ class ModelCard(BaseModel):
         default=None, description="headline metrics on the official test split (from the evaluation report)"
     )
     summary: Any | None = None
+    gate: Any | None = Field(
+        default=None, description="the input gate: thresholds, validation false-alarm rate, method (null: not fitted)"
+    )
+    operating_point: Any | None = Field(
+        default=None,
+        description="the decision threshold: pneumonia when 1 - P(normal) >= threshold, chosen on validation films for "
+        "target_sensitivity (null: arg-max)",
+    )
+    initialisation: Any | None = Field(
+        default=None, description="where pretrained weights came from (source, licence, SHA-256), or random"
+    )
+    adaptation: Any | None = Field(
+        default=None,
+        description="for a site-adapted model (deephealth adapt): method, number of films, date, source model "
+        "(null: not adapted)",
+    )
     created: str | None = None
     intended_use: str
+
+
+class AuditStatus(BaseModel):
+    """The audit trail's state in ``/healthz``."""
+
+    enabled: bool = Field(description="whether predictions are recorded")
+    database: str | None = Field(default=None, description="database URL without its password")
+    written: int = Field(description="records written since the service started")
+    failures: int = Field(description="records that could not be written (database errors); predictions went on")
+    error: str | None = Field(default=None, description="the last database error, while it lasts")
 
 
 class Health(BaseModel):
@@ -101,6 +174,7 @@ class Health(BaseModel):
     model: str
     version: str
     max_upload_bytes: int = Field(description="largest accepted upload in bytes")
+    audit: AuditStatus | None = Field(default=None, description="state of the audit trail")
 
 
 class ErrorResponse(BaseModel):

@@ -1,0 +1,469 @@
+"""The input gate: is this image a frontal chest radiograph the model can be trusted on?
+
+Pipeline position: readers -> **gate** -> preprocessing -> inference. Every image gets a
+:class:`Suitability` with one of three outcomes:
+
+- ``accept``: nothing unusual was found;
+- ``warn``: classified, but flagged with a reason a clinician can read;
+- ``refuse``: not classified (HTTP 422, a CLI error line), unless the caller explicitly overrides
+  (``?allow_unsuitable=true``, ``--allow-unsuitable``), which classifies anyway and keeps the flags.
+
+Two kinds of checks, combined (any refusal refuses; otherwise any warning warns):
+
+1. **Image checks** on the reader's output (model-independent, :func:`image_checks`):
+
+   - colour: the reader counts the pixels whose channels differ by at least
+     :data:`deephealth.readers.image.COLOR_PIXEL_LEVELS` grey levels (``ImageInfo.color_fraction``)
+     and the largest such fraction within one block of an 8 x 8 grid (``color_block_fraction``).
+     Judged locally, so a small red arrow or a yellow letter on a grey film is found even though
+     the image's mean colour is nearly grey: a block with at least :data:`ANNOTATION_BLOCK_FRACTION`
+     coloured pixels warns (burnt-in annotations); a colour image with at least
+     :data:`COLOR_REFUSE_FRACTION` coloured pixels overall is refused (a photo or a drawing);
+   - aspect ratio (``width / height`` of the file as displayed): chest detectors are about square
+     (35 x 43 cm, 43 x 43 cm); outside [:data:`ASPECT_WARN`] the image is warned, outside
+     [:data:`ASPECT_REFUSE`] refused (a screenshot strip, a panorama);
+   - near-blank: the 1st-99th percentile range of the network input's 8-bit intensities below
+     :data:`BLANK_RANGE_LEVELS` grey levels is refused (a blank page with a few specks, an
+     overexposed or empty frame). Images with no contrast at all are already refused by the readers;
+   - featureless: a mean absolute Laplacian (:func:`detail`) below :data:`FEATURELESS_DETAIL` grey
+     levels is refused (smooth gradients, heavily blurred images: no anatomy has edges that soft).
+
+2. **Feature-space checks** on the classifier's own globally pooled penultimate features (the ONNX
+   model's ``features`` output, fitted at export by :func:`deephealth.training.gate_fit.fit_gate`
+   and stored in ``gate.npz`` beside ``model.onnx``):
+
+   - **Mahalanobis distance** to the nearest class mean with a shared (tied) covariance, after
+     PCA to at most 64 dimensions and Ledoit-Wolf shrinkage (Lee, Lee, Lee & Shin, "A Simple
+     Unified Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks",
+     NeurIPS 2018; Ledoit & Wolf, J. Multivariate Anal. 88(2), 2004). Far from every class of the
+     training films -> warn (then refuse at the higher threshold).
+   - a **"frontal chest radiograph?" classifier**: multinomial logistic regression on the
+     standardised features, trained at export on training films (with mild exposure and geometry
+     changes) against negatives the project makes: the same films inverted and rotated by 90, 180
+     and 270 degrees, synthetic images (noise, gradients, flat fields, shapes, rendered documents
+     and screenshots), scikit-learn's and matplotlib's sample photos and elevation maps, and the
+     pydicom test files (CT, MR, RT dose, secondary captures). Its output names the kind of
+     problem: inverted, rotated (by how much), or not a chest radiograph. Rotated films are refused
+     with the rotation named, not corrected.
+   - the **energy score** ``-logsumexp(logits)`` (Liu, Wang, Owens & Li, "Energy-based
+     Out-of-distribution Detection", NeurIPS 2020) is reported among the scores for reference.
+
+   The warn thresholds are set on the validation split (patient-grouped, the checkpoint's own) so
+   that at most 1 % of real validation films are flagged; they and the measured false-alarm rate are
+   recorded under ``gate`` in ``metadata.json``.
+
+A model folder without gate data still works: the image checks run, the feature checks are skipped
+and :attr:`Suitability.feature_checks` is ``False`` (status ``unavailable`` when nothing else is
+flagged). This module needs numpy only (no PyTorch, no scikit-learn): it is on the serving path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deephealth.artifact import ModelArtifactError, sha256_file
+
+_logger = logging.getLogger(__name__)
+
+GATE_FILE = "gate.npz"
+"""File name of the gate's arrays, beside ``model.onnx``."""
+
+ACCEPT, WARN, REFUSE, UNAVAILABLE = "accept", "warn", "refuse", "unavailable"
+"""The outcomes (``unavailable``: no gate data for this model and the image checks found nothing)."""
+
+ANNOTATION_BLOCK_FRACTION = 0.02
+"""Coloured-pixel fraction within one block of the reader's 8 x 8 grid from which a colour file is
+warned for burnt-in coloured annotations (2 % of a block: about 16 pixels of a 224 px image)."""
+COLOR_REFUSE_FRACTION = 0.10
+"""Coloured-pixel fraction of the whole image from which it is refused as a colour picture."""
+ASPECT_WARN = (0.6, 1.7)
+"""``width / height`` range outside which an image is warned."""
+ASPECT_REFUSE = (0.4, 2.5)
+"""``width / height`` range outside which an image is refused."""
+BLANK_RANGE_LEVELS = 12
+"""1st-99th percentile range (8-bit grey levels, network input) below which an image is refused as near-blank."""
+FEATURELESS_DETAIL = 1.0
+"""Mean absolute discrete Laplacian (8-bit grey levels, network input) below which an image is refused
+as featureless (a smooth gradient, a flat field). Real films measure 2.4 and more at 224 px
+(1,445 training and validation films of the pediatric dataset: minimum 2.39, 0.1th percentile 2.50)."""
+
+LR_CLASSES = ("frontal", "inverted", "rotated_90", "rotated_180", "rotated_270", "other")
+"""Classes of the "frontal chest radiograph?" classifier, in output order. ``rotated_90`` is a film
+rotated 90 degrees clockwise (numpy ``rot90(k=-1)``), ``rotated_270`` one rotated 90 degrees
+counter-clockwise."""
+
+_LR_REASONS = {
+    "inverted": "it looks like an inverted (negative) chest film: bone dark, air bright; send the film "
+    "with bone white",
+    "rotated_90": "it looks like a chest film rotated by 90 degrees clockwise; rotate it upright and send it again",
+    "rotated_180": "it looks like a chest film turned upside down (rotated by 180 degrees); rotate it "
+    "upright and send it again",
+    "rotated_270": "it looks like a chest film rotated by 90 degrees counter-clockwise; rotate it upright "
+    "and send it again",
+    "other": "it does not look like a frontal chest radiograph (e.g. a photo, document, screenshot, "
+    "lateral view, CT slice or another body part)",
+}
+
+
+@dataclass
+class Suitability:
+    """The gate's verdict on one image.
+
+    Attributes:
+        status: ``accept``, ``warn``, ``refuse``, or ``unavailable`` (no feature-space gate for
+            this model and the image checks found nothing).
+        reasons: one human-readable sentence per problem found (empty for ``accept``).
+        scores: the measured values, ``{name: float}``: ``aspect_ratio``, ``intensity_range``
+            (8-bit levels), ``detail`` (8-bit levels), ``color_fraction`` / ``color_block_fraction`` (colour files), and with
+            a fitted gate ``mahalanobis`` (distance, with ``mahalanobis_warn`` /
+            ``mahalanobis_refuse`` thresholds), ``p_frontal`` (probability of a frontal chest film,
+            with ``p_frontal_warn`` / ``p_frontal_refuse``) and ``energy``.
+        feature_checks: whether the feature-space checks ran (the model has gate data).
+    """
+
+    status: str
+    reasons: list[str] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+    feature_checks: bool = True
+
+    @property
+    def refused(self) -> bool:
+        """``True`` for ``refuse``."""
+        return self.status == REFUSE
+
+    @property
+    def flagged(self) -> bool:
+        """``True`` for ``warn`` or ``refuse``."""
+        return self.status in (WARN, REFUSE)
+
+    def message(self) -> str:
+        """The reasons as one line (``"; "``-joined), or the status if there are none."""
+        return "; ".join(self.reasons) if self.reasons else self.status
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form: ``status``, ``reasons``, ``scores`` (floats rounded to 4 significant digits), ``feature_checks``."""
+        return {
+            "status": self.status,
+            "reasons": list(self.reasons),
+            "scores": {k: float(f"{v:.4g}") for k, v in self.scores.items()},
+            "feature_checks": bool(self.feature_checks),
+        }
+
+
+class UnsuitableImageError(ValueError):
+    """An image the gate refused; ``suitability`` holds the verdict, the message names the file and the reasons.
+
+    A subclass of :class:`ValueError` (like :class:`deephealth.readers.ImageReadError`), so batch
+    code that reports bad inputs reports it too.
+    """
+
+    def __init__(self, label: str, suitability: Suitability) -> None:
+        super().__init__(f"{label}: not suitable for this model: {suitability.message()}")
+        self.label = label
+        self.suitability = suitability
+
+
+# ------------------------------------------------------------------------------------- image checks
+
+
+def intensity_range(quantized: np.ndarray) -> float:
+    """1st-99th percentile range of 8-bit intensities, in grey levels (0-255).
+
+    Args:
+        quantized: ``(S, S)`` uint8 network input before normalisation
+            (:func:`deephealth.preprocessing.resize_to_input`).
+
+    Returns:
+        ``p99 - p1`` as a float, from the 256-bin histogram (fast: no sort).
+    """
+    counts = np.bincount(np.asarray(quantized, dtype=np.uint8).ravel(), minlength=256)
+    cdf = np.cumsum(counts) / max(int(counts.sum()), 1)
+    lo = int(np.searchsorted(cdf, 0.01))
+    hi = int(np.searchsorted(cdf, 0.99))
+    return float(hi - lo)
+
+
+def detail(quantized: np.ndarray) -> float:
+    """Mean absolute discrete Laplacian ``|4x - up - down - left - right|`` of the 8-bit input, in grey levels.
+
+    Args:
+        quantized: ``(S, S)`` uint8 network input before normalisation.
+
+    Returns:
+        A float >= 0; 0 for a flat field or a linear gradient.
+    """
+    q = np.asarray(quantized, dtype=np.float32)
+    if q.shape[0] < 3 or q.shape[1] < 3:
+        return 0.0
+    lap = 4.0 * q[1:-1, 1:-1] - q[:-2, 1:-1] - q[2:, 1:-1] - q[1:-1, :-2] - q[1:-1, 2:]
+    return float(np.abs(lap).mean())
+
+
+def image_checks(info: Any, quantized: np.ndarray) -> tuple[list[str], list[str], dict[str, float]]:
+    """The model-independent checks (colour, aspect ratio, near-blank); see the module docstring.
+
+    Args:
+        info: the reader's :class:`deephealth.readers.ImageInfo` (``width``, ``height``,
+            ``color_fraction``, ``color_block_fraction``; missing attributes skip their check).
+        quantized: ``(S, S)`` uint8 network input before normalisation.
+
+    Returns:
+        ``(refusals, warnings, scores)``: reasons to refuse, reasons to warn, and the measured values.
+    """
+    refuse: list[str] = []
+    warn: list[str] = []
+    scores: dict[str, float] = {}
+
+    cf = getattr(info, "color_fraction", None)
+    cb = getattr(info, "color_block_fraction", None)
+    if cf is not None:
+        scores["color_fraction"] = float(cf)
+        scores["color_block_fraction"] = float(cb or 0.0)
+        if cf >= COLOR_REFUSE_FRACTION:
+            refuse.append(
+                f"colour image ({100 * cf:.0f} % of pixels are coloured): a photo or drawing, not a radiograph"
+            )
+        elif (cb or 0.0) >= ANNOTATION_BLOCK_FRACTION:
+            warn.append(
+                f"burnt-in coloured annotations (arrows, letters or marks; up to {100 * cb:.0f} % of a region "
+                "is coloured): they hide anatomy and may mislead the model"
+            )
+
+    w, h = int(getattr(info, "width", 0) or 0), int(getattr(info, "height", 0) or 0)
+    if w > 0 and h > 0:
+        ratio = w / h
+        scores["aspect_ratio"] = ratio
+        shape = f"{w} x {h} px, width/height {ratio:.2f}"
+        if not ASPECT_REFUSE[0] <= ratio <= ASPECT_REFUSE[1]:
+            refuse.append(f"unusual shape for a chest film ({shape}): a screenshot strip or panorama?")
+        elif not ASPECT_WARN[0] <= ratio <= ASPECT_WARN[1]:
+            warn.append(f"unusual shape for a chest film ({shape}); the model squashes it to a square")
+
+    rng = intensity_range(quantized)
+    scores["intensity_range"] = rng
+    if rng < BLANK_RANGE_LEVELS:
+        refuse.append(
+            f"near-blank image (98 % of pixels within {rng:.0f} grey levels): no visible anatomy"
+        )
+    else:
+        det = detail(quantized)
+        scores["detail"] = det
+        if det < FEATURELESS_DETAIL:
+            refuse.append(
+                f"featureless image (detail {det:.2f} grey levels, radiographs have 2.4 or more): "
+                "a smooth gradient or a heavily blurred picture, no visible anatomy"
+            )
+    return refuse, warn, scores
+
+
+# ------------------------------------------------------------------------------------ feature gate
+
+
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    m = z.max(axis=-1, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+@dataclass(frozen=True)
+class FeatureGate:
+    """The fitted feature-space gate (arrays from ``gate.npz``, thresholds from ``metadata.json``).
+
+    Attributes:
+        feat_mean: ``(Cf,)`` float32 mean of the training features (PCA centre).
+        components: ``(k, Cf)`` float32 PCA axes (rows, orthonormal).
+        class_means: ``(C, k)`` float32 class means of the training films in PCA space.
+        precision: ``(k, k)`` float32 inverse of the shared (tied) within-class covariance, Ledoit-Wolf shrunk.
+        lr_mean: ``(Cf,)`` float32 standardisation mean for the logistic regression.
+        lr_scale: ``(Cf,)`` float32 standardisation scale (> 0).
+        lr_coef: ``(K, Cf)`` float32 multinomial logistic-regression weights, classes :data:`LR_CLASSES`.
+        lr_intercept: ``(K,)`` float32 intercepts.
+        thresholds: ``mahalanobis_warn``, ``mahalanobis_refuse``, ``p_frontal_warn``, ``p_frontal_refuse``.
+    """
+
+    feat_mean: np.ndarray
+    components: np.ndarray
+    class_means: np.ndarray
+    precision: np.ndarray
+    lr_mean: np.ndarray
+    lr_scale: np.ndarray
+    lr_coef: np.ndarray
+    lr_intercept: np.ndarray
+    thresholds: dict[str, float]
+
+    ARRAYS = ("feat_mean", "components", "class_means", "precision", "lr_mean", "lr_scale", "lr_coef", "lr_intercept")
+    THRESHOLDS = ("mahalanobis_warn", "mahalanobis_refuse", "p_frontal_warn", "p_frontal_refuse")
+
+    @property
+    def num_features(self) -> int:
+        """``Cf``, the feature dimension this gate was fitted for."""
+        return int(self.feat_mean.shape[0])
+
+    def save(self, path: str | Path) -> None:
+        """Write the arrays to an ``.npz`` file (uncompressed, no pickled objects)."""
+        np.savez(path, **{k: np.asarray(getattr(self, k), dtype=np.float32) for k in self.ARRAYS})
+
+    @classmethod
+    def load(cls, path: str | Path, thresholds: dict[str, Any]) -> FeatureGate:
+        """Read ``gate.npz`` and the thresholds.
+
+        Raises:
+            ModelArtifactError: if the file cannot be read, an array or threshold is missing, or the shapes disagree.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: np.asarray(z[k], dtype=np.float32) for k in cls.ARRAYS}
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelArtifactError(f"{path}: cannot read the gate data ({exc})") from exc
+        missing = [k for k in cls.THRESHOLDS if k not in thresholds]
+        if missing:
+            raise ModelArtifactError(f"{path}: gate thresholds missing in metadata.json: {', '.join(missing)}")
+        cf = arrays["feat_mean"].shape[0]
+        k = arrays["components"].shape[0]
+        ok = (
+            arrays["components"].shape == (k, cf)
+            and arrays["class_means"].shape[1:] == (k,)
+            and arrays["precision"].shape == (k, k)
+            and arrays["lr_mean"].shape == (cf,)
+            and arrays["lr_scale"].shape == (cf,)
+            and arrays["lr_coef"].shape == (len(LR_CLASSES), cf)
+            and arrays["lr_intercept"].shape == (len(LR_CLASSES),)
+        )
+        if not ok:
+            raise ModelArtifactError(f"{path}: gate arrays have inconsistent shapes")
+        return cls(**arrays, thresholds={k: float(thresholds[k]) for k in cls.THRESHOLDS})
+
+    def mahalanobis(self, features: np.ndarray) -> np.ndarray:
+        """Distance to the nearest class mean under the shared covariance (Lee et al., 2018).
+
+        Args:
+            features: ``(N, Cf)`` pooled features.
+
+        Returns:
+            ``(N,)`` float64 distances ``min_c sqrt((z - mu_c)^T P (z - mu_c))`` with
+            ``z = (f - mean) @ components.T`` (PCA space) and ``P`` the shrunk precision.
+        """
+        z = (np.asarray(features, dtype=np.float64) - self.feat_mean) @ self.components.T.astype(np.float64)
+        d = z[:, None, :] - self.class_means[None].astype(np.float64)  # (N, C, k)
+        m2 = np.einsum("nck,kl,ncl->nc", d, self.precision.astype(np.float64), d)
+        return np.sqrt(np.maximum(m2.min(axis=1), 0.0))
+
+    def lr_probabilities(self, features: np.ndarray) -> np.ndarray:
+        """``(N, K)`` float64 probabilities of the classes :data:`LR_CLASSES` (softmax of the logistic regression)."""
+        x = (np.asarray(features, dtype=np.float64) - self.lr_mean) / self.lr_scale
+        z = x @ self.lr_coef.T.astype(np.float64) + self.lr_intercept
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def scores(self, features: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
+        """All feature-space scores for a batch.
+
+        Args:
+            features: ``(N, Cf)`` pooled features; logits: ``(N, 3)`` raw logits.
+
+        Returns:
+            ``{"mahalanobis": (N,), "p_frontal": (N,), "lr_class": (N,) int, "energy": (N,)}``.
+        """
+        p = self.lr_probabilities(features)
+        return {
+            "mahalanobis": self.mahalanobis(features),
+            "p_frontal": p[:, 0],
+            "lr_class": p[:, 1:].argmax(axis=1) + 1,  # the most likely problem, if any
+            "energy": -_logsumexp(np.asarray(logits, dtype=np.float64)),
+        }
+
+
+# -------------------------------------------------------------------------------------------- gate
+
+
+class Gate:
+    """Decides accept / warn / refuse for images of one model.
+
+    Args:
+        features: the fitted :class:`FeatureGate`, or ``None`` (image checks only).
+
+    Use :meth:`for_artifact` to load the gate a model folder records.
+    """
+
+    def __init__(self, features: FeatureGate | None = None) -> None:
+        self.features = features
+
+    @property
+    def available(self) -> bool:
+        """Whether the feature-space checks are fitted for this model."""
+        return self.features is not None
+
+    @classmethod
+    def for_artifact(cls, artifact: Any, verify: bool = True) -> Gate:
+        """The gate a model folder records under ``gate`` in ``metadata.json`` (image checks only if none).
+
+        Args:
+            artifact: a :class:`deephealth.artifact.ModelArtifact`.
+            verify: check ``gate.npz``'s SHA-256 against ``metadata.json``.
+
+        Raises:
+            ModelArtifactError: if the metadata names a gate file that is missing, corrupted
+                (checksum) or malformed.
+        """
+        meta = artifact.metadata.get("gate")
+        if not meta:
+            _logger.info("model %s has no input gate data: image checks only", artifact.name)
+            return cls(None)
+        path = Path(artifact.directory) / str(meta.get("file", GATE_FILE))
+        if not path.is_file():
+            raise ModelArtifactError(f"gate file missing: {path}")
+        if verify and meta.get("sha256") and sha256_file(path) != meta["sha256"]:
+            raise ModelArtifactError(
+                f"{path}: SHA-256 does not match metadata.json: the gate file is corrupted or was replaced"
+            )
+        return cls(FeatureGate.load(path, meta.get("thresholds", {})))
+
+    def assess(self, info: Any, quantized: np.ndarray, features: np.ndarray | None, logits: np.ndarray) -> Suitability:
+        """The verdict on one image.
+
+        Args:
+            info: the reader's :class:`~deephealth.readers.ImageInfo`.
+            quantized: ``(S, S)`` uint8 network input before normalisation.
+            features: ``(Cf,)`` pooled features of this image (``None`` if the model has none).
+            logits: ``(3,)`` raw logits.
+
+        Returns:
+            The :class:`Suitability`.
+        """
+        refuse, warn, scores = image_checks(info, quantized)
+        fg = self.features
+        if fg is not None and features is not None:
+            s = fg.scores(np.asarray(features)[None], np.asarray(logits)[None])
+            t = fg.thresholds
+            d, p = float(s["mahalanobis"][0]), float(s["p_frontal"][0])
+            scores.update(
+                mahalanobis=d, mahalanobis_warn=t["mahalanobis_warn"], mahalanobis_refuse=t["mahalanobis_refuse"],
+                p_frontal=p, p_frontal_warn=t["p_frontal_warn"], p_frontal_refuse=t["p_frontal_refuse"],
+                energy=float(s["energy"][0]),
+            )
+            kind = LR_CLASSES[int(s["lr_class"][0])]
+            if p < t["p_frontal_refuse"]:
+                refuse.append(f"{_LR_REASONS[kind]} (P(frontal chest film) = {p:.2f})")
+            elif p < t["p_frontal_warn"]:
+                warn.append(f"{_LR_REASONS[kind]} (P(frontal chest film) = {p:.2f}, below {t['p_frontal_warn']:.2f})")
+            if d > t["mahalanobis_refuse"]:
+                refuse.append(
+                    f"unlike the chest films the model was trained on (feature distance {d:.1f}, "
+                    f"refusal limit {t['mahalanobis_refuse']:.1f})"
+                )
+            elif d > t["mahalanobis_warn"]:
+                warn.append(
+                    f"unusual for the chest films the model was trained on (feature distance {d:.1f}, "
+                    f"limit {t['mahalanobis_warn']:.1f}): check the result with care"
+                )
+        available = fg is not None and features is not None
+        if refuse:
+            return Suitability(REFUSE, refuse + warn, scores, available)
+        if warn:
+            return Suitability(WARN, warn, scores, available)
+        return Suitability(ACCEPT if available else UNAVAILABLE, [], scores, available)

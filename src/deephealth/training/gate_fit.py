@@ -1,0 +1,586 @@
+"""Fit the input gate (:mod:`deephealth.gate`) for an exported model, at export time.
+
+:func:`fit_gate` runs the **exported ONNX graph** (so the gate sees exactly the features the served
+model produces, int8 or float32) on:
+
+- the training films of the checkpoint's own patient-grouped split (class means, shared covariance,
+  positives of the "frontal chest radiograph?" classifier, the latter also with mild exposure and
+  geometry changes);
+- negatives made here (:func:`make_negatives`): a subset of the training films inverted and rotated
+  by 90, 180 and 270 degrees, and "other" images: synthetic noise, gradients, flat fields, shapes,
+  rendered documents and screenshots (Pillow), small crops of films (partial views), the sample
+  photos shipped by scikit-learn (``load_sample_images``) and matplotlib (``sample_data``), the
+  elevation maps and the MR/CT slice matplotlib ships, and the images in pydicom's test files;
+- the validation films of the same split, only to set the warn thresholds so that at most
+  :data:`TARGET_FALSE_ALARM` of them are flagged, and to measure the false-alarm rate.
+
+Nothing is downloaded: every negative is generated or read from an installed package. Needs
+scikit-learn (``[train]`` extra). About 2-4 minutes on 2 CPU cores for the full training split
+(dominated by the network runs; about 10 000 images).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from deephealth.artifact import sha256_file
+from deephealth.gate import GATE_FILE, LR_CLASSES, FeatureGate, Gate
+from deephealth.preprocessing import PreprocessConfig, normalize, resize_to_input
+
+_logger = logging.getLogger(__name__)
+
+TARGET_FALSE_ALARM = 0.01
+"""Largest fraction of real validation films the feature-space checks may flag (warn or refuse)."""
+PCA_DIM = 64
+"""Largest PCA dimension of the Mahalanobis score."""
+REFUSE_DISTANCE_FACTOR = 1.5
+"""``mahalanobis_refuse = max(REFUSE_DISTANCE_FACTOR * mahalanobis_warn, largest validation distance)``."""
+P_FRONTAL_REFUSE_MAX = 0.05
+"""``p_frontal_refuse = min(P_FRONTAL_REFUSE_MAX, p_frontal_warn / 2, smallest validation P)``."""
+
+_FRONTAL, _INVERTED, _ROT90, _ROT180, _ROT270, _OTHER = range(len(LR_CLASSES))
+
+
+# ------------------------------------------------------------------------------------------ images
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float32)
+    a = np.where(np.isfinite(a), a, 0.0)
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def _resize(a: np.ndarray, w: int, h: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F").resize(
+        (w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def _random_crop(a: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+    h, w = a.shape
+    s = rng.uniform(lo, hi)
+    ch, cw = max(8, int(h * s * rng.uniform(0.8, 1.2))), max(8, int(w * s * rng.uniform(0.8, 1.2)))
+    ch, cw = min(ch, h), min(cw, w)
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    return a[y : y + ch, x : x + cw]
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+_WORDS = ("patient report date name result normal value units the and of total invoice page figure table "
+          "chapter summary notes file edit view help settings account login password search results "
+          "analysis dose mg ml lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod").split()
+
+
+def _text_line(rng: np.random.Generator, n: int) -> str:
+    return " ".join(_WORDS[i] for i in rng.integers(0, len(_WORDS), n))
+
+
+def _document(rng: np.random.Generator) -> np.ndarray:
+    """A rendered page of text (and sometimes a table), dark on light or, 1 in 4, light on dark."""
+    w, h = int(rng.integers(300, 700)), int(rng.integers(380, 900))
+    bg, fg = int(rng.integers(215, 256)), int(rng.integers(0, 70))
+    if rng.random() < 0.25:
+        bg, fg = 255 - bg, 255 - fg
+    im = Image.new("L", (w, h), bg)
+    d = ImageDraw.Draw(im)
+    size = int(rng.integers(9, 22))
+    font = _font(size)
+    y = int(rng.integers(10, 40))
+    while y < h - size:
+        if rng.random() < 0.1:  # a table row
+            for x in range(20, w - 20, int(rng.integers(60, 140))):
+                d.rectangle([x, y, x + 55, y + size + 4], outline=fg)
+        else:
+            d.text((int(rng.integers(10, 40)), y), _text_line(rng, int(rng.integers(3, 14))), fill=fg, font=font)
+        y += int(size * rng.uniform(1.3, 2.2))
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def _screenshot(rng: np.random.Generator, photos: Sequence[np.ndarray]) -> np.ndarray:
+    """A desktop/app-like screen: title bar, side panel, buttons, text, sometimes an embedded picture."""
+    w, h = int(rng.integers(480, 1000)), int(rng.integers(300, 640))
+    dark = rng.random() < 0.4
+    bg = int(rng.integers(20, 60)) if dark else int(rng.integers(200, 250))
+    fg = 255 - bg
+    im = Image.new("L", (w, h), bg)
+    d = ImageDraw.Draw(im)
+    font = _font(int(rng.integers(10, 16)))
+    d.rectangle([0, 0, w, int(rng.integers(20, 40))], fill=int(rng.integers(0, 256)))
+    side = int(rng.integers(0, w // 3))
+    if side:
+        d.rectangle([0, 40, side, h], fill=int(np.clip(bg + rng.integers(-40, 41), 0, 255)))
+        for y in range(60, h - 20, 28):
+            d.text((8, y), _text_line(rng, 2), fill=fg, font=font)
+    if photos and rng.random() < 0.5:
+        p = _random_crop(photos[int(rng.integers(len(photos)))], rng, 0.4, 1.0)
+        pw, ph = int((w - side) * rng.uniform(0.3, 0.7)), int(h * rng.uniform(0.3, 0.6))
+        im.paste(Image.fromarray(np.uint8(_resize(p, pw, ph) * 255)), (side + 20, 50))
+    for _ in range(int(rng.integers(3, 12))):
+        x, y = int(rng.integers(side, max(side + 1, w - 120))), int(rng.integers(45, h - 30))
+        if rng.random() < 0.5:
+            d.rounded_rectangle([x, y, x + int(rng.integers(50, 120)), y + 24], 5,
+                                fill=int(rng.integers(0, 256)), outline=fg)
+        else:
+            d.text((x, y), _text_line(rng, int(rng.integers(2, 8))), fill=fg, font=font)
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def _synthetic(rng: np.random.Generator, kind: str) -> np.ndarray:
+    """Noise, gradients, flat fields and shapes, ``(H, W)`` float32 in [0, 1]."""
+    h, w = int(rng.integers(128, 512)), int(rng.integers(128, 512))
+    if kind == "uniform_noise":
+        return rng.random((h, w), dtype=np.float32)
+    if kind == "gaussian_noise":
+        return np.clip(rng.normal(rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.3), (h, w)), 0, 1).astype(np.float32)
+    if kind == "smooth_noise":
+        n = Image.fromarray(np.uint8(rng.random((h, w)) * 255))
+        a = np.asarray(n.filter(ImageFilter.GaussianBlur(float(rng.uniform(1.5, 25)))), np.float32)
+        return _minmax(a)
+    if kind == "salt_pepper":
+        a = np.full((h, w), rng.uniform(0, 1), np.float32)
+        m = rng.random((h, w))
+        a[m < 0.05] = 0.0
+        a[m > 0.95] = 1.0
+        return a
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if kind == "linear_gradient":
+        t = rng.uniform(0, 2 * np.pi)
+        a = _minmax(np.cos(t) * xx / w + np.sin(t) * yy / h)
+        a = a * rng.uniform(0.3, 1.0) + rng.uniform(0, 0.3)
+    elif kind == "radial_gradient":
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        a = _minmax(np.hypot(yy - cy, xx - cx))
+        a = 1 - a if rng.random() < 0.5 else a
+    elif kind == "flat":
+        a = np.full((h, w), rng.uniform(0.05, 0.95), np.float32)
+    else:  # shapes
+        im = Image.new("L", (w, h), int(rng.integers(0, 256)))
+        d = ImageDraw.Draw(im)
+        for _ in range(int(rng.integers(2, 15))):
+            box = sorted(rng.integers(0, w, 2).tolist()), sorted(rng.integers(0, h, 2).tolist())
+            xy = [box[0][0], box[1][0], box[0][1], box[1][1]]
+            fill = int(rng.integers(0, 256))
+            (d.ellipse if rng.random() < 0.5 else d.rectangle)(xy, fill=fill)
+        a = np.asarray(im, np.float32) / 255.0
+    noise = rng.uniform(0.0, 0.06)
+    return np.clip(a + rng.normal(0, noise, a.shape), 0, 1).astype(np.float32)
+
+
+SYNTHETIC_KINDS = ("uniform_noise", "gaussian_noise", "smooth_noise", "salt_pepper", "linear_gradient",
+                   "radial_gradient", "flat", "shapes")
+
+
+def package_images() -> list[tuple[str, np.ndarray]]:
+    """Greyscale images shipped by installed packages, ``[(name, (H, W) float32 in [0, 1])]``.
+
+    scikit-learn's two sample photos; matplotlib's sample photos, logo, elevation maps and MR/CT
+    slice (``s1045.ima.gz``); every single-image pixel array of pydicom's test files (CT, MR, NM,
+    RT dose, segmentation, ultrasound, secondary captures) with both sides >= 32 px. Packages or
+    files that are missing or undecodable are skipped (logged at debug level).
+    """
+    out: list[tuple[str, np.ndarray]] = []
+    try:
+        from sklearn.datasets import load_sample_images
+
+        for name, img in zip(("sklearn china.jpg", "sklearn flower.jpg"), load_sample_images().images):
+            out.append((name, np.asarray(Image.fromarray(img).convert("L"), np.float32) / 255.0))
+    except Exception as exc:  # noqa: BLE001 - optional source
+        _logger.debug("sklearn sample images unavailable: %s", exc)
+    try:
+        import matplotlib
+
+        sample = Path(matplotlib.get_data_path()) / "sample_data"
+        for f in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png"):
+            if (sample / f).is_file():
+                with Image.open(sample / f) as im:
+                    out.append((f"matplotlib {f}", np.asarray(im.convert("L"), np.float32) / 255.0))
+        for f in ("topobathy.npz", "jacksboro_fault_dem.npz"):
+            if (sample / f).is_file():
+                with np.load(sample / f) as z:
+                    key = "topo" if "topo" in z else "elevation" if "elevation" in z else z.files[0]
+                    out.append((f"matplotlib {f}", _minmax(z[key])))
+        if (sample / "s1045.ima.gz").is_file():
+            import pydicom
+
+            ds = pydicom.dcmread(io.BytesIO(gzip.decompress((sample / "s1045.ima.gz").read_bytes())), force=True)
+            out.append(("matplotlib s1045.ima", _minmax(ds.pixel_array)))
+    except Exception as exc:  # noqa: BLE001
+        _logger.debug("matplotlib sample data unavailable: %s", exc)
+    out.extend(pydicom_images())
+    return out
+
+
+def pydicom_images() -> list[tuple[str, np.ndarray]]:
+    """Pixel data of pydicom's bundled test files (middle frame, greyscale, min-max scaled), both sides >= 32 px."""
+    import warnings
+
+    try:
+        import pydicom
+    except ImportError:
+        return []
+    folder = Path(pydicom.__file__).parent / "data" / "test_files"
+    out = []
+    pydicom_logger = logging.getLogger("pydicom")
+    level = pydicom_logger.level
+    pydicom_logger.setLevel(logging.CRITICAL)  # its decoders log every deliberately broken test file
+    try:
+        for f in sorted(folder.glob("*.dcm")):
+            a = _dicom_pixels(pydicom, f, warnings)
+            if a is not None:
+                out.append((f"pydicom {f.name}", a))
+    finally:
+        pydicom_logger.setLevel(level)
+    return out
+
+
+def _dicom_pixels(pydicom: Any, f: Path, warnings: Any) -> np.ndarray | None:
+    """One test file's middle frame as greyscale in [0, 1]; ``None`` if unusable."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(f)
+            if "PixelData" not in ds:
+                return None
+            a = np.asarray(ds.pixel_array)
+        except Exception:  # noqa: BLE001 - codecs missing, deliberately broken test files
+            return None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        a = a[frames // 2]
+    if a.ndim == 3:  # colour: luma
+        a = a.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    if a.ndim != 2 or min(a.shape) < 32:
+        return None
+    return _minmax(a)
+
+
+def _augment_film(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mild exposure and geometry changes a real frontal film may show (positives of the classifier)."""
+    im = Image.fromarray(np.ascontiguousarray(a, np.float32), mode="F")
+    w, h = im.size
+    if rng.random() < 0.5:  # small rotation
+        im = im.rotate(float(rng.uniform(-12, 12)), resample=Image.Resampling.BILINEAR, fillcolor=float(rng.uniform(0, 0.2)))
+    if rng.random() < 0.5:  # zoom in (crop) or out (pad), aspect changes
+        s = rng.uniform(0.8, 1.0)
+        cw, ch = int(w * s * rng.uniform(0.9, 1.1)), int(h * s)
+        cw = min(cw, w)
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        im = im.crop((x, y, x + cw, y + ch))
+    if rng.random() < 0.3:
+        pad = int(w * rng.uniform(0.02, 0.12))
+        canvas = Image.new("F", (im.size[0] + 2 * pad, im.size[1] + 2 * pad), float(rng.uniform(0, 0.1)))
+        canvas.paste(im, (pad, pad))
+        im = canvas
+    out = np.asarray(im, np.float32)
+    out = np.clip(out, 1e-6, 1) ** np.float32(np.exp(rng.uniform(-0.4, 0.4)))
+    m = out.mean()
+    out = (out - m) * np.float32(rng.uniform(0.75, 1.3)) + m + np.float32(rng.uniform(-0.1, 0.1))
+    if rng.random() < 0.3:
+        out = out + rng.normal(0, rng.uniform(0.005, 0.03), out.shape).astype(np.float32)
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
+def make_negatives(
+    films: np.ndarray, rng: np.random.Generator, *, n_transformed: int = 400, n_other: int = 1200
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The classifier's negatives.
+
+    Args:
+        films: ``(M, S, S)`` uint8 training films (network input before normalisation).
+        rng: random generator (seeded by the caller).
+        n_transformed: films per transformation (inverted, rotated 90, 180, 270 degrees).
+        n_other: "other" images (synthetic, documents, screenshots, package images, film crops).
+
+    Returns:
+        ``(images, labels)``: ``(H, W)`` float32 images in [0, 1] and their :data:`LR_CLASSES` indices.
+    """
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    idx = rng.permutation(len(films))
+    for j, (label, fn) in enumerate((
+        (_INVERTED, lambda a: 1.0 - a),
+        (_ROT90, lambda a: np.rot90(a, k=-1)),
+        (_ROT180, lambda a: np.rot90(a, k=2)),
+        (_ROT270, lambda a: np.rot90(a, k=1)),
+    )):
+        chosen = idx[(j * n_transformed) % max(len(films), 1):][:n_transformed]
+        if len(chosen) < n_transformed:
+            chosen = rng.choice(len(films), n_transformed)
+        for i in chosen:
+            a = films[i].astype(np.float32) / 255.0
+            if rng.random() < 0.5:
+                a = _augment_film(a, rng)
+            images.append(np.ascontiguousarray(fn(a)))
+            labels.append(label)
+
+    packaged = [a for _, a in package_images()]
+    photos = [a for a in packaged if min(a.shape) >= 64]
+    makers: list[Callable[[], np.ndarray]] = [
+        *(lambda k=k: _synthetic(rng, k) for k in SYNTHETIC_KINDS),
+        lambda: _document(rng),
+        lambda: _document(rng),
+        lambda: _screenshot(rng, photos),
+        lambda: _screenshot(rng, photos),
+        lambda: _random_crop(films[int(rng.integers(len(films)))].astype(np.float32) / 255.0, rng, 0.2, 0.35),
+    ]
+    if packaged:
+        def from_package() -> np.ndarray:
+            a = packaged[int(rng.integers(len(packaged)))]
+            a = _random_crop(a, rng, 0.35, 1.0) if rng.random() < 0.7 else a
+            if rng.random() < 0.3:
+                a = 1.0 - a
+            if rng.random() < 0.5:
+                a = np.rot90(a, k=int(rng.integers(0, 4)))
+            return np.ascontiguousarray(a, dtype=np.float32)
+
+        makers += [from_package] * 6  # about a third of the "other" images
+    for _ in range(n_other):
+        images.append(makers[int(rng.integers(len(makers)))]())
+        labels.append(_OTHER)
+    return images, np.asarray(labels, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------- features
+
+
+def _run_features(
+    session: Any, input_name: str, logits_name: str, features_name: str,
+    inputs: Iterator[np.ndarray], n: int, batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the ONNX graph on ``n`` normalised ``(1, S, S)`` inputs; returns ``(logits (n, 3), features (n, Cf))``."""
+    logits, feats = [], []
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        if batch:
+            lo, fe = session.run([logits_name, features_name], {input_name: np.stack(batch)})
+            logits.append(lo)
+            feats.append(fe)
+            batch.clear()
+
+    for x in inputs:
+        batch.append(x)
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    if not feats:
+        raise ValueError("no images to compute features on")
+    return np.concatenate(logits), np.concatenate(feats).astype(np.float32)
+
+
+def _inputs_u8(films: np.ndarray, pre: PreprocessConfig) -> Iterator[np.ndarray]:
+    for q in films:
+        yield normalize(q, pre)[None]
+
+
+def _inputs_float(images: Sequence[np.ndarray], pre: PreprocessConfig) -> Iterator[np.ndarray]:
+    for a in images:
+        yield normalize(resize_to_input(a, pre), pre)[None]
+
+
+# ------------------------------------------------------------------------------------------ fitting
+
+
+def _fit_arrays(
+    train_feats: np.ndarray, train_labels: np.ndarray, lr_feats: np.ndarray, lr_labels: np.ndarray, seed: int
+) -> dict[str, np.ndarray]:
+    from sklearn.covariance import LedoitWolf
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    k = int(min(PCA_DIM, train_feats.shape[1], len(train_feats) - 1))
+    pca = PCA(n_components=k, random_state=seed).fit(train_feats)
+    z = pca.transform(train_feats)
+    classes = np.unique(train_labels)
+    means = np.zeros((int(train_labels.max()) + 1, k))
+    for c in classes:
+        means[c] = z[train_labels == c].mean(axis=0)
+    # classes absent from the training films (tiny runs) get the overall mean
+    for c in set(range(len(means))) - set(classes.tolist()):
+        means[c] = z.mean(axis=0)
+    lw = LedoitWolf().fit(z - means[train_labels])
+    scaler = StandardScaler().fit(lr_feats)
+    scale = np.where(scaler.scale_ > 1e-6, scaler.scale_, 1.0)
+    lr = LogisticRegression(C=0.05, max_iter=3000, class_weight="balanced", random_state=seed)
+    lr.fit((lr_feats - scaler.mean_) / scale, lr_labels)
+    coef = np.zeros((len(LR_CLASSES), lr_feats.shape[1]))
+    icpt = np.full(len(LR_CLASSES), -30.0)  # a class with no examples is never predicted
+    for row, c in enumerate(lr.classes_):
+        coef[c], icpt[c] = (lr.coef_[row], lr.intercept_[row]) if len(lr.classes_) > 2 else (0, 0)
+    if len(lr.classes_) == 2:  # binary problem (tiny runs): sklearn returns one row for classes_[1]
+        coef[lr.classes_[1]], icpt[lr.classes_[1]] = lr.coef_[0], lr.intercept_[0]
+        icpt[lr.classes_[0]] = 0.0
+    return {
+        "feat_mean": pca.mean_, "components": pca.components_, "class_means": means,
+        "precision": lw.precision_, "lr_mean": scaler.mean_, "lr_scale": scale,
+        "lr_coef": coef, "lr_intercept": icpt,
+    }
+
+
+def choose_thresholds(val_distance: np.ndarray, val_p_frontal: np.ndarray,
+                      target: float = TARGET_FALSE_ALARM) -> dict[str, float]:
+    """Warn and refuse thresholds from the validation films' scores.
+
+    The warn thresholds are the ``(1 - q)`` quantile of the distances and the ``q`` quantile of
+    ``P(frontal)``, with the largest ``q`` (searched from ``target / 2`` down) for which at most
+    ``target`` of the films exceed either. The refuse thresholds lie beyond every validation film:
+    ``mahalanobis_refuse = max(REFUSE_DISTANCE_FACTOR * warn, max distance)`` and
+    ``p_frontal_refuse = min(P_FRONTAL_REFUSE_MAX, warn / 2, min P)``.
+
+    Args:
+        val_distance: ``(n,)`` Mahalanobis distances of real validation films.
+        val_p_frontal: ``(n,)`` their ``P(frontal)``.
+        target: largest flagged fraction.
+
+    Returns:
+        ``{"mahalanobis_warn", "mahalanobis_refuse", "p_frontal_warn", "p_frontal_refuse"}``.
+    """
+    d = np.asarray(val_distance, np.float64)
+    p = np.asarray(val_p_frontal, np.float64)
+    q = target / 2
+    while True:
+        t_d = float(np.quantile(d, 1 - q, method="higher"))
+        t_p = float(np.quantile(p, q, method="lower"))
+        if np.mean((d > t_d) | (p < t_p)) <= target or q < 1e-4:
+            break
+        q /= 1.25
+    return {
+        "mahalanobis_warn": t_d,
+        "mahalanobis_refuse": max(REFUSE_DISTANCE_FACTOR * t_d, float(d.max()) * 1.05),
+        "p_frontal_warn": t_p,
+        "p_frontal_refuse": min(P_FRONTAL_REFUSE_MAX, t_p / 2, float(p.min()) * 0.5),
+    }
+
+
+def fit_gate(
+    model_dir: str | Path,
+    train_films: np.ndarray,
+    train_labels: np.ndarray,
+    val_films: np.ndarray,
+    *,
+    n_lr_films: int = 1500,
+    n_transformed: int = 400,
+    n_other: int = 1200,
+    seed: int = 0,
+    split: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fit the gate for an exported model folder and write ``gate.npz`` and ``metadata.json["gate"]``.
+
+    Args:
+        model_dir: exported model folder (``model.onnx`` with a ``features`` output, ``metadata.json``).
+        train_films: ``(M, S, S)`` uint8 training films (network input before normalisation;
+            :func:`deephealth.training.data.decode_records` output).
+        train_labels: ``(M,)`` int class indices of ``train_films``.
+        val_films: ``(V, S, S)`` uint8 validation films, used only for the thresholds and the
+            false-alarm rate.
+        n_lr_films: training films used as the classifier's positives (each also once augmented).
+        n_transformed: films per transformation among the negatives (inverted, rotated 90/180/270).
+        n_other: "other" negatives (synthetic, documents, screenshots, package images, crops).
+        seed: seed of every random choice.
+        split: description of the data split, recorded in the metadata.
+
+    Returns:
+        The ``gate`` metadata entry (also written into ``metadata.json``).
+
+    Raises:
+        ValueError: if there are no training or validation films, or the model has no ``features`` output.
+    """
+    import onnxruntime as ort
+
+    from deephealth.artifact import METADATA_FILE, ModelArtifact, write_metadata
+
+    t0 = time.time()
+    model_dir = Path(model_dir)
+    if len(train_films) < 10 or len(val_films) < 10:
+        raise ValueError(f"the gate needs training and validation films (got {len(train_films)} and {len(val_films)})")
+    art = ModelArtifact.load(model_dir, verify=False)
+    onnx_meta = art.metadata["onnx"]
+    feat_name = onnx_meta.get("features")
+    if not feat_name:
+        raise ValueError(f"{model_dir}: the model has no features output; re-export it")
+    pre = art.preprocessing
+    sess = ort.InferenceSession(str(art.onnx_path), providers=["CPUExecutionProvider"])
+    run = lambda it, n: _run_features(sess, onnx_meta["input"], onnx_meta["logits"], feat_name, it, n)  # noqa: E731
+    rng = np.random.default_rng(seed)
+
+    _, train_f = run(_inputs_u8(train_films, pre), len(train_films))
+    val_logits, val_f = run(_inputs_u8(val_films, pre), len(val_films))
+    pos_idx = rng.permutation(len(train_films))[:n_lr_films]
+    aug = [_augment_film(train_films[i].astype(np.float32) / 255.0, rng) for i in pos_idx]
+    _, aug_f = run(_inputs_float(aug, pre), len(aug))
+    neg_images, neg_labels = make_negatives(train_films, rng, n_transformed=n_transformed, n_other=n_other)
+    _, neg_f = run(_inputs_float(neg_images, pre), len(neg_images))
+    t_feat = time.time() - t0
+
+    lr_x = np.concatenate([train_f[pos_idx], aug_f, neg_f])
+    lr_y = np.concatenate([np.zeros(len(pos_idx) + len(aug), np.int64), neg_labels])
+    arrays = _fit_arrays(train_f, np.asarray(train_labels, np.int64), lr_x, lr_y, seed)
+    provisional = FeatureGate(**{k: np.asarray(v, np.float32) for k, v in arrays.items()},
+                              thresholds={k: 0.0 for k in FeatureGate.THRESHOLDS})
+    val_s = provisional.scores(val_f, val_logits)
+    thresholds = choose_thresholds(val_s["mahalanobis"], val_s["p_frontal"])
+    gate = FeatureGate(**{k: np.asarray(v, np.float32) for k, v in arrays.items()}, thresholds=thresholds)
+    val_s = gate.scores(val_f, val_logits)
+    val_flag = (val_s["mahalanobis"] > thresholds["mahalanobis_warn"]) | (val_s["p_frontal"] < thresholds["p_frontal_warn"])
+    val_refuse = (val_s["mahalanobis"] > thresholds["mahalanobis_refuse"]) | (
+        val_s["p_frontal"] < thresholds["p_frontal_refuse"])
+    neg_s = gate.scores(neg_f, np.zeros((len(neg_f), 3)))
+    neg_flag = (neg_s["mahalanobis"] > thresholds["mahalanobis_warn"]) | (neg_s["p_frontal"] < thresholds["p_frontal_warn"])
+
+    gate.save(model_dir / GATE_FILE)
+    entry: dict[str, Any] = {
+        "file": GATE_FILE,
+        "sha256": sha256_file(model_dir / GATE_FILE),
+        "thresholds": thresholds,
+        "validation": {
+            "films": int(len(val_films)),
+            "flagged_fraction": float(val_flag.mean()),
+            "refused_fraction": float(val_refuse.mean()),
+            "target_flagged_fraction": TARGET_FALSE_ALARM,
+            "note": "feature-space checks only; thresholds set on these films (patient-grouped validation split)",
+        },
+        "training_negatives_flagged": {
+            name: float(neg_flag[neg_labels == i].mean())
+            for i, name in enumerate(LR_CLASSES) if np.any(neg_labels == i)
+        },
+        "method": {
+            "mahalanobis": f"min over classes, shared covariance (Lee et al., NeurIPS 2018), PCA to "
+                           f"{arrays['components'].shape[0]} dims, Ledoit-Wolf shrinkage",
+            "classifier": "multinomial logistic regression on standardised features, classes "
+                          + ", ".join(LR_CLASSES),
+            "energy": "-logsumexp(logits) (Liu et al., NeurIPS 2020), reported only",
+            "image_checks": "colour (local), aspect ratio, near-blank (deephealth.gate)",
+        },
+        "data": {
+            "train_films": int(len(train_films)),
+            "classifier_positives": int(len(pos_idx) + len(aug)),
+            "classifier_negatives": {name: int(np.sum(neg_labels == i)) for i, name in enumerate(LR_CLASSES)
+                                     if np.any(neg_labels == i)},
+            "split": split,
+        },
+        "fit_seconds": round(time.time() - t0, 1),
+        "feature_seconds": round(t_feat, 1),
+    }
+    meta = dict(art.metadata)
+    meta["gate"] = entry
+    write_metadata(model_dir, meta)
+    Gate.for_artifact(ModelArtifact.load(model_dir, verify=False))  # reload check
+    _logger.info("gate fitted in %.0f s: validation flagged %.2f %%, thresholds %s (%s)",
+                 entry["fit_seconds"], 100 * entry["validation"]["flagged_fraction"], thresholds, METADATA_FILE)
+    return entry

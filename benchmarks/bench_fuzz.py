@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import gc
 import io
 import json
 import os
@@ -206,8 +207,7 @@ def run_fuzz(seeds: dict[str, bytes], examples: int, *, seed: int = 0, save_dir:
 
     Resident memory during the run also counts Hypothesis's own bookkeeping, which grows with the
     number of examples. So, with ``leak_rounds``, a sample of ``sample_size`` generated inputs is
-    read again ``leak_rounds`` times after the run, without Hypothesis: a leak in the readers shows
-    as RSS growing from round to round (``stats.leak_rss_mb``).
+    kept in ``stats.sample`` for :func:`leak_check`.
     """
     from hypothesis import HealthCheck, Phase, given, seed as hyp_seed, settings
     from hypothesis import strategies as st
@@ -274,16 +274,31 @@ def run_fuzz(seeds: dict[str, bytes], examples: int, *, seed: int = 0, save_dir:
         except KeyboardInterrupt:  # SIGINT, or SIGTERM from the command line: report what was done
             stats.interrupted = True
         stats.rss_mb.append(rss_mb())
-        for _ in range(leak_rounds):
-            for data in stats.sample:
-                if before_each:
-                    before_each()
+    return stats
+
+
+def leak_check(sample: list[bytes], rounds: int) -> list[float]:
+    """Read the same inputs ``rounds`` times (warnings ignored); the process's RSS after each round, in MB.
+
+    Call it after :func:`run_fuzz` has returned, so that Hypothesis's data is freed first: a leak in
+    the readers then shows as RSS growing from round to round. (Run while Hypothesis's data is
+    still alive, the allocator's fragmentation alone adds a few MB per round.)
+    """
+    from deephealth.readers import ImageReadError, read_image
+
+    gc.collect()
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(rounds):
+            for data in sample:
                 try:
                     read_image(data, name="fuzz")
                 except ImageReadError:
                     pass
-            stats.leak_rss_mb.append(rss_mb())
-    return stats
+            gc.collect()
+            out.append(rss_mb())
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="Hypothesis random seed")
     ap.add_argument("--data-root", default=None, help="folder with chest_xray_224/ and dicom/ (default: ../shared/data)")
     ap.add_argument("--save-dir", default=None, help="write failing and slow inputs here")
-    ap.add_argument("--watchdog", type=float, default=60.0, help="dump stacks and exit if one input hangs this long (s)")
+    ap.add_argument("--watchdog", type=float, default=60.0, help="dump stacks and exit if one input hangs this long (s); 0: no watchdog")
     ap.add_argument("--leak-rounds", type=int, default=5,
                     help="afterwards, read a sample of 500 generated inputs this many times, watching RSS")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
@@ -315,9 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stats = run_fuzz(seeds, args.examples, seed=args.seed, save_dir=Path(args.save_dir) if args.save_dir else None,
                          progress=True, leak_rounds=args.leak_rounds,
-                         before_each=lambda: faulthandler.dump_traceback_later(args.watchdog, exit=True))
+                         before_each=(lambda: faulthandler.dump_traceback_later(args.watchdog, exit=True))
+                         if args.watchdog > 0 else None)
     finally:
         faulthandler.cancel_dump_traceback_later()
+    stats.leak_rss_mb = leak_check(stats.sample, args.leak_rounds)
     wall = time.perf_counter() - t0
 
     rss = stats.rss_mb

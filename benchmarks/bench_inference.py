@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no dataset under {root}; pass --data-root", file=sys.stderr)
         return 2
     batch_files = [test_files[i % len(test_files)] for i in range(args.batch_images)]
-    print(f"deep health inference benchmark - {platform.processor() or platform.machine()}, "
+    from deephealth.cpu import describe as cpu_describe
+
+    print(f"deep health inference benchmark - {cpu_describe()}, "
           f"{os.cpu_count()} CPU(s), Python {platform.python_version()}")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         dcm = root / "dicom" / "cr_chest_pa_rsna.dcm"
         if dcm.is_file():
             inputs["1024x1024 DICOM (JPEG baseline)"] = dcm
-        results: dict[str, Any] = {"ours": bench_ours(args, inputs, batch_files)}
+        results: dict[str, Any] = {"cpu": cpu_describe(), "ours": bench_ours(args, inputs, batch_files)}
         if not args.no_prototype:
             results["prototype"] = bench_prototype(args, inputs, batch_files)
 

@@ -376,3 +376,23 @@ def test_report_is_reproducible_apart_from_the_run_section(tmp_path):
     assert data_fingerprint(rows, tmp_path / "data") == a["data"]["files_sha256"]
     (tmp_path / "data" / "test" / "img0.jpeg").write_bytes(b"changed")
     assert data_fingerprint(rows, tmp_path / "data") != a["data"]["files_sha256"]
+
+
+def test_metrics_and_bootstrap_follow_the_shipped_operating_point():
+    """Two normals with pneumonia scores 0.55 and 0.3 and two pneumonias with 0.9 and 0.6: at arg-max the
+    first normal (P = 0.45, 0.35, 0.2) is normal; at threshold 0.5 it is called bacterial."""
+    from deephealth.evaluation.bootstrap import weighted_metrics
+    from deephealth.evaluation.metrics import compute_metrics
+
+    y = np.array([0, 0, 1, 2])
+    p = np.array([[0.45, 0.35, 0.2], [0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.4, 0.1, 0.5]])
+    plain = compute_metrics(y, p)
+    assert plain["three_class"]["accuracy"] == 1.0
+    op = {"threshold": 0.5}
+    at_op = compute_metrics(y, p, decision=op)
+    assert at_op["three_class"]["confusion_matrix"][0] == [1, 1, 0]
+    assert at_op["three_class"]["accuracy"] == 0.75
+    pvn = at_op["binary"]["pneumonia_vs_normal"]
+    assert pvn["threshold"] == 0.5 and pvn["specificity"] == 0.5 and pvn["sensitivity"] == 1.0
+    w = weighted_metrics(y, p, np.ones((1, 4)), op)
+    assert w["accuracy"][0] == 0.75 and w["pneumonia_vs_normal.specificity"][0] == 0.5

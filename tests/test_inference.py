@@ -379,3 +379,64 @@ def test_released_model_reads_dicom(dicom_dir: Path):
     r = Predictor().predict(dicom_dir / "cr_chest_pa_rsna.dcm", heatmap=True)
     assert r.info.format == "DICOM" and r.heatmap.shape == r.image.shape
     assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------ operating point
+
+
+def test_operating_point_in_metadata_decides_the_label(known_model_dir: Path, tmp_path: Path):
+    """Uniform grey 0.75 -> 8-bit 191 -> m = (191/255 - 0.5) / 0.25 = 0.99608 -> logits (m, -m, 0) / 2
+    -> P = (0.50581, 0.18681, 0.30739): arg-max normal, pneumonia score 0.49419. A threshold of 0.45
+    calls it pneumonia (viral, the likelier type); 0.5 keeps it normal."""
+    import shutil
+
+    img = np.full((40, 50), 0.75, np.float32)
+    for tau, label in ((None, "normal"), (0.45, "viral"), (0.5, "normal")):
+        d = tmp_path / f"op{tau}"
+        shutil.copytree(known_model_dir, d)
+        meta = json.loads((d / "metadata.json").read_text())
+        if tau is not None:
+            meta["operating_point"] = {"threshold": tau, "target_sensitivity": 0.95}
+        (d / "metadata.json").write_text(json.dumps(meta))
+        pred = Predictor(d, num_threads=1).predict(img, allow_unsuitable=True)  # uniform: the gate refuses it
+        np.testing.assert_allclose(pred.probs, [0.50581, 0.18681, 0.30739], atol=1e-4)
+        assert pred.label == label, tau
+        assert pred.decision["threshold"] == tau and pred.to_dict()["decision"] == pred.decision
+        assert pred.decision["pneumonia_probability"] == pytest.approx(0.49419, abs=1e-4)
+
+
+def test_bad_operating_point_is_refused(known_model_dir: Path, tmp_path: Path):
+    import shutil
+
+    d = tmp_path / "bad"
+    shutil.copytree(known_model_dir, d)
+    meta = json.loads((d / "metadata.json").read_text())
+    meta["operating_point"] = {"threshold": 1.5}
+    (d / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelArtifactError, match="operating_point.threshold"):
+        Predictor(d)
+
+
+def test_border_crop_model_ignores_padding_and_zeroes_heatmap_there(known_model_dir: Path, tmp_path: Path):
+    import shutil
+
+    d = tmp_path / "crop"
+    shutil.copytree(known_model_dir, d)
+    meta = json.loads((d / "metadata.json").read_text())
+    meta["preprocessing"]["crop_border"] = True
+    (d / "metadata.json").write_text(json.dumps(meta))
+    pred = Predictor(d, num_threads=1)
+    yy, xx = np.mgrid[0:60, 0:40].astype(np.float32)
+    film = 0.5 + 0.3 * np.sin(xx / 3.0) * np.cos(yy / 4.0)
+    canvas = np.zeros((120, 80), np.float32)
+    canvas[30:90, 20:60] = film
+    a, b = pred.predict(film, heatmap=True), pred.predict(canvas, heatmap=True)
+    np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+    assert b.border_crop == (30, 90, 20, 60) and a.border_crop is None
+    assert b.to_dict()["image"]["border_crop"] == {"top": 30, "bottom": 90, "left": 20, "right": 60}
+    assert any("uniform border removed" in w for w in b.warnings)
+    assert b.heatmap.shape == (120, 80) and b.heatmap[:30].max() == 0.0 and b.heatmap[:, :20].max() == 0.0
+    np.testing.assert_allclose(b.heatmap[30:90, 20:60], a.heatmap, atol=1e-6)
+    # without the contract's crop the padding changes the answer
+    plain = Predictor(known_model_dir, num_threads=1).predict(canvas)
+    assert abs(plain.probs[0] - a.probs[0]) > 0.05

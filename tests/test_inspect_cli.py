@@ -23,7 +23,9 @@ def files(tmp_path: Path) -> dict[str, Path]:
     paths["good"].parent.mkdir(parents=True)
     paths["nested"].parent.mkdir(parents=True)
     Image.fromarray(good).save(paths["good"])
-    Image.fromarray(np.full((80, 80), 128, dtype=np.uint8)).save(paths["nested"], quality=95)
+    nested = np.full((80, 80), 128, dtype=np.uint8)
+    nested[:8, :8] = 0  # a dark corner: not blank (a flat image is refused as having no contrast)
+    Image.fromarray(nested).save(paths["nested"], quality=95)
     rng = np.random.default_rng(1)
     big = tmp_path / "src.jpg"
     Image.fromarray((rng.random((200, 200)) * 255).astype(np.uint8)).save(big)
@@ -57,7 +59,7 @@ def test_batch_with_bad_files_reports_each_and_exits_1(files: dict[str, Path], c
     assert rc == 1
     assert [r["ok"] for r in rows] == [False, True, False, False]
     assert rows[0]["error"].startswith(f"{files['truncated']}: truncated or corrupt JPEG file")
-    assert rows[2]["error"] == f"{files['text']}: not an image (unrecognised content; expected JPEG, PNG, TIFF, BMP, GIF, WebP or DICOM)"
+    assert rows[2]["error"] == f"{files['text']}: not an image (unrecognised content; expected JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP)"
     assert rows[3]["error"] == "/no/such/file.png: file not found"
     for bad in (rows[0], rows[2], rows[3]):
         assert {"path", "ok", "format", "width", "height", "min", "max", "mean", "warnings", "error"} <= set(bad)
@@ -68,14 +70,16 @@ def test_folder_is_searched_recursively_skipping_hidden(files: dict[str, Path], 
     rc, rows = run_json(capsys, str(files["good"].parent))
     assert rc == 1  # cut.jpg is in the folder
     assert [Path(r["path"]).name for r in rows] == ["cut.jpg", "good.png", "good.jpg"]
-    assert rows[2]["mean"] == pytest.approx(128 / 255, abs=2 / 255)
+    assert rows[2]["mean"] == pytest.approx((128 * 6336 + 0 * 64) / 6400 / 255, abs=2 / 255)
 
 
 def test_out_writes_the_decoded_image_as_8bit_png(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "seen"
     other = tmp_path / "other" / "good.png"  # same stem as files["good"]: must not overwrite it
     other.parent.mkdir()
-    Image.fromarray(np.full((64, 64), 7, dtype=np.uint8)).save(other)
+    other_px = np.full((64, 64), 7, dtype=np.uint8)
+    other_px[0, 0] = 0  # not blank
+    Image.fromarray(other_px).save(other)
     rc, rows = run_json(capsys, str(files["good"]), str(other), "--out", str(out))
     assert rc == 0
     assert [r["out"] for r in rows] == [str(out / "good.png"), str(out / "good-2.png")]

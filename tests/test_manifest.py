@@ -131,3 +131,23 @@ def test_read_csv(tmp_path: Path) -> None:
     assert [(Path(r.path).name, r.label, r.patient_id) for r in m.records] == [
         ("a.jpeg", "viral", "p1"), ("b.png", "normal", f"image:{tmp_path / 'b.png'}")]
     assert len(m.problems) == 2 and "missing.jpeg" in m.problems[0] and "fungal" in m.problems[1]
+
+
+def test_read_csv_finds_paths_in_the_folder_named_like_the_csv(tmp_path: Path) -> None:
+    _touch(tmp_path, "site/test/NORMAL/a.jpeg")
+    _touch(tmp_path, "b.jpeg")
+    (tmp_path / "site.csv").write_text("path,label,split\ntest/NORMAL/a.jpeg,normal,test\nb.jpeg,viral,test\n"
+                                       "test/NORMAL/zz.jpeg,normal,test\n")
+    m = read_csv(tmp_path / "site.csv")
+    assert [r.path for r in m.records] == [str(tmp_path / "site/test/NORMAL/a.jpeg"), str(tmp_path / "b.jpeg")]
+    assert m.problems == [f"{tmp_path / 'site.csv'}:4: file not found: test/NORMAL/zz.jpeg (looked in "
+                          f"{tmp_path / 'test/NORMAL'} and {tmp_path / 'site/test/NORMAL'})"]
+
+
+@pytest.mark.needs_data
+def test_read_shared_csv(data_root: Path) -> None:
+    m = read_csv(data_root / "chest_xray_224.csv")
+    assert m.problems == [] and len(m.records) == 5856
+    test = m.split("test")
+    assert len(test) == 624 and len({r.patient_id for r in test}) == 427
+    assert all(Path(r.path).is_relative_to(data_root / "chest_xray_224") for r in m.records)

@@ -149,3 +149,46 @@ def test_dataset_round_trip_is_exact(dataset_root: Path) -> None:
         # bytes (uploads) and paths give the same network input
         x_bytes = preprocess(read_image(f.read_bytes(), name=f.name, target_size=224).image, CFG)
         np.testing.assert_array_equal(x_bytes[0], normalize(expected, CFG))
+
+
+# ------------------------------------------------------------------------------ uniform borders (issue 11)
+
+
+def _film(h: int = 120, w: int = 100) -> np.ndarray:
+    """A synthetic film with structure everywhere (no uniform line of its own)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    return 0.3 + 0.2 * np.sin(xx / 7.0) * np.cos(yy / 5.0) + 0.1 * (yy / h)
+
+
+def test_content_box_finds_black_padding_and_white_letterbox() -> None:
+    from deephealth.preprocessing import content_box
+
+    film = _film()
+    canvas = np.zeros((240, 200), np.float32)
+    canvas[60:180, 50:150] = film  # centred on a black canvas twice its size
+    assert content_box(canvas) == (60, 180, 50, 150)
+    letter = np.ones((120, 300), np.float32)
+    letter[:, 100:200] = film  # 3:1 letterbox with white bars
+    assert content_box(letter) == (0, 120, 100, 200)
+    assert content_box(film) == (0, 120, 0, 100)
+
+
+def test_thin_uniform_edges_are_kept_and_blank_images_untouched() -> None:
+    from deephealth.preprocessing import content_box
+
+    film = _film()
+    film[:, :4] = 0.0  # 4 of 100 columns black: under 10 %, a collimation edge, not padding
+    assert content_box(film) == (0, 120, 0, 100)
+    assert content_box(np.zeros((50, 50), np.float32)) == (0, 50, 0, 50)
+
+
+def test_crop_border_contract_makes_padded_and_letterboxed_copies_identical() -> None:
+    film = _film()
+    canvas = np.zeros((240, 200), np.float32)
+    canvas[60:180, 50:150] = film
+    on = PreprocessConfig(input_size=32, crop_border=True)
+    off = PreprocessConfig(input_size=32)
+    np.testing.assert_array_equal(resize_to_input(canvas, on), resize_to_input(film, on))
+    assert not np.array_equal(resize_to_input(canvas, off), resize_to_input(film, off))
+    assert on.to_dict()["crop_border"] is True and "uniform borders" in on.to_dict()["resize"]
+    assert PreprocessConfig.from_dict({"input_size": 32}).crop_border is False  # 0.1.0 metadata

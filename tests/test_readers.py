@@ -138,9 +138,11 @@ def test_colour_photo_warns_but_converts() -> None:
     rgb = np.zeros((80, 80, 3), dtype=np.uint8)
     rgb[..., 0] = 200  # red
     rgb[..., 2] = 40
+    rgb[40:, :, 1] = 100  # bottom half: some green, so the image has contrast
     res = read_image(encode(Image.fromarray(rgb), "PNG"), name="photo.png")
     # ITU-R 601-2 luma as Pillow computes it: (200*299 + 0*587 + 40*114) / 1000 = 64.36 -> 64
     assert res.image[5, 5] == np.float32(64 / 255)
+    assert res.image[45, 5] == np.float32(123 / 255)  # + 100 * 587 / 1000 = 123.06 -> 123
     assert len(res.info.warnings) == 1 and "colour image" in res.info.warnings[0]
 
 
@@ -202,11 +204,10 @@ def test_float_tiff_min_max() -> None:
     assert res.image[0, 0] == 0.0 and res.image[-1, -1] == 1.0
 
 
-def test_uniform_16bit_is_zero_with_warning() -> None:
+def test_uniform_16bit_is_refused_as_no_contrast() -> None:
     arr = np.full((64, 64), 777, dtype=np.uint16)
-    res = read_image(encode(Image.fromarray(arr), "PNG"), name="flat.png")
-    assert not res.image.any()
-    assert any("uniform" in w for w in res.info.warnings)
+    with pytest.raises(ImageReadError, match=r"^flat\.png: image has no contrast"):
+        read_image(encode(Image.fromarray(arr), "PNG"), name="flat.png")
 
 
 # --------------------------------------------------------------------------- EXIF orientation
@@ -277,8 +278,9 @@ def test_target_size_draft(size: tuple[int, int], target: int | None, decoded: t
 
 
 def test_target_size_ignored_for_png() -> None:
-    data = encode(Image.new("L", (1200, 1000), 128), "PNG")
-    res = read_image(data, target_size=100)
+    im = Image.new("L", (1200, 1000), 128)
+    im.putpixel((0, 0), 0)
+    res = read_image(encode(im, "PNG"), target_size=100)
     assert res.image.shape == (1000, 1200)
 
 
@@ -309,7 +311,7 @@ def truncated(fmt: str, **kw) -> bytes:
 REFUSALS = [
     ("empty", b"", "empty file"),
     ("text", b"patient,label\n1,normal\n" * 20, "not an image"),
-    ("html", b"<!DOCTYPE html><html><body>not an x-ray</body></html>" + b" " * 200, "not an image"),
+    ("html", b"<!DOCTYPE html><html><body>not an x-ray</body></html>" + b" " * 200, "HTML page is not supported"),
     ("truncated-jpeg", truncated("JPEG"), "truncated or corrupt JPEG"),
     ("truncated-progressive-jpeg", truncated("JPEG", progressive=True), "truncated or corrupt JPEG"),
     ("zero-padded-jpeg", truncated("JPEG") + bytes(20_000), "truncated or corrupt JPEG file (no end-of-image marker"),
@@ -356,7 +358,7 @@ def test_bytes_after_jpeg_end_are_tolerated() -> None:
 
 
 def test_min_side_boundary() -> None:
-    res = read_image(encode(Image.new("L", (64, 500), 10), "PNG"))
+    res = read_image(encode(Image.fromarray(gray_ramp(500, 64)), "PNG"))
     assert res.image.shape == (500, 64)
 
 

@@ -167,8 +167,10 @@ def test_signed_pixels_with_rescale() -> None:
 def test_rgb_dicom_converted_with_warning() -> None:
     arr = np.zeros((64, 64, 3), dtype=np.uint8)
     arr[..., 0] = 255
+    arr[32:, :, 1] = 255  # bottom half yellow: the image has contrast
     res = read(make_dicom(arr, photometric="RGB", bits_stored=8, modality="OT"))
     assert res.image[0, 0] == pytest.approx(0.299, abs=1e-6)
+    assert res.image[40, 0] == pytest.approx(0.299 + 0.587, abs=1e-6)
     assert any("colour DICOM" in w for w in res.info.warnings)
     assert any("modality OT" in w for w in res.info.warnings)
 
@@ -313,7 +315,7 @@ def test_recognised_by_content_not_name(tmp_path: Path) -> None:
     dcm = tmp_path / "looks_like.png"
     dcm.write_bytes(to_bytes(make_dicom(RAMP12)))
     png = tmp_path / "looks_like.dcm"
-    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(png, "PNG")
+    Image.fromarray(RAMP12[:, :64].astype(np.uint8)).save(png, "PNG")
     assert read_image(dcm).info.format == "DICOM"
     assert read_image(png).info.format == "PNG"
 

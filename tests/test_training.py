@@ -24,7 +24,7 @@ def test_config_precedence(tmp_path: Path) -> None:
     y.write_text("epochs: 7\nlr: 0.01\ninput_size: 128\n")
     c = load_config(y, epochs=3, lr=None)
     assert (c.epochs, c.lr, c.input_size, c.arch) == (3, 0.01, 128, "resnet18")
-    assert c.preprocessing == PreprocessConfig(128, "bilinear", 0.5, 0.25)
+    assert c.preprocessing == PreprocessConfig(128, "bilinear", 0.5, 0.25, crop_border=True)
     save_config(c, tmp_path / "out.yaml")
     assert load_config(tmp_path / "out.yaml") == c
 

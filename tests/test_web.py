@@ -192,7 +192,7 @@ def test_text_file_is_415(client):
     r = _post(client, "notes.txt", b"Patient notes: cough for 3 days.\n" * 20)
     assert r.status_code == 415
     assert r.json() == {
-        "detail": "notes.txt: unsupported format: expected JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP"
+        "detail": "notes.txt: not an image (unrecognised content; expected JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP)"
     }
 
 

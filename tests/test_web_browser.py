@@ -219,7 +219,7 @@ def test_rejected_files_show_clear_errors(page, xray):
     expect(page.locator("#error")).to_be_visible()
     expect(page.locator("#error-title")).to_have_text("Unsupported file format")
     expect(page.locator("#error-detail")).to_have_text(
-        "notes.txt: unsupported format: expected JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP"
+        "notes.txt: not an image (unrecognised content; expected JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP)"
     )
     expect(page.locator("#result")).to_be_hidden()
 

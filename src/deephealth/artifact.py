@@ -12,7 +12,10 @@ evaluation and the web app. Keys (all required unless marked optional):
   ``logits`` (name of the ``(N, C)`` float32 output), ``cam`` (name of the ``(N, C, h, w)``
   float32 class activation map output, in logit units, Zhou et al., 2016), ``opset``;
 - ``intended_use`` (str); optional: ``architecture``, ``training``, ``data``, ``validation_metrics``,
-  ``test_metrics``, ``summary``.
+  ``test_metrics``, ``summary``, ``initialisation`` (where pretrained weights came from: source,
+  licence, SHA-256), and ``operating_point``: the decision threshold fitted on validation
+  (:func:`deephealth.calibration.fit_operating_point`; absent = arg-max), which every interface
+  uses to turn calibrated probabilities into a label.
 """
 
 from __future__ import annotations
@@ -73,6 +76,12 @@ class ModelArtifact:
         return str(self.metadata.get("version", "unknown"))
 
     @property
+    def operating_point(self) -> dict[str, Any] | None:
+        """The shipped operating point (``metadata.json`` -> ``operating_point``), or ``None`` for arg-max."""
+        op = self.metadata.get("operating_point")
+        return op if op else None
+
+    @property
     def sha256(self) -> str:
         """SHA-256 of the ONNX file, as recorded in the metadata."""
         return str(self.metadata["onnx"]["sha256"])
@@ -121,6 +130,11 @@ class ModelArtifact:
             pre = PreprocessConfig.from_dict(meta["preprocessing"])
         except (TypeError, ValueError) as exc:
             raise ModelArtifactError(f"{meta_path}: bad preprocessing config ({exc})") from exc
+        op = meta.get("operating_point")
+        if op:
+            tau = op.get("threshold") if isinstance(op, dict) else None
+            if not isinstance(tau, (int, float)) or not 0.0 < float(tau) < 1.0:
+                raise ModelArtifactError(f"{meta_path}: operating_point.threshold must be in (0, 1), got {tau!r}")
         return cls(directory, meta, onnx_path, pre, tuple(meta["class_names"]), temperature)
 
 

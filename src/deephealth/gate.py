@@ -204,13 +204,18 @@ def detail(quantized: np.ndarray) -> float:
     return float(np.abs(lap).mean())
 
 
-def image_checks(info: Any, quantized: np.ndarray) -> tuple[list[str], list[str], dict[str, float]]:
+def image_checks(
+    info: Any, quantized: np.ndarray, analysed_shape: tuple[int, int] | None = None
+) -> tuple[list[str], list[str], dict[str, float]]:
     """The model-independent checks (colour, aspect ratio, near-blank); see the module docstring.
 
     Args:
         info: the reader's :class:`deephealth.readers.ImageInfo` (``width``, ``height``,
             ``color_fraction``, ``color_block_fraction``; missing attributes skip their check).
         quantized: ``(S, S)`` uint8 network input before normalisation.
+        analysed_shape: ``(height, width)`` of the region the model analyses, in decoded pixels,
+            when the preprocessing removed a uniform border (letterboxing); its aspect ratio is
+            judged instead of the file's. ``None``: the whole image.
 
     Returns:
         ``(refusals, warnings, scores)``: reasons to refuse, reasons to warn, and the measured values.
@@ -235,6 +240,11 @@ def image_checks(info: Any, quantized: np.ndarray) -> tuple[list[str], list[str]
             )
 
     w, h = int(getattr(info, "width", 0) or 0), int(getattr(info, "height", 0) or 0)
+    dh, dw = int(getattr(info, "decoded_height", 0) or 0), int(getattr(info, "decoded_width", 0) or 0)
+    if analysed_shape is not None and (analysed_shape[0], analysed_shape[1]) != (dh, dw) and w > 0 and h > 0:
+        # a border was removed: the analysed box, scaled to the file's full resolution
+        ah, aw = analysed_shape
+        w, h = round(aw * w / max(dw, 1)), round(ah * h / max(dh, 1))
     if w > 0 and h > 0:
         ratio = w / h
         scores["aspect_ratio"] = ratio
@@ -423,7 +433,10 @@ class Gate:
             )
         return cls(FeatureGate.load(path, meta.get("thresholds", {})))
 
-    def assess(self, info: Any, quantized: np.ndarray, features: np.ndarray | None, logits: np.ndarray) -> Suitability:
+    def assess(
+        self, info: Any, quantized: np.ndarray, features: np.ndarray | None, logits: np.ndarray,
+        analysed_shape: tuple[int, int] | None = None,
+    ) -> Suitability:
         """The verdict on one image.
 
         Args:
@@ -431,11 +444,13 @@ class Gate:
             quantized: ``(S, S)`` uint8 network input before normalisation.
             features: ``(Cf,)`` pooled features of this image (``None`` if the model has none).
             logits: ``(3,)`` raw logits.
+            analysed_shape: ``(height, width)`` of the analysed region when a border was removed
+                (see :func:`image_checks`).
 
         Returns:
             The :class:`Suitability`.
         """
-        refuse, warn, scores = image_checks(info, quantized)
+        refuse, warn, scores = image_checks(info, quantized, analysed_shape)
         fg = self.features
         if fg is not None and features is not None:
             s = fg.scores(np.asarray(features)[None], np.asarray(logits)[None])

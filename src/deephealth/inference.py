@@ -10,14 +10,17 @@ has them, and ``cam`` ``(N, 3, h, w)`` only when a heatmap is asked for) -> the 
 (:mod:`deephealth.gate`: accept / warn / refuse, from the image and the features; a refused image
 raises :class:`~deephealth.gate.UnsuitableImageError` unless ``allow_unsuitable``) -> calibrated
 probabilities ``softmax(logits / T)`` (temperature scaling, Guo et al., 2017, "On Calibration of
-Modern Neural Networks", ICML) -> label = argmax.
+Modern Neural Networks", ICML) -> label at the model's operating point
+(:func:`deephealth.calibration.decide`: pneumonia when ``1 - P(normal)`` reaches the threshold
+fitted on validation, ``metadata.json`` -> ``operating_point``; arg-max for a model without one).
 
 Heatmap: the class activation map (Zhou et al., 2016, "Learning Deep Features for Discriminative
 Localization", CVPR) of the predicted class, ``CAM_k = W_k . F + b_k`` over the last feature map
 ``F``, computed inside the ONNX graph. It is passed through ReLU, divided by its maximum (an
-all-zero map stays zero) and upsampled with Pillow's bilinear filter to the decoded image's
-``(H, W)``. Because preprocessing squashes the whole image to a square without cropping, upsampling
-the ``(h, w)`` map straight to ``(H, W)`` is the exact geometric inverse.
+all-zero map stays zero) and upsampled with Pillow's bilinear filter to the analysed part of the
+decoded image (the whole image, or its content box when the contract removed a uniform border;
+the border gets zero). Because preprocessing squashes that part to a square without further
+cropping, upsampling the ``(h, w)`` map straight onto it is the exact geometric inverse.
 """
 
 from __future__ import annotations
@@ -34,14 +37,17 @@ import numpy as np
 from PIL import Image
 
 from deephealth.artifact import ModelArtifact, ModelArtifactError
-from deephealth.calibration import softmax
+from deephealth.calibration import decide, describe_decision, softmax
 from deephealth.gate import Gate, Suitability, UnsuitableImageError
 from deephealth.labels import CLASS_NAMES
 from deephealth.paths import default_model_dir
-from deephealth.preprocessing import normalize, resize_to_input
+from deephealth.preprocessing import content_box, normalize, resize_to_input
 from deephealth.readers import ImageInfo, ImageReadError, read_image
 
 _logger = logging.getLogger(__name__)
+
+Box = tuple[int, int, int, int]
+"""``(top, bottom, left, right)`` half-open pixel box of a decoded image."""
 
 Source = Union[str, Path, bytes, np.ndarray]
 """What :meth:`Predictor.predict` accepts: a file path, the file's bytes, or an ``(H, W)`` array in [0, 1]."""
@@ -142,6 +148,14 @@ def overlay_png(image: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> byte
 # ------------------------------------------------------------------------------------------ results
 
 
+def _image_facts(info: Any, border_crop: tuple[int, int, int, int] | None) -> dict[str, Any] | None:
+    d = _info_dict(info)
+    if d is not None and border_crop is not None:
+        t, b, l, r = border_crop
+        d["border_crop"] = {"top": t, "bottom": b, "left": l, "right": r}
+    return d
+
+
 def _info_dict(info: Any) -> dict[str, Any] | None:
     if info is None:
         return None
@@ -170,6 +184,12 @@ class Prediction:
             ``None`` if no heatmap was asked for.
         image: the decoded ``(H, W)`` float32 image in [0, 1], kept only with a heatmap (for
             :meth:`overlay_png`), else ``None``.
+        border_crop: ``(top, bottom, left, right)`` of the decoded image that was analysed when
+            the preprocessing contract removed a uniform border (letterboxing, padding), in decoded
+            pixels; ``None`` when nothing was removed.
+        decision: how the label follows from the probabilities
+            (:func:`deephealth.calibration.describe_decision`: rule, pneumonia probability,
+            the operating point's threshold and target sensitivity).
         suitability: the input gate's verdict (:class:`~deephealth.gate.Suitability`: accept,
             warn, refuse -- only with ``allow_unsuitable`` -- or unavailable).
     """
@@ -184,6 +204,8 @@ class Prediction:
     info: ImageInfo | None = None
     heatmap: np.ndarray | None = field(default=None, repr=False)
     image: np.ndarray | None = field(default=None, repr=False)
+    border_crop: tuple[int, int, int, int] | None = None
+    decision: dict[str, Any] | None = None
     suitability: Suitability | None = None
 
     ok = True
@@ -213,7 +235,8 @@ class Prediction:
             "probabilities": {k: float(v) for k, v in self.probabilities.items()},
             "logits": [float(v) for v in self.logits],
             "warnings": list(self.warnings),
-            "image": _info_dict(self.info),
+            "image": _image_facts(self.info, self.border_crop),
+            "decision": self.decision,
         }
         if self.suitability is not None:
             d["suitability"] = self.suitability.to_dict()
@@ -418,18 +441,44 @@ class Predictor:
         h, w = image.shape
         return image, ImageInfo(path=label, format="array", width=w, height=h, bit_depth=32)
 
-    def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The preprocessing contract in its two stages: ``(S, S)`` uint8 (for the gate) and ``(1, S, S)`` float32."""
-        q = resize_to_input(image, self.artifact.preprocessing)
-        return q, normalize(q, self.artifact.preprocessing)[None]
+    def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, Box]:
+        """The preprocessing contract for one decoded image.
+
+        Returns:
+            ``(q, x, box)``: the ``(S, S)`` uint8 input before normalisation (for the gate), the
+            ``(1, S, S)`` float32 network input (:func:`deephealth.preprocessing.preprocess`) and
+            the content box analysed.
+        """
+        pre = self.artifact.preprocessing
+        box = content_box(image) if pre.crop_border else (0, image.shape[0], 0, image.shape[1])
+        q = resize_to_input(image, pre, box)
+        return q, normalize(q, pre)[None], box
+
+    def _assess(self, info: ImageInfo, q: np.ndarray, box: Box, features: np.ndarray | None,
+                logits: np.ndarray) -> Suitability:
+        """The input gate's verdict on one image (the analysed box gives the aspect ratio)."""
+        top, bottom, left, right = box
+        return self.gate.assess(info, q, features, logits, analysed_shape=(bottom - top, right - left))
 
     def _result(
         self, label: str, image: np.ndarray, info: ImageInfo, logits: np.ndarray, cam: np.ndarray | None,
-        suitability: Suitability | None = None,
+        box: Box | None = None, suitability: Suitability | None = None,
     ) -> Prediction:
         probs = calibrated_probabilities(logits, self.artifact.temperature)  # (3,) float64
-        k = int(np.argmax(probs))
-        heat = cam_heatmap(cam[k], image.shape) if cam is not None else None
+        k = int(decide(probs, self.artifact.operating_point))
+        h, w = image.shape
+        top, bottom, left, right = box if box is not None else (0, h, 0, w)
+        cropped = (top, bottom, left, right) != (0, h, 0, w)
+        heat = None
+        if cam is not None:  # the map covers the analysed box; zero over a removed border
+            heat = np.zeros((h, w), np.float32)
+            heat[top:bottom, left:right] = cam_heatmap(cam[k], (bottom - top, right - left))
+        warnings = list(getattr(info, "warnings", []) or [])
+        if cropped:
+            warnings.append(
+                f"uniform border removed before analysis: rows {top}-{bottom} and columns {left}-{right} "
+                f"of the {w}x{h} decoded image were analysed"
+            )
         return Prediction(
             source=label,
             label=CLASS_NAMES[k],
@@ -437,9 +486,11 @@ class Predictor:
             probabilities={c: float(p) for c, p in zip(CLASS_NAMES, probs)},
             probs=probs,
             logits=np.asarray(logits, dtype=np.float32),
-            warnings=list(getattr(info, "warnings", []) or []),
+            warnings=warnings,
             info=info,
             heatmap=heat,
+            border_crop=(top, bottom, left, right) if cropped else None,
+            decision=describe_decision(probs, self.artifact.operating_point),
             image=image if cam is not None else None,
             suitability=suitability,
         )
@@ -469,12 +520,12 @@ class Predictor:
         """
         label = _source_label(source, name)
         image, info = self.load(source, name)
-        q, x = self._prepare(image)
+        q, x, box = self._prepare(image)
         logits, cams, feats = self._run(x[None], cam=heatmap)  # x[None]: (1, 1, S, S)
-        verdict = self.gate.assess(info, q, feats[0] if feats is not None else None, logits[0])
+        verdict = self._assess(info, q, box, feats[0] if feats is not None else None, logits[0])
         if verdict.refused and not allow_unsuitable:
             raise UnsuitableImageError(label, verdict)
-        return self._result(label, image, info, logits[0], cams[0] if cams is not None else None, verdict)
+        return self._result(label, image, info, logits[0], cams[0] if cams is not None else None, box, verdict)
 
     def predict_many(
         self,
@@ -526,14 +577,14 @@ class Predictor:
         try:
             for start in range(0, len(sources), batch_size):
                 chunk = sources[start : start + batch_size]
-                loaded: list[tuple[int, str, np.ndarray, ImageInfo, np.ndarray, np.ndarray]] = []
+                loaded: list[tuple[int, str, np.ndarray, ImageInfo, np.ndarray, np.ndarray, Box]] = []
                 chunk_results: list[Prediction | PredictionError | None] = [None] * len(chunk)
                 for i, src in enumerate(chunk):
                     nm = names[start + i] if names is not None else None
                     label = _source_label(src, nm)
                     try:
                         image, info = self.load(src, nm)
-                        q, x = self._prepare(image)  # (S, S) uint8, (1, S, S) float32
+                        q, x, box = self._prepare(image)  # (S, S) uint8, (1, S, S) float32
                     except ImageReadError as exc:
                         chunk_results[i] = PredictionError(label, _one_line(exc, label))
                         continue
@@ -541,18 +592,18 @@ class Predictor:
                         _logger.debug("unexpected error on %s", label, exc_info=True)
                         chunk_results[i] = PredictionError(label, f"{label}: cannot process ({type(exc).__name__}: {_one_line(exc, None)})")
                         continue
-                    loaded.append((i, label, image, info, q, x))
+                    loaded.append((i, label, image, info, q, x, box))
                 if loaded:
                     batch = np.stack([item[5] for item in loaded])  # (n, 1, S, S)
                     logits, cams, feats = self._run(batch, cam=heatmap)
-                    for j, (i, label, image, info, q, _) in enumerate(loaded):
-                        verdict = self.gate.assess(info, q, feats[j] if feats is not None else None, logits[j])
+                    for j, (i, label, image, info, q, _, box) in enumerate(loaded):
+                        verdict = self._assess(info, q, box, feats[j] if feats is not None else None, logits[j])
                         if verdict.refused and not allow_unsuitable:
                             chunk_results[i] = PredictionError(label, str(UnsuitableImageError(label, verdict)), verdict)
                             continue
                         cam = cams[j] if cams is not None else None
                         # keep the decoded image only when an overlay may be wanted
-                        chunk_results[i] = self._result(label, image, info, logits[j], cam, verdict)
+                        chunk_results[i] = self._result(label, image, info, logits[j], cam, box, verdict)
                 results.extend(r for r in chunk_results if r is not None)
                 done = len(results)
                 if bar is not None:

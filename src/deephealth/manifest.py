@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -76,6 +77,18 @@ class Manifest:
 def _split_order(name: str) -> tuple[int, str]:
     order = {"train": 0, "validation": 1, "val": 2, "test": 3}
     return (order.get(name, 9), name)
+
+
+def relative_path(path: str, root: str | Path | None) -> str:
+    """``path`` relative to ``root`` (POSIX separators) when it lies under it, else unchanged."""
+    if root:
+        try:
+            rel = os.path.relpath(path, root)
+        except ValueError:
+            return path
+        if not rel.startswith(".."):
+            return Path(rel).as_posix()
+    return path
 
 
 def parse_name(folder: str, stem: str) -> tuple[str, str]:
@@ -159,8 +172,11 @@ def scan(root: str | Path) -> Manifest:
 def read_csv(path: str | Path) -> Manifest:
     """Manifest from a CSV with columns ``path,label`` and optionally ``patient_id`` and ``split``.
 
-    Relative paths are resolved against the CSV's folder. ``label`` is a class name or index
-    (0 normal, 1 bacterial, 2 viral). Without ``patient_id`` every image is its own patient.
+    A relative path is looked up first in the CSV's folder, then in the folder beside the CSV that
+    is named like its stem (``data/chest_xray_224.csv`` -> ``data/chest_xray_224/``), so the shared
+    dataset CSV, whose paths are relative to the dataset folder, works as it is. ``label`` is a
+    class name or index (0 normal, 1 bacterial, 2 viral). Without ``patient_id`` every image is
+    its own patient.
 
     Raises:
         FileNotFoundError: if the CSV does not exist.
@@ -187,8 +203,13 @@ def read_csv(path: str | Path) -> Manifest:
                 continue
             p = Path(row["path"])
             if not p.is_absolute():
-                p = path.parent / p
-            if not p.is_file():
+                candidates = [path.parent / p, path.parent / path.stem / p]
+                p = next((c for c in candidates if c.is_file()), candidates[0])
+                if not p.is_file():
+                    problems.append(f"{path}:{i}: file not found: {row['path']} (looked in "
+                                    f"{' and '.join(str(c.parent) for c in candidates)})")
+                    continue
+            elif not p.is_file():
                 problems.append(f"{path}:{i}: file not found: {p}")
                 continue
             patient = (row.get("patient_id") or "").strip() or f"image:{p}"

@@ -22,7 +22,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("evaluate", "evaluate", "score a model and write its evaluation report"),
     ("train", "train", "train a model (needs the [train] extra)"),
     ("export", "export", "export a training run to ONNX + metadata.json"),
-    ("dataset", "dataset", "summarise a dataset folder: classes per split, patients, problems"),
+    ("adapt", "adapt", "adapt a model to a site's unlabelled films (BatchNorm statistics, AdaBN)"),
+    ("dataset", "dataset", "summarise a dataset: classes per split, patients, duplicates, overlap between splits"),
 )
 
 

@@ -4,7 +4,12 @@ The exported ONNX model is scored through the same reading and preprocessing pat
 (what ships is what is scored). The report folder gets metrics.json, report.md, predictions.csv,
 misclassified.csv and PNG plots (confusion matrix, ROC curves, reliability diagram): 3-class
 metrics, the two binary protocols of Kermany et al. (2018), calibration (ECE, Brier, NLL), 95 %
-patient-level bootstrap intervals, and a comparison with published results.
+patient-level bootstrap intervals, and a comparison with published results. The headline metrics
+are given on all images (the published protocol) and again with each group of byte-identical
+files (SHA-256 of the bytes) counted once, patients sharing an identical image merged into one
+bootstrap unit. --compare NAME=METRICS_JSON adds another evaluation's headline figures as a
+labelled row of the comparison table (--compare-adapted for a model that used the evaluated
+site's unlabelled films, e.g. site-adapted BatchNorm statistics).
 
 Data: a Kermany-layout folder ({train,val,test}/{NORMAL,PNEUMONIA}/...; default: the shared
 chest_xray_224, official test split) or a CSV with columns path,label[,patient_id,split].
@@ -13,6 +18,9 @@ Examples:
   deephealth evaluate
   deephealth evaluate --model src/deephealth/models/deephealth-cxr3 --out src/deephealth/models/deephealth-cxr3/report
   deephealth evaluate --data my_images.csv --out eval-mine
+  deephealth evaluate --data ../shared/data/chest_xray_224.csv --split test
+  deephealth evaluate --compare "prototype method=eval-proto/metrics.json" \
+      --compare-adapted "site-adapted (AdaBN)=eval-adapted/metrics.json"
 
 Exit status: 0 report written; 1 report written but some images could not be read (listed in the
 report), or none could; 2 bad model, data or arguments.
@@ -45,6 +53,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bootstrap resamples of patients for the 95 %% intervals (1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=METRICS_JSON",
+                        help="add another evaluation's metrics.json as a labelled row of the comparison "
+                        "table (repeatable)")
+    parser.add_argument("--compare-adapted", action="append", default=[], metavar="NAME=METRICS_JSON",
+                        help="as --compare, for a model that used the evaluated site's unlabelled images "
+                        "(transductive, e.g. site-adapted BatchNorm statistics; repeatable)")
+
+
+def load_comparisons(args: argparse.Namespace) -> list[tuple[str, dict, bool | None]]:
+    """``(label, metrics.json dict, uses unlabelled target images)`` of each --compare option.
+
+    Raises:
+        ValueError: for an option without ``NAME=``, or a file that is missing or not a metrics.json.
+    """
+    import json
+
+    out = []
+    for specs, adapted in ((args.compare, None), (args.compare_adapted, True)):
+        for spec in specs:
+            name, sep, path = spec.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"--compare needs NAME=path/to/metrics.json, got {spec!r}")
+            try:
+                other = json.loads(Path(path).read_text())
+            except OSError as exc:
+                raise ValueError(f"--compare {name}: cannot read {path}: {exc.strerror or exc}") from None
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--compare {name}: {path} is not JSON ({exc})") from None
+            if not isinstance(other, dict) or not isinstance((other.get("headline") or {}).get("metrics"), dict):
+                raise ValueError(f"--compare {name}: {path} is not an evaluation metrics.json "
+                                 "(no headline.metrics section)")
+            out.append((name.strip(), other, adapted))
+    return out
 
 
 def _error(msg: str) -> int:
@@ -92,6 +133,11 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap < MIN_RECOMMENDED_RESAMPLES:
         print(f"warning: {args.bootstrap} bootstrap resamples; use >= {MIN_RECOMMENDED_RESAMPLES} for a report",
               file=sys.stderr)
+
+    try:
+        comparisons = load_comparisons(args)
+    except ValueError as exc:
+        return _error(str(exc))
 
     model_dir = Path(args.model) if args.model else paths.default_model_dir()
     try:
@@ -149,10 +195,16 @@ def run(args: argparse.Namespace) -> int:
     operating_points = art.metadata.get("operating_points")
     if operating_points:
         model_info["operating_points"] = operating_points
+    if art.operating_point:  # the shipped decision rule: labels and figures are at it
+        model_info["operating_point"] = art.operating_point
+    if art.metadata.get("adaptation"):  # a site-adapted model records how (transductive)
+        model_info["adaptation"] = art.metadata["adaptation"]
     resolved = shlex.join([
         "deephealth", "evaluate", "--model", str(model_dir), "--data", str(data_path),
         *(["--split", args.split] if args.split else ([] if is_csv else ["--split", split])),
         "--out", str(args.out), "--bootstrap", str(args.bootstrap), "--seed", str(args.seed),
+        *(x for spec in args.compare for x in ("--compare", spec)),
+        *(x for spec in args.compare_adapted for x in ("--compare-adapted", spec)),
     ])
     try:
         import onnxruntime
@@ -184,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         report = build_report(
             y_true=y_true, probs=probs, rows=rows, model=model_info, data=data_info, run=run_info,
             operating_points=operating_points if isinstance(operating_points, dict) else None,
-            n_resamples=args.bootstrap, seed=args.seed,
+            n_resamples=args.bootstrap, seed=args.seed, comparisons=comparisons, decision=art.operating_point,
         )
         written = write_report(report, y_true, probs, rows, args.out)
     except ValueError as exc:
@@ -216,6 +268,18 @@ def run(args: argparse.Namespace) -> int:
             show(f"{title} {metric}", b[metric], f"{proto}.{metric}")
         show(f"{title} AUROC", b["auroc"], f"{proto}.auroc", pct=False)
     show("ECE (15 bins)", m["calibration"]["ece"], "ece", pct=False)
+    dd = report["deduplicated"]
+    if dd["n_duplicate_groups"]:
+        m, iv = dd["metrics"], dd["confidence_intervals"]["intervals"]
+        print(f"deduplicated: {dd['n_duplicate_groups']} groups of byte-identical files counted once: "
+              f"{dd['n_images']} images, {dd['n_patients']} bootstrap units")
+        show("3-class accuracy", m["three_class"]["accuracy"], "accuracy")
+        pn = m["binary"]["pneumonia_vs_normal"]
+        for metric in ("sensitivity", "specificity"):
+            show(f"pneumonia vs normal {metric}", pn[metric], f"pneumonia_vs_normal.{metric}")
+        show("pneumonia vs normal AUROC", pn["auroc"], "pneumonia_vs_normal.auroc", pct=False)
+    else:
+        print("deduplicated: no two scored files are byte-identical")
     gate = report.get("gate") or {}
     if gate.get("n_read"):
         counts = ", ".join(f"{n} {status}" for status, n in gate["counts"].items())

@@ -30,8 +30,10 @@ import os
 import sys
 from pathlib import Path
 
-FOLDER_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".dicom"}
-"""File suffixes picked up inside folders (plus files without a suffix, which may be DICOM)."""
+from deephealth.readers.formats import FILE_SUFFIXES as FOLDER_SUFFIXES
+
+# FOLDER_SUFFIXES: suffixes picked up inside folders (plus files without a suffix, which may be
+# DICOM), from the readers' one format policy.
 PROGRESS_MIN_FILES = 50
 """Show a progress bar (on an interactive stderr) from this many files on."""
 _GLOB_CHARS = set("*?[")

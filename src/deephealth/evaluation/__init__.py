@@ -4,6 +4,8 @@
   two binary protocols of Kermany et al. (2018), calibration (ECE, Brier, NLL). numpy + scikit-learn.
 - :mod:`~deephealth.evaluation.bootstrap`: ``bootstrap_ci(y_true, probs, patient_ids)``: 95 %
   intervals resampling patients, vectorised.
+- :mod:`~deephealth.evaluation.dedup`: ``deduplicate(rows, digests)``: each byte-identical image
+  counted once, patients sharing an identical image merged into one bootstrap unit.
 - :mod:`~deephealth.evaluation.scoring`: ``evaluate_model(predictor, records)``: scores images
   through the shipped ONNX model and the user-facing :class:`deephealth.inference.Predictor`.
 - :mod:`~deephealth.evaluation.plots` (matplotlib) and :mod:`~deephealth.evaluation.report`

@@ -26,10 +26,12 @@ from deephealth.evaluation.metrics import (
     N_CLASSES,
     PROTOCOLS,
     binary_scores,
+    decision_threshold,
     binary_targets,
     check_inputs,
     ece_bin_index,
 )
+from deephealth.calibration import decide
 from deephealth.labels import CLASS_NAMES
 
 _logger = logging.getLogger(__name__)
@@ -148,7 +150,9 @@ def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def weighted_metrics(y_true: Any, probs: Any, weights: np.ndarray) -> dict[str, np.ndarray]:
+def weighted_metrics(
+    y_true: Any, probs: Any, weights: np.ndarray, decision: dict[str, Any] | None = None
+) -> dict[str, np.ndarray]:
     """The :data:`HEADLINE_METRICS` for every row of image weights at once.
 
     With all weights 1 the values equal :func:`deephealth.evaluation.metrics.compute_metrics`;
@@ -158,6 +162,7 @@ def weighted_metrics(y_true: Any, probs: Any, weights: np.ndarray) -> dict[str, 
         y_true: ``(N,)`` int labels in ``{0, 1, 2}``.
         probs: ``(N, 3)`` calibrated probabilities.
         weights: ``(R, N)`` non-negative image weights.
+        decision: the model's operating point (see :func:`deephealth.evaluation.metrics.compute_metrics`).
 
     Returns:
         ``{metric: (R,) float64}``; ``nan`` where a metric is undefined for a row.
@@ -169,7 +174,7 @@ def weighted_metrics(y_true: Any, probs: Any, weights: np.ndarray) -> dict[str, 
     w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     if w.shape[1] != len(y):
         raise ValueError(f"weights must be (R, {len(y)}), got {w.shape}")
-    pred = p.argmax(axis=1)
+    pred = decide(p, decision)
     total = w.sum(axis=1)
     correct = (pred == y).astype(np.float64)
     out: dict[str, np.ndarray] = {"accuracy": _div(w @ correct, total)}
@@ -189,7 +194,7 @@ def weighted_metrics(y_true: Any, probs: Any, weights: np.ndarray) -> dict[str, 
     for protocol in PROTOCOLS:
         mask, truth = binary_targets(y, protocol)
         score = binary_scores(p, protocol)
-        pos_pred = score >= 0.5
+        pos_pred = score >= decision_threshold(protocol, decision)
         wm = w[:, mask]
         t, s, pp = truth[mask], score[mask], pos_pred[mask]
         tp = wm @ (pp & t).astype(np.float64)
@@ -219,6 +224,7 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    decision: dict[str, Any] | None = None,
 ) -> BootstrapResult:
     """Percentile confidence intervals of the headline metrics by patient-level bootstrap.
 
@@ -229,6 +235,7 @@ def bootstrap_ci(
         n_resamples: number of resamples (the report uses >= 1,000).
         seed: seed of :func:`numpy.random.default_rng`; same inputs and seed give the same intervals.
         alpha: 1 - confidence level (0.05 for 95 % intervals), in (0, 1).
+        decision: the model's operating point (see :func:`deephealth.evaluation.metrics.compute_metrics`).
 
     Returns:
         :class:`BootstrapResult` ``{metric: (low, high)}`` over :data:`HEADLINE_METRICS`.
@@ -242,7 +249,7 @@ def bootstrap_ci(
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     weights = patient_resample_weights(patient_ids, n_resamples, seed)
-    values = weighted_metrics(y, p, weights)
+    values = weighted_metrics(y, p, weights, decision)
     result = BootstrapResult()
     result.n_resamples = int(n_resamples)
     result.seed = int(seed)

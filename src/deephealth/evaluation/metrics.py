@@ -6,7 +6,9 @@ Pure numpy + scikit-learn (no PyTorch, no I/O). Everything is computed from
   :data:`deephealth.labels.CLASS_NAMES`);
 - ``probs``: ``(N, 3)`` float array of calibrated probabilities, each row summing to 1.
 
-The predicted class is ``argmax(probs)`` (ties go to the lower index, as :func:`numpy.argmax`).
+The predicted class is the model's decision at its shipped operating point
+(:func:`deephealth.calibration.decide`, ``decision=`` the model's ``operating_point``), or
+``argmax(probs)`` for a model without one (ties go to the lower index, as :func:`numpy.argmax`).
 
 Two binary protocols of Kermany et al. (2018, Cell 172:1122, "Identifying medical diagnoses and
 treatable diseases by image-based deep learning") are derived from the 3-class probabilities:
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
+from deephealth.calibration import decide
 from deephealth.labels import CLASS_NAMES
 
 _logger = logging.getLogger(__name__)
@@ -246,7 +249,9 @@ def _threshold_of(entry: Any) -> float | None:
     return None
 
 
-def compute_metrics(y_true: Any, probs: Any, operating_point: dict[str, Any] | None = None) -> dict[str, Any]:
+def compute_metrics(
+    y_true: Any, probs: Any, operating_point: dict[str, Any] | None = None, decision: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """All metrics of the evaluation report.
 
     Args:
@@ -257,6 +262,10 @@ def compute_metrics(y_true: Any, probs: Any, operating_point: dict[str, Any] | N
             for protocols in :data:`PROTOCOLS`; each is reported *in addition to* the default
             threshold 0.5, under ``binary[protocol]["operating_point"]``. Unknown keys are logged
             and ignored.
+        decision: the model's shipped operating point (``metadata.json`` -> ``operating_point``,
+            see :func:`deephealth.calibration.fit_operating_point`): the 3-class prediction is
+            :func:`deephealth.calibration.decide` and the pneumonia-vs-normal figures are at its
+            threshold instead of 0.5. ``None``: arg-max and 0.5.
 
     Returns:
         A JSON-able dict (floats unrounded; None where undefined):
@@ -275,7 +284,7 @@ def compute_metrics(y_true: Any, probs: Any, operating_point: dict[str, Any] | N
         ValueError: on malformed inputs (see :func:`check_inputs`).
     """
     y, p = check_inputs(y_true, probs)
-    pred = p.argmax(axis=1)
+    pred = decide(p, decision)
     cm = confusion_matrix(y, pred, labels=list(range(N_CLASSES)))
     n = len(y)
     per_class: dict[str, dict[str, Any]] = {}
@@ -323,7 +332,7 @@ def compute_metrics(y_true: Any, probs: Any, operating_point: dict[str, Any] | N
             binary[protocol] = {"n": 0, "positive": pos, "negative": neg}
             continue
         entry: dict[str, Any] = {"positive": pos, "negative": neg, "score": _SCORE_FORMULA[protocol]}
-        entry.update(binary_metrics(truth[mask], score[mask], DEFAULT_THRESHOLD))
+        entry.update(binary_metrics(truth[mask], score[mask], decision_threshold(protocol, decision)))
         if protocol in ops:
             t = _threshold_of(ops[protocol])
             if t is None or not math.isfinite(t):
@@ -341,6 +350,18 @@ def compute_metrics(y_true: Any, probs: Any, operating_point: dict[str, Any] | N
         "binary": binary,
         "calibration": calibration_metrics(y, p),
     }
+
+
+def decision_threshold(protocol: str, decision: dict[str, Any] | None) -> float:
+    """Threshold of a binary protocol at the model's decision rule (0.5 without an operating point).
+
+    The shipped operating point moves the pneumonia-vs-normal threshold on ``1 - P(normal)``;
+    bacterial vs viral stays at 0.5 (the likelier of the two types), as in
+    :func:`deephealth.calibration.decide`.
+    """
+    if decision and protocol == "pneumonia_vs_normal":
+        return float(decision["threshold"])
+    return DEFAULT_THRESHOLD
 
 
 _SCORE_FORMULA = {

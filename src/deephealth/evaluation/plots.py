@@ -125,10 +125,11 @@ def plot_roc_binary(
     probs: np.ndarray,
     path: str | Path,
     reference_points: dict[str, tuple[float, float]] | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> Path:
     """ROC curves of the two Kermany et al. (2018) binary protocols, side by side.
 
-    Each panel marks the model's operating point at threshold 0.5 and, when given, a reference
+    Each panel marks the model's operating point (``thresholds[protocol]``, default 0.5) and, when given, a reference
     operating point (e.g. Kermany et al.'s reported sensitivity and specificity).
 
     Args:
@@ -136,6 +137,7 @@ def plot_roc_binary(
         probs: ``(N, 3)`` calibrated probabilities.
         path: output PNG path.
         reference_points: ``{protocol: (sensitivity, specificity)}`` to mark, labelled "Kermany 2018".
+        thresholds: ``{protocol: threshold}`` of the model's decision rule (default 0.5 each).
 
     Returns:
         The PNG path.
@@ -154,10 +156,11 @@ def plot_roc_binary(
         if t.any() and not t.all():
             fpr, tpr, _ = roc_curve(t, s)
             ax.plot(fpr, tpr, lw=1.8, label=f"model (AUROC {roc_auc_score(t, s):.3f})")
-            pred = s >= DEFAULT_THRESHOLD
+            thr = (thresholds or {}).get(protocol, DEFAULT_THRESHOLD)
+            pred = s >= thr
             sens, spec = float(np.mean(pred[t])), float(np.mean(~pred[~t]))
             ax.plot([1 - spec], [sens], "o", color="C0", ms=7,
-                    label=f"threshold 0.5 (sens {100 * sens:.1f} %, spec {100 * spec:.1f} %)")
+                    label=f"threshold {thr:.3g} (sens {100 * sens:.1f} %, spec {100 * spec:.1f} %)")
         else:
             ax.text(0.5, 0.5, "only one class present", ha="center", va="center")
         if reference_points and protocol in reference_points:

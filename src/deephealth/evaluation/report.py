@@ -3,9 +3,10 @@
 Folder contents (written by :func:`write_report`):
 
 - ``metrics.json``: everything below except the plots. Sections ``model``, ``data``, ``metrics``,
-  ``confidence_intervals``, ``anchors``, ``misclassified`` and ``failures`` depend only on the
-  model and the data (fixed bootstrap seed, floats rounded to 6 decimals, file paths relative to
-  the dataset), so a rerun reproduces them byte for byte; the ``run`` section holds what changes
+  ``confidence_intervals``, ``anchors``, ``misclassified``, ``failures``, ``deduplicated`` (the
+  headline metrics with each byte-identical image counted once) and ``comparisons`` (other
+  models' rows, ``--compare``) depend only on the model, the data and the compared files (fixed
+  bootstrap seed, floats rounded to 6 decimals, file paths relative to the dataset), so a rerun reproduces them byte for byte; the ``run`` section holds what changes
   between runs (command, date, absolute paths, library versions, duration).
 - ``report.md``: the human-readable report (command, date, model, data provenance, intended use,
   metric tables with 95 % intervals, comparison with published anchors, plots, misclassified list).
@@ -21,15 +22,17 @@ import hashlib
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from deephealth.duplicates import file_digests
 from deephealth.evaluation.bootstrap import bootstrap_ci
-from deephealth.evaluation.metrics import PROTOCOLS, compute_metrics
+from deephealth.evaluation.dedup import deduplicate
+from deephealth.evaluation.metrics import PROTOCOLS, compute_metrics, decision_threshold
 from deephealth.labels import CLASS_NAMES, INTENDED_USE
+from deephealth.manifest import relative_path
 
 _logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ SCHEMA = "deephealth-evaluation/1"
 ROUND_DIGITS = 6
 REPRODUCIBLE_SECTIONS = (
     "schema", "model", "data", "headline", "metrics", "confidence_intervals", "anchors", "misclassified",
-    "failures",
+    "failures", "deduplicated", "comparisons",
 )
 """Sections of ``metrics.json`` that a rerun on the same model and data reproduces exactly."""
 
@@ -115,32 +118,19 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def relative_path(path: str, root: str | Path | None) -> str:
-    """``path`` relative to ``root`` (POSIX separators) when it lies under it, else unchanged."""
-    if root:
-        try:
-            rel = os.path.relpath(path, root)
-        except ValueError:
-            return path
-        if not rel.startswith(".."):
-            return Path(rel).as_posix()
-    return path
-
-
-def data_fingerprint(rows: list[dict[str, Any]], root: str | Path | None) -> str:
+def data_fingerprint(rows: list[dict[str, Any]], root: str | Path | None,
+                     digests: dict[str, str] | None = None) -> str:
     """SHA-256 over the sorted lines ``<relative path>\\t<label>\\t<sha256 of the file>``.
 
     Identifies the evaluated images and labels independently of where the dataset lies; a file
-    that cannot be hashed contributes ``unreadable`` instead of its digest.
+    that cannot be hashed contributes ``unreadable`` instead of its digest. ``digests``
+    (``{path: sha256}``) saves hashing files again; files missing from it are hashed here.
     """
-    from deephealth.artifact import sha256_file
-
+    digests = dict(digests or {})
+    digests.update(file_digests(r["path"] for r in rows if r["path"] not in digests)[0])
     lines = []
     for r in rows:
-        try:
-            digest = sha256_file(r["path"])
-        except OSError:
-            digest = "unreadable"
+        digest = digests.get(r["path"], "unreadable")
         lines.append(f"{relative_path(r['path'], root)}\t{r['label']}\t{digest}")
     return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
 
@@ -220,8 +210,15 @@ def build_report(
     n_resamples: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    decision: dict[str, Any] | None = None,
+    comparisons: list[tuple[str, dict[str, Any], bool | None]] | None = None,
 ) -> dict[str, Any]:
     """Compute metrics and intervals and assemble the ``metrics.json`` content.
+
+    Besides the metrics on all scored images (the published anchors' protocol), the
+    ``deduplicated`` section gives them with each group of byte-identical files counted once and
+    patients sharing an identical image merged into one bootstrap unit
+    (:mod:`deephealth.evaluation.dedup`; same seed and resample count).
 
     Args:
         y_true: ``(M,)`` int labels of the scored images (from
@@ -237,6 +234,12 @@ def build_report(
         n_resamples: bootstrap resamples (>= 1,000 for the report).
         seed: bootstrap seed.
         alpha: 1 - confidence level.
+        decision: the model's shipped operating point (``metadata.json`` -> ``operating_point``):
+            labels, 3-class and pneumonia-vs-normal figures are at it (see
+            :func:`deephealth.evaluation.metrics.compute_metrics`); ``None``: arg-max.
+        comparisons: other models for the comparison table, each ``(label, its metrics.json
+            dict, uses unlabelled target images: True, False or None to read it from the file)``;
+            see :func:`comparison_entry`.
 
     Returns:
         The JSON-able report dict (floats rounded to 6 decimals).
@@ -250,10 +253,11 @@ def build_report(
     if len(scored) != len(y_true):
         raise ValueError(f"{len(scored)} scored rows but {len(y_true)} labels")
     patient_ids = [r["patient_id"] for r in scored]
-    metrics = compute_metrics(y_true, probs, operating_points)
-    ci = bootstrap_ci(y_true, probs, patient_ids, n_resamples=n_resamples, seed=seed, alpha=alpha)
+    metrics = compute_metrics(y_true, probs, operating_points, decision)
+    ci = bootstrap_ci(y_true, probs, patient_ids, n_resamples=n_resamples, seed=seed, alpha=alpha, decision=decision)
     data = dict(data)
     root = data.pop("root", None)
+    digests, _ = file_digests(r["path"] for r in rows)
     run = dict(run)
     if root is not None:
         run["data_root"] = str(root)
@@ -264,9 +268,11 @@ def build_report(
             "n_failed": len(rows) - len(scored),
             "support": metrics["support"],
             "n_patients": len(set(patient_ids)),
-            "files_sha256": data_fingerprint(rows, root),
+            "files_sha256": data_fingerprint(rows, root, digests),
         }
     )
+    dedup = deduplicated_section(y_true, probs, rows, digests, data, root, operating_points,
+                                 n_resamples=n_resamples, seed=seed, alpha=alpha, decision=decision)
     failures = [{"file": relative_path(r["path"], root), "error": r["error"]} for r in rows if r["error"]]
     return _clean(
         {
@@ -280,6 +286,9 @@ def build_report(
             "misclassified": _misclassified(rows, root),
             "gate": gate_summary(rows, root),
             "failures": failures,
+            "deduplicated": dedup,
+            "comparisons": [comparison_entry(name, other, uses, data["files_sha256"])
+                            for name, other, uses in (comparisons or [])],
             "run": run,
         }
     )
@@ -307,6 +316,112 @@ def gate_summary(rows: list[dict[str, Any]], root: str | Path | None) -> dict[st
         "n_read": len(read),
         "flagged_fraction": len(flagged) / len(read) if read else None,
         "flagged": flagged,
+    }
+
+
+def deduplicated_section(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    rows: list[dict[str, Any]],
+    digests: dict[str, str],
+    data: dict[str, Any],
+    root: str | Path | None,
+    operating_points: dict[str, Any] | None = None,
+    *,
+    decision: dict[str, Any] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """The report's ``deduplicated`` section: metrics with each identical image counted once.
+
+    Args:
+        y_true: ``(M,)`` int labels of the scored images.
+        probs: ``(M, 3)`` calibrated probabilities of the scored images.
+        rows: every evaluation row (scored ones in the order of ``y_true``).
+        digests: ``{path: sha256}`` of the files.
+        data: the report's data section (``dataset``, ``split``).
+        root: dataset folder the listed files are made relative to.
+        operating_points, decision, n_resamples, seed, alpha: as :func:`build_report`.
+
+    Returns:
+        ``{"method", "n_images", "n_removed", "n_duplicate_groups", "n_patients" (bootstrap units),
+        "groups": [...], "label_conflicts": [...], "headline", "metrics", "confidence_intervals"}``
+        (not yet rounded).
+    """
+    d = deduplicate(rows, digests, str(data.get("split") or "evaluated"))
+    y, p = np.asarray(y_true)[d.keep], np.asarray(probs)[d.keep]
+    units = [u for u, k in zip(d.units, d.keep) if k]
+    metrics = compute_metrics(y, p, operating_points, decision)
+    ci = bootstrap_ci(y, p, units, n_resamples=n_resamples, seed=seed, alpha=alpha, decision=decision)
+    return {
+        "method": "each group of byte-identical files (SHA-256 of the bytes) counted once (first by path); "
+                  "patients sharing an identical image merged into one bootstrap unit",
+        "n_images": int(d.keep.sum()),
+        "n_removed": int((~d.keep).sum()),
+        "n_duplicate_groups": len(d.groups),
+        "n_patients": ci.n_patients,
+        "groups": [g.describe(str(root) if root is not None else None) for g in d.groups],
+        "label_conflicts": [g.sha256 for g in d.label_conflicts],
+        "headline": headline(metrics, ci, data),
+        "metrics": metrics,
+        "confidence_intervals": ci.describe(),
+    }
+
+
+COMPARED_METRICS: tuple[str, ...] = (
+    "three_class.accuracy",
+    "pneumonia_vs_normal.sensitivity",
+    "pneumonia_vs_normal.specificity",
+    "pneumonia_vs_normal.auroc",
+    "bacterial_vs_viral.auroc",
+)
+"""Headline metrics shown for every model of the comparison table (keys of ``headline.metrics``)."""
+
+
+def comparison_entry(name: str, other: dict[str, Any], uses_unlabelled_target_images: bool | None = None,
+                     reference_fingerprint: str | None = None) -> dict[str, Any]:
+    """One labelled row of the comparison table from another evaluation's ``metrics.json``.
+
+    Args:
+        name: the row's label, e.g. ``"prototype method: frozen ImageNet features + last layer"``.
+        other: that evaluation's report dict (:func:`load_metrics`); it needs a ``headline``
+            section, and its ``deduplicated`` section is used when present.
+        uses_unlabelled_target_images: True for a transductive model (e.g. site-adapted with the
+            evaluated films, AdaBN); None takes it from ``other["model"]["adaptation"]`` (present
+            means adapted).
+        reference_fingerprint: this report's ``data.files_sha256``, to say whether both scored the
+            same images.
+
+    Returns:
+        ``{"name", "model", "uses_unlabelled_target_images", "data": {"dataset", "split",
+        "n_images", "same_images"}, "all": {metric: {"value", "ci_low", "ci_high"}},
+        "deduplicated": {...} or None}`` over :data:`COMPARED_METRICS`.
+
+    Raises:
+        ValueError: if ``other`` has no ``headline.metrics`` section.
+    """
+    head = (other.get("headline") or {}).get("metrics")
+    if not isinstance(head, dict):
+        raise ValueError(f"{name}: not an evaluation metrics.json (no headline.metrics section)")
+    model = other.get("model") or {}
+    if uses_unlabelled_target_images is None:
+        uses_unlabelled_target_images = bool(model.get("adaptation"))
+    dedup = (other.get("deduplicated") or {}).get("headline")
+    fp = (other.get("data") or {}).get("files_sha256")
+    pick = lambda h: {k: h.get(k) for k in COMPARED_METRICS}  # noqa: E731
+    return {
+        "name": name,
+        "model": {k: model.get(k) for k in ("name", "version", "sha256")},
+        "uses_unlabelled_target_images": bool(uses_unlabelled_target_images),
+        "data": {
+            "dataset": other["headline"].get("dataset"),
+            "split": other["headline"].get("split"),
+            "n_images": other["headline"].get("n_images"),
+            "same_images": None if fp is None or reference_fingerprint is None else fp == reference_fingerprint,
+        },
+        "all": pick(head),
+        "deduplicated": {"n_images": dedup.get("n_images"), "metrics": pick(dedup["metrics"])} if dedup else None,
     }
 
 
@@ -344,7 +459,9 @@ def write_report(report: dict[str, Any], y_true: np.ndarray, probs: np.ndarray, 
         for a in ANCHORS
         if a["reference"].startswith("Kermany") and "sensitivity" in a["values"]
     }
-    written["roc_binary"] = plots.plot_roc_binary(y_true, probs, out / PLOTS["roc_binary"], kermany)
+    decision = report["model"].get("operating_point")
+    written["roc_binary"] = plots.plot_roc_binary(y_true, probs, out / PLOTS["roc_binary"], kermany,
+                                                  thresholds={p: decision_threshold(p, decision) for p in PROTOCOLS})
     written["reliability"] = plots.plot_reliability(report["metrics"]["calibration"], out / PLOTS["reliability"])
 
     path = out / "metrics.json"
@@ -414,6 +531,116 @@ def _ours(report: dict[str, Any], task: str, metric: str) -> str:
     return _with_ci(m["binary"][task].get(metric), ci.get(f"{task}.{metric}"), _KIND[metric])
 
 
+def _headline_table(section: dict[str, Any]) -> list[str]:
+    """Markdown rows of the headline table of a report or of its ``deduplicated`` section."""
+    m, iv = section["metrics"], section["confidence_intervals"]["intervals"]
+    out = [
+        "| | value (95 % CI) |",
+        "|---|---|",
+        f"| 3-class accuracy | {_ours(section, 'three_class', 'accuracy')} |",
+        f"| 3-class balanced accuracy | {_ours(section, 'three_class', 'balanced_accuracy')} |",
+        f"| 3-class macro-F1 | {_ours(section, 'three_class', 'macro_f1')} |",
+    ]
+    for proto in PROTOCOLS:
+        if m["binary"][proto].get("n"):
+            title = _TASK_TITLES[proto]
+            out.append(f"| {title}: accuracy / sensitivity / specificity | "
+                       f"{_ours(section, proto, 'accuracy')} / {_ours(section, proto, 'sensitivity')} / "
+                       f"{_ours(section, proto, 'specificity')} |")
+            out.append(f"| {title}: AUROC | {_ours(section, proto, 'auroc')} |")
+    out.append(f"| ECE (15 bins) | {_with_ci(m['calibration']['ece'], iv.get('ece'), 'num')} |")
+    return out
+
+
+def _deduplicated_section(report: dict[str, Any], dd: dict[str, Any]) -> list[str]:
+    """The report.md section of the metrics with each byte-identical image counted once."""
+    out = [f"## Headline, deduplicated: each byte-identical image counted once ({dd['n_images']} images)", ""]
+    if not dd["n_duplicate_groups"]:
+        out += ["No two scored files are byte-identical (SHA-256 of the file bytes), so the deduplicated "
+                "metrics equal the ones above.", ""]
+        return out
+    out += [
+        f"{dd['n_duplicate_groups']} groups of scored files are byte-identical (SHA-256 of the file bytes). "
+        f"Keeping the first of each (by path) removes {dd['n_removed']} images and leaves {dd['n_images']}. "
+        f"For the bootstrap, patients that share an identical image are merged into one resampling unit: "
+        f"{dd['n_patients']} units. Published results count every file, so compare them with the table above; "
+        "this one shows how much the duplicates move the figures.",
+        "",
+        *_headline_table(dd),
+        "",
+        "Groups of byte-identical files (the first one is kept):",
+        "",
+    ]
+    conflicts = set(dd.get("label_conflicts") or [])
+    for g in dd["groups"]:
+        note = f" (filed as patients {', '.join(g['patient_ids'])})" if len(g["patient_ids"]) > 1 else ""
+        if g["sha256"] in conflicts:
+            note += f" **conflicting labels: {', '.join(g['labels'])}**"
+        out.append("- " + " = ".join(f"`{f}`" for f in g["files"]) + note)
+    out.append("")
+    return out
+
+
+_SIDE_BY_SIDE = (
+    ("three_class", "accuracy", "3-class accuracy"),
+    ("pneumonia_vs_normal", "sensitivity", "pneumonia vs normal: sensitivity"),
+    ("pneumonia_vs_normal", "specificity", "specificity"),
+    ("pneumonia_vs_normal", "auroc", "AUROC"),
+    ("bacterial_vs_viral", "auroc", "bacterial vs viral: AUROC"),
+)
+
+
+def _yes_no(flag: Any) -> str:
+    return "**yes**" if flag else "no"
+
+
+def _side_by_side(report: dict[str, Any]) -> list[str]:
+    """Markdown table: this model (all images and deduplicated), compared models, published anchors."""
+    m, dd, model = report["metrics"], report.get("deduplicated"), report["model"]
+
+    def ours(section: dict[str, Any], task: str, metric: str) -> str:
+        if task != "three_class" and not section["metrics"]["binary"][task].get("n"):
+            return "n/a"
+        return _ours(section, task, metric)
+
+    def head(h: dict[str, Any], task: str, metric: str) -> str:
+        v = (h or {}).get(f"{task}.{metric}") or {}
+        return _with_ci(v.get("value"), [v.get("ci_low"), v.get("ci_high")], _KIND[metric])
+
+    title = f"{model.get('name', '?')} {model.get('version', '')}".rstrip()
+    adapted = _yes_no(model.get("adaptation"))
+    out = [
+        "Models side by side (95 % CI). *Uses unlabelled target images*: whether the model saw the evaluated "
+        "site's films, without labels, before scoring them (transductive, e.g. site-adapted BatchNorm "
+        "statistics); such rows are not comparable with inductive ones.",
+        "",
+        "| model | images | " + " | ".join(t for _, _, t in _SIDE_BY_SIDE) + " | uses unlabelled target images |",
+        "|---|---|" + "---|" * len(_SIDE_BY_SIDE) + "---|",
+        f"| **this model**: {title} | all {m['n']} | "
+        + " | ".join(ours(report, t, k) for t, k, _ in _SIDE_BY_SIDE) + f" | {adapted} |",
+    ]
+    if dd:
+        out.append(f"| **this model**, deduplicated | {dd['n_images']} | "
+                   + " | ".join(ours(dd, t, k) for t, k, _ in _SIDE_BY_SIDE) + f" | {adapted} |")
+    for c in report.get("comparisons") or []:
+        data = c["data"]
+        same = {True: "same images", False: "**different images**", None: "images not checked"}[data["same_images"]]
+        out.append(f"| {c['name']} | all {data.get('n_images')} ({same}) | "
+                   + " | ".join(head(c["all"], t, k) for t, k, _ in _SIDE_BY_SIDE)
+                   + f" | {_yes_no(c['uses_unlabelled_target_images'])} |")
+        if c.get("deduplicated"):
+            out.append(f"| {c['name']}, deduplicated | {c['deduplicated']['n_images']} | "
+                       + " | ".join(head(c["deduplicated"]["metrics"], t, k) for t, k, _ in _SIDE_BY_SIDE)
+                       + f" | {_yes_no(c['uses_unlabelled_target_images'])} |")
+    by_ref: dict[str, dict[str, Any]] = {}
+    for a in report["anchors"]:
+        by_ref.setdefault(a["reference"], {}).update({f"{a['task']}.{k}": v for k, v in a["values"].items()})
+    for ref, values in by_ref.items():
+        cells = [_fmt(values[f"{t}.{k}"], _KIND[k]) if f"{t}.{k}" in values else "" for t, k, _ in _SIDE_BY_SIDE]
+        out.append(f"| {ref} (published) | | " + " | ".join(cells) + " | not reported |")
+    return out
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The ``report.md`` text of a report dict from :func:`build_report`."""
     m, ci = report["metrics"], report["confidence_intervals"]
@@ -446,30 +673,30 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"what is scored); deephealth {run.get('deephealth_version', '?')}, onnxruntime "
         f"{run.get('onnxruntime_version', '?')} |")
     add("")
+    op = model.get("operating_point")
+    if op:
+        rule = (f"The predicted class is the model's shipped decision at its **operating point**: pneumonia when "
+                f"1 − P(normal) ≥ {_num(op.get('threshold'), 4)} (chosen on the validation split for "
+                f"{_pct(op.get('target_sensitivity'))} sensitivity; validation sensitivity "
+                f"{_pct(op.get('val_sensitivity'))}, specificity {_pct(op.get('val_specificity'))}), then the likelier "
+                "of bacterial and viral; pneumonia vs normal uses that threshold, bacterial vs viral 0.5.")
+    else:
+        rule = ("The predicted class is the class with the largest calibrated probability; the binary protocols "
+                "use threshold 0.5 on their score.")
     add(f"Intervals are {level} percentile bootstrap intervals over {ci['n_resamples']:,} resamples of "
-        f"**patients** (seed {ci['seed']}; all images of a drawn child come along). The predicted class "
-        "is the class with the largest calibrated probability; the binary protocols use threshold 0.5 "
-        "on their score.")
+        f"**patients** (seed {ci['seed']}; all images of a drawn child come along). {rule}")
     add("")
     # Headline
-    pn, bv = m["binary"]["pneumonia_vs_normal"], m["binary"].get("bacterial_vs_viral", {})
-    add("## Headline")
+    dd = report.get("deduplicated")
+    add(f"## Headline: all {m['n']} images")
     add("")
-    add("| | value (95 % CI) |")
-    add("|---|---|")
-    add(f"| 3-class accuracy | {_ours(report, 'three_class', 'accuracy')} |")
-    add(f"| 3-class balanced accuracy | {_ours(report, 'three_class', 'balanced_accuracy')} |")
-    add(f"| 3-class macro-F1 | {_ours(report, 'three_class', 'macro_f1')} |")
-    for proto in PROTOCOLS:
-        if m["binary"][proto].get("n"):
-            title = _TASK_TITLES[proto]
-            add(f"| {title}: accuracy / sensitivity / specificity | "
-                f"{_ours(report, proto, 'accuracy')} / {_ours(report, proto, 'sensitivity')} / "
-                f"{_ours(report, proto, 'specificity')} |")
-            add(f"| {title}: AUROC | {_ours(report, proto, 'auroc')} |")
+    add("Every scored file counts, as in the published results of the comparison below.")
+    add("")
+    L.extend(_headline_table(report))
+    add("")
+    if dd:
+        L.extend(_deduplicated_section(report, dd))
     cal = m["calibration"]
-    add(f"| ECE (15 bins) | {_with_ci(cal['ece'], iv.get('ece'), 'num')} |")
-    add("")
     # 3-class
     add("## 3-class metrics")
     add("")
@@ -546,14 +773,22 @@ def render_markdown(report: dict[str, Any]) -> str:
     # Anchors
     add("## Comparison with published results")
     add("")
-    add("| reference | task | metric | published | this model (95 % CI) | note |")
-    add("|---|---|---|---:|---|---|")
+    L.extend(_side_by_side(report))
+    add("")
+    dd_n = f", deduplicated, {dd['n_images']} images (95 % CI)" if dd else None
+    add(f"| reference | task | metric | published | this model, all {m['n']} images (95 % CI) |"
+        + (f" this model{dd_n} |" if dd else "") + " note |")
+    add("|---|---|---|---:|---|" + ("---|" if dd else "") + "---|")
     for a in report["anchors"]:
         for metric, value in a["values"].items():
             task = a["task"]
             ours = _ours(report, task, metric) if (task == "three_class" or m["binary"][task].get("n")) else "n/a"
+            extra = ""
+            if dd:
+                has = task == "three_class" or dd["metrics"]["binary"][task].get("n")
+                extra = f" {_ours(dd, task, metric) if has else 'n/a'} |"
             add(f"| {a['reference']} | {_TASK_TITLES[task]} | {metric} | {_fmt(value, _KIND[metric])} | "
-                f"{ours} | {a['note']} |")
+                f"{ours} |{extra} {a['note']} |")
     add("")
     add("Anchors come from different models, image resolutions and training protocols; the MedMNIST "
         "result is at 28×28 pixels on a different split. Only the Kermany et al. rows use the same test "

@@ -89,7 +89,7 @@ def evaluate_model(
         else:
             p = np.asarray(p, dtype=np.float64).reshape(len(CLASS_NAMES))
             row["probs"] = [float(v) for v in p]
-            row["predicted"] = CLASS_NAMES[int(np.argmax(p))]
+            row["predicted"] = str(res.label)  # the Predictor's decision, at the model's operating point
             y_true.append(rec.label_index)
             probs.append(p)
         rows.append(row)

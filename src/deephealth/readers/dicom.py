@@ -1,7 +1,10 @@
 """DICOM radiographs (CR, DX) to a grayscale float32 array in [0, 1], bright = dense, with pydicom.
 
 Called by :func:`deephealth.readers.read_image` for content with ``DICM`` at byte offset 128
-(DICOM PS3.10 section 7.1); the file name is never consulted.
+(DICOM PS3.10 section 7.1), or for a bare data set without that header (no preamble, no ``DICM``,
+possibly no group 0002 file meta: read with pydicom's ``force=True``, with a warning; a missing
+(0002,0010) Transfer Syntax UID is taken from the encoding pydicom detected); the file name is
+never consulted.
 
 Processing order (DICOM PS3.4 section N.2 "Pixel Transformation Sequence"; pydicom's
 :func:`pydicom.pixels.apply_voi_lut` documents the same order):
@@ -21,7 +24,13 @@ Processing order (DICOM PS3.4 section N.2 "Pixel Transformation Sequence"; pydic
    over the image (as viewers do when no window is given), so 10/12-bit data in 16-bit words gets
    full contrast;
 5. MONOCHROME1 (low values bright) is inverted, ``1 - x``, so bright always means dense; a
-   warning says so.
+   warning says so. (2050,0020) Presentation LUT Shape is never applied on top: INVERSE is what
+   MONOCHROME1 already means (PS3.3 C.8.11.6.1), so the image is inverted exactly once; when it
+   contradicts the Photometric Interpretation (INVERSE with MONOCHROME2, IDENTITY with
+   MONOCHROME1) the Photometric Interpretation is followed and a warning says so.
+
+Float Pixel Data (7FE0,0008) and Double Float Pixel Data (7FE0,0009) (PS3.3 C.7.6.24) are read,
+min-max scaled over the image's finite values, with a warning (no window is applied).
 
 Accepted modalities: CR, DX, DR, RG (radiographs) and OT (other, with a warning); a missing
 Modality gives a warning. Every other modality (CT, MR, US, NM, PT, XA, RF, MG, PX, ...) is
@@ -37,6 +46,8 @@ from __future__ import annotations
 import io
 import logging
 import re
+import struct
+import warnings
 from typing import Any
 
 import numpy as np
@@ -72,17 +83,29 @@ _MODALITY_NAMES = {
     "OP": "ophthalmic photography",
     "XC": "external-camera photography",
 }
+#: Pixel data elements (PS3.3 C.7.6.3 and C.7.6.24), keyword -> tag.
+PIXEL_ELEMENTS: dict[str, str] = {
+    "PixelData": "(7FE0,0010)",
+    "FloatPixelData": "(7FE0,0008)",
+    "DoubleFloatPixelData": "(7FE0,0009)",
+}
+_PIXEL_NAMES = {"PixelData": "pixel data", "FloatPixelData": "Float Pixel Data",
+                "DoubleFloatPixelData": "Double Float Pixel Data"}
 _LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([DWMY]?)\s*$", re.IGNORECASE)
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0, "": 1.0}
 
 
-def read_dicom(data: bytes, label: str) -> ReadResult:
+def read_dicom(data: bytes, label: str, *, bare: bool = False) -> ReadResult:
     """Decode a DICOM file's bytes into a radiograph array (see the module docstring for the rules).
 
     Args:
-        data: the whole file, with the 128-byte preamble and ``DICM`` prefix.
+        data: the whole file, with the 128-byte preamble and ``DICM`` prefix, or (``bare=True``) a
+            data set without them, as recognised by :func:`deephealth.readers.formats.is_bare_dicom`.
         label: name used in messages and ``info.path``.
+        bare: read a data set without the PS3.10 header (pydicom ``force=True``); its transfer
+            syntax, absent from the missing file meta, is the encoding pydicom detected (implicit
+            or explicit VR little endian), with a warning.
 
     Returns:
         ``ReadResult(image, info)``: ``image`` ``(Rows, Columns)`` float32 in [0, 1], bright =
@@ -98,30 +121,66 @@ def read_dicom(data: bytes, label: str) -> ReadResult:
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about what we check ourselves below
+            ds = pydicom.dcmread(io.BytesIO(data), force=bare)
     except InvalidDicomError as exc:
         raise ImageReadError(f"{label}: not a valid DICOM file ({_one_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt files
         raise ImageReadError(f"{label}: truncated or corrupt DICOM file ({_one_line(exc)})") from None
 
-    if "PixelData" not in ds and (b"\xe0\x7f\x10\x00" in data or b"\x7f\xe0\x00\x10" in data):
-        # pydicom drops a Pixel Data element whose value is cut short (it only warns).
-        raise ImageReadError(f"{label}: truncated DICOM file: the pixel data (7FE0,0010) is cut short")
+    if _pixel_keyword(ds) is None:
+        for keyword, tag in PIXEL_ELEMENTS.items():
+            group, elem = (int(x, 16) for x in tag.strip("()").split(","))
+            if struct.pack("<HH", group, elem) in data or struct.pack(">HH", group, elem) in data:
+                # pydicom drops a pixel data element whose value is cut short (it only warns).
+                raise ImageReadError(f"{label}: truncated DICOM file: the {_PIXEL_NAMES[keyword]} {tag} is cut short")
     try:
-        return _convert(ds, label)
+        warnings_: list[str] = []
+        _ensure_transfer_syntax(ds, bare, warnings_)
+        return _convert(ds, label, warnings_)
     except ImageReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - malformed element values surface here
         raise ImageReadError(f"{label}: corrupt DICOM file ({_one_line(exc)})") from None
 
 
-def _convert(ds: Any, label: str) -> ReadResult:
-    warnings: list[str] = []
+def _pixel_keyword(ds: Any) -> str | None:
+    """Which pixel data element the data set has (:data:`PIXEL_ELEMENTS`), or ``None``."""
+    return next((k for k in PIXEL_ELEMENTS if k in ds), None)
+
+
+def _ensure_transfer_syntax(ds: Any, bare: bool, warnings_: list[str]) -> None:
+    """Give a data set without (0002,0010) Transfer Syntax UID the one its encoding shows."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if bare:
+        warnings_.append(
+            "DICOM file without the PS3.10 header (no 128-byte preamble, 'DICM' prefix or file meta); "
+            "read as a bare data set"
+        )
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = ds.original_encoding
+    uid = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = uid
+    warnings_.append(f"DICOM (0002,0010) Transfer Syntax UID is missing: read as {uid.name}")
+
+
+def _convert(ds: Any, label: str, warnings: list[str]) -> ReadResult:
     modality = str(ds.get("Modality", "") or "").strip().upper() or None
     _check_modality(label, modality, warnings)
 
-    if "PixelData" not in ds:
-        raise ImageReadError(f"{label}: DICOM file has no pixel data (7FE0,0010); it is not an image")
+    keyword = _pixel_keyword(ds)
+    if keyword is None:
+        raise ImageReadError(
+            f"{label}: DICOM file has no pixel data (7FE0,0010), Float Pixel Data (7FE0,0008) or "
+            "Double Float Pixel Data (7FE0,0009); it is not an image"
+        )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise ImageReadError(f"{label}: multi-frame DICOM ({frames} frames); send a single radiograph image")
@@ -143,19 +202,31 @@ def _convert(ds: Any, label: str) -> ReadResult:
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
     ts_text = f"{tsyntax.name} ({tsyntax})" if tsyntax else None
     _check_decoder(label, tsyntax)
-    arr = _decode(ds, label, ts_text)
+    arr = _decode(ds, label, ts_text, keyword)
     if arr.ndim != (3 if is_color else 2):
         raise ImageReadError(f"{label}: DICOM pixel data has unexpected shape {arr.shape}")
     bits_stored = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 8) or 8)
 
-    if is_color:
+    if keyword != "PixelData":
+        if is_color:
+            raise ImageReadError(f"{label}: colour {_PIXEL_NAMES[keyword]} {PIXEL_ELEMENTS[keyword]} is not supported")
+        bits_stored = 64 if keyword == "DoubleFloatPixelData" else 32
+        warnings.append(
+            f"{_PIXEL_NAMES[keyword]} {PIXEL_ELEMENTS[keyword]}: floating-point values min-max scaled to [0, 1] "
+            "(no window applied)"
+        )
+        image = _float_minmax(arr, warnings)
+    elif is_color:
         warnings.append(f"colour DICOM ({photometric}) converted to grayscale; a radiograph is normally MONOCHROME2")
         image = _color_to_gray(arr, bits_stored)
     else:
         image = _grayscale(ds, arr, bits_stored, warnings)
-        if photometric == "MONOCHROME1":
-            np.subtract(1.0, image, out=image)
-            warnings.append("MONOCHROME1 (low values bright): inverted so bright means dense")
+    if photometric == "MONOCHROME1":
+        # The only inversion: a Presentation LUT Shape INVERSE, which PS3.3 C.8.11.6.1 requires
+        # with MONOCHROME1 for DX, describes this same inversion and is not applied again.
+        np.subtract(1.0, image, out=image)
+        warnings.append("MONOCHROME1 (low values bright): inverted so bright means dense")
+    _check_presentation_lut_shape(ds, photometric, warnings)
 
     view = str(ds.get("ViewPosition", "") or "").strip().upper() or None
     if view in _LATERAL_VIEWS:
@@ -210,16 +281,42 @@ def _check_decoder(label: str, tsyntax: Any) -> None:
         raise ImageReadError(f"{label}: {what}: {CODECS_HINT}")
 
 
-def _decode(ds: Any, label: str, ts_text: str | None) -> np.ndarray:
+def _check_presentation_lut_shape(ds: Any, photometric: str, warnings: list[str]) -> None:
+    """(2050,0020) Presentation LUT Shape: never applied (the Photometric Interpretation decides);
+    a warning when it contradicts it (INVERSE with MONOCHROME2, IDENTITY with MONOCHROME1)."""
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    contradicts = {"MONOCHROME2": "INVERSE", "MONOCHROME1": "IDENTITY"}.get(photometric)
+    if shape and shape == contradicts:
+        done = "inverted" if photometric == "MONOCHROME1" else "not inverted"
+        warnings.append(
+            f"DICOM Presentation LUT Shape (2050,0020) {shape} contradicts Photometric Interpretation "
+            f"{photometric}: followed the Photometric Interpretation ({done}); check the image's polarity"
+        )
+
+
+def _float_minmax(arr: np.ndarray, warnings: list[str]) -> np.ndarray:
+    """Float pixel values -> [0, 1] by min-max over the finite values (non-finite set to the minimum)."""
+    out = np.asarray(arr, dtype=np.float64)
+    finite = np.isfinite(out)
+    if not finite.all():
+        warnings.append("non-finite pixel values (NaN/inf) were set to the minimum")
+        out = np.where(finite, out, out[finite].min() if finite.any() else 0.0)
+    lo, hi = float(out.min()), float(out.max())
+    if hi <= lo:
+        return np.zeros(out.shape, dtype=np.float32)  # refused by check_contrast
+    return ((out - lo) / (hi - lo)).astype(np.float32)
+
+
+def _decode(ds: Any, label: str, ts_text: str | None, keyword: str = "PixelData") -> np.ndarray:
     expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         # Native data: refuse short pixel data instead of letting anything pad it.
-        bits = int(ds.get("BitsAllocated", 8) or 8)
+        bits = {"FloatPixelData": 32, "DoubleFloatPixelData": 64}.get(keyword) or int(ds.get("BitsAllocated", 8) or 8)
         need = (expected * bits + 7) // 8
-        have = len(ds.PixelData)
+        have = len(ds[keyword].value)
         if have < need:
             raise ImageReadError(
-                f"{label}: truncated DICOM pixel data ({have} bytes, {need} needed for "
+                f"{label}: truncated DICOM {_PIXEL_NAMES[keyword]} ({have} bytes, {need} needed for "
                 f"{ds.Rows}x{ds.Columns} at {bits} bits)"
             )
     try:

@@ -9,9 +9,11 @@ white, air black, as a radiologist views it). ``info`` is an :class:`ImageInfo` 
 learned about the file. A file that cannot be used raises :class:`ImageReadError` (a
 ``ValueError``) whose one-line message starts with the file's name and states the problem.
 
-The format is recognised from the content, never from the file name: a file with ``DICM`` at byte
-offset 128 (DICOM PS3.10 section 7.1) goes to :mod:`deephealth.readers.dicom`, anything else to
-Pillow.
+The format is recognised from the content, never from the file name, by the one sniffer of
+:mod:`deephealth.readers.formats` (the same policy for the CLI, the API and the page): DICOM (with
+the PS3.10 header, or a bare data set) goes to :mod:`deephealth.readers.dicom`; JPEG, PNG, TIFF,
+BMP, GIF and WebP to Pillow, which may only use that format's plugin; anything else (HEIC, AVIF,
+JPEG 2000, PDF, text...) is refused with :class:`UnsupportedFormatError` naming what it is.
 
 Intensity rules for the Pillow formats (documented choices):
 
@@ -31,7 +33,8 @@ Intensity rules for the Pillow formats (documented choices):
 * EXIF orientation (tag 0x0112) is honoured with :func:`PIL.ImageOps.exif_transpose`.
 
 Refused, with :class:`ImageReadError`: missing/unreadable/empty files, content that is not an
-image, truncated or corrupt files (Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays ``False``,
+image or not in an accepted format, images with no contrast (all black, all white or flat:
+:func:`check_contrast`, every format), truncated or corrupt files (Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays ``False``,
 so missing rows are never filled in; a JPEG whose last scan is not followed by an end-of-image
 marker, e.g. zero-padded by an interrupted download, is refused too), images larger than :data:`MAX_PIXELS` (checked from the
 header, before any pixel buffer is allocated), images whose shorter side is below
@@ -50,6 +53,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, ImageStat, UnidentifiedImageError
 
+from deephealth.readers.formats import PILLOW_PLUGINS, detect_format
+
 logger = logging.getLogger(__name__)
 
 #: Largest image accepted, in pixels (width x height), checked from the header before decoding.
@@ -58,6 +63,9 @@ MAX_PIXELS: int = 50_000_000
 MIN_SIDE: int = 64
 #: Largest file accepted, in bytes (a guard against reading a huge non-image into memory).
 MAX_FILE_BYTES: int = 512 * 1024 * 1024
+#: Smallest accepted range of grey levels (maximum - minimum), as a fraction of full scale
+#: (0.02 = about 5 of 255 levels); below it the image is blank (see :func:`check_contrast`).
+MIN_CONTRAST: float = 0.02
 #: Colour warning threshold: mean over pixels of (max channel - min channel), in 8-bit grey levels.
 COLOR_WARN_LEVELS: float = 8.0
 #: A pixel counts as coloured (for :attr:`ImageInfo.color_fraction`) when its channels differ by at
@@ -78,6 +86,19 @@ class ImageReadError(ValueError):
     The message is one line: ``"<name>: <problem>"``, e.g.
     ``"scan.jpg: truncated or corrupt JPEG file: image file is truncated (10 bytes not processed)"``.
     """
+
+
+class UnsupportedFormatError(ImageReadError):
+    """A file whose format is not one of :data:`~deephealth.readers.formats.ACCEPTED_FORMATS`
+    (the web API answers it with 415 rather than 422).
+
+    Attributes:
+        detected: the format recognised (``"HEIC"``, ``"AVIF"``, ``"PDF"``...), ``None`` if unknown.
+    """
+
+    def __init__(self, message: str, detected: str | None = None) -> None:
+        super().__init__(message)
+        self.detected = detected
 
 
 @dataclass
@@ -185,11 +206,46 @@ def read_image(
         data = _read_file(Path(source), label)
     if not data:
         raise ImageReadError(f"{label}: empty file (0 bytes)")
-    if len(data) >= 132 and data[128:132] == b"DICM":
+    found = detect_format(data)
+    if not found.accepted:
+        raise UnsupportedFormatError(f"{label}: {found.refusal()}", detected=found.name)
+    if found.name == "DICOM":
         from deephealth.readers.dicom import read_dicom
 
-        return read_dicom(data, label)
-    return _read_pillow(data, label, target_size)
+        result = read_dicom(data, label, bare=found.bare_dicom)
+    else:
+        result = _read_pillow(data, label, target_size, found.name)
+    check_contrast(result.image, label)
+    return result
+
+
+def check_contrast(image: np.ndarray, label: str) -> None:
+    """Refuse an image with no usable contrast (all black, all white or flat grey), any format.
+
+    The range of grey levels (maximum - minimum over every pixel) must be at least
+    :data:`MIN_CONTRAST`; otherwise the image is blank (compression noise included) and would get
+    a confident but meaningless label.
+
+    Args:
+        image: ``(H, W)`` float32 in [0, 1] as returned by the readers.
+        label: the file's name, for the message.
+    Raises:
+        ImageReadError: ``"<label>: image has no contrast (all black|all white|flat grey ...)"``.
+    """
+    lo, hi = float(image.min()), float(image.max())
+    if hi - lo >= MIN_CONTRAST:
+        return
+    mean = (lo + hi) / 2
+    if mean < 0.1:
+        what = "all black"
+    elif mean > 0.9:
+        what = "all white"
+    else:
+        what = f"flat grey, level {mean * 255:.0f} of 255"
+    raise ImageReadError(
+        f"{label}: image has no contrast ({what}: every pixel within {(hi - lo) * 255:.1f} of 255 grey levels); "
+        "not a usable radiograph"
+    )
 
 
 def _read_file(path: Path, label: str) -> bytes:
@@ -231,20 +287,19 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _read_pillow(data: bytes, label: str, target_size: int | None) -> ReadResult:
+def _read_pillow(data: bytes, label: str, target_size: int | None, sniffed: str) -> ReadResult:
     try:
-        im = Image.open(io.BytesIO(data))
+        # only the plugin(s) of the sniffed format: one policy, and a smaller attack surface
+        im = Image.open(io.BytesIO(data), formats=PILLOW_PLUGINS[sniffed])
     except UnidentifiedImageError:
-        raise ImageReadError(
-            f"{label}: not an image (unrecognised content; expected JPEG, PNG, TIFF, BMP, GIF, WebP or DICOM)"
-        ) from None
+        raise ImageReadError(f"{label}: corrupt {sniffed} file (its header cannot be read)") from None
     except Image.DecompressionBombError as exc:
         raise ImageReadError(f"{label}: image too large to decode safely ({_one_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on corrupt headers
         raise ImageReadError(f"{label}: corrupt image header ({_one_line(exc)})") from None
 
     with im:
-        fmt = im.format or "unknown"
+        fmt = sniffed  # MPO (a JPEG with extra camera frames) is reported as JPEG
         stored_w, stored_h = im.size
         if stored_w * stored_h > MAX_PIXELS:  # before any pixel buffer exists
             check_dimensions(label, stored_w, stored_h)

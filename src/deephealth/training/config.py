@@ -22,16 +22,29 @@ class TrainConfig:
     Data: ``data_dir`` (Kermany layout; empty = ``paths.dataset_dir()``), ``val_fraction`` of train
     patients held out per class, ``split_seed``. Model: timm ``arch``, ``drop_rate``,
     ``pretrained`` (ImageNet through timm, online only) or ``pretrained_file`` (local weights).
-    Input: ``input_size`` (px), ``interpolation``, ``mean``/``std`` (the preprocessing contract).
+    Input: ``input_size`` (px), ``interpolation``, ``mean``/``std``, ``crop_border`` (the
+    preprocessing contract, :class:`deephealth.preprocessing.PreprocessConfig`).
     Optimisation: AdamW with ``lr`` (peak), ``weight_decay``, linear warm-up for ``warmup_epochs``
     then cosine decay to ``lr * min_lr_ratio``, ``batch_size``, ``epochs`` (max),
     ``label_smoothing``, class-weighted cross-entropy (``class_weighting``: ``balanced`` or
     ``none``), weight EMA with ``ema_decay`` per step (0 = off), early stopping after
-    ``patience`` epochs without improvement of ``select_metric`` on validation.
+    ``patience`` epochs without improvement of ``select_metric`` on validation
+    (``shift_balanced_accuracy`` = mean balanced accuracy over the validation films as they are,
+    centre-zoomed to 85 % of each side, and with the bottom 20 % masked: the field-of-view proxies
+    of issue 9). ``head_only_epochs``: first train only the classifier on a frozen backbone
+    (linear probe, then fine-tune: Kumar et al., ICLR 2022); ``backbone_lr_ratio`` scales the
+    backbone's learning rate. ``target_sensitivity``: the shipped operating point, the pneumonia
+    threshold that reaches this sensitivity on validation (0 = arg-max).
     Augmentation (chest-film safe, no horizontal flip): rotation up to ``aug_rotate`` degrees,
     scale in ``1 +- aug_scale``, translation up to ``aug_translate`` (fraction of the side),
     brightness +- ``aug_brightness``, contrast ``1 +- aug_contrast``, gamma ``exp(+- aug_gamma)``.
-    Runtime: ``device`` (cpu|cuda), ``bf16`` autocast, ``channels_last``, ``num_threads`` (0 = torch
+    Field-of-view augmentation: zoom log-uniform in [``aug_zoom_min``, ``aug_zoom_max``] (both 0 =
+    ``1 +- aug_scale``; > 1 zooms in, like a random resized crop), aspect ratio ``exp(+- aug_aspect)``,
+    crop position anywhere inside the film, bottom / top bands filled with the film's mean with
+    probability ``aug_occlude``; blur / unsharp-mask mix up to ``aug_blur``, Gaussian noise up to
+    ``aug_noise`` (std, [0, 1] intensity units).
+    Runtime: ``device`` (cpu|cuda), ``bf16`` autocast (``auto``: only where the CPU has native bf16
+    or on CUDA, ``true``, ``false``), ``channels_last``, ``num_threads`` (0 = torch
     default), ``seed``, ``max_train_images`` (0 = all; for smoke tests), ``out_dir``, ``name``.
     """
 
@@ -42,10 +55,13 @@ class TrainConfig:
     drop_rate: float = 0.2
     pretrained: bool = False
     pretrained_file: str = ""
+    init: str = "random"
+    mode: str = "finetune"
     input_size: int = 192
     interpolation: str = "bilinear"
     mean: float = 0.5
     std: float = 0.25
+    crop_border: bool = True
     epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3
@@ -57,14 +73,23 @@ class TrainConfig:
     ema_decay: float = 0.998
     patience: int = 8
     select_metric: str = "balanced_accuracy"
+    head_only_epochs: float = 0.0
+    backbone_lr_ratio: float = 1.0
+    target_sensitivity: float = 0.0
     aug_rotate: float = 10.0
     aug_scale: float = 0.10
     aug_translate: float = 0.06
     aug_brightness: float = 0.10
     aug_contrast: float = 0.20
     aug_gamma: float = 0.25
+    aug_zoom_min: float = 0.0
+    aug_zoom_max: float = 0.0
+    aug_aspect: float = 0.0
+    aug_occlude: float = 0.0
+    aug_blur: float = 0.0
+    aug_noise: float = 0.0
     device: str = "cpu"
-    bf16: bool = True
+    bf16: str = "auto"
     channels_last: bool = True
     num_threads: int = 0
     seed: int = 0
@@ -75,7 +100,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.class_weighting not in ("balanced", "none"):
             raise ValueError(f"class_weighting must be 'balanced' or 'none', got {self.class_weighting!r}")
-        if self.select_metric not in ("balanced_accuracy", "accuracy", "nll", "macro_auroc"):
+        if self.init not in ("random", "imagenet"):
+            raise ValueError(f"init must be 'random' or 'imagenet', got {self.init!r}")
+        if self.mode not in ("finetune", "linear_probe"):
+            raise ValueError(f"mode must be 'finetune' or 'linear_probe', got {self.mode!r}")
+        if self.bf16 not in ("auto", "true", "false"):
+            raise ValueError(f"bf16 must be 'auto', 'true' or 'false', got {self.bf16!r}")
+        if not 0.0 <= self.target_sensitivity < 1.0:
+            raise ValueError(f"target_sensitivity must be in [0, 1), got {self.target_sensitivity!r}")
+        if (self.aug_zoom_min > 0) != (self.aug_zoom_max > 0) or self.aug_zoom_min > self.aug_zoom_max:
+            raise ValueError("aug_zoom_min and aug_zoom_max must both be 0 or 0 < min <= max")
+        if self.select_metric not in ("balanced_accuracy", "accuracy", "nll", "macro_auroc",
+                                      "shift_balanced_accuracy"):
             raise ValueError(f"unknown select_metric {self.select_metric!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
@@ -83,10 +119,24 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         self.preprocessing  # validates input_size, interpolation, std
 
+    def use_bf16(self) -> bool:
+        """Whether to run bf16 autocast: ``bf16`` resolved for this machine.
+
+        ``auto`` is on for CUDA and for CPUs with native bf16 arithmetic (AVX512_BF16 or AMX):
+        on an AVX2-only CPU bf16 autocast is emulated and 10-15x slower than float32.
+        """
+        if self.bf16 != "auto":
+            return self.bf16 == "true"
+        if self.device == "cuda":
+            return True
+        from deephealth.cpu import has_native_bf16
+
+        return has_native_bf16()
+
     @property
     def preprocessing(self) -> PreprocessConfig:
         """The preprocessing contract this run trains with (saved in the model's metadata)."""
-        return PreprocessConfig(self.input_size, self.interpolation, self.mean, self.std)
+        return PreprocessConfig(self.input_size, self.interpolation, self.mean, self.std, self.crop_border)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field."""
@@ -126,6 +176,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
     unknown = sorted(set(values) - set(types))
     if unknown:
         raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
+    if isinstance(values.get("bf16"), bool):  # YAML true/false (configs of 0.1.0)
+        values["bf16"] = "true" if values["bf16"] else "false"
     for k, v in values.items():
         t = types[k]
         if t is float and isinstance(v, int) and not isinstance(v, bool):

@@ -67,13 +67,32 @@ def augment(
     brightness: float,
     contrast: float,
     gamma: float,
+    *,
+    zoom_min: float = 0.0,
+    zoom_max: float = 0.0,
+    aspect: float = 0.0,
+    occlude: float = 0.0,
+    blur: float = 0.0,
+    noise: float = 0.0,
 ) -> torch.Tensor:
     """Chest-film-safe random augmentation of a batch in [0, 1] (no flips: laterality matters).
 
-    Random affine (rotation up to ``rotate_deg`` degrees, isotropic scale ``1 +- scale``,
-    translation up to ``translate`` of the side; border filled with the image's edge values), then
-    gamma ``exp(U(-gamma, gamma))``, contrast ``1 +- contrast`` about the image mean and brightness
-    ``+- brightness``; clipped to [0, 1].
+    Geometry, one random affine per image (border filled with the image's edge values):
+    rotation up to ``rotate_deg`` degrees; zoom ``z`` (> 1 zooms in), uniform in ``1 +- scale``,
+    or log-uniform in ``[zoom_min, zoom_max]`` when both are > 0 (a random resized crop: with
+    ``zoom_max = 1.4`` the crop can be half the film's area); aspect ratio ``exp(U(-aspect,
+    aspect))`` applied as ``(z * sqrt(r), z / sqrt(r))``; translation up to ``translate`` of the
+    side, plus, when zoomed in, anywhere that keeps the crop inside the film.
+
+    Field-of-view occlusion (issue 9: training normals are framed wide, so the upper abdomen and
+    neck become a "normal" shortcut): with probability ``occlude`` a bottom band of 5-30 % of the
+    height, and independently with probability ``occlude / 2`` a top band of 5-20 %, is filled
+    with the image's mean.
+
+    Intensity: gamma ``exp(U(-gamma, gamma))``, contrast ``1 +- contrast`` about the image mean,
+    brightness ``+- brightness``; then ``x + a * (blur3(x) - x)`` with ``a ~ U(-blur, blur)``
+    (``a > 0`` blurs, ``a < 0`` is an unsharp mask; ``blur3`` a Gaussian of sigma 1 px) and
+    Gaussian noise of std ``U(0, noise)``. Clipped to [0, 1].
 
     Args:
         x01: ``(B, 1, S, S)`` float32 in [0, 1].
@@ -88,15 +107,72 @@ def augment(
         return torch.rand(b, generator=generator) * (hi - lo) + lo
 
     angle = u(-rotate_deg, rotate_deg) * (math.pi / 180.0)
-    s = u(1.0 - scale, 1.0 + scale)
-    tx, ty = u(-translate, translate) * 2.0, u(-translate, translate) * 2.0
-    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (B, 2, 3)
+    if zoom_min > 0 and zoom_max > 0:
+        z = torch.exp(u(math.log(zoom_min), math.log(zoom_max)))
+    else:
+        z = u(1.0 - scale, 1.0 + scale)
+    r = torch.exp(u(-aspect, aspect)) if aspect > 0 else torch.ones(b)
+    sx, sy = z * torch.sqrt(r), z / torch.sqrt(r)
+    # Output coords u in [-1, 1] sample input x = A u + t; |t| <= 1 - 1/s keeps a zoomed-in crop inside.
+    tx = u(-translate, translate) * 2.0 + u(-1.0, 1.0) * torch.clamp(1.0 - 1.0 / sx, min=0.0)
+    ty = u(-translate, translate) * 2.0 + u(-1.0, 1.0) * torch.clamp(1.0 - 1.0 / sy, min=0.0)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack(
+        [torch.stack([cos / sx, -sin / sy, tx], 1), torch.stack([sin / sx, cos / sy, ty], 1)], 1
+    )  # (B, 2, 3)
     grid = F.affine_grid(theta, list(x01.shape), align_corners=False)
     x = F.grid_sample(x01, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if occlude > 0:
+        size = x.shape[-2]
+        rows = torch.arange(size, dtype=torch.float32).view(1, size) / size  # (1, S)
+        bottom = (u(0.0, 1.0) < occlude).float() * u(0.05, 0.30)  # band height, 0 = none
+        top = (u(0.0, 1.0) < occlude / 2).float() * u(0.05, 0.20)
+        band = ((rows >= 1.0 - bottom.view(b, 1)) | (rows < top.view(b, 1))).view(b, 1, size, 1)
+        x = torch.where(band, x.mean(dim=(2, 3), keepdim=True), x)
     g = torch.exp(u(-gamma, gamma)).view(b, 1, 1, 1)
     x = x.clamp(1e-6, 1.0) ** g
     c = u(1.0 - contrast, 1.0 + contrast).view(b, 1, 1, 1)
     m = x.mean(dim=(2, 3), keepdim=True)
     x = (x - m) * c + m + u(-brightness, brightness).view(b, 1, 1, 1)
+    if blur > 0:
+        k1 = torch.exp(-0.5 * torch.arange(-2.0, 3.0) ** 2)
+        k1 = k1 / k1.sum()
+        smooth = F.conv2d(F.pad(x, (2, 2, 0, 0), mode="replicate"), k1.view(1, 1, 1, 5))
+        smooth = F.conv2d(F.pad(smooth, (0, 0, 2, 2), mode="replicate"), k1.view(1, 1, 5, 1))
+        x = x + u(-blur, blur).view(b, 1, 1, 1) * (smooth - x)
+    if noise > 0:
+        x = x + torch.randn(x.shape, generator=generator) * u(0.0, noise).view(b, 1, 1, 1)
     return x.clamp(0.0, 1.0)
+
+
+def shift_views(images_u8: np.ndarray, zoom: float = 0.85, mask_bottom: float = 0.20) -> dict[str, np.ndarray]:
+    """Validation proxies for the train-to-test field-of-view shift (issue 9), no test images used.
+
+    The official test split's normal films are framed more tightly than the training ones, and a
+    model that reads "wide field of view = normal" calls them pneumonia. Two views of validation
+    films expose that: a centre crop of ``zoom`` of each side resized back to the full size, and
+    the bottom ``mask_bottom`` of the film (upper abdomen) filled with the film's mean grey.
+    Normal films must stay normal in both.
+
+    Args:
+        images_u8: ``(N, S, S)`` uint8 preprocessed films (the cached training input).
+        zoom: kept fraction of each side for the zoomed view, in (0, 1].
+        mask_bottom: masked fraction of the height for the masked view, in [0, 1).
+
+    Returns:
+        ``{"zoom": (N, S, S) uint8, "mask": (N, S, S) uint8}``.
+    """
+    n, s = images_u8.shape[0], images_u8.shape[-1]
+    if n == 0:
+        return {"zoom": images_u8.copy(), "mask": images_u8.copy()}
+    c = int(round(s * zoom))
+    o = (s - c) // 2
+    crop = torch.from_numpy(images_u8[:, o : o + c, o : o + c]).to(torch.float32).unsqueeze(1)
+    zoomed = F.interpolate(crop, size=(s, s), mode="bilinear", align_corners=False, antialias=False)
+    zoomed = zoomed.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()
+    masked = images_u8.copy()
+    rows = int(round(s * mask_bottom))
+    if rows:
+        means = np.rint(images_u8.reshape(n, -1).mean(1)).astype(np.uint8)
+        masked[:, s - rows :, :] = means[:, None, None]
+    return {"zoom": zoomed, "mask": masked}

@@ -74,6 +74,8 @@ float32 PyTorch network on the check images (a gross-error guard; the shipped ar
 be scored with ``deephealth evaluate``)."""
 QUANT_CALIBRATION_IMAGES = 64
 """Training images used to calibrate int8 activation ranges."""
+WEIGHTS_FILE = "weights.pt"
+"""PyTorch weights shipped beside the ONNX file (for ``deephealth adapt``)."""
 MAX_ONNX_BYTES = 50 * 1024 * 1024
 """Size above which an export is logged as too large to ship in the package."""
 
@@ -459,6 +461,7 @@ def export_model(
     opset: int = OPSET,
     quantize: bool = False,
     calibration: np.ndarray | None = None,
+    model_args: dict[str, Any] | None = None,
 ) -> Path:
     """Export a pool+linear classifier to a checked model folder.
 
@@ -487,6 +490,10 @@ def export_model(
             is still checked against PyTorch first.
         calibration: ``(m, 1, S, S)`` float32 inputs for int8 calibration; default
             :func:`calibration_inputs` (64 training images).
+        model_args: ``build_model`` arguments (``arch``, ``num_classes``, ``in_chans``); when given,
+            the PyTorch weights are shipped beside the ONNX file as :data:`WEIGHTS_FILE` (float32
+            state dict), because ONNX Runtime folds BatchNorm into the convolutions and
+            ``deephealth adapt`` needs the BatchNorm layers to re-estimate their statistics.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -537,6 +544,15 @@ def export_model(
         shutil.move(str(tmp_onnx), out_dir / ONNX_FILE)
         (out_dir / GATE_FILE).unlink(missing_ok=True)  # a gate fitted for a previous model no longer applies
 
+    weights_meta = None
+    if model_args is not None:
+        weights_path = out_dir / WEIGHTS_FILE
+        torch.save({"model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "model_args": dict(model_args), "preprocessing": preprocessing.to_dict()}, weights_path)
+        weights_meta = {"file": WEIGHTS_FILE, "sha256": sha256_file(weights_path),
+                        "bytes": int(weights_path.stat().st_size),
+                        "purpose": "PyTorch weights (float32 state dict) for deephealth adapt; inference uses the ONNX file"}
+
     c, h, w = int(cam.shape[1]), int(cam.shape[2]), int(cam.shape[3])
     summary_meta = {
         "parameters": summary["parameters"],
@@ -583,6 +599,8 @@ def export_model(
         metadata[key] = value
     if quant_meta is not None:
         metadata["onnx"]["quantization"] = quant_meta
+    if weights_meta is not None:
+        metadata["weights"] = weights_meta
     metadata["summary"] = summary_meta
     metadata["export_check"] = check
     write_metadata(out_dir, metadata)
@@ -716,6 +734,16 @@ def export_run(
         "data": ckpt.get("data"),
         "validation_metrics": ckpt.get("val_metrics"),
     }
+    if ckpt.get("operating_point"):
+        extra["operating_point"] = ckpt["operating_point"]
+    config = ckpt.get("config") or {}
+    if config.get("init") == "imagenet":
+        from deephealth.training.imagenet import weights_source
+
+        extra["initialisation"] = {"method": "ImageNet-1k weights", **weights_source(config["arch"]).to_dict()}
+    else:
+        extra["initialisation"] = {"method": "random (trained from scratch)" if not config.get("pretrained")
+                                   else "ImageNet weights through timm"}
     if calib_file.is_file():
         try:
             extra["calibration"] = json.loads(calib_file.read_text())
@@ -730,6 +758,7 @@ def export_run(
         temperature=float(ckpt["temperature"]),
         metadata_extra=_jsonable(extra),
         quantize=quantize,
+        model_args={k: v for k, v in model_args.items() if k in ("arch", "num_classes", "in_chans")},
     )
     if gate:
         fit_run_gate(out, ckpt.get("config") or {})

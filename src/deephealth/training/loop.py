@@ -27,12 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from deephealth import __version__
-from deephealth.calibration import fit_temperature, nll, softmax
+from deephealth.calibration import decide, fit_operating_point, fit_temperature, nll, softmax
+from deephealth.cpu import describe as cpu_description
 from deephealth.labels import CLASS_NAMES
 from deephealth.manifest import Record, grouped_split, scan
 from deephealth.paths import dataset_dir
 from deephealth.training.config import TrainConfig, save_config
-from deephealth.training.data import augment, decode_records, to_input
+from deephealth.training.data import augment, decode_records, shift_views, to_input
 from deephealth.training.model import build_model
 
 _logger = logging.getLogger(__name__)
@@ -173,12 +174,13 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA device is available")
-    bf16 = config.bf16
+    bf16 = config.use_bf16()
+    _logger.info("CPU: %s; bf16 autocast %s (config: %s)", cpu_description(), "on" if bf16 else "off", config.bf16)
 
     # Model first: a pretrained-weights failure must come before minutes of decoding.
     model = build_model(
         config.arch, pretrained=config.pretrained, pretrained_file=config.pretrained_file or None,
-        drop_rate=config.drop_rate,
+        drop_rate=config.drop_rate, init=config.init,
     )
     name = config.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.arch}-{config.input_size}"
     run_dir = Path(config.out_dir) / name
@@ -198,6 +200,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     y_val = np.array([r.label_index for r in val_recs])
     _logger.info("decoded %d train + %d validation images at %d px in %.1f s",
                  len(x_train), len(x_val), pre.input_size, time.time() - t0)
+    x_val_shift = shift_views(x_val)
 
     counts = np.bincount(y_train, minlength=len(CLASS_NAMES)).astype(np.float64)
     if config.class_weighting == "balanced":
@@ -209,11 +212,20 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    decay, no_decay = [], []
+    recipe = config  # what the checkpoint records
+    if config.mode == "linear_probe":
+        _linear_probe(model, x_train, y_train, class_w, config, bf16)
+        config = config.replace(epochs=1, ema_decay=0.0)  # one evaluation pass below, no training
+    head_params = {id(p) for p in model.get_classifier().parameters()}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for n_, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
+        groups.setdefault((p.ndim <= 1, id(p) in head_params), []).append(p)
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": ps, "weight_decay": 0.0 if no_wd else config.weight_decay,
+             "lr": config.lr * (1.0 if is_head else config.backbone_lr_ratio)}
+            for (no_wd, is_head), ps in groups.items()
+        ],
         lr=config.lr,
     )
     steps_per_epoch = max(1, len(x_train) // config.batch_size)
@@ -233,6 +245,8 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     best_value, best_epoch, best_state = -math.inf, 0, None
     higher_better = config.select_metric != "nll"
     x_train_t = torch.from_numpy(x_train)
+    head_only_steps = int(config.head_only_epochs * steps_per_epoch)
+    step = 0
     for epoch in range(1, config.epochs + 1):
         t_ep = time.time()
         model.train()
@@ -241,10 +255,20 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
                    leave=False, unit="batch")
         for i in bar:
+            if config.mode == "linear_probe":
+                break
+            frozen = step < head_only_steps  # linear probe first: backbone frozen, BN statistics kept
+            if frozen or step == head_only_steps:
+                for p in model.parameters():
+                    p.requires_grad_(not frozen or id(p) in head_params)
+            model.train(not frozen)
+            step += 1
             idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
             xb = x_train_t[idx].to(torch.float32).unsqueeze(1) * (1.0 / 255.0)
             xb = augment(xb, gen, config.aug_rotate, config.aug_scale, config.aug_translate,
-                         config.aug_brightness, config.aug_contrast, config.aug_gamma)
+                         config.aug_brightness, config.aug_contrast, config.aug_gamma,
+                         zoom_min=config.aug_zoom_min, zoom_max=config.aug_zoom_max, aspect=config.aug_aspect,
+                         occlude=config.aug_occlude, blur=config.aug_blur, noise=config.aug_noise)
             xb = ((xb - pre.mean) / pre.std).to(device)
             if config.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -266,6 +290,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         val_logits = predict_logits(eval_model, x_val, config, bf16)
         val_probs = softmax(val_logits)
         vm = classification_metrics(y_val, val_probs)
+        vm.update(shift_metrics(eval_model, x_val_shift, y_val, vm, config, bf16))
         row = {
             "epoch": epoch,
             "lr": opt.param_groups[0]["lr"],
@@ -275,6 +300,9 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
             "val_accuracy": vm["accuracy"],
             "val_balanced_accuracy": vm["balanced_accuracy"],
             "val_macro_auroc": vm["macro_auroc"],
+            "val_shift_balanced_accuracy": vm["shift_balanced_accuracy"],
+            "val_normal_kept_zoom85": vm["normal_kept_zoom85"],
+            "val_normal_kept_mask20": vm["normal_kept_mask20"],
             "seconds": time.time() - t_ep,
         }
         history.append(row)
@@ -284,9 +312,11 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
             best_value, best_epoch = value, epoch
             best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
         _logger.info(
-            "epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f bal %.3f auroc %.4f | %.0f s%s",
+            "epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f bal %.3f auroc %.4f | "
+            "shift bal %.3f, normals kept zoom85 %.2f mask20 %.2f | %.0f s%s",
             epoch, row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"],
-            row["val_balanced_accuracy"], row["val_macro_auroc"], row["seconds"], " *" if improved else "",
+            row["val_balanced_accuracy"], row["val_macro_auroc"], row["val_shift_balanced_accuracy"],
+            row["val_normal_kept_zoom85"], row["val_normal_kept_mask20"], row["seconds"], " *" if improved else "",
         )
         _write_history(history, run_dir)
         if epoch - best_epoch >= config.patience:
@@ -294,7 +324,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
             break
 
     assert best_state is not None
-    final = build_model(config.arch, drop_rate=config.drop_rate)
+    final = build_model(config.arch, drop_rate=config.drop_rate)  # architecture only; weights below
     final.load_state_dict(best_state)
     final.to(device)
     if config.channels_last:
@@ -308,7 +338,18 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         "val_nll_before": nll(val_logits, y_val),
         "val_nll_after": nll(val_logits, y_val, temperature),
     }
-    val_metrics = classification_metrics(y_val, softmax(val_logits, temperature))
+    val_probs = softmax(val_logits, temperature)
+    val_metrics = classification_metrics(y_val, val_probs)
+    val_metrics.update(shift_metrics(final, x_val_shift, y_val, val_metrics, config, False, temperature))
+    operating_point = None
+    if config.target_sensitivity > 0 and len(y_val):
+        operating_point = fit_operating_point(val_probs, y_val, config.target_sensitivity)
+        pred = decide(val_probs, operating_point)
+        val_metrics["accuracy_at_operating_point"] = float((pred == y_val).mean())
+        calib["operating_point"] = operating_point
+        _logger.info("operating point: pneumonia if 1 - P(normal) >= %.4f (validation sensitivity %.3f, "
+                     "specificity %.3f)", operating_point["threshold"], operating_point["val_sensitivity"],
+                     operating_point["val_specificity"])
     (run_dir / "calibration.json").write_text(json.dumps(calib, indent=2) + "\n")
     wall = time.time() - t_start
     data_info = {
@@ -332,16 +373,18 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         "temperature": temperature,
         "wall_time_s": wall,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": str(torch.__version__),
-                    "threads": torch.get_num_threads(), "device": config.device},
+                    "threads": torch.get_num_threads(), "device": config.device,
+                    "cpu_capability": cpu_description(), "bf16_autocast": bf16},
         "deephealth_version": __version__,
     }
     torch.save(
         {
             "model_state": {k: v.cpu() for k, v in final.state_dict().items()},
             "model_args": {"arch": config.arch, "num_classes": len(CLASS_NAMES), "in_chans": 1},
-            "config": config.to_dict(),
+            "config": recipe.to_dict(),
             "preprocessing": pre.to_dict(),
             "temperature": temperature,
+            "operating_point": operating_point,
             "val_metrics": val_metrics,
             "epoch": best_epoch,
             "data": data_info,
@@ -355,6 +398,78 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     _logger.info("run %s: best epoch %d, val %s, T=%.3f, %.1f min", run_dir, best_epoch,
                  {k: round(v, 4) for k, v in val_metrics.items()}, temperature, wall / 60)
     return run_dir
+
+
+def shift_metrics(
+    model: nn.Module, views: dict[str, np.ndarray], y_val: np.ndarray, plain: dict[str, float],
+    config: TrainConfig, bf16: bool, temperature: float = 1.0,
+) -> dict[str, float]:
+    """Field-of-view proxies on validation (issue 9): the same films zoomed in and abdomen-masked.
+
+    Args:
+        views: :func:`deephealth.training.data.shift_views` of the validation films.
+        plain: :func:`classification_metrics` of the unaltered films (for the mean).
+
+    Returns:
+        ``normal_kept_zoom85`` / ``normal_kept_mask20``: share of validation normals still called
+        normal in each view; ``balanced_accuracy_zoom85`` / ``_mask20``; and
+        ``shift_balanced_accuracy``, the mean balanced accuracy over the plain and both views.
+    """
+    from sklearn.metrics import balanced_accuracy_score
+
+    out: dict[str, float] = {}
+    bals = [plain["balanced_accuracy"]]
+    normal = y_val == 0
+    for key, name in (("zoom", "zoom85"), ("mask", "mask20")):
+        pred = softmax(predict_logits(model, views[key], config, bf16), temperature).argmax(1)
+        bal = float(balanced_accuracy_score(y_val, pred)) if len(y_val) else float("nan")
+        out[f"balanced_accuracy_{name}"] = bal
+        out[f"normal_kept_{name}"] = float(np.mean(pred[normal] == 0)) if normal.any() else float("nan")
+        bals.append(bal)
+    out["shift_balanced_accuracy"] = float(np.mean(bals))
+    return out
+
+
+@torch.no_grad()
+def _linear_probe(
+    model: nn.Module, x_train: np.ndarray, y_train: np.ndarray, class_w: torch.Tensor, config: TrainConfig,
+    bf16: bool,
+) -> None:
+    """The 2020 prototype's method: frozen backbone, cached pooled features, only the last layer fitted.
+
+    As TensorFlow's ``retrain.py`` did for the prototype (Inception V3 "bottlenecks"), the backbone
+    runs once over the un-augmented training films; a multinomial logistic regression (class-
+    weighted cross-entropy, L2 penalty ``weight_decay``, L-BFGS) is fitted on the cached features
+    and written into the model's linear classifier. Nothing else changes.
+    """
+    model.eval()
+    feats = []
+    pre = config.preprocessing
+    for i in range(0, len(x_train), 64):
+        x = to_input(torch.from_numpy(x_train[i : i + 64]), pre)
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
+    f = torch.cat(feats)
+    y = torch.from_numpy(y_train)
+    head = model.get_classifier()
+    w = torch.zeros_like(head.weight, requires_grad=True)
+    b = torch.zeros_like(head.bias, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        with torch.enable_grad():
+            loss = F.cross_entropy(f @ w.T + b, y, weight=class_w) + config.weight_decay * 0.5 * (w**2).sum() / len(y)
+            loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    head.weight.copy_(w.detach())
+    head.bias.copy_(b.detach())
+    _logger.info("linear probe: %d cached %d-d features, last layer fitted", len(f), f.shape[1])
 
 
 def _write_history(history: list[dict[str, Any]], run_dir: Path) -> None:

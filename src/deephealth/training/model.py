@@ -32,6 +32,7 @@ def build_model(
     pretrained: bool = False,
     pretrained_file: str | Path | None = None,
     drop_rate: float = 0.0,
+    init: str = "random",
 ) -> nn.Module:
     """Create a timm classifier with ``in_chans`` input channels and ``num_classes`` logits.
 
@@ -44,6 +45,10 @@ def build_model(
         pretrained_file: a local timm/PyTorch weights file (``.pth``, ``.bin`` or ``.safetensors``)
             used instead of downloading.
         drop_rate: dropout before the classifier.
+        init: ``random`` (timm's initialisation, or the hub/local weights above) or ``imagenet``:
+            the ImageNet weights installed with pip (:mod:`deephealth.training.imagenet`, SHA-256
+            checked, every tensor's shape checked; EfficientNet-Lite0/1/2 only). The classifier
+            starts at zero.
 
     Returns:
         The model, in training mode, on the CPU. Input ``(N, in_chans, S, S)`` float32,
@@ -51,9 +56,29 @@ def build_model(
 
     Raises:
         PretrainedWeightsUnavailable: if pretrained weights cannot be downloaded or loaded.
-        ValueError: if ``arch`` is unknown to timm.
+        ValueError: if ``arch`` is unknown to timm or ``init`` is not ``random``/``imagenet``.
+        deephealth.training.imagenet.ImagenetWeightsError: for ``init="imagenet"`` when the weights
+            package is missing, the file's SHA-256 differs or a tensor does not fit.
     """
     import timm
+
+    if init not in ("random", "imagenet"):
+        raise ValueError(f"init must be 'random' or 'imagenet', got {init!r}")
+    if init == "imagenet":
+        from deephealth.training.imagenet import imagenet_state_dict, weights_source
+
+        weights_source(arch)  # clear error for an unsupported architecture, before building
+        model = timm.create_model(arch, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+        missing, unexpected = model.load_state_dict(imagenet_state_dict(arch, model.state_dict()), strict=False)
+        if unexpected or any(not k.startswith("classifier.") for k in missing):
+            raise ValueError(f"ImageNet weights left {missing} missing and {unexpected} unexpected")
+        # timm's EfficientNet init draws the classifier from U(+-1/sqrt(num_classes)): with 3 classes
+        # and 1280 pretrained features that starts at a loss of ~3. A zero classifier starts at ln 3
+        # and lets the pretrained features lead (as in BiT, Kolesnikov et al., 2020).
+        head = linear_head(model)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        return model
 
     if arch not in timm.list_models():
         raise ValueError(f"unknown timm architecture {arch!r}")

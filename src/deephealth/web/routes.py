@@ -27,9 +27,9 @@ from PIL import Image
 from deephealth import labels
 from deephealth.gate import UnsuitableImageError
 from deephealth.inference import overlay_png
-from deephealth.readers import ImageReadError
+from deephealth.readers import ImageReadError, UnsupportedFormatError, detect_format
 from deephealth.web.schemas import ErrorResponse, Health, ModelCard, PredictionPublic, UnsuitableResponse
-from deephealth.web.upload import FILE_FIELD, SUPPORTED_FORMATS_TEXT, UploadError, read_upload, sniff_format
+from deephealth.web.upload import FILE_FIELD, SUPPORTED_FORMATS_TEXT, UploadError, read_upload
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ def _predict(
             }
             for i, name in enumerate(class_names)
         ],
+        "decision": pred.decision,
         "warnings": list(pred.warnings),
         "suitability": pred.suitability.to_dict() if pred.suitability is not None else None,
         "model": {"name": artifact.name, "version": artifact.version, "sha256": artifact.sha256},
@@ -164,6 +165,8 @@ def _predict(
             "modality": getattr(info, "modality", None),
             "view_position": getattr(info, "view_position", None),
             "size_bytes": len(data),
+            "border_crop": (dict(zip(("top", "bottom", "left", "right"), pred.border_crop))
+                            if pred.border_crop else None),
         },
         "heatmap_png": heatmap_b64,
         "preview_png": preview_b64,
@@ -213,9 +216,9 @@ async def create_prediction(
     name = upload.filename
     if not upload.data:
         return _error(request, 422, f"{name}: empty file (0 bytes)")
-    fmt = sniff_format(upload.data)
-    if fmt is None:
-        return _error(request, 415, f"{name}: unsupported format: expected {SUPPORTED_FORMATS_TEXT}")
+    found = detect_format(upload.data)  # the readers' one format policy, checked before queueing
+    if not found.accepted:
+        return _error(request, 415, f"{name}: {found.refusal()}")
     limiter = request.app.state.limiter
     if limiter is None:  # created on first use, inside the event loop
         limiter = request.app.state.limiter = anyio.CapacityLimiter(settings.max_concurrency)
@@ -225,6 +228,8 @@ async def create_prediction(
         body = await anyio.to_thread.run_sync(
             _predict, request, upload.data, name, heatmap, preview, allow_unsuitable, limiter=limiter
         )
+    except UnsupportedFormatError as exc:
+        return _error(request, 415, _one_line(str(exc)))
     except ImageReadError as exc:
         return _error(request, 422, _one_line(str(exc)))
     except UnsuitableImageError as exc:

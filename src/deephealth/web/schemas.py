@@ -36,6 +36,24 @@ class ImageInfoPublic(BaseModel):
     modality: str | None = Field(default=None, description="DICOM (0008,0060), e.g. CR or DX")
     view_position: str | None = Field(default=None, description="DICOM (0018,5101), e.g. PA or AP")
     size_bytes: int = Field(description="uploaded file size in bytes")
+    border_crop: dict[str, int] | None = Field(
+        default=None,
+        description="uniform border (letterboxing, padding) removed before analysis: top, bottom, left, right "
+        "of the analysed box in decoded pixels; null when nothing was removed",
+    )
+
+
+class DecisionPublic(BaseModel):
+    """How the label follows from the probabilities: the model's operating point."""
+
+    rule: str = Field(description="the decision rule in words")
+    pneumonia_probability: float = Field(description="1 - P(normal): calibrated probability of pneumonia, in [0, 1]")
+    threshold: float | None = Field(
+        default=None,
+        description="pneumonia is called when pneumonia_probability >= threshold (chosen on validation data for "
+        "target_sensitivity); null: the label is the most probable class",
+    )
+    target_sensitivity: float | None = Field(default=None, description="sensitivity the threshold was chosen for")
 
 
 class SuitabilityPublic(BaseModel):
@@ -72,6 +90,7 @@ class PredictionPublic(BaseModel):
         description="calibrated probability of each class (normal, bacterial, viral), summing to 1"
     )
     classes: list[ClassProbability] = Field(description="the three classes in index order with their probabilities")
+    decision: DecisionPublic | None = Field(default=None, description="how the label follows from the probabilities")
     warnings: list[str] = Field(description="problems noticed in the image that may make the result less reliable")
     suitability: SuitabilityPublic | None = Field(
         default=None, description="the input gate's verdict (status, reasons, scores); a 'refuse' appears here only "

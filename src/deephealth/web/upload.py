@@ -6,8 +6,9 @@ python-multipart's streaming :class:`~python_multipart.multipart.MultipartParser
 the file's bytes are collected in memory. The size limit is enforced while the body is read: the
 request is rejected as soon as the file part exceeds the limit, without reading the rest.
 
-Also here: :func:`sniff_format`, which recognises the image formats the readers accept from their
-first bytes (their "magic numbers").
+The format of the file is recognised by the readers' one sniffer
+(:func:`deephealth.readers.formats.detect_format`, re-exported here as :func:`sniff_format`), so
+the API, the page and the CLI accept and refuse the same files.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+from deephealth.readers.formats import ACCEPTED_FORMATS_TEXT, sniff_format
+
+__all__ = ["FILE_FIELD", "SUPPORTED_FORMATS_TEXT", "Upload", "UploadError", "read_upload", "sniff_format"]
 
 FILE_FIELD = "file"
 """Name of the multipart form field that carries the image."""
@@ -31,8 +36,8 @@ MAX_PARTS = 16
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 """Allowance for boundaries, part headers and small fields when checking ``Content-Length``."""
 
-SUPPORTED_FORMATS_TEXT = "JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP"
-"""The formats accepted, as named in error messages (those :func:`deephealth.readers.read_image` reads)."""
+SUPPORTED_FORMATS_TEXT = ACCEPTED_FORMATS_TEXT
+"""The formats accepted, as named in error messages: the readers' one list (:mod:`deephealth.readers.formats`)."""
 
 
 class UploadError(Exception):
@@ -233,38 +238,3 @@ async def read_upload(
     upload.fields = collector.fields
     upload.body_bytes = body_bytes
     return upload
-
-
-# (magic bytes, offset, format name) for the formats the readers accept.
-_MAGIC: tuple[tuple[bytes, int, str], ...] = (
-    # DICOM first: the 128-byte preamble is free for application use, e.g. a TIFF header (PS3.10 7.1).
-    (b"DICM", 128, "DICOM"),  # DICOM PS3.10 section 7.1: 128-byte preamble, then "DICM"
-    (b"\xff\xd8\xff", 0, "JPEG"),  # SOI marker, ITU-T T.81 annex B
-    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),  # PNG signature, RFC 2083 section 3.1
-    (b"II*\x00", 0, "TIFF"),  # TIFF 6.0 section 2, little-endian
-    (b"MM\x00*", 0, "TIFF"),  # big-endian
-    (b"BM", 0, "BMP"),
-    (b"GIF87a", 0, "GIF"),
-    (b"GIF89a", 0, "GIF"),
-)
-
-
-def sniff_format(data: bytes) -> str | None:
-    """Recognise an image format the readers accept from its first bytes ("magic numbers").
-
-    Args:
-        data: the file's bytes (the first 132 are enough).
-
-    Returns:
-        ``"JPEG"``, ``"PNG"``, ``"TIFF"``, ``"DICOM"``, ``"BMP"``, ``"GIF"`` or ``"WEBP"``; ``None``
-        if none matches (the upload is then answered with 415). Signatures: JPEG SOI marker
-        ``FF D8 FF``, PNG signature, TIFF byte-order header ``II*\\0`` / ``MM\\0*``, DICOM ``DICM``
-        after the 128-byte preamble, BMP ``BM``, GIF ``GIF87a``/``GIF89a``, WebP ``RIFF....WEBP``.
-        A match only selects the decoder: the content may still be unreadable (422).
-    """
-    for magic, offset, name in _MAGIC:
-        if data[offset : offset + len(magic)] == magic:
-            return name
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return None

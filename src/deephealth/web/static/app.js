@@ -33,10 +33,13 @@
     document.body.dataset.state = state;
   }
 
-  function showError(title, detail) {
+  function showError(title, detail, reasons) {
     resultEl.hidden = true;
     $("error-title").textContent = title;
     $("error-detail").textContent = detail;
+    const list = $("error-reasons");
+    list.replaceChildren(...(reasons || []).map((r) => el("li", "", r)));
+    list.hidden = !(reasons && reasons.length);
     errorBox.hidden = false;
     statusEl.textContent = "";
     setState("error");
@@ -79,6 +82,12 @@
       li.append(label, track);
       bars.append(li);
     }
+
+    // Input gate: a prominent banner when the image was classified but flagged.
+    const gate = data.suitability;
+    const flagged = gate && (gate.status === "warn" || gate.status === "refuse");
+    $("gate-reasons").replaceChildren(...(flagged ? gate.reasons : []).map((r) => el("li", "", r)));
+    $("gate-banner").hidden = !flagged;
 
     const warnings = data.warnings || [];
     const list = $("warning-list");
@@ -135,6 +144,12 @@
     }
     if (!response.ok) {
       const detail = data && typeof data.detail === "string" ? data.detail : "HTTP " + response.status;
+      if (response.status === 422 && data && data.suitability) {
+        // Refused by the input gate: the reasons, and no probabilities.
+        showError("Not classified: this image does not look like a frontal chest X-ray the model can read",
+                  file.name + " was not analysed. Reasons:", data.suitability.reasons);
+        return;
+      }
       showError(TITLES[response.status] || "Request failed", detail);
       return;
     }

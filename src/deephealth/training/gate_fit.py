@@ -8,7 +8,9 @@ model produces, int8 or float32) on:
   geometry changes);
 - negatives made here (:func:`make_negatives`): a subset of the training films inverted and rotated
   by 90, 180 and 270 degrees, and "other" images: synthetic noise, gradients, flat fields, shapes,
-  rendered documents and screenshots (Pillow), small crops of films (partial views), the sample
+  rendered documents and screenshots (Pillow), small crops of films (partial views), one half of a
+  film stretched to a full frame (a stand-in for lateral views), drawn axial chest-CT-like slices
+  and radiograph-like limbs (other body parts), the sample
   photos shipped by scikit-learn (``load_sample_images``) and matplotlib (``sample_data``), the
   elevation maps and the MR/CT slice matplotlib ships, and the images in pydicom's test files;
 - the validation films of the same split, only to set the warn thresholds so that at most
@@ -181,6 +183,68 @@ def _synthetic(rng: np.random.Generator, kind: str) -> np.ndarray:
     return np.clip(a + rng.normal(0, noise, a.shape), 0, 1).astype(np.float32)
 
 
+def _blurred(im: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    a = np.asarray(im.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.8, 3.0)))), np.float32) / 255.0
+    return np.clip(a + rng.normal(0, rng.uniform(0.005, 0.03), a.shape), 0, 1).astype(np.float32)
+
+
+def _ct_phantom(rng: np.random.Generator) -> np.ndarray:
+    """An axial chest-CT-like slice: body ellipse on black, two dark lungs, bright spine and ribs, a table."""
+    n = int(rng.integers(160, 400))
+    im = Image.new("L", (n, n), int(rng.integers(0, 25)))
+    d = ImageDraw.Draw(im)
+    cx, cy = n / 2 + rng.uniform(-0.05, 0.05) * n, n / 2 + rng.uniform(-0.05, 0.05) * n
+    rx, ry = n * rng.uniform(0.32, 0.46), n * rng.uniform(0.22, 0.36)
+    d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=int(rng.integers(90, 150)), outline=int(rng.integers(150, 220)),
+              width=int(rng.integers(1, 5)))
+    for side in (-1, 1):  # lungs
+        lx = cx + side * rx * rng.uniform(0.35, 0.55)
+        lw, lh = rx * rng.uniform(0.28, 0.42), ry * rng.uniform(0.5, 0.8)
+        d.ellipse([lx - lw, cy - lh, lx + lw, cy + lh * 0.9], fill=int(rng.integers(5, 45)))
+    sr = ry * rng.uniform(0.12, 0.2)  # vertebra
+    d.ellipse([cx - sr, cy + ry - 3.2 * sr, cx + sr, cy + ry - 1.2 * sr], fill=int(rng.integers(200, 256)))
+    for t in np.linspace(0.15 * np.pi, 0.85 * np.pi, int(rng.integers(4, 9))):  # rib sections
+        for side in (-1, 1):
+            x, y = cx + side * rx * 0.92 * np.cos(t), cy + ry * 0.92 * np.sin(t) * side * 0 + ry * 0.9 * np.sin(t) - ry * 0.2
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=230)
+    if rng.random() < 0.6:  # the table
+        y = cy + ry + n * rng.uniform(0.03, 0.08)
+        d.rectangle([n * 0.1, y, n * 0.9, y + n * 0.02], fill=int(rng.integers(100, 200)))
+    return _blurred(im, rng)
+
+
+def _limb_phantom(rng: np.random.Generator) -> np.ndarray:
+    """A radiograph of another body part: soft-tissue silhouettes with long bones and joints on black."""
+    w, h = int(rng.integers(160, 420)), int(rng.integers(200, 480))
+    im = Image.new("L", (w, h), int(rng.integers(0, 30)))
+    d = ImageDraw.Draw(im)
+    for _ in range(int(rng.integers(1, 4))):  # limbs or fingers
+        x0 = rng.uniform(0.15, 0.85) * w
+        x1 = x0 + rng.uniform(-0.3, 0.3) * w
+        y0, y1 = rng.uniform(-0.1, 0.3) * h, rng.uniform(0.7, 1.1) * h
+        tissue = float(rng.uniform(0.06, 0.2)) * w
+        d.line([(x0, y0), (x1, y1)], fill=int(rng.integers(70, 130)), width=int(2 * tissue))
+        bone = tissue * rng.uniform(0.35, 0.6)
+        d.line([(x0, y0), (x1, y1)], fill=int(rng.integers(170, 240)), width=int(bone))
+        d.line([(x0, y0), (x1, y1)], fill=int(rng.integers(120, 170)), width=max(1, int(bone * 0.4)))  # marrow
+        for tj in rng.uniform(0.2, 0.8, int(rng.integers(0, 3))):  # joints
+            jx, jy, r = x0 + tj * (x1 - x0), y0 + tj * (y1 - y0), bone * 0.8
+            d.ellipse([jx - r, jy - r, jx + r, jy + r], fill=int(rng.integers(180, 250)))
+            d.line([(jx - r, jy), (jx + r, jy)], fill=60, width=2)
+    return _blurred(im, rng)
+
+
+def _half_film(film: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One side of a frontal film stretched to a full frame: one lung field and the spine at an edge,
+    as a lateral view shows (an approximation; no lateral films are available)."""
+    a = film.astype(np.float32) / 255.0 if film.dtype == np.uint8 else film
+    h, w = a.shape
+    half = a[:, : w // 2] if rng.random() < 0.5 else a[:, w // 2 :]
+    if rng.random() < 0.5:
+        half = half[:, ::-1]
+    return _resize(np.ascontiguousarray(half), int(w * rng.uniform(0.8, 1.1)), h)
+
+
 SYNTHETIC_KINDS = ("uniform_noise", "gaussian_noise", "smooth_noise", "salt_pepper", "linear_gradient",
                    "radial_gradient", "flat", "shapes")
 
@@ -337,6 +401,11 @@ def make_negatives(
         lambda: _screenshot(rng, photos),
         lambda: _screenshot(rng, photos),
         lambda: _random_crop(films[int(rng.integers(len(films)))].astype(np.float32) / 255.0, rng, 0.2, 0.35),
+        lambda: _ct_phantom(rng),
+        lambda: _ct_phantom(rng),
+        lambda: _limb_phantom(rng),
+        lambda: _limb_phantom(rng),
+        lambda: _half_film(films[int(rng.integers(len(films)))], rng),
     ]
     if packaged:
         def from_package() -> np.ndarray:

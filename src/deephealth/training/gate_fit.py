@@ -590,12 +590,15 @@ def fit_gate(
 
     _, train_f = run(_inputs_u8(train_films, pre), len(train_films))
     val_logits, val_f = run(_inputs_u8(val_films, pre), len(val_films))
+    _logger.info("gate: features of %d training + %d validation films in %.0f s", len(train_films), len(val_films),
+                 time.time() - t0)
     pos_idx = rng.permutation(len(train_films))[:n_lr_films]
     aug = [_augment_film(train_films[i].astype(np.float32) / 255.0, rng) for i in pos_idx]
     _, aug_f = run(_inputs_float(aug, pre), len(aug))
     neg_images, neg_labels = make_negatives(train_films, rng, n_transformed=n_transformed, n_other=n_other)
     _, neg_f = run(_inputs_float(neg_images, pre), len(neg_images))
     t_feat = time.time() - t0
+    _logger.info("gate: features of %d augmented films and %d negatives; %.0f s so far", len(aug), len(neg_images), t_feat)
 
     lr_x = np.concatenate([train_f[pos_idx], aug_f, neg_f])
     lr_y = np.concatenate([np.zeros(len(pos_idx) + len(aug), np.int64), neg_labels])

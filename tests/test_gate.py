@@ -137,7 +137,8 @@ def test_near_blank_images_are_refused():
 
 def _toy_gate(**thresholds: float) -> FeatureGate:
     cf, k = 4, 2
-    t = {"mahalanobis_warn": 2.0, "mahalanobis_refuse": 4.0, "p_frontal_warn": 0.2, "p_frontal_refuse": 0.05}
+    t = {"mahalanobis_warn": 2.0, "mahalanobis_refuse": 4.0, "residual_warn": 5.0, "residual_refuse": 10.0,
+         "p_frontal_warn": 0.2, "p_frontal_refuse": 0.05}
     t.update(thresholds)
     return FeatureGate(
         feat_mean=np.zeros(cf, np.float32),
@@ -158,6 +159,8 @@ def test_mahalanobis_distance_on_known_points():
     # nearest class mean under diag(1, 4): point 0 at class 0 (0); point 1 to class 1: sqrt(0 + 4 * 1) = 2;
     # point 2: class 0 sqrt(1 + 4) = 2.236, class 2 sqrt(1 + 4 * 4) = 4.12 -> 2.236
     np.testing.assert_allclose(g.mahalanobis(f), [0.0, 2.0, np.sqrt(5.0)], rtol=1e-6)
+    # residual: the part outside the first two axes, |(f3, f4)|
+    np.testing.assert_allclose(g.residual(f), [np.hypot(9, 9), 0.0, 0.0], rtol=1e-6)
     np.testing.assert_allclose(g.lr_probabilities(f)[:, 0], 3 / 8, rtol=1e-6)
     e = g.scores(f, np.array([[0.0, 0.0, 0.0]] * 3))["energy"]
     np.testing.assert_allclose(e, -np.log(3.0), rtol=1e-9)
@@ -167,11 +170,11 @@ def test_choose_thresholds_flags_at_most_one_percent():
     from deephealth.training.gate_fit import choose_thresholds
 
     rng = np.random.default_rng(0)
-    d, p = rng.gamma(4.0, 2.0, 500), rng.beta(8, 1, 500)
-    t = choose_thresholds(d, p)
-    flagged = (d > t["mahalanobis_warn"]) | (p < t["p_frontal_warn"])
+    d, r, p = rng.gamma(4.0, 2.0, 500), rng.gamma(9.0, 1.0, 500), rng.beta(8, 1, 500)
+    t = choose_thresholds(d, r, p)
+    flagged = (d > t["mahalanobis_warn"]) | (r > t["residual_warn"]) | (p < t["p_frontal_warn"])
     assert 0 < flagged.mean() <= 0.01
-    assert t["mahalanobis_refuse"] > d.max() and t["p_frontal_refuse"] < p.min()
+    assert t["mahalanobis_refuse"] > d.max() and t["residual_refuse"] > r.max() and t["p_frontal_refuse"] < p.min()
     assert t["p_frontal_refuse"] <= 0.05
 
 
@@ -198,6 +201,7 @@ def test_fitted_gate_is_recorded_and_meets_the_false_alarm_target(gated_model_di
     assert gate["validation"]["films"] == 200 and gate["validation"]["flagged_fraction"] <= 0.01
     t = gate["thresholds"]
     assert t["mahalanobis_refuse"] > t["mahalanobis_warn"] > 0 and 0 < t["p_frontal_refuse"] < t["p_frontal_warn"] < 1
+    assert t["residual_refuse"] > t["residual_warn"] > 0
     assert set(gate["data"]["classifier_negatives"]) == {"inverted", "rotated_90", "rotated_180", "rotated_270", "other"}
     p = Predictor(gated_model_dir)
     assert p.gate.available and p.gate.features.num_features == 96
@@ -354,7 +358,8 @@ def test_api_refuses_with_422_and_the_override_classifies(gated_model_dir: Path,
         assert r3.status_code == 200
         ok = c.post(url, files={"file": ("film.jpeg", film, "image/jpeg")})
         assert ok.status_code == 200 and ok.json()["suitability"]["status"] == "accept"
-        assert ok.json()["suitability"]["scores"]["mahalanobis"] < ok.json()["suitability"]["scores"]["mahalanobis_warn"]
+        sc = ok.json()["suitability"]["scores"]
+        assert sc["mahalanobis"] < sc["mahalanobis_warn"] and sc["residual"] < sc["residual_warn"]
         card = ModelCard.model_validate(c.get("/api/v1/model").json())
         assert card.gate["thresholds"] == json.loads((gated_model_dir / "metadata.json").read_text())["gate"]["thresholds"]
         assert card.gate["validation"]["flagged_fraction"] <= 0.01

@@ -42,8 +42,8 @@ _logger = logging.getLogger(__name__)
 
 TARGET_FALSE_ALARM = 0.01
 """Largest fraction of real validation films the feature-space checks may flag (warn or refuse)."""
-PCA_DIM = 64
-"""Largest PCA dimension of the Mahalanobis score."""
+PCA_DIM = 128
+"""Largest PCA dimension of the Mahalanobis score (at most half the feature dimension, so a residual remains)."""
 REFUSE_DISTANCE_FACTOR = 1.5
 """``mahalanobis_refuse = max(REFUSE_DISTANCE_FACTOR * mahalanobis_warn, largest validation distance)``."""
 P_FRONTAL_REFUSE_MAX = 0.05
@@ -473,7 +473,7 @@ def _fit_arrays(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    k = int(min(PCA_DIM, train_feats.shape[1], len(train_feats) - 1))
+    k = int(min(PCA_DIM, train_feats.shape[1] // 2, len(train_feats) - 1))
     pca = PCA(n_components=k, random_state=seed).fit(train_feats)
     z = pca.transform(train_feats)
     classes = np.unique(train_labels)
@@ -502,39 +502,51 @@ def _fit_arrays(
     }
 
 
-def choose_thresholds(val_distance: np.ndarray, val_p_frontal: np.ndarray,
+def choose_thresholds(val_distance: np.ndarray, val_residual: np.ndarray, val_p_frontal: np.ndarray,
                       target: float = TARGET_FALSE_ALARM) -> dict[str, float]:
     """Warn and refuse thresholds from the validation films' scores.
 
-    The warn thresholds are the ``(1 - q)`` quantile of the distances and the ``q`` quantile of
-    ``P(frontal)``, with the largest ``q`` (searched from ``target / 2`` down) for which at most
-    ``target`` of the films exceed either. The refuse thresholds lie beyond every validation film:
-    ``mahalanobis_refuse = max(REFUSE_DISTANCE_FACTOR * warn, max distance)`` and
-    ``p_frontal_refuse = min(P_FRONTAL_REFUSE_MAX, warn / 2, min P)``.
+    The warn thresholds are the ``(1 - q)`` quantiles of the distances and residuals and the ``q``
+    quantile of ``P(frontal)``, with the largest ``q`` (searched from ``target / 3`` down) for which
+    at most ``target`` of the films exceed any of them. The refuse thresholds lie beyond every
+    validation film: ``max(REFUSE_DISTANCE_FACTOR * warn, 1.05 * max)`` for the distance and the
+    residual, ``min(P_FRONTAL_REFUSE_MAX, warn / 2, min P / 2)`` for ``P(frontal)``.
 
     Args:
         val_distance: ``(n,)`` Mahalanobis distances of real validation films.
+        val_residual: ``(n,)`` their feature residuals.
         val_p_frontal: ``(n,)`` their ``P(frontal)``.
         target: largest flagged fraction.
 
     Returns:
-        ``{"mahalanobis_warn", "mahalanobis_refuse", "p_frontal_warn", "p_frontal_refuse"}``.
+        ``{"mahalanobis_warn", "mahalanobis_refuse", "residual_warn", "residual_refuse",
+        "p_frontal_warn", "p_frontal_refuse"}``.
     """
     d = np.asarray(val_distance, np.float64)
+    r = np.asarray(val_residual, np.float64)
     p = np.asarray(val_p_frontal, np.float64)
-    q = target / 2
+    q = target / 3
     while True:
         t_d = float(np.quantile(d, 1 - q, method="higher"))
+        t_r = float(np.quantile(r, 1 - q, method="higher"))
         t_p = float(np.quantile(p, q, method="lower"))
-        if np.mean((d > t_d) | (p < t_p)) <= target or q < 1e-4:
+        if np.mean((d > t_d) | (r > t_r) | (p < t_p)) <= target or q < 1e-4:
             break
         q /= 1.25
     return {
         "mahalanobis_warn": t_d,
         "mahalanobis_refuse": max(REFUSE_DISTANCE_FACTOR * t_d, float(d.max()) * 1.05),
+        "residual_warn": t_r,
+        "residual_refuse": max(REFUSE_DISTANCE_FACTOR * t_r, float(r.max()) * 1.05),
         "p_frontal_warn": t_p,
         "p_frontal_refuse": min(P_FRONTAL_REFUSE_MAX, t_p / 2, float(p.min()) * 0.5),
     }
+
+
+def _flags(s: dict[str, np.ndarray], t: dict[str, float], level: str) -> np.ndarray:
+    """Which images the feature checks flag at ``level`` (``warn``: warn or refuse; ``refuse``)."""
+    return ((s["mahalanobis"] > t[f"mahalanobis_{level}"]) | (s["residual"] > t[f"residual_{level}"])
+            | (s["p_frontal"] < t[f"p_frontal_{level}"]))
 
 
 def fit_gate(
@@ -606,14 +618,12 @@ def fit_gate(
     provisional = FeatureGate(**{k: np.asarray(v, np.float32) for k, v in arrays.items()},
                               thresholds={k: 0.0 for k in FeatureGate.THRESHOLDS})
     val_s = provisional.scores(val_f, val_logits)
-    thresholds = choose_thresholds(val_s["mahalanobis"], val_s["p_frontal"])
+    thresholds = choose_thresholds(val_s["mahalanobis"], val_s["residual"], val_s["p_frontal"])
     gate = FeatureGate(**{k: np.asarray(v, np.float32) for k, v in arrays.items()}, thresholds=thresholds)
     val_s = gate.scores(val_f, val_logits)
-    val_flag = (val_s["mahalanobis"] > thresholds["mahalanobis_warn"]) | (val_s["p_frontal"] < thresholds["p_frontal_warn"])
-    val_refuse = (val_s["mahalanobis"] > thresholds["mahalanobis_refuse"]) | (
-        val_s["p_frontal"] < thresholds["p_frontal_refuse"])
+    val_flag, val_refuse = _flags(val_s, thresholds, "warn"), _flags(val_s, thresholds, "refuse")
     neg_s = gate.scores(neg_f, np.zeros((len(neg_f), 3)))
-    neg_flag = (neg_s["mahalanobis"] > thresholds["mahalanobis_warn"]) | (neg_s["p_frontal"] < thresholds["p_frontal_warn"])
+    neg_flag = _flags(neg_s, thresholds, "warn")
 
     gate.save(model_dir / GATE_FILE)
     entry: dict[str, Any] = {
@@ -634,6 +644,8 @@ def fit_gate(
         "method": {
             "mahalanobis": f"min over classes, shared covariance (Lee et al., NeurIPS 2018), PCA to "
                            f"{arrays['components'].shape[0]} dims, Ledoit-Wolf shrinkage",
+            "residual": "norm of the features outside that PCA subspace (reconstruction error; the residual "
+                        "of ViM, Wang et al., CVPR 2022)",
             "classifier": "multinomial logistic regression on standardised features, classes "
                           + ", ".join(LR_CLASSES),
             "energy": "-logsumexp(logits) (Liu et al., NeurIPS 2020), reported only",

@@ -492,17 +492,19 @@ class Gate:
                 refuse.append(f"{_LR_REASONS[kind]} (P(frontal chest film) = {p:.2f})")
             elif p < t["p_frontal_warn"]:
                 warn.append(f"{_LR_REASONS[kind]} (P(frontal chest film) = {p:.2f}, below {t['p_frontal_warn']:.2f})")
-            for name, value, label in (("mahalanobis", d, "feature distance"), ("residual", res, "feature residual")):
-                if value > t[f"{name}_refuse"]:
-                    refuse.append(
-                        f"unlike the chest films the model was trained on ({label} {value:.1f}, "
-                        f"refusal limit {t[f'{name}_refuse']:.1f})"
-                    )
-                elif value > t[f"{name}_warn"]:
-                    warn.append(
-                        f"unusual for the chest films the model was trained on ({label} {value:.1f}, "
-                        f"limit {t[f'{name}_warn']:.1f}): check the result with care"
-                    )
+            far = [(label, value, t[f"{name}_refuse"]) for name, value, label in
+                   (("mahalanobis", d, "feature distance"), ("residual", res, "feature residual"))
+                   if value > t[f"{name}_refuse"]]
+            odd = [(label, value, t[f"{name}_warn"]) for name, value, label in
+                   (("mahalanobis", d, "feature distance"), ("residual", res, "feature residual"))
+                   if value > t[f"{name}_warn"]]
+            if far:
+                refuse.append("unlike the chest films the model was trained on ("
+                              + ", ".join(f"{lb} {v:.1f}, refusal limit {lim:.1f}" for lb, v, lim in far) + ")")
+            elif odd and not refuse:  # a refusal already says more than "unusual"
+                warn.append("unusual for the chest films the model was trained on ("
+                            + ", ".join(f"{lb} {v:.1f}, limit {lim:.1f}" for lb, v, lim in odd)
+                            + "): check the result with care")
         available = fg is not None and features is not None
         if refuse:
             return Suitability(REFUSE, refuse + warn, scores, available)

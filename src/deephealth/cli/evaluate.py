@@ -283,7 +283,8 @@ def run(args: argparse.Namespace) -> int:
     gate = report.get("gate") or {}
     if gate.get("n_read"):
         counts = ", ".join(f"{n} {status}" for status, n in gate["counts"].items())
-        print(f"  input gate: {counts} ({100 * gate['flagged_fraction']:.1f} % warned or refused; listed in the report)")
+        listed = "; listed in the report" if gate["flagged"] else ""
+        print(f"input gate: {counts} ({100 * gate['flagged_fraction']:.1f} % warned or refused{listed})")
     print(f"report: {written['report_md']}")
     print(f"metrics: {written['metrics_json']}")
     return 1 if failures else 0

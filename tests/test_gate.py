@@ -281,6 +281,9 @@ def _kinds(dataset_root: Path, data_root: Path) -> dict[str, list[bytes]]:
         "gradient": [_png(np.tile(np.linspace(0, 1, 256), (256, 1))),
                      _png(np.hypot(*np.mgrid[-1:1:256j, -1:1:256j]) / 1.5)],
         "CT slice as JPEG": [_png(ct_px)],
+        # no lateral views or other body parts' radiographs can be shipped: drawn stand-ins (fresh seeds)
+        "other body part (drawn)": [_png(gate_fit._limb_phantom(rng)) for _ in range(2)],
+        "lateral stand-in (half film)": [_png(gate_fit._half_film(np.uint8(f * 255), rng)) for f in films[:2]],
         "inverted film": [_png(1 - f) for f in films],
         "film rotated 90": [_png(np.rot90(f, -1)) for f in films],
         "film rotated 180": [_png(np.rot90(f, 2)) for f in films],

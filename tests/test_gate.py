@@ -186,6 +186,15 @@ def test_gate_file_roundtrip(tmp_path: Path):
         np.testing.assert_array_equal(getattr(back, k), getattr(g, k))
     with pytest.raises(ModelArtifactError, match="thresholds missing"):
         FeatureGate.load(tmp_path / GATE_FILE, {"mahalanobis_warn": 1.0})
+    # a gate fitted before the residual score (model 0.2.0 as released) loads and skips that check
+    old = {k: v for k, v in g.thresholds.items() if not k.startswith("residual")}
+    older = Gate(FeatureGate.load(tmp_path / GATE_FILE, old))
+    far = np.array([0, 0, 90, 90], np.float32)  # close to class 0 in the subspace, far outside it
+    q = np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8)  # passes the image checks
+    v_old = older.assess(None, q, far, np.zeros(3))
+    assert "residual" not in v_old.scores and v_old.status == "accept"
+    v_new = Gate(g).assess(None, q, far, np.zeros(3))
+    assert v_new.status == "refuse" and "feature residual 127.3" in v_new.message()
 
 
 # ------------------------------------------------------------------------ the fitted gate, Predictor

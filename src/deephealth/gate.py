@@ -318,6 +318,8 @@ class FeatureGate:
     ARRAYS = ("feat_mean", "components", "class_means", "precision", "lr_mean", "lr_scale", "lr_coef", "lr_intercept")
     THRESHOLDS = ("mahalanobis_warn", "mahalanobis_refuse", "residual_warn", "residual_refuse",
                   "p_frontal_warn", "p_frontal_refuse")
+    OPTIONAL_THRESHOLDS = ("residual_warn", "residual_refuse")
+    """Absent in gates fitted before the residual score existed (model 0.2.0 as released): that check is skipped."""
 
     @property
     def num_features(self) -> int:
@@ -340,7 +342,7 @@ class FeatureGate:
                 arrays = {k: np.asarray(z[k], dtype=np.float32) for k in cls.ARRAYS}
         except (OSError, ValueError, KeyError) as exc:
             raise ModelArtifactError(f"{path}: cannot read the gate data ({exc})") from exc
-        missing = [k for k in cls.THRESHOLDS if k not in thresholds]
+        missing = [k for k in cls.THRESHOLDS if k not in thresholds and k not in cls.OPTIONAL_THRESHOLDS]
         if missing:
             raise ModelArtifactError(f"{path}: gate thresholds missing in metadata.json: {', '.join(missing)}")
         cf = arrays["feat_mean"].shape[0]
@@ -356,7 +358,7 @@ class FeatureGate:
         )
         if not ok:
             raise ModelArtifactError(f"{path}: gate arrays have inconsistent shapes")
-        return cls(**arrays, thresholds={k: float(thresholds[k]) for k in cls.THRESHOLDS})
+        return cls(**arrays, thresholds={k: float(thresholds[k]) for k in cls.THRESHOLDS if k in thresholds})
 
     def mahalanobis(self, features: np.ndarray) -> np.ndarray:
         """Distance to the nearest class mean under the shared covariance (Lee et al., 2018).
@@ -481,9 +483,12 @@ class Gate:
             s = fg.scores(np.asarray(features)[None], np.asarray(logits)[None])
             t = fg.thresholds
             d, p, res = float(s["mahalanobis"][0]), float(s["p_frontal"][0]), float(s["residual"][0])
+            distances = [("mahalanobis", d, "feature distance")]
+            if "residual_warn" in t:
+                distances.append(("residual", res, "feature residual"))
+                scores.update(residual=res, residual_warn=t["residual_warn"], residual_refuse=t["residual_refuse"])
             scores.update(
                 mahalanobis=d, mahalanobis_warn=t["mahalanobis_warn"], mahalanobis_refuse=t["mahalanobis_refuse"],
-                residual=res, residual_warn=t["residual_warn"], residual_refuse=t["residual_refuse"],
                 p_frontal=p, p_frontal_warn=t["p_frontal_warn"], p_frontal_refuse=t["p_frontal_refuse"],
                 energy=float(s["energy"][0]),
             )
@@ -492,12 +497,8 @@ class Gate:
                 refuse.append(f"{_LR_REASONS[kind]} (P(frontal chest film) = {p:.2f})")
             elif p < t["p_frontal_warn"]:
                 warn.append(f"{_LR_REASONS[kind]} (P(frontal chest film) = {p:.2f}, below {t['p_frontal_warn']:.2f})")
-            far = [(label, value, t[f"{name}_refuse"]) for name, value, label in
-                   (("mahalanobis", d, "feature distance"), ("residual", res, "feature residual"))
-                   if value > t[f"{name}_refuse"]]
-            odd = [(label, value, t[f"{name}_warn"]) for name, value, label in
-                   (("mahalanobis", d, "feature distance"), ("residual", res, "feature residual"))
-                   if value > t[f"{name}_warn"]]
+            far = [(label, value, t[f"{name}_refuse"]) for name, value, label in distances if value > t[f"{name}_refuse"]]
+            odd = [(label, value, t[f"{name}_warn"]) for name, value, label in distances if value > t[f"{name}_warn"]]
             if far:
                 refuse.append("unlike the chest films the model was trained on ("
                               + ", ".join(f"{lb} {v:.1f}, refusal limit {lim:.1f}" for lb, v, lim in far) + ")")

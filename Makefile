@@ -23,6 +23,7 @@ $(VENV)/.dev-installed: $(VENV)/bin/activate pyproject.toml
 install-serve: $(VENV)/.serve-installed
 install-dev: $(VENV)/.dev-installed
 	@command -v chromium >/dev/null 2>&1 || { echo 'installing Debian chromium for the browser test'; apt-get update -q && apt-get install -y -q chromium; }
+	@{ command -v Orthanc >/dev/null 2>&1 && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so && command -v dciodvfy >/dev/null 2>&1; } || { echo 'installing Debian orthanc, orthanc-dicomweb and dicom3tools for the PACS and DICOM tests'; apt-get update -q && apt-get install -y -q --no-install-recommends orthanc orthanc-dicomweb dicom3tools; }
 
 run: install-serve
 	$(VENV)/bin/deephealth serve --host $(HOST) --port $(PORT)

@@ -169,6 +169,8 @@ class FuzzStats:
     per_seed: Counter = field(default_factory=Counter)
     error_kinds: Counter = field(default_factory=Counter)
     rss_mb: list[float] = field(default_factory=list)
+    sample: list[bytes] = field(default_factory=list)
+    leak_rss_mb: list[float] = field(default_factory=list)
 
     def ok(self) -> bool:
         return not self.failures and not self.slow
@@ -192,12 +194,18 @@ def _error_kind(message: str) -> str:
 
 
 def run_fuzz(seeds: dict[str, bytes], examples: int, *, seed: int = 0, save_dir: Path | None = None,
-             progress: bool = False, before_each: Callable[[], None] | None = None) -> FuzzStats:
+             progress: bool = False, before_each: Callable[[], None] | None = None,
+             leak_rounds: int = 0, sample_size: int = 500) -> FuzzStats:
     """Run ``examples`` Hypothesis-generated inputs through the readers and collect statistics.
 
     Never raises for a reader failure: every unexpected exception, and every input slower than
     :data:`HANG_S`, is recorded in the returned stats (and written to ``save_dir`` if given).
     ``before_each`` is called before each input (the command line re-arms its watchdog there).
+
+    Resident memory during the run also counts Hypothesis's own bookkeeping, which grows with the
+    number of examples. So, with ``leak_rounds``, a sample of ``sample_size`` generated inputs is
+    read again ``leak_rounds`` times after the run, without Hypothesis: a leak in the readers shows
+    as RSS growing from round to round (``stats.leak_rss_mb``).
     """
     from hypothesis import HealthCheck, Phase, given, seed as hyp_seed, settings
     from hypothesis import strategies as st
@@ -225,6 +233,8 @@ def run_fuzz(seeds: dict[str, bytes], examples: int, *, seed: int = 0, save_dir:
     def one(index: int, mutations: list, target: int | None) -> None:
         name = names[index]
         data = mutate(seeds[name], mutations)
+        if leak_rounds and stats.inputs % max(1, examples // sample_size) == 0 and len(stats.sample) < sample_size:
+            stats.sample.append(data)
         if before_each:
             before_each()
         t0, c0 = time.perf_counter(), time.thread_time()
@@ -258,7 +268,16 @@ def run_fuzz(seeds: dict[str, bytes], examples: int, *, seed: int = 0, save_dir:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow/pydicom warn about the corrupt files we feed them
         one()
-    stats.rss_mb.append(rss_mb())
+        stats.rss_mb.append(rss_mb())
+        for _ in range(leak_rounds):
+            for data in stats.sample:
+                if before_each:
+                    before_each()
+                try:
+                    read_image(data, name="fuzz")
+                except ImageReadError:
+                    pass
+            stats.leak_rss_mb.append(rss_mb())
     return stats
 
 
@@ -269,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default=None, help="folder with chest_xray_224/ and dicom/ (default: ../shared/data)")
     ap.add_argument("--save-dir", default=None, help="write failing and slow inputs here")
     ap.add_argument("--watchdog", type=float, default=60.0, help="dump stacks and exit if one input hangs this long (s)")
+    ap.add_argument("--leak-rounds", type=int, default=5,
+                    help="afterwards, read a sample of 500 generated inputs this many times, watching RSS")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args(argv)
 
@@ -287,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         stats = run_fuzz(seeds, args.examples, seed=args.seed, save_dir=Path(args.save_dir) if args.save_dir else None,
-                         progress=True,
+                         progress=True, leak_rounds=args.leak_rounds,
                          before_each=lambda: faulthandler.dump_traceback_later(args.watchdog, exit=True))
     finally:
         faulthandler.cancel_dump_traceback_later()
@@ -302,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share these cores)")
     except OSError:
         pass
-    print(f"resident memory: {rss[0]:.0f} MB at start, {max(rss):.0f} MB peak, {rss[-1]:.0f} MB at the end")
+    print(f"resident memory: {rss[0]:.0f} MB at start, {max(rss):.0f} MB peak, {rss[-1]:.0f} MB at the end "
+          "(includes Hypothesis's own bookkeeping, which grows with the examples)")
+    if stats.leak_rss_mb:
+        print(f"leak check: {len(stats.sample)} of the generated inputs read {len(stats.leak_rss_mb)} more times "
+              f"without Hypothesis, RSS after each round: {', '.join(f'{v:.0f}' for v in stats.leak_rss_mb)} MB")
     print("inputs per seed: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.per_seed.items())))
     print("most common refusals:")
     for kind, n in stats.error_kinds.most_common(12):
@@ -315,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             "failures": stats.failures, "slow": stats.slow, "max_cpu_ms": stats.max_s * 1000,
             "max_wall_ms": stats.max_wall_s * 1000, "mean_cpu_ms": stats.total_s / max(stats.inputs, 1) * 1000,
             "wall_s": wall,
-            "rss_mb": {"start": rss[0], "peak": max(rss), "end": rss[-1]},
+            "rss_mb": {"start": rss[0], "peak": max(rss), "end": rss[-1]}, "leak_check_rss_mb": stats.leak_rss_mb,
             "refusals": dict(stats.error_kinds.most_common()),
         }, indent=2) + "\n")
     return 0 if stats.ok() else 1

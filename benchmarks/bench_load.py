@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-upload-mb", type=float, default=4.0, help="the server's upload limit (default 4)")
     ap.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the server to start")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args(argv)
 
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 async def _run(args: argparse.Namespace, base: str, server: subprocess.Popen, payloads: dict, cpu: str) -> int:
     import httpx
 
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + args.ready_timeout
     async with httpx.AsyncClient(base_url=base, timeout=5.0) as c:
         while True:
             if server.poll() is not None:
@@ -172,7 +173,7 @@ async def _run(args: argparse.Namespace, base: str, server: subprocess.Popen, pa
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                print("server did not become ready in 180 s", file=sys.stderr)
+                print(f"server did not become ready in {args.ready_timeout:.0f} s", file=sys.stderr)
                 return 2
             await asyncio.sleep(0.25)
     # warm-up at full concurrency, every payload once: ONNX Runtime's arenas and the decoders'

@@ -48,11 +48,14 @@ class PredictionDiff:
     flips: list[str] = field(default_factory=list)
 
 
-def _decision_distances(p: np.ndarray) -> np.ndarray:
-    """(N, 3) probabilities -> (N,) distance of each record to its nearest decision boundary."""
+def _decision_distances(p: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """(N, 3) probabilities -> (N,) distance of each record to its nearest decision boundary.
+
+    ``threshold``: the pneumonia threshold of the model's operating point (0.5 without one).
+    """
     s = np.sort(p, axis=1)
     margin = (s[:, -1] - s[:, -2]) / 2  # a shift of this much in each of the top two flips the label
-    pneu = np.abs((1 - p[:, 0]) - 0.5)
+    pneu = np.minimum(np.abs((1 - p[:, 0]) - 0.5), np.abs((1 - p[:, 0]) - threshold))
     bv = np.abs(p[:, 2] / np.maximum(p[:, 1] + p[:, 2], 1e-12) - 0.5)
     conf = p.max(axis=1)
     edges = np.arange(ECE_BINS + 1) / ECE_BINS
@@ -60,8 +63,13 @@ def _decision_distances(p: np.ndarray) -> np.ndarray:
     return np.minimum.reduce([margin, pneu, bv, edge])
 
 
-def compare_predictions(golden: list[dict[str, str]], fresh: list[dict[str, str]]) -> PredictionDiff:
+def compare_predictions(
+    golden: list[dict[str, str]], fresh: list[dict[str, str]], threshold: float = 0.5
+) -> PredictionDiff:
     """Compare two ``predictions.csv`` tables (rows as read by ``csv.DictReader``).
+
+    ``threshold``: the model's pneumonia threshold (``metadata.json`` -> ``operating_point``), a
+    decision boundary besides the arg-max ones.
 
     Asserts: the same files; every probability within :data:`PROB_ATOL`; the same predicted label
     except at a near tie (reported with ``warnings.warn``). Returns the deviation and near ties.
@@ -79,7 +87,7 @@ def compare_predictions(golden: list[dict[str, str]], fresh: list[dict[str, str]
         f"by {dev[worst]:.2g} (tolerance {PROB_ATOL})"
     )
     diff = PredictionDiff(max_dev=float(dev.max()))
-    tie = _decision_distances(pg) <= 2 * diff.max_dev + ROUNDING
+    tie = _decision_distances(pg, threshold) <= 2 * diff.max_dev + ROUNDING
     diff.near_ties = [k for k, t in zip(files, tie) if t]
     for k, t in zip(files, tie):
         same = g[k]["predicted"] == f[k]["predicted"] and g[k]["true"] == f[k]["true"]

@@ -84,3 +84,20 @@ def gated_model_dir(tiny_model_dir: Path, dataset_root: Path, tmp_path_factory: 
     fit_gate(out, decode_records(train, pre), np.array([r.label_index for r in train]), decode_records(val, pre),
              n_lr_films=300, n_transformed=80, n_other=300, seed=0)
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The audit trail's default SQLite file goes to a temporary state folder, never to ~/.local/state."""
+    import os
+
+    folder = tmp_path_factory.mktemp("state")
+    old = {k: os.environ.get(k) for k in ("DEEPHEALTH_STATE_DIR", "DEEPHEALTH_DATABASE_URL")}
+    os.environ["DEEPHEALTH_STATE_DIR"] = str(folder)
+    os.environ.pop("DEEPHEALTH_DATABASE_URL", None)
+    yield folder
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

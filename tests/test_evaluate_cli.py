@@ -178,15 +178,22 @@ def test_evaluation_never_imports_torch():
 @pytest.mark.skipif(not RELEASED_REPORT.is_file(), reason=f"no committed released-model report at {RELEASED_REPORT}")
 def test_released_model_reproduces_committed_metrics(dataset_root, tmp_path, capsys):
     committed = load_metrics(RELEASED_REPORT)
+    # The same comparison rows as the committed report (README: "Reproduce it").
+    repo = Path(__file__).resolve().parents[1]
     rc, _, err = _run(capsys, "--model", str(default_model_dir()), "--data", str(dataset_root), "--split", "test",
-                      "--out", str(tmp_path / "report"), "--no-progress")
+                      "--out", str(tmp_path / "report"), "--no-progress",
+                      "--compare", "prototype method (frozen ImageNet Lite0 + last layer)="
+                      f"{repo / 'docs/evaluations/prototype-method/metrics.json'}",
+                      "--compare-adapted", "0.2.0 site-adapted (AdaBN on the 624 unlabelled test films)="
+                      f"{repo / 'docs/evaluations/site-adapted/metrics.json'}")
     assert rc == 0, err
     fresh = load_metrics(tmp_path / "report" / "metrics.json")
     assert fresh["data"]["n_scored"] == 624
     # Machines of the same kind differ in the last digit (AVX-512 vs AVX2 kernels): probabilities
     # within 1e-4, labels and counts exact except at a near tie (reported), see tests/_golden.py.
+    op = committed["model"].get("operating_point") or {}
     diff = compare_predictions(_csv_rows(RELEASED_REPORT.parent / "predictions.csv"),
-                               _csv_rows(tmp_path / "report" / "predictions.csv"))
+                               _csv_rows(tmp_path / "report" / "predictions.csv"), op.get("threshold", 0.5))
     golden, now = reproducible_part(committed), reproducible_part(fresh)
     for section in golden:
         if section not in now:  # a section dropped since that report was made

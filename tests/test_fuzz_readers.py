@@ -33,10 +33,12 @@ def test_mutations_apply_as_drawn():
 def test_short_fuzz_run_only_results_or_image_read_errors(data_root: Path, tmp_path: Path):
     seeds = bench_fuzz.make_seeds(data_root)
     assert {"normal.jpeg", "normal.png", "cr_chest_pa_rsna.dcm", "dx_bare"} <= set(seeds)
-    stats = bench_fuzz.run_fuzz(seeds, 1000, seed=1, save_dir=tmp_path)
+    stats = bench_fuzz.run_fuzz(seeds, 1000, seed=1, save_dir=tmp_path, leak_rounds=2, sample_size=300)
     assert stats.inputs == 1000
     assert stats.failures == [], stats.failures[:3]
     assert stats.slow == [], stats.slow[:3]
     # both outcomes happen: the run is not all refusals (or all successes)
     assert stats.results > 50 and stats.read_errors > 300, (stats.results, stats.read_errors)
     assert max(stats.rss_mb) - stats.rss_mb[0] < 500, stats.rss_mb
+    # reading the same 300 inputs again does not grow the process (no leak in the readers)
+    assert len(stats.sample) == 300 and stats.leak_rss_mb[-1] - stats.leak_rss_mb[0] < 20, stats.leak_rss_mb

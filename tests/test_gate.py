@@ -326,7 +326,12 @@ def test_unsuitable_kinds_are_flagged_by_the_bundled_model(dataset_root: Path, d
     art = ModelArtifact.load(default_model_dir(), verify=False)
     if "gate" not in art.metadata:
         pytest.skip(f"the bundled model {art.name} {art.version} has no fitted input gate")
-    _assert_kinds_flagged(default_model_dir(), dataset_root, data_root)
+    skip: tuple[str, ...] = ()
+    if "residual_warn" not in art.metadata["gate"]["thresholds"]:
+        # fitted before the residual score and the drawn stand-ins existed (0.2.0 as released):
+        # refit it (docs/gate.md, "Fitting it") to have these checked too
+        skip = ("other body part (drawn)", "lateral stand-in (half film)")
+    _assert_kinds_flagged(default_model_dir(), dataset_root, data_root, skip=skip)
 
 
 def test_inverted_and_rotated_films_are_named(gated_model_dir: Path, dataset_root: Path):
@@ -430,3 +435,34 @@ def test_evaluation_report_has_a_gate_section(gated_model_dir: Path, dataset_roo
     _gate_markdown(g, lines.append)
     assert lines[0] == "## Input gate" and any("`noise.png` (refuse)" in ln for ln in lines)
     assert "| refuse | 1 | 20.0 % |" in lines
+
+
+def test_every_gate_reason_has_a_spanish_translation(dataset_root: Path):
+    pytest.importorskip("fastapi")
+    from deephealth.gate import _LR_REASONS
+    from deephealth.web.i18n import translate_text
+
+    reasons: list[str] = []
+    film = _film(dataset_root)
+    im = Image.fromarray(np.uint8(film * 255)).convert("RGB")
+    ImageDraw.Draw(im).line([(30, 30), (70, 70)], fill=(255, 0, 0), width=3)
+    from sklearn.datasets import load_sample_images
+
+    for data in (_png(im), _png(Image.fromarray(load_sample_images().images[1])),
+                 _png(np.asarray(Image.fromarray(film, mode="F").resize((224 * 3, 224)), np.float32)),
+                 _png(np.asarray(Image.fromarray(film, mode="F").resize((400, 224)), np.float32)),
+                 _png(np.clip(0.5 + np.random.default_rng(0).normal(0, 0.005, (128, 128)), 0, 1)),
+                 _png(np.tile(np.linspace(0, 1, 300), (240, 1)))):
+        refuse, warn, _ = _check(data)
+        reasons += refuse + warn
+    g = _toy_gate(residual_warn=1.0, residual_refuse=200.0)
+    q = np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8)
+    for f in ([0, 0, 90, 90], [30, 0, 300, 0], [0, 1.2, 0, 0]):  # residual warn; both refuse; distance warn
+        reasons += Gate(g).assess(None, q, np.array(f, np.float32), np.zeros(3)).reasons
+    reasons += [f"{r} (P(frontal chest film) = 0.01)" for r in _LR_REASONS.values()]
+    assert len(reasons) >= 14
+    for r in reasons:
+        es = translate_text(r, "es")
+        assert es != r, r
+        for english in ("feature", "limit", "chest film", " image ", "the model", "check the result"):
+            assert english not in es, (r, es)

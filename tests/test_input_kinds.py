@@ -11,11 +11,10 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from deephealth.cli import main
 from deephealth.readers import (
@@ -27,7 +26,8 @@ from deephealth.readers import (
 )
 from deephealth.readers.formats import is_bare_dicom
 
-DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+from test_readers_dicom import make_dicom, to_bytes
+
 # 12-bit ramp with structure: value (y, x) = (x * 31 + y * 7) % 4096
 RAMP12 = ((np.arange(96)[None, :] * 31 + np.arange(80)[:, None] * 7) % 4096).astype(np.uint16)
 
@@ -38,24 +38,12 @@ def scaled(v: float) -> float:
 
 
 def dx_dataset(arr: np.ndarray = RAMP12, photometric: str = "MONOCHROME2", **elements) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = DX_SOP_CLASS
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = DX_SOP_CLASS
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.set_pixel_data(arr, photometric, 12 if arr.dtype == np.uint16 else 8)
-    for k, v in elements.items():
-        setattr(ds, k, v)
-    return ds
+    """A DX data set with file meta (the DICOM reader tests' builder), 12-bit for uint16 data."""
+    return make_dicom(arr, photometric=photometric, bits_stored=12 if arr.dtype == np.uint16 else 8, **elements)
 
 
 def full_file(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return to_bytes(ds)
 
 
 def bare_dataset(ds: Dataset, *, implicit: bool = True) -> bytes:

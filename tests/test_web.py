@@ -452,12 +452,15 @@ def test_model_card_reads_test_metrics_from_the_report(tiny_model_dir, tmp_path)
 
 
 def test_healthz(client):
-    assert client.get("/healthz").json() == {
+    health = client.get("/healthz").json()
+    audit = health.pop("audit")
+    assert health == {
         "status": "ok",
         "model": "tiny-test-model",
         "version": "0.0.0-test",
         "max_upload_bytes": 32 * 1024 * 1024,
     }
+    assert audit["enabled"] is True and audit["failures"] == 0 and audit["database"].startswith("sqlite:///")
 
 
 def test_openapi_docs(client):
@@ -614,6 +617,7 @@ def test_serve_command(tiny_model_dir, xrays, workers):
                    "--max-upload-mb", "8"])
     try:
         health = _wait_healthy(proc, base)
+        assert health.pop("audit")["failures"] == 0
         assert health == {"status": "ok", "model": "tiny-test-model", "version": "0.0.0-test",
                           "max_upload_bytes": 8 * 1024 * 1024}
         r = httpx.post(base + URL, files={"file": (xrays[0].name, xrays[0].read_bytes())}, timeout=60)
@@ -631,3 +635,26 @@ def test_serve_command_with_a_missing_model_is_one_line(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert err.strip() == f"deephealth serve: cannot load the model: model folder not found: {tmp_path / 'nope'}"
+
+
+def test_model_card_of_the_released_model_states_operating_point_and_initialisation():
+    from deephealth.paths import default_model_dir
+
+    with TestClient(create_app(Settings(model_dir=default_model_dir()))) as c:
+        card = c.get("/api/v1/model").json()
+    ModelCard.model_validate(card)
+    assert card["operating_point"]["target_sensitivity"] == 0.95
+    assert 0.5 < card["operating_point"]["threshold"] < 1.0
+    assert card["initialisation"]["sha256"].startswith("57934424")  # the efficientnet-lite0 wheel's file
+    assert card["initialisation"]["licence"] == "Apache-2.0" and card["adaptation"] is None
+    with TestClient(create_app(Settings(model_dir=default_model_dir()))) as c:
+        r = c.post("/api/v1/predictions", files={"file": ("x.jpeg", _released_film_bytes(), "image/jpeg")})
+    body = r.json()
+    assert r.status_code == 200 and body["decision"]["threshold"] == card["operating_point"]["threshold"]
+    assert body["decision"]["pneumonia_probability"] == pytest.approx(1 - body["probabilities"]["normal"], abs=1e-9)
+
+
+def _released_film_bytes() -> bytes:
+    from deephealth.paths import dataset_dir
+
+    return (dataset_dir() / "test" / "NORMAL" / "IM-0001-0001.jpeg").read_bytes()

@@ -146,6 +146,14 @@ def _expect_result(pg, expected, filename: str) -> None:
         width = bar.locator(".bar-fill").evaluate("e => e.style.width")
         assert float(width.rstrip("%")) == pytest.approx(pct, abs=0.01)
     expect(bars.nth(expected.label_index)).to_have_class("top")
+    d = expected.decision or {}
+    if d.get("threshold") is not None:  # a model with an operating point says how the label was decided
+        expect(pg.locator("#decision")).to_be_visible()
+        expect(pg.locator("#decision")).to_contain_text(
+            f"Probability of pneumonia {100 * d['pneumonia_probability']:.1f} %. "
+            f"The model calls pneumonia from {100 * d['threshold']:.1f} %")
+    else:
+        expect(pg.locator("#decision")).to_be_hidden()
     # the preview and the heatmap overlay are decoded images on screen
     for sel in ("#preview", "#overlay"):
         assert pg.locator(sel).evaluate("img => img.complete && img.naturalWidth") > 0, sel
@@ -327,5 +335,49 @@ def test_input_gate_refusal_and_warning_banner(browser, gated_model_dir, dataset
         expect(pg.locator("#gate-banner")).to_be_visible()
         expect(pg.locator("#gate-reasons")).to_contain_text("coloured annotations")
         expect(pg.locator("#error")).to_be_hidden()
+        context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def test_spanish_from_accept_language_and_the_language_toggle(browser, server, xray, model_dir):
+    """A Spanish browser gets the page, labels, messages and disclaimer in Spanish; the toggle switches."""
+    from deephealth.web.i18n import CLASS_DESCRIPTIONS as I18N
+
+    expect = sync_api.expect
+    expected = Predictor(model_dir).predict(xray.read_bytes(), name=xray.name)
+    context, pg, errors = _open(browser, server, locale="es-ES")
+    try:
+        assert pg.evaluate("document.documentElement.lang") == "es"
+        expect(pg.locator("#notice")).to_contain_text("Apoyo a la decisión, no un diagnóstico.")
+        expect(pg.locator(".lang-toggle button[data-lang=es]")).to_have_attribute("aria-pressed", "true")
+        pg.set_input_files("#file", str(xray))
+        expect(pg.locator("body")).to_have_attribute("data-state", "result", timeout=30_000)
+        expect(pg.locator("#pred-label")).to_have_text(I18N["es"][expected.label])
+        bars = pg.locator("#bars li")
+        for i, name in enumerate(CLASS_NAMES):
+            expect(bars.nth(i).locator(".bar-label span").first).to_have_text(f"{i} · {I18N['es'][name]}")
+            expect(bars.nth(i)).to_have_attribute("data-class", name)  # machine-readable names stay English
+        expect(pg.locator("#image-info")).to_contain_text("Leída como JPEG")
+        expect(pg.locator("[data-i18n=probabilities]")).to_have_text("Probabilidades (calibradas)")
+
+        # toggle to English: the static texts switch and the result is asked for again in English
+        pg.click(".lang-toggle button[data-lang=en]")
+        expect(pg.locator("#notice")).to_contain_text("Decision support, not a diagnosis.")
+        expect(pg.locator("#pred-label")).to_have_text(CLASS_DESCRIPTIONS[expected.label], timeout=30_000)
+        assert pg.evaluate("document.documentElement.lang") == "en"
+
+        # back to Spanish; an error from the server comes in Spanish too
+        pg.click(".lang-toggle button[data-lang=es]")
+        expect(pg.locator("#pred-label")).to_have_text(I18N["es"][expected.label], timeout=30_000)
+        pg.set_input_files("#file", files=[{"name": "notas.txt", "mimeType": "text/plain", "buffer": b"no es una imagen\n" * 20}])
+        expect(pg.locator("body")).to_have_attribute("data-state", "error", timeout=30_000)
+        expect(pg.locator("#error-title")).to_have_text("Formato de archivo no admitido")
+        expect(pg.locator("#error-detail")).to_have_text(
+            "notas.txt: no es una imagen (contenido no reconocido; se espera JPEG, PNG, TIFF, DICOM, BMP, GIF o WebP)"
+        )
+        # the choice is remembered over a reload
+        pg.reload()
+        expect(pg.locator("[data-i18n=notice_title]")).to_have_text("Apoyo a la decisión, no un diagnóstico.")
+    finally:
         context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"

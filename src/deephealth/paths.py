@@ -42,3 +42,18 @@ def default_model_dir() -> Path:
     if env:
         return Path(env)
     return BUNDLED_MODELS_DIR / DEFAULT_MODEL_NAME
+
+
+def state_dir() -> Path:
+    """Folder for the service's state (the audit trail's SQLite file).
+
+    ``DEEPHEALTH_STATE_DIR`` wins; otherwise ``$XDG_STATE_HOME/deephealth``, and without
+    ``XDG_STATE_HOME`` ``~/.local/state/deephealth`` (XDG Base Directory Specification).
+    The folder is not created here.
+    """
+    env = os.environ.get("DEEPHEALTH_STATE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "deephealth"

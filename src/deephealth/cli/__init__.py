@@ -19,6 +19,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("inspect", "inspect", "read image files and show what the model will see"),
     ("predict", "predict", "classify chest X-rays (files, folders, globs)"),
     ("serve", "serve", "serve the web app and REST API"),
+    ("pacs", "pacs", "classify the CR/DX images in a PACS (DICOMweb) and store DICOM SR results back"),
     ("evaluate", "evaluate", "score a model and write its evaluation report"),
     ("train", "train", "train a model (needs the [train] extra)"),
     ("export", "export", "export a training run to ONNX + metadata.json"),

@@ -8,7 +8,9 @@ be read is reported with its reason and the others are still classified.
 Output: a table (default), or --format json / csv on stdout (the decision-support notice then goes
 to stderr so the output stays parseable). Probabilities are calibrated (temperature scaling).
 --heatmap-dir DIR writes, for each image, a PNG of the class activation heatmap of the predicted
-class over the image.
+class over the image. --dicom-out DIR writes, for each image, a DICOM Comprehensive SR with the
+coded finding and a Secondary Capture of the heatmap (needs the [pacs] extra); a DICOM input's
+patient and study are copied, any other input gets a generated study marked "no source study".
 
 Input gate: every image is checked first (is it a frontal chest radiograph the model can be trusted
 on?). The "gate" column says accept, warn (classified, reasons shown) or refuse (not classified,
@@ -28,8 +30,10 @@ import io
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
+from deephealth.cli._audit import close_for_cli, open_for_cli
 from deephealth.readers.formats import FILE_SUFFIXES as FOLDER_SUFFIXES
 
 # FOLDER_SUFFIXES: suffixes picked up inside folders (plus files without a suffix, which may be
@@ -45,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format (default: table)")
     parser.add_argument("--heatmap-dir", metavar="DIR", default=None,
                         help="write a heatmap overlay PNG per image into DIR")
+    parser.add_argument("--dicom-out", metavar="DIR", default=None,
+                        help="write a DICOM SR and a Secondary Capture heatmap per image into DIR (needs deephealth[pacs])")
     parser.add_argument("--model", metavar="DIR", default=None,
                         help="model folder (default: $DEEPHEALTH_MODEL_DIR or the bundled model)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per network run (default 32)")
@@ -52,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ONNX Runtime threads (default: all CPU cores)")
     parser.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity in the overlays, 0-1 (default 0.4)")
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    parser.add_argument("--audit", action="store_true",
+                        help="record every prediction in the audit trail ($DEEPHEALTH_DATABASE_URL, needs deephealth[audit])")
     parser.add_argument("--allow-unsuitable", action="store_true",
                         help="classify images the input gate refuses anyway (the flags are kept in the output)")
 
@@ -168,6 +176,46 @@ def _fmt_csv(rows: list[dict], model: str) -> str:
     return buf.getvalue()
 
 
+def _audit(audit, results, artifact, latency_ms: float) -> None:
+    """Queue one audit record per result (interface ``cli``; the file's bytes are hashed, never stored)."""
+    from deephealth.audit import gate_outcome
+
+    for res in results:
+        try:
+            data = Path(res.source).read_bytes()
+        except OSError:
+            data = None
+        info = getattr(res, "info", None)
+        audit.record(
+            interface="cli", client="local", input_data=data,
+            input_format=getattr(info, "format", None),
+            model_name=artifact.name, model_version=artifact.version, model_sha256=artifact.sha256,
+            label=res.label if res.ok else None,
+            probabilities=dict(res.probabilities) if res.ok else None,
+            gate=gate_outcome(res), latency_ms=latency_ms, status_code=200 if res.ok else 422,
+        )
+
+
+def _write_dicom(res, row: dict, artifact, out_dir: Path, alpha: float) -> dict:
+    """Write the SR and Secondary Capture of one prediction; the row gains ``dicom_files`` or becomes an error."""
+    from deephealth.dicom_output import build_dicom_result, read_source_header
+
+    try:
+        result = build_dicom_result(
+            res, artifact.name, artifact.version, artifact.sha256, read_source_header(res.source), alpha=alpha
+        )
+        sr_path, sc_path = result.save(out_dir)
+    except OSError as exc:
+        return {"source": res.source, "ok": False,
+                "error": f"{res.source}: cannot write DICOM output to {out_dir} ({exc.strerror or exc})"}
+    except (ValueError, AttributeError, TypeError) as exc:  # highdicom rejects the source's attributes
+        return {"source": res.source, "ok": False, "error": f"{res.source}: cannot make the DICOM SR ({exc})"}
+    row["dicom_files"] = [str(sr_path), str(sc_path)]
+    if not result.has_source:
+        row["warnings"] = [*row["warnings"], "no source study: the DICOM output is in a generated study"]
+    return row
+
+
 def run(args: argparse.Namespace) -> int:
     """Classify the inputs and print the results. Exit 0 all ok, 1 some failed, 2 model/usage error."""
     from deephealth.artifact import ModelArtifactError
@@ -186,6 +234,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"cannot load the model: {exc}", file=sys.stderr)
         return 2
 
+    dicom_dir = Path(args.dicom_out) if args.dicom_out else None
+    if dicom_dir is not None:
+        try:
+            import highdicom  # noqa: F401
+        except ImportError:
+            print("--dicom-out needs highdicom: pip install 'deephealth[pacs]'", file=sys.stderr)
+            return 2
+    audit, ok = open_for_cli(args.audit)
+    if not ok:
+        return 2
     files, missing = collect_inputs(args.paths)
     heat_dir = Path(args.heatmap_dir) if args.heatmap_dir else None
     if heat_dir is not None:
@@ -211,10 +269,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         for start in range(0, len(files), chunk):
             part = files[start : start + chunk]
-            for res in predictor.predict_many(part, batch_size=args.batch_size, heatmap=heat_dir is not None,
-                                              allow_unsuitable=args.allow_unsuitable):
+            want_heat = heat_dir is not None or dicom_dir is not None
+            t0 = time.perf_counter()
+            results = predictor.predict_many(part, batch_size=args.batch_size, heatmap=want_heat,
+                                             allow_unsuitable=args.allow_unsuitable)
+            if audit is not None:  # latency: the chunk's time shared evenly by its images
+                _audit(audit, results, predictor.artifact, (time.perf_counter() - t0) * 1000.0 / max(len(part), 1))
+            for res in results:
                 d = res.to_dict()
-                if heat_dir is not None and not isinstance(res, PredictionError):
+                if dicom_dir is not None and not isinstance(res, PredictionError):
+                    d = _write_dicom(res, d, predictor.artifact, dicom_dir, args.alpha)
+                if heat_dir is not None and not isinstance(res, PredictionError) and d["ok"]:
                     out = heat_dir / _heatmap_name(res.source, used_names)
                     try:
                         out.write_bytes(res.overlay_png(alpha=args.alpha))
@@ -222,6 +287,7 @@ def run(args: argparse.Namespace) -> int:
                     except OSError as exc:
                         d = {"source": res.source, "ok": False,
                              "error": f"{res.source}: cannot write heatmap {out} ({exc.strerror or exc})"}
+                if not isinstance(res, PredictionError):
                     res.image = res.heatmap = None  # free memory
                 rows.append(d)
             if bar is not None:
@@ -229,6 +295,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+        if audit is not None:
+            close_for_cli(audit)
     for arg, reason in missing:
         rows.append({"source": arg, "ok": False, "error": f"{arg}: {reason}"})
 
@@ -254,7 +322,8 @@ def run(args: argparse.Namespace) -> int:
         if n_refused or n_warned:
             gate_note = f" (input gate: {n_refused} refused, {n_warned} classified with a warning)"
         print(f"{len(rows)} input(s): {len(rows) - n_bad} classified, {n_bad} failed" + gate_note
-              + (f"; heatmaps in {heat_dir}" if heat_dir is not None and len(rows) > n_bad else ""))
+              + (f"; heatmaps in {heat_dir}" if heat_dir is not None and len(rows) > n_bad else "")
+              + (f"; DICOM SR and Secondary Capture in {dicom_dir}" if dicom_dir is not None and len(rows) > n_bad else ""))
         if not predictor.gate.available:
             print("input gate: image checks only (this model has no fitted feature-space gate)")
         print(notice)

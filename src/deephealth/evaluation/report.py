@@ -294,31 +294,6 @@ def build_report(
     )
 
 
-def gate_summary(rows: list[dict[str, Any]], root: str | Path | None) -> dict[str, Any]:
-    """The input gate's outcomes on the evaluated images (rows from ``evaluate_model``).
-
-    Returns:
-        ``{"counts": {status: n}, "n_read": int, "flagged_fraction": float | None,
-        "flagged": [{"file", "status", "reasons"}]}`` -- ``flagged`` lists every warned or refused
-        image (refused ones were still scored, so the metrics cover the whole split).
-    """
-    read = [r for r in rows if r.get("gate")]
-    counts: dict[str, int] = {}
-    for r in read:
-        counts[r["gate"]] = counts.get(r["gate"], 0) + 1
-    flagged = [
-        {"file": relative_path(r["path"], root), "status": r["gate"], "reasons": list(r.get("gate_reasons") or [])}
-        for r in read if r["gate"] in ("warn", "refuse")
-    ]
-    flagged.sort(key=lambda f: (f["status"] != "refuse", f["file"]))
-    return {
-        "counts": dict(sorted(counts.items())),
-        "n_read": len(read),
-        "flagged_fraction": len(flagged) / len(read) if read else None,
-        "flagged": flagged,
-    }
-
-
 def deduplicated_section(
     y_true: np.ndarray,
     probs: np.ndarray,
@@ -422,6 +397,31 @@ def comparison_entry(name: str, other: dict[str, Any], uses_unlabelled_target_im
         },
         "all": pick(head),
         "deduplicated": {"n_images": dedup.get("n_images"), "metrics": pick(dedup["metrics"])} if dedup else None,
+    }
+
+
+def gate_summary(rows: list[dict[str, Any]], root: str | Path | None) -> dict[str, Any]:
+    """The input gate's outcomes on the evaluated images (rows from ``evaluate_model``).
+
+    Returns:
+        ``{"counts": {status: n}, "n_read": int, "flagged_fraction": float | None,
+        "flagged": [{"file", "status", "reasons"}]}`` -- ``flagged`` lists every warned or refused
+        image (refused ones were still scored, so the metrics cover the whole split).
+    """
+    read = [r for r in rows if r.get("gate")]
+    counts: dict[str, int] = {}
+    for r in read:
+        counts[r["gate"]] = counts.get(r["gate"], 0) + 1
+    flagged = [
+        {"file": relative_path(r["path"], root), "status": r["gate"], "reasons": list(r.get("gate_reasons") or [])}
+        for r in read if r["gate"] in ("warn", "refuse")
+    ]
+    flagged.sort(key=lambda f: (f["status"] != "refuse", f["file"]))
+    return {
+        "counts": dict(sorted(counts.items())),
+        "n_read": len(read),
+        "flagged_fraction": len(flagged) / len(read) if read else None,
+        "flagged": flagged,
     }
 
 

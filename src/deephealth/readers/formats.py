@@ -170,8 +170,8 @@ def is_bare_dicom(head: bytes, elements: int = 3) -> bool:
 
     Walks the first ``elements`` data elements in little endian, implicit or explicit VR: the
     first group must be 0002 (file meta) or 0008 (identifying information, where every image's
-    data set starts), tags must increase, lengths must be defined and fit in ``head``. Big endian
-    and data sets starting elsewhere are not recognised.
+    data set starts), tags must increase, and lengths must be defined and at most
+    :data:`MAX_LEADING_LENGTH`. Big endian and data sets starting elsewhere are not recognised.
 
     Args:
         head: the first bytes of the file (4 KiB is plenty).
@@ -179,39 +179,32 @@ def is_bare_dicom(head: bytes, elements: int = 3) -> bool:
     """
     if len(head) < 8 or struct.unpack_from("<H", head, 0)[0] not in (0x0002, 0x0008):
         return False
-    for explicit in (True, False):
-        pos, last, ok = 0, -1, True
-        for _ in range(elements):
-            if pos + 8 > len(head):
-                ok = pos == len(head) and last >= 0
-                break
-            group, elem = struct.unpack_from("<HH", head, pos)
-            tag = (group << 16) | elem
-            if tag <= last:
-                ok = False
-                break
-            if explicit:
-                vr = head[pos + 4 : pos + 6]
-                if vr not in _VRS:
-                    ok = False
-                    break
-                if vr in (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"):
-                    if pos + 12 > len(head):
-                        ok = False
-                        break
-                    length = struct.unpack_from("<I", head, pos + 8)[0]
-                    pos += 12
-                else:
-                    length = struct.unpack_from("<H", head, pos + 6)[0]
-                    pos += 8
-            else:
-                length = struct.unpack_from("<I", head, pos + 4)[0]
-                pos += 8
-            if length > MAX_LEADING_LENGTH:
-                ok = False  # undefined length (FFFFFFFF) or implausible for a leading element
-                break
-            last = tag
-            pos += length
-        if ok and last >= 0:
-            return True
-    return False
+    return _walk(head, elements, explicit=True) or _walk(head, elements, explicit=False)
+
+
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())  # 4-byte length (PS3.5 7.1.2)
+
+
+def _walk(head: bytes, elements: int, *, explicit: bool) -> bool:
+    """Whether the first ``elements`` little-endian data elements of ``head`` parse plausibly."""
+    pos, last = 0, -1
+    for _ in range(elements):
+        if pos + 8 > len(head):
+            return pos == len(head) and last >= 0  # a tiny data set that ends here
+        tag = (struct.unpack_from("<H", head, pos)[0] << 16) | struct.unpack_from("<H", head, pos + 2)[0]
+        if tag <= last:
+            return False
+        if not explicit:
+            length, pos = struct.unpack_from("<I", head, pos + 4)[0], pos + 8
+        elif head[pos + 4 : pos + 6] not in _VRS:
+            return False
+        elif head[pos + 4 : pos + 6] in _LONG_VRS:
+            if pos + 12 > len(head):
+                return False
+            length, pos = struct.unpack_from("<I", head, pos + 8)[0], pos + 12
+        else:
+            length, pos = struct.unpack_from("<H", head, pos + 6)[0], pos + 8
+        if length > MAX_LEADING_LENGTH:  # undefined length (FFFFFFFF) or implausible
+            return False
+        last, pos = tag, pos + length
+    return True

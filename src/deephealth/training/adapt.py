@@ -30,7 +30,7 @@ from torch import nn
 from deephealth.artifact import ModelArtifact
 from deephealth.preprocessing import normalize, resize_to_input
 from deephealth.readers import ImageReadError, read_image
-from deephealth.training.export import WEIGHTS_FILE, export_model
+from deephealth.training.export import WEIGHTS_FILE, export_model, fit_run_gate
 from deephealth.training.model import build_model
 
 _logger = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ def adapt_model(
     name: str | None = None,
     on_error: Callable[[Path, str], None] | None = None,
     progress: bool = True,
+    fit_gate: bool = True,
 ) -> Path:
     """Adapt a model folder to a site's unlabelled films and export the result as a new model folder.
 
@@ -145,6 +146,8 @@ def adapt_model(
         min_images: fewest readable films accepted.
         name: model name (default ``<source name>-adapted``).
         on_error: called with ``(path, message)`` for each unreadable file.
+        fit_gate: refit the input gate (:func:`deephealth.training.export.fit_run_gate`) on the
+            source model's training split when the source has a gate and the dataset is here.
 
     Returns:
         ``out_dir``.
@@ -176,7 +179,7 @@ def adapt_model(
         "transductive": True,
     }
     weights = torch.load(art.directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    return export_model(
+    out = export_model(
         model, art.preprocessing, out_dir,
         name=name or f"{art.name}-adapted",
         version=f"{art.version}+adapted",
@@ -184,3 +187,11 @@ def adapt_model(
         metadata_extra=extra,
         model_args=weights["model_args"],
     )
+    if fit_gate and "gate" in meta:
+        # The adapted network's features differ: refit the gate on the source's labelled split
+        # (never on the site's films), when that dataset is on this machine.
+        config = (meta.get("training") or {}).get("config") or {}
+        if fit_run_gate(out, config) is None:
+            _logger.warning("%s: no training data here to refit the input gate; the adapted model runs with "
+                            "image checks only", out)
+    return out

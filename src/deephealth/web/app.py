@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -20,6 +21,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deephealth import __version__, labels
+from deephealth.readers.formats import ACCEPTED_FORMATS_TEXT
+from deephealth.web.audit import router as audit_router
 from deephealth.web.routes import STATIC_DIR, router
 from deephealth.web.settings import Settings
 
@@ -35,8 +38,9 @@ with calibrated probabilities and a class activation heatmap.
 
 {labels.INTENDED_USE}
 
-Errors are JSON `{{"detail": "..."}}`: 413 upload over the limit, 415 a format other than JPEG, PNG,
-TIFF or DICOM, 422 an unreadable or unsuitable image.
+Errors are JSON `{{"detail": "..."}}`: 413 upload over the limit, 415 a format other than
+{ACCEPTED_FORMATS_TEXT} (the detail names it, e.g. HEIC/HEIF or AVIF), 422 an unreadable or
+unsuitable image (truncated, no contrast, CT...).
 """
 
 
@@ -50,7 +54,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
 
     Returns:
         The FastAPI app. Routes: ``GET /`` (upload page), ``POST /api/v1/predictions``,
-        ``GET /api/v1/model``, ``GET /healthz``, ``GET /docs`` (OpenAPI UI), ``/static/*``.
+        ``GET /api/v1/model``, ``GET /api/v1/audit`` (admin key only), ``GET /healthz``,
+        ``GET /docs`` (OpenAPI UI), ``/static/*``.
 
     Raises:
         deephealth.artifact.ModelArtifactError: at start-up, if the model folder is missing or
@@ -75,7 +80,16 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
                 model_dir,
                 (time.perf_counter() - start) * 1000.0,
             )
-        yield
+        if settings.audit and app.state.audit is None:
+            from deephealth.audit import open_audit_log
+
+            app.state.audit = await anyio.to_thread.run_sync(open_audit_log, settings.database_url)
+        try:
+            yield
+        finally:
+            if app.state.audit is not None:
+                await anyio.to_thread.run_sync(app.state.audit.close)
+                app.state.audit = None
 
     app = FastAPI(
         title="Deep Health",
@@ -87,7 +101,9 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.state.predictor = predictor
     app.state.model_card = None
     app.state.limiter = None  # anyio.CapacityLimiter(settings.max_concurrency), made in the event loop
+    app.state.audit = None  # deephealth.audit.AuditLog, opened at start-up when settings.audit
     app.include_router(router)
+    app.include_router(audit_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.middleware("http")

@@ -9,6 +9,7 @@ logged.
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import io
 import json
 import logging
@@ -20,7 +21,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 
@@ -28,6 +29,8 @@ from deephealth import labels
 from deephealth.gate import UnsuitableImageError
 from deephealth.inference import overlay_png
 from deephealth.readers import ImageReadError, UnsupportedFormatError, detect_format
+from deephealth.web.audit import audit_status, record_prediction
+from deephealth.web.i18n import localize_prediction, request_language, translate_text
 from deephealth.web.schemas import ErrorResponse, Health, ModelCard, PredictionPublic, UnsuitableResponse
 from deephealth.web.upload import FILE_FIELD, SUPPORTED_FORMATS_TEXT, UploadError, read_upload
 
@@ -185,6 +188,7 @@ def _predict(
 )
 async def create_prediction(
     request: Request,
+    response: Response,
     heatmap: bool = Query(False, description="add a base64 PNG of the class activation heatmap over the image"),
     preview: bool = Query(False, description="add a base64 PNG of the decoded image (useful for DICOM)"),
     allow_unsuitable: bool = Query(
@@ -197,8 +201,29 @@ async def create_prediction(
     calibrated probability of each class, warnings about the image and the model's name and
     version, and the input gate's verdict (``suitability``). An image the gate refuses (not a
     frontal chest radiograph) is answered 422 with the reasons, unless ``allow_unsuitable=true``.
-    Decision support, not a diagnosis.
+    Decision support, not a diagnosis. Human-readable texts (``detail``, ``warnings``,
+    descriptions, ``intended_use``) are in English or Spanish after ``Accept-Language``; every
+    request is recorded in the audit trail.
     """
+    start, created_at = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc)
+    try:
+        result = await _classify_upload(request, heatmap, preview, allow_unsuitable)
+    except Exception:  # a bug: the app's handler answers 500; the audit still records the request
+        record_prediction(request, JSONResponse(status_code=500, content={}), start, created_at)
+        raise
+    record_prediction(request, result, start, created_at)
+    lang = request_language(request)
+    if isinstance(result, dict):
+        response.headers["Content-Language"] = lang
+        return localize_prediction(result, lang)
+    result.headers["Content-Language"] = lang
+    return result
+
+
+async def _classify_upload(
+    request: Request, heatmap: bool, preview: bool, allow_unsuitable: bool
+) -> dict[str, Any] | JSONResponse:
+    """The prediction (a dict) or the error response for one upload request."""
     settings = request.app.state.settings
     try:
         upload = await read_upload(
@@ -213,10 +238,12 @@ async def create_prediction(
     except UploadError as exc:
         return _error(request, exc.status_code, exc.detail)
     request.state.upload_bytes = len(upload.data)
+    request.state.upload_data = upload.data  # for the audit's SHA-256 (the bytes are never stored)
     name = upload.filename
     if not upload.data:
         return _error(request, 422, f"{name}: empty file (0 bytes)")
     found = detect_format(upload.data)  # the readers' one format policy, checked before queueing
+    request.state.input_format = found.name
     if not found.accepted:
         return _error(request, 415, f"{name}: {found.refusal()}")
     limiter = request.app.state.limiter
@@ -234,8 +261,11 @@ async def create_prediction(
         return _error(request, 422, _one_line(str(exc)))
     except UnsuitableImageError as exc:
         logger.debug("refused by the input gate: %s", exc)
-        return JSONResponse(status_code=422, content={"detail": _one_line(str(exc)),
-                                                      "suitability": exc.suitability.to_dict()})
+        lang = request_language(request)
+        request.state.gate = gate = exc.suitability.to_dict()  # for the audit
+        gate = {**gate, "reasons": [translate_text(r, lang) for r in gate["reasons"]]}
+        return JSONResponse(status_code=422, content={"detail": translate_text(_one_line(str(exc)), lang),
+                                                      "suitability": gate})
     return body
 
 
@@ -246,7 +276,7 @@ def _one_line(text: str) -> str:
 def _error(request: Request, status: int, detail: str) -> JSONResponse:
     # The detail names the client's file, which may itself be personal data: debug level only.
     logger.debug("rejected upload: %s %s", status, detail)
-    return JSONResponse(status_code=status, content={"detail": detail})
+    return JSONResponse(status_code=status, content={"detail": translate_text(detail, request_language(request))})
 
 
 def _model_card(request: Request) -> dict[str, Any]:
@@ -278,9 +308,19 @@ def _model_card(request: Request) -> dict[str, Any]:
         "test_metrics": test_metrics,
         "summary": meta.get("summary"),
         "gate": meta.get("gate"),
+        "operating_point": artifact.operating_point,
+        "initialisation": meta.get("initialisation"),
+        "adaptation": _adaptation_summary(meta.get("adaptation")),
         "created": meta.get("created"),
         "intended_use": meta.get("intended_use") or labels.INTENDED_USE,
     }
+
+
+def _adaptation_summary(adaptation: Any) -> dict[str, Any] | None:
+    """A site-adapted model's provenance without the per-film hash list (that stays in metadata.json)."""
+    if not isinstance(adaptation, dict):
+        return None
+    return {k: v for k, v in adaptation.items() if k != "images"}
 
 
 @router.get("/api/v1/model", response_model=ModelCard, summary="The model card", tags=["model"])
@@ -294,13 +334,15 @@ def get_model(request: Request) -> Any:
 
 @router.get("/healthz", response_model=Health, summary="Liveness and readiness", tags=["service"])
 def healthz(request: Request) -> Any:
-    """``ok`` with the loaded model's name and version and the upload limit."""
+    """``ok`` with the loaded model's name and version, the upload limit and the audit trail's state
+    (records written, write failures: a failing audit database never fails a prediction)."""
     artifact = request.app.state.predictor.artifact
     return {
         "status": "ok",
         "model": artifact.name,
         "version": artifact.version,
         "max_upload_bytes": request.app.state.settings.max_upload_bytes,
+        "audit": audit_status(request),
     }
 
 

@@ -140,8 +140,31 @@ class ModelCard(BaseModel):
     gate: Any | None = Field(
         default=None, description="the input gate: thresholds, validation false-alarm rate, method (null: not fitted)"
     )
+    operating_point: Any | None = Field(
+        default=None,
+        description="the decision threshold: pneumonia when 1 - P(normal) >= threshold, chosen on validation films for "
+        "target_sensitivity (null: arg-max)",
+    )
+    initialisation: Any | None = Field(
+        default=None, description="where pretrained weights came from (source, licence, SHA-256), or random"
+    )
+    adaptation: Any | None = Field(
+        default=None,
+        description="for a site-adapted model (deephealth adapt): method, number of films, date, source model "
+        "(null: not adapted)",
+    )
     created: str | None = None
     intended_use: str
+
+
+class AuditStatus(BaseModel):
+    """The audit trail's state in ``/healthz``."""
+
+    enabled: bool = Field(description="whether predictions are recorded")
+    database: str | None = Field(default=None, description="database URL without its password")
+    written: int = Field(description="records written since the service started")
+    failures: int = Field(description="records that could not be written (database errors); predictions went on")
+    error: str | None = Field(default=None, description="the last database error, while it lasts")
 
 
 class Health(BaseModel):
@@ -151,6 +174,7 @@ class Health(BaseModel):
     model: str
     version: str
     max_upload_bytes: int = Field(description="largest accepted upload in bytes")
+    audit: AuditStatus | None = Field(default=None, description="state of the audit trail")
 
 
 class ErrorResponse(BaseModel):

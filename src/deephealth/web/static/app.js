@@ -14,11 +14,145 @@
   const toggle = $("heatmap-toggle");
   let maxUploadBytes = 32 * 1024 * 1024;
 
-  const TITLES = {
-    413: "File too large",
-    415: "Unsupported file format",
-    422: "This image cannot be used",
+  // English and Spanish. The server translates its own texts (class names, warnings, error
+  // details) after the Accept-Language header that upload() sends; machine fields stay English.
+  const STRINGS = {
+    en: {
+      title: "Deep Health — pediatric chest X-ray decision support",
+      tagline: "Pediatric chest X-ray: no pneumonia, bacterial or viral pneumonia",
+      notice_title: "Decision support, not a diagnosis.",
+      notice_body: "This tool is not a medical device. Every result must be reviewed by a qualified clinician " +
+        "together with the patient's history and examination.",
+      upload_label: "Upload a chest X-ray",
+      dz_main: "Drop a chest X-ray here, or ",
+      dz_link: "choose a file",
+      dz_sub_before: "JPEG, PNG, TIFF or DICOM, up to ",
+      dz_sub_after: ". The image is not stored.",
+      error_title: "File rejected",
+      result_for: "Result for ",
+      alt_preview: "The X-ray as the model read it",
+      alt_overlay: "Heatmap of the regions that drove the prediction, over the X-ray",
+      show_heatmap: "Show heatmap",
+      class_index: "class index",
+      scale: "Scale: 0 no pneumonia · 1 bacterial pneumonia (e.g. Streptococcus) · 2 viral pneumonia (e.g. influenza, Covid-19)",
+      probabilities: "Probabilities (calibrated)",
+      warnings: "Warnings",
+      heatmap_note: "The heatmap marks the image regions that most raised the score of the predicted class " +
+        "(a class activation map). It is not an outline of a lesion.",
+      model: "Model ",
+      model_card: "model card",
+      t413: "File too large",
+      t415: "Unsupported file format",
+      t422: "This image cannot be used",
+      failed: "Request failed",
+      unreachable: "Could not reach the server",
+      unreachable_detail: "The upload did not complete. Check the connection and try again.",
+      over_limit: (name, size, limit) => name + ": " + size + " is over the limit of " + limit + ".",
+      reading: (name) => "Reading " + name + "…",
+      done: (ms) => "Done in " + ms + " ms.",
+      read_as: "Read as ",
+      unavailable: "unavailable (server not ready)",
+      gate_refused: "Not classified: this image does not look like a frontal chest X-ray the model can read",
+      gate_refused_detail: (name) => name + " was not analysed. Reasons:",
+      gate_banner_title: "Check this image: it may not suit the model",
+      gate_banner_note: "The result below may be unreliable for this image.",
+      decision: (p, thr, sens) => "Probability of pneumonia " + p + " %. The model calls pneumonia from " + thr +
+        " % (its operating point, set on validation films for " + sens + " % sensitivity), so the label can " +
+        "differ from the largest bar.",
+    },
+    es: {
+      title: "Deep Health — apoyo a la decisión en radiografías de tórax pediátricas",
+      tagline: "Radiografía de tórax pediátrica: sin neumonía, neumonía bacteriana o vírica",
+      notice_title: "Apoyo a la decisión, no un diagnóstico.",
+      notice_body: "Esta herramienta no es un producto sanitario. Todo resultado debe revisarlo un clínico " +
+        "cualificado junto con la historia clínica y la exploración del paciente.",
+      upload_label: "Subir una radiografía de tórax",
+      dz_main: "Suelte aquí una radiografía de tórax o ",
+      dz_link: "elija un archivo",
+      dz_sub_before: "JPEG, PNG, TIFF o DICOM, hasta ",
+      dz_sub_after: ". La imagen no se guarda.",
+      error_title: "Archivo rechazado",
+      result_for: "Resultado de ",
+      alt_preview: "La radiografía tal como la leyó el modelo",
+      alt_overlay: "Mapa de calor de las regiones que motivaron la predicción, sobre la radiografía",
+      show_heatmap: "Mostrar mapa de calor",
+      class_index: "índice de clase",
+      scale: "Escala: 0 sin neumonía · 1 neumonía bacteriana (p. ej., Streptococcus) · 2 neumonía vírica (p. ej., gripe, COVID-19)",
+      probabilities: "Probabilidades (calibradas)",
+      warnings: "Advertencias",
+      heatmap_note: "El mapa de calor marca las regiones de la imagen que más elevaron la puntuación de la clase " +
+        "predicha (un mapa de activación de clase). No es el contorno de una lesión.",
+      model: "Modelo ",
+      model_card: "ficha del modelo",
+      t413: "Archivo demasiado grande",
+      t415: "Formato de archivo no admitido",
+      t422: "Esta imagen no se puede usar",
+      failed: "La solicitud falló",
+      unreachable: "No se pudo conectar con el servidor",
+      unreachable_detail: "El envío no se completó. Compruebe la conexión e inténtelo de nuevo.",
+      over_limit: (name, size, limit) => name + ": " + size + " supera el límite de " + limit + ".",
+      reading: (name) => "Leyendo " + name + "…",
+      done: (ms) => "Hecho en " + ms + " ms.",
+      read_as: "Leída como ",
+      unavailable: "no disponible (el servidor no está listo)",
+      gate_refused: "No clasificada: esta imagen no parece una radiografía frontal de tórax que el modelo pueda leer",
+      gate_refused_detail: (name) => name + " no se analizó. Motivos:",
+      gate_banner_title: "Revise esta imagen: puede no ser adecuada para el modelo",
+      gate_banner_note: "El resultado de abajo puede no ser fiable para esta imagen.",
+      decision: (p, thr, sens) => "Probabilidad de neumonía " + p + " %. El modelo indica neumonía a partir de " +
+        thr + " % (su punto de operación, fijado en radiografías de validación para una sensibilidad del " + sens +
+        " %), así que la etiqueta puede no coincidir con la barra más larga.",
+    },
   };
+  const LANG_KEY = "deephealth.lang";
+  let lang = initialLanguage();
+  let lastFile = null;
+
+  function initialLanguage() {
+    try {
+      const saved = window.localStorage.getItem(LANG_KEY);
+      if (saved && STRINGS[saved]) return saved;
+    } catch (err) {
+      // storage may be blocked; fall back to the browser's languages
+    }
+    for (const tag of navigator.languages || [navigator.language || "en"]) {
+      const primary = String(tag).toLowerCase().split("-")[0];
+      if (STRINGS[primary]) return primary;
+    }
+    return "en";
+  }
+
+  function t(key) {
+    return STRINGS[lang][key];
+  }
+
+  function applyLanguage() {
+    document.documentElement.lang = lang;
+    document.querySelectorAll("[data-i18n]").forEach((node) => {
+      node.textContent = t(node.dataset.i18n);
+    });
+    document.querySelectorAll("[data-i18n-alt]").forEach((node) => node.setAttribute("alt", t(node.dataset.i18nAlt)));
+    document.querySelectorAll("[data-i18n-aria-label]").forEach((node) =>
+      node.setAttribute("aria-label", t(node.dataset.i18nAriaLabel))
+    );
+    document.querySelectorAll(".lang-toggle button").forEach((b) =>
+      b.setAttribute("aria-pressed", String(b.dataset.lang === lang))
+    );
+  }
+
+  function setLanguage(next) {
+    if (!STRINGS[next] || next === lang) return;
+    lang = next;
+    try {
+      window.localStorage.setItem(LANG_KEY, lang);
+    } catch (err) {
+      // not remembered, still switched
+    }
+    applyLanguage();
+    // The result's texts come from the server in the request's language: ask again.
+    if (lastFile && document.body.dataset.state !== "loading" && !resultEl.hidden) upload(lastFile);
+    else if (!errorBox.hidden) clearError();
+  }
 
   function formatMB(bytes) {
     const mb = bytes / (1024 * 1024);
@@ -61,6 +195,14 @@
     $("result-file").textContent = data.image.filename;
     $("pred-index").textContent = String(data.label_index);
     $("pred-label").textContent = data.label_description;
+    const d = data.decision;
+    const decisionEl = $("decision");
+    decisionEl.hidden = !(d && d.threshold != null);
+    if (!decisionEl.hidden) {
+      const pct = (x) => (100 * x).toFixed(1);
+      decisionEl.textContent = t("decision")(pct(d.pneumonia_probability), pct(d.threshold),
+        d.target_sensitivity != null ? (100 * d.target_sensitivity).toFixed(0) : "?");
+    }
 
     const bars = $("bars");
     bars.replaceChildren();
@@ -109,11 +251,11 @@
     if (im.photometric_interpretation) parts.push(im.photometric_interpretation);
     if (im.modality) parts.push(im.modality);
     parts.push(formatSize(im.size_bytes));
-    $("image-info").textContent = "Read as " + parts.join(" · ");
+    $("image-info").textContent = t("read_as") + parts.join(" · ");
     $("model-version").textContent = data.model.name + " " + data.model.version;
 
     resultEl.hidden = false;
-    statusEl.textContent = "Done in " + Math.round(data.latency_ms) + " ms.";
+    statusEl.textContent = t("done")(Math.round(data.latency_ms));
     setState("result");
   }
 
@@ -121,19 +263,24 @@
     clearError();
     if (!file) return;
     if (file.size > maxUploadBytes) {
-      showError(TITLES[413], file.name + ": " + formatMB(file.size) + " is over the limit of " + formatMB(maxUploadBytes) + ".");
+      showError(t("t413"), t("over_limit")(file.name, formatMB(file.size), formatMB(maxUploadBytes)));
       return;
     }
+    lastFile = file;
     resultEl.hidden = true;
     setState("loading");
-    statusEl.textContent = "Reading " + file.name + "…";
+    statusEl.textContent = t("reading")(file.name);
     const form = new FormData();
     form.append("file", file, file.name);
     let response;
     try {
-      response = await fetch("api/v1/predictions?heatmap=true&preview=true", { method: "POST", body: form });
+      response = await fetch("api/v1/predictions?heatmap=true&preview=true", {
+        method: "POST",
+        body: form,
+        headers: { "Accept-Language": lang, "X-DeepHealth-Interface": "page" },
+      });
     } catch (err) {
-      showError("Could not reach the server", "The upload did not complete. Check the connection and try again.");
+      showError(t("unreachable"), t("unreachable_detail"));
       return;
     }
     let data = null;
@@ -145,12 +292,11 @@
     if (!response.ok) {
       const detail = data && typeof data.detail === "string" ? data.detail : "HTTP " + response.status;
       if (response.status === 422 && data && data.suitability) {
-        // Refused by the input gate: the reasons, and no probabilities.
-        showError("Not classified: this image does not look like a frontal chest X-ray the model can read",
-                  file.name + " was not analysed. Reasons:", data.suitability.reasons);
+        // Refused by the input gate: the reasons (translated by the server), and no probabilities.
+        showError(t("gate_refused"), t("gate_refused_detail")(file.name), data.suitability.reasons);
         return;
       }
-      showError(TITLES[response.status] || "Request failed", detail);
+      showError(t("t" + response.status) || t("failed"), detail);
       return;
     }
     render(data);
@@ -183,6 +329,11 @@
     overlay.hidden = !(toggle.checked && overlay.getAttribute("src"));
   });
 
+  document.querySelectorAll(".lang-toggle button").forEach((b) =>
+    b.addEventListener("click", () => setLanguage(b.dataset.lang))
+  );
+  applyLanguage();
+
   fetch("healthz")
     .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
     .then((h) => {
@@ -191,6 +342,6 @@
       $("model-version").textContent = h.model + " " + h.version;
     })
     .catch(() => {
-      $("model-version").textContent = "unavailable (server not ready)";
+      $("model-version").textContent = t("unavailable");
     });
 })();

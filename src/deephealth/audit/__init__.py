@@ -1,0 +1,271 @@
+"""The audit trail: one database row per prediction, through SQLAlchemy, schema by Alembic.
+
+What is recorded is :class:`deephealth.audit.models.AuditRecord`: time, interface, client address,
+the input's SHA-256, format and size, the model's name, version and SHA-256, the label, the
+calibrated probabilities, the input gate's outcome, the latency and the status code. Never the
+pixels, never a patient's name, never a file name.
+
+Database: ``DEEPHEALTH_DATABASE_URL`` (a SQLAlchemy URL), by default the SQLite file
+``<state dir>/audit.sqlite3`` (:func:`deephealth.paths.state_dir`: ``DEEPHEALTH_STATE_DIR`` or
+``~/.local/state/deephealth``). PostgreSQL: ``postgresql+psycopg://user:password@host/deephealth``
+(install ``psycopg[binary]``). The schema is brought up to date by the Alembic migrations in
+``deephealth/audit/migrations`` when the log opens.
+
+Speed and failure: :meth:`AuditLog.record` only puts the record on an in-memory queue
+(microseconds); a background thread hashes the input and writes the rows in batches. A database
+that fails never fails a prediction: the error is logged (without the record's content) and
+counted in :attr:`AuditLog.failures`, which ``/healthz`` reports.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from deephealth.paths import state_dir
+
+_logger = logging.getLogger(__name__)
+
+DATABASE_FILE = "audit.sqlite3"
+"""Name of the default SQLite file inside the state folder."""
+FIELDS = (
+    "interface", "client", "input_sha256", "input_format", "input_bytes", "model_name", "model_version",
+    "model_sha256", "label", "probabilities", "gate", "latency_ms", "status_code",
+)
+"""Keyword fields accepted by :meth:`AuditLog.record` (plus ``input_data`` and ``created_at``)."""
+BATCH_MAX = 256
+"""Most rows written in one transaction by the background writer."""
+
+
+def gate_outcome(result: object) -> dict | None:
+    """The input gate's outcome of a prediction or batch error as a dict, or ``None`` without a gate.
+
+    Reads ``result.suitability`` (:class:`deephealth.gate.Suitability`, issue 10) when present:
+    ``{"status": "accept"|"warn"|"refuse"|"unavailable", "reasons": [...], "scores": {...}, ...}``.
+    """
+    suitability = getattr(result, "suitability", None)
+    if suitability is None:
+        return None
+    to_dict = getattr(suitability, "to_dict", None)
+    return to_dict() if callable(to_dict) else dict(suitability)
+
+
+def database_url() -> str:
+    """``DEEPHEALTH_DATABASE_URL``, or ``sqlite:///<state dir>/audit.sqlite3``."""
+    env = os.environ.get("DEEPHEALTH_DATABASE_URL")
+    if env:
+        return env
+    return f"sqlite:///{state_dir() / DATABASE_FILE}"
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and ``/healthz``."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable database URL>"
+
+
+def upgrade_database(engine: Any) -> None:
+    """Run the Alembic migrations up to ``head`` on ``engine``'s database.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: if the database cannot be reached or migrated.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("deephealth.audit") / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class AuditLog:
+    """Writes audit records in a background thread; reading is synchronous.
+
+    Args:
+        url: SQLAlchemy database URL; ``None`` means :func:`database_url`.
+
+    The constructor never raises: if the database cannot be opened or migrated, the error is
+    logged, :attr:`error` says why and every record counts as a failure.
+
+    Attributes:
+        url: the database URL (with password; use :func:`redact_url` to show it).
+        written: rows written so far.
+        failures: records that could not be written (database errors, or no database).
+        error: why the database is unusable (``None`` while it works).
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or database_url()
+        self.written = 0
+        self.failures = 0
+        self.error: str | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self.engine = None
+        try:
+            from sqlalchemy import create_engine
+
+            if self.url.startswith("sqlite:///"):
+                Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(self.url, pool_pre_ping=True)
+            for attempt in range(3):  # several server workers may migrate the same database at once
+                try:
+                    upgrade_database(self.engine)
+                    break
+                except Exception:
+                    if attempt == 2:
+                        raise
+                    time.sleep(0.5)
+        except Exception as exc:  # ImportError, OSError, SQLAlchemyError...
+            self.error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            _logger.error("audit trail unavailable (%s): %s", redact_url(self.url), self.error)
+        self._thread = threading.Thread(target=self._writer, name="deephealth-audit", daemon=True)
+        self._thread.start()
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def record(self, *, input_data: bytes | None = None, created_at: _dt.datetime | None = None, **fields: Any) -> None:
+        """Queue one record; returns at once and never raises.
+
+        Args:
+            input_data: the input file's bytes; only their SHA-256 and size are stored (computed
+                in the writer thread, off the request's path).
+            created_at: when the request arrived (default: now, UTC).
+            **fields: the columns of :class:`~deephealth.audit.models.AuditRecord` (see :data:`FIELDS`).
+        """
+        try:
+            row = {k: fields.get(k) for k in FIELDS}
+            row["created_at"] = created_at or _dt.datetime.now(_dt.timezone.utc)
+            with self._lock:
+                self._pending += 1
+            self._queue.put((row, input_data))
+        except Exception:  # pragma: no cover - defensive: the audit must never break a prediction
+            _logger.exception("cannot queue an audit record")
+
+    def _writer(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < BATCH_MAX:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                batch.append(nxt)
+            rows = []
+            for row, data in batch:
+                if data is not None:
+                    row["input_sha256"] = hashlib.sha256(data).hexdigest()
+                    row["input_bytes"] = len(data)
+                rows.append(row)
+            ok = self._insert(rows)
+            with self._lock:
+                if ok:
+                    self.written += len(rows)
+                else:
+                    self.failures += len(rows)
+                self._pending -= len(rows)
+                if self._pending == 0:
+                    self._idle.notify_all()
+
+    def _insert(self, rows: list[dict]) -> bool:
+        if self.engine is None:
+            return False
+        from sqlalchemy import insert
+
+        from deephealth.audit.models import AuditRecord
+
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(AuditRecord), rows)
+            if self.error is not None:
+                _logger.warning("audit trail writes again (%s)", redact_url(self.url))
+                self.error = None
+            return True
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            # The record's content is not logged: only that it was lost.
+            _logger.error("audit trail: %d record(s) not written: %s", len(rows), self.error)
+            return False
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued record is written or failed; ``False`` on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, stop the writer thread and release the database connections."""
+        self.flush(timeout)
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self.engine is not None:
+            self.engine.dispose()
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def query(self, since: _dt.datetime | None = None, limit: int = 100) -> list[dict]:
+        """Records from ``since`` on (inclusive), oldest first, at most ``limit``.
+
+        Raises:
+            RuntimeError: if the database is unavailable (message says why).
+            sqlalchemy.exc.SQLAlchemyError: if the query fails.
+        """
+        if self.engine is None:
+            raise RuntimeError(f"audit trail unavailable: {self.error}")
+        from sqlalchemy import select
+        from sqlalchemy.orm import Session
+
+        from deephealth.audit.models import AuditRecord
+
+        self.flush(2.0)
+        stmt = select(AuditRecord).order_by(AuditRecord.id).limit(limit)
+        if since is not None:
+            # stored as UTC; SQLite keeps no zone, so compare in UTC
+            since = since.replace(tzinfo=_dt.timezone.utc) if since.tzinfo is None else since.astimezone(_dt.timezone.utc)
+            stmt = stmt.where(AuditRecord.created_at >= since)
+        with Session(self.engine) as session:
+            return [r.to_dict() for r in session.scalars(stmt)]
+
+    def status(self) -> dict[str, Any]:
+        """``{"enabled": True, "database": redacted URL, "written": n, "failures": n, "error": str|None}``."""
+        with self._lock:
+            return {"enabled": True, "database": redact_url(self.url), "written": self.written,
+                    "failures": self.failures, "error": self.error}
+
+
+def open_audit_log(url: str | None = None) -> AuditLog | None:
+    """An :class:`AuditLog`, or ``None`` (logged) if SQLAlchemy/Alembic are not installed."""
+    try:
+        import alembic  # noqa: F401
+        import sqlalchemy  # noqa: F401
+    except ImportError as exc:
+        _logger.error("audit trail needs SQLAlchemy and Alembic (pip install 'deephealth[audit]'): %s", exc)
+        return None
+    return AuditLog(url)

@@ -1,0 +1,64 @@
+"""The audit trail's table, as a SQLAlchemy 2.0 declarative model (https://docs.sqlalchemy.org/).
+
+The schema itself is created and changed only by the Alembic migrations in
+``deephealth/audit/migrations/versions``; this model must match the latest one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+from sqlalchemy import JSON, DateTime, Float, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the audit tables."""
+
+
+class AuditRecord(Base):
+    """One prediction request (never the image, never a patient's name).
+
+    Columns:
+        id: row number.
+        created_at: when the request arrived, UTC (timezone-aware).
+        interface: ``api``, ``page`` (the web page), ``cli`` or ``pacs``.
+        client: the client's IP address (web), ``local`` (CLI) or the DICOMweb URL (pacs).
+        input_sha256: hex SHA-256 of the uploaded/read file's bytes; null if nothing was read.
+        input_format: ``JPEG``, ``PNG``, ``TIFF``, ``DICOM``...; null if unknown.
+        input_bytes: the input's size in bytes; null if nothing was read.
+        model_name, model_version, model_sha256: the model that answered (SHA-256 of its ONNX file).
+        label: ``normal``, ``bacterial`` or ``viral``; null when no prediction was made.
+        probabilities: calibrated ``{class: probability}`` (JSON); null when no prediction was made.
+        gate: the input gate's outcome (JSON) when the service has one; null otherwise.
+        latency_ms: time from request to answer, in milliseconds.
+        status_code: HTTP status of the answer (CLI/pacs: 200 classified, 422 unreadable image,
+            502 PACS error, 500 other).
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[_dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    interface: Mapped[str] = mapped_column(String(16))
+    client: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    input_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    input_format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    input_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    probabilities: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    gate: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[int] = mapped_column(Integer)
+
+    def to_dict(self) -> dict:
+        """JSON-able dict of every column (``created_at`` as ISO 8601 UTC)."""
+        d = {c.name: getattr(self, c.name) for c in self.__table__.columns}
+        t = d["created_at"]
+        if t is not None and t.tzinfo is None:  # SQLite returns naive datetimes; they are UTC
+            t = t.replace(tzinfo=_dt.timezone.utc)
+        d["created_at"] = t.isoformat() if t is not None else None
+        return d

@@ -1,0 +1,29 @@
+"""The ``--audit`` option shared by ``deephealth predict`` and ``deephealth pacs``."""
+
+from __future__ import annotations
+
+import sys
+
+
+def open_for_cli(enabled: bool):
+    """``(audit, ok)``: the :class:`deephealth.audit.AuditLog` when ``enabled`` (``--audit``), else ``None``;
+    ``ok`` is ``False`` after printing why it cannot be used (SQLAlchemy/Alembic missing): exit 2.
+
+    A database that cannot be reached is not refused here: the log counts the lost records and the
+    command reports them at the end (see :func:`close_for_cli`).
+    """
+    if not enabled:
+        return None, True
+    from deephealth.audit import open_audit_log
+
+    audit = open_audit_log()
+    if audit is None:
+        print("--audit needs SQLAlchemy and Alembic: pip install 'deephealth[audit]'", file=sys.stderr)
+    return audit, audit is not None
+
+
+def close_for_cli(audit) -> None:
+    """Write what is queued and say on stderr how many records were lost, if any."""
+    audit.close()
+    if audit.failures:
+        print(f"warning: {audit.failures} audit record(s) could not be written ({audit.error})", file=sys.stderr)

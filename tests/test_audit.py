@@ -1,0 +1,224 @@
+"""The audit trail: what is recorded, the admin-only API, migrations, and a failing database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("sqlalchemy", reason="the audit trail needs the [audit] extra")
+pytest.importorskip("fastapi", reason="the web tests need the [web] extra")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from deephealth.audit import AuditLog, database_url, redact_url, upgrade_database  # noqa: E402
+from deephealth.cli import main  # noqa: E402
+from deephealth.inference import Predictor  # noqa: E402
+from deephealth.web.app import create_app  # noqa: E402
+from deephealth.web.settings import Settings  # noqa: E402
+
+URL = "/api/v1/predictions"
+KEY = "s3cret-admin-key"
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor()  # the bundled model (no PyTorch needed)
+
+
+@pytest.fixture()
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'audit.sqlite3'}"
+
+
+@pytest.fixture()
+def client(predictor: Predictor, db_url: str) -> Iterator[TestClient]:
+    app = create_app(Settings(database_url=db_url, admin_api_key=KEY), predictor=predictor)
+    with TestClient(app) as c:
+        yield c
+
+
+def _rows(db_url: str) -> list[dict]:
+    con = sqlite3.connect(db_url[len("sqlite:///"):])
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute("SELECT * FROM audit_log ORDER BY id")]
+    finally:
+        con.close()
+
+
+def _audit(client: TestClient, **params) -> dict:
+    r = client.get("/api/v1/audit", params=params, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.needs_data
+def test_every_request_is_recorded_without_pixels_or_names(client, db_url, dataset_root: Path, dicom_dir: Path):
+    jpeg = sorted((dataset_root / "test" / "NORMAL").glob("*.jpeg"))[0]
+    data = jpeg.read_bytes()
+    ok = client.post(URL, files={"file": ("Garcia_Lopez_Maria.jpeg", data)},
+                     headers={"X-DeepHealth-Interface": "page"})
+    assert ok.status_code == 200
+    bad = client.post(URL, files={"file": ("notes.txt", b"hello, not an image")})
+    assert bad.status_code == 415
+    ct = client.post(URL, files={"file": ("ct.dcm", (dicom_dir / "ct_small.dcm").read_bytes())})
+    assert ct.status_code == 422
+
+    records = _audit(client)["records"]
+    assert len(records) == 3
+    first, second, third = records
+    body = ok.json()
+    assert first["interface"] == "page" and first["client"] == "testclient"
+    assert first["input_sha256"] == hashlib.sha256(data).hexdigest() and first["input_bytes"] == len(data)
+    assert first["input_format"] == "JPEG" and first["status_code"] == 200
+    assert first["label"] == body["label"]
+    assert first["probabilities"] == pytest.approx(body["probabilities"], abs=1e-12)
+    assert first["model_name"] == body["model"]["name"] and first["model_sha256"] == body["model"]["sha256"]
+    assert first["gate"] == body["suitability"] and first["gate"]["status"] in {"accept", "warn", "unavailable"}
+    assert 0 < first["latency_ms"] < 60_000
+    assert second["status_code"] == 415 and second["label"] is None and second["interface"] == "api"
+    assert second["input_sha256"] == hashlib.sha256(b"hello, not an image").hexdigest()
+    assert third["status_code"] == 422 and third["input_format"] == "DICOM"
+    # Nothing identifying: the file names (here a patient's name) are stored nowhere.
+    raw = json.dumps(_rows(db_url))
+    assert "Garcia" not in raw and "notes.txt" not in raw and "ct.dcm" not in raw
+    assert dt.datetime.fromisoformat(first["created_at"]).tzinfo is not None
+
+
+@pytest.mark.needs_data
+def test_audit_api_since_and_limit(client, dataset_root: Path):
+    files = sorted((dataset_root / "test" / "NORMAL").glob("*.jpeg"))[:3]
+    for f in files:
+        assert client.post(URL, files={"file": (f.name, f.read_bytes())}).status_code == 200
+    records = _audit(client)["records"]
+    assert len(records) == 3
+    assert [r["input_sha256"] for r in records] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    assert _audit(client, limit=2)["count"] == 2
+    since = records[1]["created_at"]
+    assert [r["id"] for r in _audit(client, since=since)["records"]] == [records[1]["id"], records[2]["id"]]
+    future = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).isoformat()
+    assert _audit(client, since=future)["records"] == []
+
+
+def test_audit_api_is_off_without_a_key_and_needs_the_right_key(predictor, db_url):
+    with TestClient(create_app(Settings(database_url=db_url), predictor=predictor)) as c:
+        r = c.get("/api/v1/audit")
+        assert r.status_code == 404 and "DEEPHEALTH_ADMIN_API_KEY" in r.json()["detail"]
+        r = c.get("/api/v1/audit", headers={"Accept-Language": "es"})
+        assert r.status_code == 404 and "desactivada" in r.json()["detail"]
+    with TestClient(create_app(Settings(database_url=db_url, admin_api_key=KEY), predictor=predictor)) as c:
+        assert c.get("/api/v1/audit").status_code == 401
+        assert c.get("/api/v1/audit", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/api/v1/audit", headers={"X-API-Key": KEY}).status_code == 200
+        assert c.get("/api/v1/audit", params={"limit": 0}, headers={"X-API-Key": KEY}).status_code == 422
+
+
+@pytest.mark.needs_data
+def test_a_failing_database_never_fails_the_prediction(predictor, tmp_path: Path, dataset_root: Path, caplog):
+    db = tmp_path / "audit.sqlite3"
+    url = f"sqlite:///{db}"
+    jpeg = sorted((dataset_root / "test" / "NORMAL").glob("*.jpeg"))[0]
+    with TestClient(create_app(Settings(database_url=url), predictor=predictor)) as c:
+        assert c.post(URL, files={"file": (jpeg.name, jpeg.read_bytes())}).status_code == 200
+        c.app.state.audit.flush()
+        con = sqlite3.connect(db)
+        con.execute("DROP TABLE audit_log")  # the database breaks while the service runs
+        con.commit()
+        con.close()
+        r = c.post(URL, files={"file": (jpeg.name, jpeg.read_bytes())})
+        assert r.status_code == 200 and r.json()["label"] in {"normal", "bacterial", "viral"}
+        c.app.state.audit.flush()
+        audit = c.get("/healthz").json()["audit"]
+        assert audit["written"] == 1 and audit["failures"] == 1 and "audit_log" in audit["error"]
+    assert any("not written" in rec.getMessage() for rec in caplog.records)
+
+
+@pytest.mark.needs_data
+def test_an_unreachable_database_at_start_up_is_counted(predictor, dataset_root: Path):
+    url = "postgresql+psycopg://user:pw@127.0.0.1:9/none"  # no driver or no server: either way unusable
+    jpeg = sorted((dataset_root / "test" / "NORMAL").glob("*.jpeg"))[0]
+    with TestClient(create_app(Settings(database_url=url), predictor=predictor)) as c:
+        assert c.post(URL, files={"file": (jpeg.name, jpeg.read_bytes())}).status_code == 200
+        c.app.state.audit.flush()
+        audit = c.get("/healthz").json()["audit"]
+        assert audit["failures"] == 1 and audit["error"] and "pw" not in audit["database"]
+
+
+def test_migrations_create_the_schema_and_downgrade(tmp_path: Path):
+    from alembic import command
+    from alembic.config import Config
+    from importlib import resources
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'm.sqlite3'}")
+    upgrade_database(engine)
+    upgrade_database(engine)  # idempotent
+    cols = {c["name"] for c in inspect(engine).get_columns("audit_log")}
+    assert cols == {"id", "created_at", "interface", "client", "input_sha256", "input_format", "input_bytes",
+                    "model_name", "model_version", "model_sha256", "label", "probabilities", "gate",
+                    "latency_ms", "status_code"}
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("deephealth.audit") / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    assert "audit_log" not in inspect(engine).get_table_names()
+
+
+def test_default_database_is_sqlite_in_the_state_folder(monkeypatch, tmp_path: Path):
+    monkeypatch.delenv("DEEPHEALTH_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DEEPHEALTH_STATE_DIR", str(tmp_path / "st"))
+    assert database_url() == f"sqlite:///{tmp_path / 'st' / 'audit.sqlite3'}"
+    monkeypatch.setenv("DEEPHEALTH_DATABASE_URL", "postgresql+psycopg://dh:pw@db.hospital/deephealth")
+    assert database_url() == "postgresql+psycopg://dh:pw@db.hospital/deephealth"
+    assert redact_url(database_url()) == "postgresql+psycopg://dh:***@db.hospital/deephealth"
+
+
+@pytest.mark.needs_data
+def test_predict_cli_audit_flag(tmp_path: Path, dicom_dir: Path, monkeypatch, capsys):
+    url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+    monkeypatch.setenv("DEEPHEALTH_DATABASE_URL", url)
+    rc = main(["predict", str(dicom_dir), "--audit", "--format", "json"])
+    capsys.readouterr()
+    assert rc == 1  # the CT slice is refused
+    rows = {r["input_sha256"]: r for r in _rows(url)}
+    cr = (dicom_dir / "cr_chest_pa_rsna.dcm").read_bytes()
+    ct = (dicom_dir / "ct_small.dcm").read_bytes()
+    ok, bad = rows[hashlib.sha256(cr).hexdigest()], rows[hashlib.sha256(ct).hexdigest()]
+    expected = Predictor().predict(dicom_dir / "cr_chest_pa_rsna.dcm")
+    assert ok["interface"] == "cli" and ok["status_code"] == 200 and ok["label"] == expected.label
+    assert json.loads(ok["probabilities"]) == pytest.approx(expected.probabilities, abs=1e-9)
+    assert json.loads(ok["gate"])["status"] == expected.suitability.status
+    assert bad["status_code"] == 422 and bad["label"] is None and bad["probabilities"] is None
+
+
+def test_record_never_raises_and_counts_without_a_database():
+    log = AuditLog("notadialect://nowhere")
+    assert log.error
+    log.record(interface="cli", model_name="m", model_version="1", model_sha256="x", latency_ms=1.0, status_code=200)
+    assert log.flush(5.0)
+    assert log.status()["failures"] == 1 and log.status()["written"] == 0
+    log.close()
+
+
+def test_a_gate_refusal_is_recorded_with_its_outcome(client):
+    """A colour photo: the input gate refuses it (422); the audit keeps the gate's verdict, no label."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), "RGB").save(buf, format="PNG")
+    r = client.post(URL, files={"file": ("holiday.png", buf.getvalue())})
+    assert r.status_code == 422 and r.json()["suitability"]["status"] == "refuse"
+    (rec,) = _audit(client)["records"]
+    assert rec["status_code"] == 422 and rec["label"] is None and rec["probabilities"] is None
+    assert rec["gate"]["status"] == "refuse" and rec["gate"]["reasons"] == r.json()["suitability"]["reasons"]
+    assert rec["input_format"] == "PNG"

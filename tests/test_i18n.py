@@ -1,0 +1,103 @@
+"""English and Spanish in the API: Accept-Language picks the language of the human-readable texts only."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the web tests need the [web] extra")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from deephealth.inference import Predictor  # noqa: E402
+from deephealth.labels import CLASS_DESCRIPTIONS, INTENDED_USE  # noqa: E402
+from deephealth.web.app import create_app  # noqa: E402
+from deephealth.web.i18n import negotiate, translate_text  # noqa: E402
+from deephealth.web.settings import Settings  # noqa: E402
+
+URL = "/api/v1/predictions"
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    db = tmp_path_factory.mktemp("i18n") / "audit.sqlite3"
+    with TestClient(create_app(Settings(database_url=f"sqlite:///{db}"), predictor=Predictor())) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("header", "lang"),
+    [("es-ES,es;q=0.9,en;q=0.8", "es"), ("en-US,es;q=0.5", "en"), ("fr-FR,es;q=0.3", "es"), ("fr", "en"),
+     (None, "en"), ("", "en"), ("es;q=0.2, en;q=0.9", "en"), ("ES-mx", "es"), ("*", "en"), ("es;q=abc", "en")],
+)
+def test_negotiate(header, lang):
+    assert negotiate(header) == lang
+
+
+@pytest.mark.needs_data
+def test_spanish_prediction_keeps_machine_fields_english(client, dicom_dir: Path):
+    data = (dicom_dir / "cr_chest_pa_rsna.dcm").read_bytes()
+    en = client.post(URL, files={"file": ("cr.dcm", data)})
+    es = client.post(URL, files={"file": ("cr.dcm", data)}, headers={"Accept-Language": "es-ES,es;q=0.9"})
+    assert en.status_code == es.status_code == 200
+    assert en.headers["content-language"] == "en" and es.headers["content-language"] == "es"
+    e, s = en.json(), es.json()
+    assert s["label"] == e["label"] == "normal" and s["label_index"] == 0
+    assert s["probabilities"] == e["probabilities"]
+    assert [c["name"] for c in s["classes"]] == ["normal", "bacterial", "viral"]
+    assert e["label_description"] == CLASS_DESCRIPTIONS["normal"] and s["label_description"] == "Sin neumonía"
+    assert [c["description"].split(" (")[0] for c in s["classes"]] == [
+        "Sin neumonía", "Neumonía bacteriana", "Neumonía vírica"]
+    assert e["intended_use"] == INTENDED_USE and "no es un diagnóstico" in s["intended_use"]
+    assert e["warnings"] == ["adult patient (age 62): the model was trained on children aged 1-5 years"]
+    assert s["warnings"] == ["paciente adulto (edad 62): el modelo se entrenó con niños de 1 a 5 años"]
+
+
+@pytest.mark.needs_data
+def test_spanish_error_details(client, dicom_dir: Path):
+    r = client.post(URL, files={"file": ("notas.txt", b"hola")}, headers={"Accept-Language": "es"})
+    assert r.status_code == 415 and r.headers["content-language"] == "es"
+    assert r.json()["detail"] == ("notas.txt: no es una imagen (contenido no reconocido; se espera "
+                                  "JPEG, PNG, TIFF, DICOM, BMP, GIF o WebP)")
+    r = client.post(URL, files={"file": ("informe.pdf", b"%PDF-1.7\n...")}, headers={"Accept-Language": "es"})
+    assert r.status_code == 415
+    assert r.json()["detail"] == ("informe.pdf: PDF document: formato no admitido; expórtelo como JPEG o PNG "
+                                  "(o envíe el DICOM original)")
+    black = io.BytesIO()
+    Image.new("L", (256, 256), 0).save(black, format="PNG")
+    r = client.post(URL, files={"file": ("negra.png", black.getvalue())}, headers={"Accept-Language": "es"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("negra.png: imagen sin contraste (todo negro: ")
+    r = client.post(URL, files={"file": ("ct.dcm", (dicom_dir / "ct_small.dcm").read_bytes())},
+                    headers={"Accept-Language": "es"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == ("ct.dcm: la modalidad DICOM CT (computed tomography) no es una radiografía "
+                                  "(se espera CR o DX)")
+    r = client.post(URL, files={"file": ("vacío.png", b"")}, headers={"Accept-Language": "es"})
+    assert r.status_code == 422 and r.json()["detail"] == "vacío.png: archivo vacío (0 bytes)"
+    # English stays as it was
+    r = client.post(URL, files={"file": ("notes.txt", b"hello")})
+    assert r.json()["detail"] == ("notes.txt: not an image (unrecognised content; expected "
+                                  "JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP)")
+
+
+def test_unknown_texts_stay_english():
+    text = "x.dcm: some message no pattern knows"
+    assert translate_text(text, "es") == text
+    assert translate_text("uniform image (every pixel has the same value): no contrast", "es") == (
+        "imagen uniforme (todos los píxeles tienen el mismo valor): sin contraste")
+
+
+def test_a_gate_refusal_in_spanish(client):
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), "RGB").save(buf, format="PNG")
+    r = client.post(URL, files={"file": ("foto.png", buf.getvalue())}, headers={"Accept-Language": "es"})
+    assert r.status_code == 422
+    body = r.json()
+    assert body["detail"].startswith("foto.png: no apto para este modelo: imagen en color (")
+    assert body["suitability"]["status"] == "refuse"  # machine field unchanged
+    assert body["suitability"]["reasons"][0].startswith("imagen en color (")

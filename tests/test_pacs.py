@@ -1,0 +1,180 @@
+"""`deephealth pacs` end to end against a real Orthanc (Debian orthanc + orthanc-dicomweb) on loopback."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+pytest.importorskip("highdicom", reason="deephealth pacs needs the [pacs] extra")
+pytest.importorskip("dicomweb_client", reason="deephealth pacs needs the [pacs] extra")
+
+from _orthanc import orthanc_missing, orthanc_server  # noqa: E402
+
+from deephealth.cli import main  # noqa: E402
+from deephealth.dicom_output import read_sr  # noqa: E402
+from deephealth.inference import Predictor  # noqa: E402
+from deephealth.pacs import make_client, parse_since  # noqa: E402
+
+pytestmark = pytest.mark.needs_data
+
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory) -> str:
+    """Base URL of a fresh Orthanc with an empty temporary storage (stopped after the module)."""
+    reason = orthanc_missing()
+    if reason:
+        pytest.skip(reason)
+    with orthanc_server(tmp_path_factory.mktemp("orthanc")) as base:
+        yield base
+
+
+def _upload(base: str, data: bytes) -> None:
+    req = urllib.request.Request(f"{base}/instances", data=data, method="POST",
+                                 headers={"Content-Type": "application/dicom"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200, r.read()
+
+
+def _tiny_cr(tmp_path: Path) -> tuple[bytes, str, str]:
+    """A valid DICOM CR of 8 x 8 pixels (too small to classify); returns (bytes, study UID, SOP UID)."""
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName, ds.Modality, ds.StudyDate = "TINY1", "Tiny^Test", "CR", "20240101"
+    ds.Rows = ds.Columns = 8
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.arange(64, dtype=np.uint8).tobytes()
+    path = tmp_path / "tiny.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path.read_bytes(), ds.StudyInstanceUID, ds.SOPInstanceUID
+
+
+def _pacs(capsys, url: str, *extra: str) -> tuple[int, dict]:
+    rc = main(["pacs", "--url", url, "--format", "json", *extra])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return rc, json.loads(out)
+
+
+def test_pacs_classifies_stores_the_sr_and_is_idempotent(orthanc: str, dicom_dir: Path, tmp_path: Path, capsys,
+                                                        monkeypatch):
+    src = pydicom.dcmread(dicom_dir / "cr_chest_pa_rsna.dcm", stop_before_pixels=True)
+    expected = Predictor().predict(dicom_dir / "cr_chest_pa_rsna.dcm")  # the finding the SR must carry
+    _upload(orthanc, (dicom_dir / "cr_chest_pa_rsna.dcm").read_bytes())
+    tiny, tiny_study, tiny_sop = _tiny_cr(tmp_path)
+    _upload(orthanc, tiny)
+    url = f"{orthanc}/dicom-web"
+
+    db = tmp_path / "audit.sqlite3"
+    monkeypatch.setenv("DEEPHEALTH_DATABASE_URL", f"sqlite:///{db}")
+    rc, report = _pacs(capsys, url, "--audit")
+    assert rc == 1  # the tiny image failed ...
+    by_sop = {o["sop_uid"]: o for o in report["outcomes"]}
+    assert by_sop[tiny_sop]["status"] == "failed" and tiny_sop in by_sop[tiny_sop]["error"]
+    ok = by_sop[src.SOPInstanceUID]  # ... and the real one was still classified and stored
+    assert ok["status"] == "stored" and ok["label"] == expected.label
+    assert ok["probabilities"] == pytest.approx(expected.probabilities, abs=1e-9)
+    assert report["counts"] == {"stored": 1, "skipped": 0, "failed": 1}
+    con = sqlite3.connect(db)
+    audit = sorted(con.execute("SELECT interface, client, label, status_code, input_format FROM audit_log"),
+                   key=lambda r: r[3])
+    con.close()
+    assert audit == [("pacs", url, expected.label, 200, "DICOM"), ("pacs", url, None, 422, "DICOM")]
+
+    # Query Orthanc (QIDO-RS) for our SR in the source study and read its finding back.
+    client = make_client(url)
+    srs = client.search_for_series(study_instance_uid=src.StudyInstanceUID, search_filters={"Modality": "SR"})
+    assert len(srs) == 1
+    sr_series = srs[0]["0020000E"]["Value"][0]
+    (inst,) = client.search_for_instances(study_instance_uid=src.StudyInstanceUID, series_instance_uid=sr_series)
+    sr = client.retrieve_instance(src.StudyInstanceUID, sr_series, inst["00080018"]["Value"][0])
+    assert sr.SOPInstanceUID == ok["sr_uid"] and sr.PatientID == src.PatientID
+    finding = read_sr(sr)
+    assert finding["label"] == expected.label
+    assert finding["pneumonia"] == ("Absent" if expected.label == "normal" else "Present")
+    assert finding["probabilities"] == pytest.approx(expected.probabilities, abs=1e-9)
+    assert src.SOPInstanceUID in finding["source_sop_instance_uids"]
+    assert finding["model_version"] == Predictor().artifact.version
+    scs = client.search_for_series(study_instance_uid=src.StudyInstanceUID, search_filters={"Modality": "OT"})
+    assert len(scs) == 1  # the Secondary Capture (highdicom writes Modality OT)
+
+    # Second run: the classified instance is skipped (no second SR), the tiny one fails again.
+    rc, again = _pacs(capsys, url, "--since", "1901-01-01")
+    assert rc == 1
+    assert again["counts"] == {"stored": 0, "skipped": 1, "failed": 1}
+    srs = client.search_for_series(study_instance_uid=src.StudyInstanceUID, search_filters={"Modality": "SR"})
+    assert len(srs) == 1
+
+    # --study restricts the run to one study; --since after every study date finds nothing.
+    rc, one = _pacs(capsys, url, "--study", tiny_study)
+    assert [o["sop_uid"] for o in one["outcomes"]] == [tiny_sop]
+    rc, none = _pacs(capsys, url, "--since", "2100-01-01")
+    assert rc == 0 and none["outcomes"] == []
+
+
+def _cr_from_jpeg(jpeg: Path, tmp_path: Path) -> tuple[bytes, str, str]:
+    """A DICOM CR (MONOCHROME2, 8 bits) holding a dataset JPEG's pixels; returns (bytes, study UID, SOP UID)."""
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(jpeg).convert("L"), dtype=np.uint8)
+    data, _, _ = _tiny_cr(tmp_path)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PatientID, ds.PatientAge = "CHILD1", "003Y"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = pixels.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue(), ds.StudyInstanceUID, ds.SOPInstanceUID
+
+
+def test_a_new_model_version_adds_its_own_sr(orthanc: str, tiny_model_dir: Path, dataset_root: Path,
+                                             tmp_path: Path, capsys):
+    jpeg = sorted((dataset_root / "test" / "PNEUMONIA").glob("*_virus_*.jpeg"))[0]
+    data, study, sop = _cr_from_jpeg(jpeg, tmp_path)
+    _upload(orthanc, data)
+    url = f"{orthanc}/dicom-web"
+    expected = Predictor().predict(jpeg)
+    rc, first = _pacs(capsys, url, "--study", study)
+    assert rc == 0 and [(o["sop_uid"], o["status"], o["label"]) for o in first["outcomes"]] == [
+        (sop, "stored", expected.label)]
+    assert first["outcomes"][0]["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
+    rc, tiny = _pacs(capsys, url, "--study", study, "--model", str(tiny_model_dir))
+    assert rc == 0 and tiny["counts"] == {"stored": 1, "skipped": 0, "failed": 0}  # another model version
+    rc, again = _pacs(capsys, url, "--study", study, "--model", str(tiny_model_dir))
+    assert again["counts"] == {"stored": 0, "skipped": 1, "failed": 0}
+    client = make_client(url)
+    srs = client.search_for_series(study_instance_uid=study, search_filters={"Modality": "SR"},
+                                   fields=["SeriesDescription"])
+    descriptions = sorted(s["0008103E"]["Value"][0] for s in srs)
+    bundled = Predictor().artifact
+    assert descriptions == sorted([f"Deep Health {bundled.name} {bundled.version} SR",
+                                   "Deep Health tiny-test-model 0.0.0-test SR"])
+
+
+def test_unreachable_pacs_exits_2_with_a_message(capsys):
+    rc = main(["pacs", "--url", "http://127.0.0.1:9/dicom-web", "--timeout", "2", "--attempts", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert "cannot query the PACS at http://127.0.0.1:9/dicom-web" in err and "Traceback" not in err
+
+
+def test_parse_since():
+    assert parse_since("2024-03-05") == "20240305" == parse_since("20240305")
+    for bad in ("2024-13-01", "yesterday", "2024-3-5"):
+        with pytest.raises(ValueError, match="--since"):
+            parse_since(bad)

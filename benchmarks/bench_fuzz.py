@@ -28,6 +28,7 @@ import io
 import json
 import os
 import platform
+import signal
 import sys
 import time
 import warnings
@@ -169,6 +170,7 @@ class FuzzStats:
     per_seed: Counter = field(default_factory=Counter)
     error_kinds: Counter = field(default_factory=Counter)
     rss_mb: list[float] = field(default_factory=list)
+    interrupted: bool = False
     sample: list[bytes] = field(default_factory=list)
     leak_rss_mb: list[float] = field(default_factory=list)
 
@@ -267,7 +269,10 @@ def run_fuzz(seeds: dict[str, bytes], examples: int, *, seed: int = 0, save_dir:
     stats.rss_mb.append(rss_mb())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow/pydicom warn about the corrupt files we feed them
-        one()
+        try:
+            one()
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM from the command line: report what was done
+            stats.interrupted = True
         stats.rss_mb.append(rss_mb())
         for _ in range(leak_rounds):
             for data in stats.sample:
@@ -305,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reader fuzz run - {describe()}, {os.cpu_count()} CPU(s), Python {platform.python_version()}, "
           f"Hypothesis {hypothesis.__version__}, Pillow {PIL.__version__}, pydicom {pydicom.__version__}")
     print(f"{len(seeds)} seed files: " + ", ".join(f"{k} ({len(v) // 1024} KiB)" for k, v in sorted(seeds.items())))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop early, still print the figures
     t0 = time.perf_counter()
     try:
         stats = run_fuzz(seeds, args.examples, seed=args.seed, save_dir=Path(args.save_dir) if args.save_dir else None,
@@ -315,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
 
     rss = stats.rss_mb
+    if stats.interrupted:
+        print(f"\ninterrupted after {stats.inputs} of {args.examples} inputs")
     print(f"\n{stats.inputs} inputs in {wall:.0f} s ({stats.inputs / wall:.0f}/s): {stats.results} read, "
           f"{stats.read_errors} ImageReadError, {len(stats.failures)} other exceptions, "
           f"{len(stats.slow)} slower than {HANG_S:.0f} s of CPU (slowest {stats.max_s * 1000:.0f} ms CPU, "
@@ -336,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL {item}")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "cpu": describe(), "inputs": stats.inputs, "results": stats.results, "read_errors": stats.read_errors,
+            "cpu": describe(), "inputs": stats.inputs, "interrupted": stats.interrupted, "results": stats.results, "read_errors": stats.read_errors,
             "failures": stats.failures, "slow": stats.slow, "max_cpu_ms": stats.max_s * 1000,
             "max_wall_ms": stats.max_wall_s * 1000, "mean_cpu_ms": stats.total_s / max(stats.inputs, 1) * 1000,
             "wall_s": wall,

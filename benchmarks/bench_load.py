@@ -10,8 +10,8 @@ one after another to ``POST /api/v1/predictions``. Each upload is drawn (fixed s
 
 Prints, with the CPU capability it ran on: latency p50/p99 overall and per kind, the count of each
 status code (goal: no 5xx), dropped connections (transport errors), and the server's resident memory
-(``VmRSS`` of the server process) after a warm-up and after the run (goal: no growth beyond noise,
-at most 300 MB). Exit status 1 if any 5xx or dropped connection happened.
+(``VmRSS`` of the server process) after a warm-up and after the run, and with ``--rounds`` after each
+round, to tell a plateau from a leak (goal: no growth beyond noise, at most 300 MB). Exit status 1 if any 5xx or dropped connection happened.
 
 The issue's full run is 8 clients x 1,000 requests (``--requests 1000``, about 8,000 uploads); the
 default, 8 x 100, is a quick check::
@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -97,7 +98,7 @@ def make_payloads(data_root: Path, max_upload_mb: float) -> dict[str, list[tuple
 
 
 async def _client(cid: int, base: str, n: int, payloads: dict[str, list[tuple[str, bytes]]], seed: int,
-                  out: list[dict[str, Any]]) -> None:
+                  out: list[dict[str, Any]], stop: asyncio.Event | None = None) -> None:
     import httpx
 
     rng = random.Random(seed * 1000 + cid)
@@ -106,6 +107,8 @@ async def _client(cid: int, base: str, n: int, payloads: dict[str, list[tuple[st
     timeout = httpx.Timeout(120.0)
     async with httpx.AsyncClient(base_url=base, timeout=timeout) as client:
         for _ in range(n):
+            if stop is not None and stop.is_set():
+                return
             kind = rng.choices(kinds, weights)[0]
             name, data = rng.choice(payloads[kind])
             t0 = time.perf_counter()
@@ -130,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-upload-mb", type=float, default=4.0, help="the server's upload limit (default 4)")
     ap.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="split each client's requests into this many rounds, printing the server's RSS after each")
     ap.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the server to start")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args(argv)
@@ -184,9 +189,23 @@ async def _run(args: argparse.Namespace, base: str, server: subprocess.Popen, pa
     rss_before = rss_mb(server.pid)
 
     results: list[dict[str, Any]] = []
+    stop = asyncio.Event()  # SIGINT/SIGTERM: finish the requests in flight, then report what was done
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     t0 = time.perf_counter()
-    await asyncio.gather(*(_client(i, base, args.requests, payloads, args.seed, results) for i in range(args.clients)))
+    rss_rounds: list[float] = []
+    per_round = -(-args.requests // args.rounds)  # the requests split into rounds, RSS after each
+    for r in range(args.rounds):
+        n = min(per_round, args.requests - r * per_round)
+        await asyncio.gather(*(_client(i, base, n, payloads, args.seed + 7 * r, results, stop)
+                               for i in range(args.clients)))
+        rss_rounds.append(rss_mb(server.pid))
+        if stop.is_set():
+            break
     wall = time.perf_counter() - t0
+    if stop.is_set():
+        print(f"\ninterrupted: {len(results)} of {args.clients * args.requests} requests done")
     await asyncio.sleep(1.0)
     rss_after = rss_mb(server.pid)
     alive = server.poll() is None
@@ -209,6 +228,8 @@ async def _run(args: argparse.Namespace, base: str, server: subprocess.Popen, pa
     print("status codes: " + ", ".join(f"{s} x{n}" for s, n in sorted(statuses.items())))
     print(f"5xx responses: {n5xx}; dropped connections: {dropped}; server still running: {alive}")
     growth = rss_after - rss_before
+    if len(rss_rounds) > 1:
+        print("server RSS after each round: " + ", ".join(f"{v:.0f}" for v in rss_rounds) + " MB")
     print(f"server RSS: {rss_before:.0f} MB after warm-up, {rss_after:.0f} MB after the run ({growth:+.0f} MB; "
           f"goal <= {GOAL_RSS_MB:.0f} MB: {'meets goal' if rss_after <= GOAL_RSS_MB else 'MISSES goal'})")
     try:
@@ -221,7 +242,7 @@ async def _run(args: argparse.Namespace, base: str, server: subprocess.Popen, pa
             "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
             "per_kind": {k: {"n": len(v), "p50_ms": _pct(v, 50), "p99_ms": _pct(v, 99)} for k, v in by_kind.items()},
             "status_counts": dict(statuses), "n_5xx": n5xx, "dropped": dropped,
-            "rss_mb": {"before": rss_before, "after": rss_after},
+            "rss_mb": {"before": rss_before, "after": rss_after, "rounds": rss_rounds},
         }, indent=2) + "\n")
     return 0 if (n5xx == 0 and dropped == 0 and alive) else 1
 

@@ -177,6 +177,16 @@ def test_export_cli(run_dir: Path, tmp_path, capsys):
     meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
     assert meta["version"] == "2.0" and meta["onnx"]["sha256"] in out
     assert "input gate: gate.npz" in out and "of 30 validation films flagged" in out
+    # --gate-only refits the gate of the folder (same split, same seed: the same gate), nothing else
+    onnx_before = (tmp_path / "m" / "model.onnx").read_bytes()
+    rc = main(["export", "--gate-only", "--out", str(tmp_path / "m")])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.startswith("refitted the input gate of ") and "of 30 validation films flagged" in out
+    again = json.loads((tmp_path / "m" / "metadata.json").read_text())
+    assert again["gate"]["sha256"] == meta["gate"]["sha256"] and again["onnx"] == meta["onnx"]
+    assert (tmp_path / "m" / "model.onnx").read_bytes() == onnx_before
+    rc = main(["export", str(run_dir), "--gate-only", "--out", str(tmp_path / "m")])
+    assert rc == 2 and "--gate-only takes only --out" in capsys.readouterr().err
     rc = main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "m2")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("export failed:") and "nothing" in err and "Traceback" not in err

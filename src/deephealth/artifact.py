@@ -10,12 +10,15 @@ evaluation and the web app. Keys (all required unless marked optional):
   calibrated probabilities are ``softmax(logits / temperature)``;
 - ``onnx``: ``file``, ``sha256``, ``input`` (name of the ``(N, 1, S, S)`` float32 input),
   ``logits`` (name of the ``(N, C)`` float32 output), ``cam`` (name of the ``(N, C, h, w)``
-  float32 class activation map output, in logit units, Zhou et al., 2016), ``opset``;
+  float32 class activation map output, in logit units, Zhou et al., 2016), ``opset``; optional
+  ``features`` (name of the ``(N, Cf)`` float32 pooled-feature output, models from 0.2.0);
 - ``intended_use`` (str); optional: ``architecture``, ``training``, ``data``, ``validation_metrics``,
   ``test_metrics``, ``summary``, ``initialisation`` (where pretrained weights came from: source,
   licence, SHA-256), and ``operating_point``: the decision threshold fitted on validation
   (:func:`deephealth.calibration.fit_operating_point`; absent = arg-max), which every interface
-  uses to turn calibrated probabilities into a label.
+  uses to turn calibrated probabilities into a label; ``gate``: the input gate fitted at export
+  (``file`` = ``gate.npz``, its ``sha256``, ``thresholds``, validation false-alarm rate; see
+  :mod:`deephealth.gate`).
 """
 
 from __future__ import annotations

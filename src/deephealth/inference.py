@@ -442,16 +442,27 @@ class Predictor:
         return image, ImageInfo(path=label, format="array", width=w, height=h, bit_depth=32)
 
     def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, Box]:
-        """The preprocessing contract in its stages: ``(S, S)`` uint8 (for the gate), ``(1, S, S)``
-        float32 (for the network) and the analysed content box of the decoded image."""
+        """The preprocessing contract for one decoded image.
+
+        Returns:
+            ``(q, x, box)``: the ``(S, S)`` uint8 input before normalisation (for the gate), the
+            ``(1, S, S)`` float32 network input (:func:`deephealth.preprocessing.preprocess`) and
+            the content box analysed.
+        """
         pre = self.artifact.preprocessing
         box = content_box(image) if pre.crop_border else (0, image.shape[0], 0, image.shape[1])
         q = resize_to_input(image, pre, box)
         return q, normalize(q, pre)[None], box
 
+    def _assess(self, info: ImageInfo, q: np.ndarray, box: Box, features: np.ndarray | None,
+                logits: np.ndarray) -> Suitability:
+        """The input gate's verdict on one image (the analysed box gives the aspect ratio)."""
+        top, bottom, left, right = box
+        return self.gate.assess(info, q, features, logits, analysed_shape=(bottom - top, right - left))
+
     def _result(
         self, label: str, image: np.ndarray, info: ImageInfo, logits: np.ndarray, cam: np.ndarray | None,
-        suitability: Suitability | None = None, box: Box | None = None,
+        box: Box | None = None, suitability: Suitability | None = None,
     ) -> Prediction:
         probs = calibrated_probabilities(logits, self.artifact.temperature)  # (3,) float64
         k = int(decide(probs, self.artifact.operating_point))
@@ -511,10 +522,10 @@ class Predictor:
         image, info = self.load(source, name)
         q, x, box = self._prepare(image)
         logits, cams, feats = self._run(x[None], cam=heatmap)  # x[None]: (1, 1, S, S)
-        verdict = self.gate.assess(info, q, feats[0] if feats is not None else None, logits[0])
+        verdict = self._assess(info, q, box, feats[0] if feats is not None else None, logits[0])
         if verdict.refused and not allow_unsuitable:
             raise UnsuitableImageError(label, verdict)
-        return self._result(label, image, info, logits[0], cams[0] if cams is not None else None, verdict, box)
+        return self._result(label, image, info, logits[0], cams[0] if cams is not None else None, box, verdict)
 
     def predict_many(
         self,
@@ -573,7 +584,7 @@ class Predictor:
                     label = _source_label(src, nm)
                     try:
                         image, info = self.load(src, nm)
-                        q, x, box = self._prepare(image)  # (S, S) uint8, (1, S, S) float32, content box
+                        q, x, box = self._prepare(image)  # (S, S) uint8, (1, S, S) float32
                     except ImageReadError as exc:
                         chunk_results[i] = PredictionError(label, _one_line(exc, label))
                         continue
@@ -586,13 +597,13 @@ class Predictor:
                     batch = np.stack([item[5] for item in loaded])  # (n, 1, S, S)
                     logits, cams, feats = self._run(batch, cam=heatmap)
                     for j, (i, label, image, info, q, _, box) in enumerate(loaded):
-                        verdict = self.gate.assess(info, q, feats[j] if feats is not None else None, logits[j])
+                        verdict = self._assess(info, q, box, feats[j] if feats is not None else None, logits[j])
                         if verdict.refused and not allow_unsuitable:
                             chunk_results[i] = PredictionError(label, str(UnsuitableImageError(label, verdict)), verdict)
                             continue
                         cam = cams[j] if cams is not None else None
                         # keep the decoded image only when an overlay may be wanted
-                        chunk_results[i] = self._result(label, image, info, logits[j], cam, verdict, box)
+                        chunk_results[i] = self._result(label, image, info, logits[j], cam, box, verdict)
                 results.extend(r for r in chunk_results if r is not None)
                 done = len(results)
                 if bar is not None:

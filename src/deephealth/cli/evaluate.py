@@ -268,10 +268,6 @@ def run(args: argparse.Namespace) -> int:
             show(f"{title} {metric}", b[metric], f"{proto}.{metric}")
         show(f"{title} AUROC", b["auroc"], f"{proto}.auroc", pct=False)
     show("ECE (15 bins)", m["calibration"]["ece"], "ece", pct=False)
-    gate = report.get("gate") or {}
-    if gate.get("n_read"):
-        counts = ", ".join(f"{n} {status}" for status, n in gate["counts"].items())
-        print(f"  input gate: {counts} ({100 * gate['flagged_fraction']:.1f} % warned or refused; listed in the report)")
     dd = report["deduplicated"]
     if dd["n_duplicate_groups"]:
         m, iv = dd["metrics"], dd["confidence_intervals"]["intervals"]
@@ -284,6 +280,11 @@ def run(args: argparse.Namespace) -> int:
         show("pneumonia vs normal AUROC", pn["auroc"], "pneumonia_vs_normal.auroc", pct=False)
     else:
         print("deduplicated: no two scored files are byte-identical")
+    gate = report.get("gate") or {}
+    if gate.get("n_read"):
+        counts = ", ".join(f"{n} {status}" for status, n in gate["counts"].items())
+        listed = "; listed in the report" if gate["flagged"] else ""
+        print(f"input gate: {counts} ({100 * gate['flagged_fraction']:.1f} % warned or refused{listed})")
     print(f"report: {written['report_md']}")
     print(f"metrics: {written['metrics_json']}")
     return 1 if failures else 0

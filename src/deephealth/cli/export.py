@@ -7,6 +7,11 @@ vs ONNX Runtime on real dataset images) before metadata.json is written. Needs t
 --quantize ships an int8 model instead (about 3x faster on CPU), compared with the float32 network
 on the same images.
 
+The input gate (docs/gate.md) is fitted after the checks on the run's own patient-grouped split
+(gate.npz + metadata.json "gate"); --no-gate skips it. --gate-only refits just the gate of the
+existing model folder --out (its ONNX file and weights stay as they are), with the split its
+metadata.json records: deephealth export --gate-only --out src/deephealth/models/deephealth-cxr3
+
 Example: deephealth export runs/resnet18 --out src/deephealth/models/deephealth-cxr3 --version 1.0.0
 """
 
@@ -18,7 +23,8 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
-    parser.add_argument("run", metavar="RUN", help="training run folder (runs/<name>/, uses best.pt) or a checkpoint file")
+    parser.add_argument("run", metavar="RUN", nargs="?", default=None,
+                        help="training run folder (runs/<name>/, uses best.pt) or a checkpoint file (not with --gate-only)")
     parser.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
     parser.add_argument("--name", default=None, help="model name (default: deephealth-cxr3)")
     parser.add_argument("--version", dest="model_version", default=None, metavar="V",
@@ -29,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "images; about 3x faster on CPU); score it with deephealth evaluate before release")
     parser.add_argument("--no-gate", action="store_true",
                         help="do not fit the input gate (gate.npz); the model then runs image checks only")
+    parser.add_argument("--gate-only", action="store_true",
+                        help="refit only the input gate of the existing model folder --out, on the split its "
+                        "metadata.json records (about 1-2 minutes)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
 
     from deephealth.artifact import METADATA_FILE
 
+    if args.gate_only:
+        return _refit_gate(args)
+    if args.run is None:
+        print("export failed: give the training run folder or checkpoint (RUN)", file=sys.stderr)
+        return 2
     try:
         out = export_run(args.run, args.out, name=args.name, version=args.model_version, checkpoint=args.checkpoint,
                          quantize=args.quantize, gate=not args.no_gate)
@@ -61,10 +75,7 @@ def run(args: argparse.Namespace) -> int:
           f"(atol {check['logits_atol']:g}), cam {check['cam_max_abs_diff']:.2g} (atol {check['cam_atol']:g})")
     gate = meta.get("gate")
     if gate:
-        t, v = gate["thresholds"], gate["validation"]
-        print(f"  input gate: {gate['file']} (sha256 {gate['sha256'][:12]}...), fitted in {gate['fit_seconds']:.0f} s; "
-              f"warn if feature distance > {t['mahalanobis_warn']:.2f} or P(frontal) < {t['p_frontal_warn']:.3f}; "
-              f"{100 * v['flagged_fraction']:.1f} % of {v['films']} validation films flagged")
+        _print_gate(gate)
     elif not args.no_gate:
         print("  input gate: not fitted (no dataset found); the model runs image checks only")
     if "int8" in check:
@@ -72,4 +83,35 @@ def run(args: argparse.Namespace) -> int:
         print(f"  int8: probabilities within {q['prob_max_abs_diff']:.3f} of float32 PyTorch on {q['images']} dataset "
               f"images (limit {q['prob_atol']:g}), top-1 agreement {q['top1_agreement']:.0%}; "
               "score it with deephealth evaluate before release")
+    return 0
+
+
+def _print_gate(gate: dict) -> None:
+    t, v = gate["thresholds"], gate["validation"]
+    residual = f", feature residual > {t['residual_warn']:.2f}" if "residual_warn" in t else ""
+    print(f"  input gate: {gate['file']} (sha256 {gate['sha256'][:12]}...), fitted in {gate['fit_seconds']:.0f} s; "
+          f"warn if feature distance > {t['mahalanobis_warn']:.2f}{residual} or P(frontal) < {t['p_frontal_warn']:.3f}; "
+          f"{100 * v['flagged_fraction']:.1f} % of {v['films']} validation films flagged")
+
+
+def _refit_gate(args: argparse.Namespace) -> int:
+    """``--gate-only``: refit the gate of the model folder ``--out`` on the split its metadata records."""
+    from deephealth.artifact import ModelArtifact, ModelArtifactError
+    from deephealth.training.export import ExportError, fit_run_gate
+
+    if args.run is not None or args.quantize or args.no_gate or args.checkpoint:
+        print("export failed: --gate-only takes only --out (the model folder)", file=sys.stderr)
+        return 2
+    try:
+        art = ModelArtifact.load(args.out)
+        config = (art.metadata.get("training") or {}).get("config") or {}
+        gate = fit_run_gate(args.out, config)
+    except (ModelArtifactError, ExportError, ValueError) as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 2
+    if gate is None:
+        print("export failed: no dataset found to fit the input gate on", file=sys.stderr)
+        return 2
+    print(f"refitted the input gate of {art.name} {art.version} in {args.out}")
+    _print_gate(gate)
     return 0

@@ -8,7 +8,9 @@ model produces, int8 or float32) on:
   geometry changes);
 - negatives made here (:func:`make_negatives`): a subset of the training films inverted and rotated
   by 90, 180 and 270 degrees, and "other" images: synthetic noise, gradients, flat fields, shapes,
-  rendered documents and screenshots (Pillow), small crops of films (partial views), the sample
+  rendered documents and screenshots (Pillow), small crops of films (partial views), one half of a
+  film stretched to a full frame (a stand-in for lateral views), drawn axial chest-CT-like slices
+  and radiograph-like limbs (other body parts), the sample
   photos shipped by scikit-learn (``load_sample_images``) and matplotlib (``sample_data``), the
   elevation maps and the MR/CT slice matplotlib ships, and the images in pydicom's test files;
 - the validation films of the same split, only to set the warn thresholds so that at most
@@ -40,8 +42,8 @@ _logger = logging.getLogger(__name__)
 
 TARGET_FALSE_ALARM = 0.01
 """Largest fraction of real validation films the feature-space checks may flag (warn or refuse)."""
-PCA_DIM = 64
-"""Largest PCA dimension of the Mahalanobis score."""
+PCA_DIM = 128
+"""Largest PCA dimension of the Mahalanobis score (at most half the feature dimension, so a residual remains)."""
 REFUSE_DISTANCE_FACTOR = 1.5
 """``mahalanobis_refuse = max(REFUSE_DISTANCE_FACTOR * mahalanobis_warn, largest validation distance)``."""
 P_FRONTAL_REFUSE_MAX = 0.05
@@ -179,6 +181,68 @@ def _synthetic(rng: np.random.Generator, kind: str) -> np.ndarray:
         a = np.asarray(im, np.float32) / 255.0
     noise = rng.uniform(0.0, 0.06)
     return np.clip(a + rng.normal(0, noise, a.shape), 0, 1).astype(np.float32)
+
+
+def _blurred(im: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    a = np.asarray(im.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.8, 3.0)))), np.float32) / 255.0
+    return np.clip(a + rng.normal(0, rng.uniform(0.005, 0.03), a.shape), 0, 1).astype(np.float32)
+
+
+def _ct_phantom(rng: np.random.Generator) -> np.ndarray:
+    """An axial chest-CT-like slice: body ellipse on black, two dark lungs, bright spine and ribs, a table."""
+    n = int(rng.integers(160, 400))
+    im = Image.new("L", (n, n), int(rng.integers(0, 25)))
+    d = ImageDraw.Draw(im)
+    cx, cy = n / 2 + rng.uniform(-0.05, 0.05) * n, n / 2 + rng.uniform(-0.05, 0.05) * n
+    rx, ry = n * rng.uniform(0.32, 0.46), n * rng.uniform(0.22, 0.36)
+    d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=int(rng.integers(90, 150)), outline=int(rng.integers(150, 220)),
+              width=int(rng.integers(1, 5)))
+    for side in (-1, 1):  # lungs
+        lx = cx + side * rx * rng.uniform(0.35, 0.55)
+        lw, lh = rx * rng.uniform(0.28, 0.42), ry * rng.uniform(0.5, 0.8)
+        d.ellipse([lx - lw, cy - lh, lx + lw, cy + lh * 0.9], fill=int(rng.integers(5, 45)))
+    sr = ry * rng.uniform(0.12, 0.2)  # vertebra
+    d.ellipse([cx - sr, cy + ry - 3.2 * sr, cx + sr, cy + ry - 1.2 * sr], fill=int(rng.integers(200, 256)))
+    for t in np.linspace(0.15 * np.pi, 0.85 * np.pi, int(rng.integers(4, 9))):  # rib sections
+        for side in (-1, 1):
+            x, y = cx + side * rx * 0.92 * np.cos(t), cy + ry * 0.92 * np.sin(t) * side * 0 + ry * 0.9 * np.sin(t) - ry * 0.2
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=230)
+    if rng.random() < 0.6:  # the table
+        y = cy + ry + n * rng.uniform(0.03, 0.08)
+        d.rectangle([n * 0.1, y, n * 0.9, y + n * 0.02], fill=int(rng.integers(100, 200)))
+    return _blurred(im, rng)
+
+
+def _limb_phantom(rng: np.random.Generator) -> np.ndarray:
+    """A radiograph of another body part: soft-tissue silhouettes with long bones and joints on black."""
+    w, h = int(rng.integers(160, 420)), int(rng.integers(200, 480))
+    im = Image.new("L", (w, h), int(rng.integers(0, 30)))
+    d = ImageDraw.Draw(im)
+    for _ in range(int(rng.integers(1, 4))):  # limbs or fingers
+        x0 = rng.uniform(0.15, 0.85) * w
+        x1 = x0 + rng.uniform(-0.3, 0.3) * w
+        y0, y1 = rng.uniform(-0.1, 0.3) * h, rng.uniform(0.7, 1.1) * h
+        tissue = float(rng.uniform(0.06, 0.2)) * w
+        d.line([(x0, y0), (x1, y1)], fill=int(rng.integers(70, 130)), width=int(2 * tissue))
+        bone = tissue * rng.uniform(0.35, 0.6)
+        d.line([(x0, y0), (x1, y1)], fill=int(rng.integers(170, 240)), width=int(bone))
+        d.line([(x0, y0), (x1, y1)], fill=int(rng.integers(120, 170)), width=max(1, int(bone * 0.4)))  # marrow
+        for tj in rng.uniform(0.2, 0.8, int(rng.integers(0, 3))):  # joints
+            jx, jy, r = x0 + tj * (x1 - x0), y0 + tj * (y1 - y0), bone * 0.8
+            d.ellipse([jx - r, jy - r, jx + r, jy + r], fill=int(rng.integers(180, 250)))
+            d.line([(jx - r, jy), (jx + r, jy)], fill=60, width=2)
+    return _blurred(im, rng)
+
+
+def _half_film(film: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One side of a frontal film stretched to a full frame: one lung field and the spine at an edge,
+    as a lateral view shows (an approximation; no lateral films are available)."""
+    a = film.astype(np.float32) / 255.0 if film.dtype == np.uint8 else film
+    h, w = a.shape
+    half = a[:, : w // 2] if rng.random() < 0.5 else a[:, w // 2 :]
+    if rng.random() < 0.5:
+        half = half[:, ::-1]
+    return _resize(np.ascontiguousarray(half), int(w * rng.uniform(0.8, 1.1)), h)
 
 
 SYNTHETIC_KINDS = ("uniform_noise", "gaussian_noise", "smooth_noise", "salt_pepper", "linear_gradient",
@@ -337,6 +401,11 @@ def make_negatives(
         lambda: _screenshot(rng, photos),
         lambda: _screenshot(rng, photos),
         lambda: _random_crop(films[int(rng.integers(len(films)))].astype(np.float32) / 255.0, rng, 0.2, 0.35),
+        lambda: _ct_phantom(rng),
+        lambda: _ct_phantom(rng),
+        lambda: _limb_phantom(rng),
+        lambda: _limb_phantom(rng),
+        lambda: _half_film(films[int(rng.integers(len(films)))], rng),
     ]
     if packaged:
         def from_package() -> np.ndarray:
@@ -404,7 +473,7 @@ def _fit_arrays(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    k = int(min(PCA_DIM, train_feats.shape[1], len(train_feats) - 1))
+    k = int(min(PCA_DIM, train_feats.shape[1] // 2, len(train_feats) - 1))
     pca = PCA(n_components=k, random_state=seed).fit(train_feats)
     z = pca.transform(train_feats)
     classes = np.unique(train_labels)
@@ -433,39 +502,51 @@ def _fit_arrays(
     }
 
 
-def choose_thresholds(val_distance: np.ndarray, val_p_frontal: np.ndarray,
+def choose_thresholds(val_distance: np.ndarray, val_residual: np.ndarray, val_p_frontal: np.ndarray,
                       target: float = TARGET_FALSE_ALARM) -> dict[str, float]:
     """Warn and refuse thresholds from the validation films' scores.
 
-    The warn thresholds are the ``(1 - q)`` quantile of the distances and the ``q`` quantile of
-    ``P(frontal)``, with the largest ``q`` (searched from ``target / 2`` down) for which at most
-    ``target`` of the films exceed either. The refuse thresholds lie beyond every validation film:
-    ``mahalanobis_refuse = max(REFUSE_DISTANCE_FACTOR * warn, max distance)`` and
-    ``p_frontal_refuse = min(P_FRONTAL_REFUSE_MAX, warn / 2, min P)``.
+    The warn thresholds are the ``(1 - q)`` quantiles of the distances and residuals and the ``q``
+    quantile of ``P(frontal)``, with the largest ``q`` (searched from ``target / 3`` down) for which
+    at most ``target`` of the films exceed any of them. The refuse thresholds lie beyond every
+    validation film: ``max(REFUSE_DISTANCE_FACTOR * warn, 1.05 * max)`` for the distance and the
+    residual, ``min(P_FRONTAL_REFUSE_MAX, warn / 2, min P / 2)`` for ``P(frontal)``.
 
     Args:
         val_distance: ``(n,)`` Mahalanobis distances of real validation films.
+        val_residual: ``(n,)`` their feature residuals.
         val_p_frontal: ``(n,)`` their ``P(frontal)``.
         target: largest flagged fraction.
 
     Returns:
-        ``{"mahalanobis_warn", "mahalanobis_refuse", "p_frontal_warn", "p_frontal_refuse"}``.
+        ``{"mahalanobis_warn", "mahalanobis_refuse", "residual_warn", "residual_refuse",
+        "p_frontal_warn", "p_frontal_refuse"}``.
     """
     d = np.asarray(val_distance, np.float64)
+    r = np.asarray(val_residual, np.float64)
     p = np.asarray(val_p_frontal, np.float64)
-    q = target / 2
+    q = target / 3
     while True:
         t_d = float(np.quantile(d, 1 - q, method="higher"))
+        t_r = float(np.quantile(r, 1 - q, method="higher"))
         t_p = float(np.quantile(p, q, method="lower"))
-        if np.mean((d > t_d) | (p < t_p)) <= target or q < 1e-4:
+        if np.mean((d > t_d) | (r > t_r) | (p < t_p)) <= target or q < 1e-4:
             break
         q /= 1.25
     return {
         "mahalanobis_warn": t_d,
         "mahalanobis_refuse": max(REFUSE_DISTANCE_FACTOR * t_d, float(d.max()) * 1.05),
+        "residual_warn": t_r,
+        "residual_refuse": max(REFUSE_DISTANCE_FACTOR * t_r, float(r.max()) * 1.05),
         "p_frontal_warn": t_p,
         "p_frontal_refuse": min(P_FRONTAL_REFUSE_MAX, t_p / 2, float(p.min()) * 0.5),
     }
+
+
+def _flags(s: dict[str, np.ndarray], t: dict[str, float], level: str) -> np.ndarray:
+    """Which images the feature checks flag at ``level`` (``warn``: warn or refuse; ``refuse``)."""
+    return ((s["mahalanobis"] > t[f"mahalanobis_{level}"]) | (s["residual"] > t[f"residual_{level}"])
+            | (s["p_frontal"] < t[f"p_frontal_{level}"]))
 
 
 def fit_gate(
@@ -521,12 +602,15 @@ def fit_gate(
 
     _, train_f = run(_inputs_u8(train_films, pre), len(train_films))
     val_logits, val_f = run(_inputs_u8(val_films, pre), len(val_films))
+    _logger.info("gate: features of %d training + %d validation films in %.0f s", len(train_films), len(val_films),
+                 time.time() - t0)
     pos_idx = rng.permutation(len(train_films))[:n_lr_films]
     aug = [_augment_film(train_films[i].astype(np.float32) / 255.0, rng) for i in pos_idx]
     _, aug_f = run(_inputs_float(aug, pre), len(aug))
     neg_images, neg_labels = make_negatives(train_films, rng, n_transformed=n_transformed, n_other=n_other)
     _, neg_f = run(_inputs_float(neg_images, pre), len(neg_images))
     t_feat = time.time() - t0
+    _logger.info("gate: features of %d augmented films and %d negatives; %.0f s so far", len(aug), len(neg_images), t_feat)
 
     lr_x = np.concatenate([train_f[pos_idx], aug_f, neg_f])
     lr_y = np.concatenate([np.zeros(len(pos_idx) + len(aug), np.int64), neg_labels])
@@ -534,14 +618,12 @@ def fit_gate(
     provisional = FeatureGate(**{k: np.asarray(v, np.float32) for k, v in arrays.items()},
                               thresholds={k: 0.0 for k in FeatureGate.THRESHOLDS})
     val_s = provisional.scores(val_f, val_logits)
-    thresholds = choose_thresholds(val_s["mahalanobis"], val_s["p_frontal"])
+    thresholds = choose_thresholds(val_s["mahalanobis"], val_s["residual"], val_s["p_frontal"])
     gate = FeatureGate(**{k: np.asarray(v, np.float32) for k, v in arrays.items()}, thresholds=thresholds)
     val_s = gate.scores(val_f, val_logits)
-    val_flag = (val_s["mahalanobis"] > thresholds["mahalanobis_warn"]) | (val_s["p_frontal"] < thresholds["p_frontal_warn"])
-    val_refuse = (val_s["mahalanobis"] > thresholds["mahalanobis_refuse"]) | (
-        val_s["p_frontal"] < thresholds["p_frontal_refuse"])
+    val_flag, val_refuse = _flags(val_s, thresholds, "warn"), _flags(val_s, thresholds, "refuse")
     neg_s = gate.scores(neg_f, np.zeros((len(neg_f), 3)))
-    neg_flag = (neg_s["mahalanobis"] > thresholds["mahalanobis_warn"]) | (neg_s["p_frontal"] < thresholds["p_frontal_warn"])
+    neg_flag = _flags(neg_s, thresholds, "warn")
 
     gate.save(model_dir / GATE_FILE)
     entry: dict[str, Any] = {
@@ -562,6 +644,8 @@ def fit_gate(
         "method": {
             "mahalanobis": f"min over classes, shared covariance (Lee et al., NeurIPS 2018), PCA to "
                            f"{arrays['components'].shape[0]} dims, Ledoit-Wolf shrinkage",
+            "residual": "norm of the features outside that PCA subspace (reconstruction error; the residual "
+                        "of ViM, Wang et al., CVPR 2022)",
             "classifier": "multinomial logistic regression on standardised features, classes "
                           + ", ".join(LR_CLASSES),
             "energy": "-logsumexp(logits) (Liu et al., NeurIPS 2020), reported only",

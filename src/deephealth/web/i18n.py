@@ -146,13 +146,24 @@ _GATE_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"\(P\(frontal chest film\) = ([\d.]+), below ([\d.]+)\)",
          r"(P(radiografía de tórax frontal) = \1, por debajo de \2)"),
         (r"\(P\(frontal chest film\) = ([\d.]+)\)", r"(P(radiografía de tórax frontal) = \1)"),
-        (r"unlike the chest films the model was trained on \(feature distance ([\d.]+), refusal limit ([\d.]+)\)",
-         r"distinta de las radiografías de tórax con las que se entrenó el modelo (distancia de características \1, "
-         r"límite de rechazo \2)"),
-        (r"unusual for the chest films the model was trained on \(feature distance ([\d.]+), limit ([\d.]+)\): "
-         r"check the result with care",
-         r"inusual para las radiografías de tórax con las que se entrenó el modelo (distancia de características \1, "
-         r"límite \2): revise el resultado con cuidado"),
+        # feature-distance reasons name one or both scores: "(feature distance X, limit Y, feature residual...)"
+        (r"unlike the chest films the model was trained on \(",
+         r"distinta de las radiografías de tórax con las que se entrenó el modelo ("),
+        (r"unusual for the chest films the model was trained on \(",
+         r"inusual para las radiografías de tórax con las que se entrenó el modelo ("),
+        (r"feature distance ([\d.]+), refusal limit ([\d.]+)", r"distancia de características \1, límite de rechazo \2"),
+        (r"feature residual ([\d.]+), refusal limit ([\d.]+)", r"residuo de características \1, límite de rechazo \2"),
+        (r"feature distance ([\d.]+), limit ([\d.]+)", r"distancia de características \1, límite \2"),
+        (r"feature residual ([\d.]+), limit ([\d.]+)", r"residuo de características \1, límite \2"),
+        (r"\): check the result with care", r"): revise el resultado con cuidado"),
+        (r"featureless image \(detail ([\d.]+) grey levels, radiographs have 2\.4 or more\): a smooth gradient or a "
+         r"heavily blurred picture, no visible anatomy",
+         r"imagen sin estructura (detalle \1 niveles de gris; las radiografías tienen 2,4 o más): un degradado suave "
+         r"o una imagen muy borrosa, sin anatomía visible"),
+        (r"burnt-in coloured annotations \(arrows, letters or marks; up to (\d+) % of a region is coloured\): they "
+         r"hide anatomy and may mislead the model",
+         r"anotaciones en color incrustadas (flechas, letras o marcas; hasta un \1 % de una zona en color): ocultan "
+         r"anatomía y pueden confundir al modelo"),
         (r"colour image \((\d+) % of pixels are coloured\): a photo or drawing, not a radiograph",
          r"imagen en color (\1 % de píxeles en color): una foto o un dibujo, no una radiografía"),
         (r"near-blank image \(98 % of pixels within (\d+) grey levels\): no visible anatomy",

@@ -52,6 +52,10 @@
       done: (ms) => "Done in " + ms + " ms.",
       read_as: "Read as ",
       unavailable: "unavailable (server not ready)",
+      gate_refused: "Not classified: this image does not look like a frontal chest X-ray the model can read",
+      gate_refused_detail: (name) => name + " was not analysed. Reasons:",
+      gate_banner_title: "Check this image: it may not suit the model",
+      gate_banner_note: "The result below may be unreliable for this image.",
       decision: (p, thr, sens) => "Probability of pneumonia " + p + " %. The model calls pneumonia from " + thr +
         " % (its operating point, set on validation films for " + sens + " % sensitivity), so the label can " +
         "differ from the largest bar.",
@@ -91,6 +95,10 @@
       done: (ms) => "Hecho en " + ms + " ms.",
       read_as: "Leída como ",
       unavailable: "no disponible (el servidor no está listo)",
+      gate_refused: "No clasificada: esta imagen no parece una radiografía frontal de tórax que el modelo pueda leer",
+      gate_refused_detail: (name) => name + " no se analizó. Motivos:",
+      gate_banner_title: "Revise esta imagen: puede no ser adecuada para el modelo",
+      gate_banner_note: "El resultado de abajo puede no ser fiable para esta imagen.",
       decision: (p, thr, sens) => "Probabilidad de neumonía " + p + " %. El modelo indica neumonía a partir de " +
         thr + " % (su punto de operación, fijado en radiografías de validación para una sensibilidad del " + sens +
         " %), así que la etiqueta puede no coincidir con la barra más larga.",
@@ -159,10 +167,13 @@
     document.body.dataset.state = state;
   }
 
-  function showError(title, detail) {
+  function showError(title, detail, reasons) {
     resultEl.hidden = true;
     $("error-title").textContent = title;
     $("error-detail").textContent = detail;
+    const list = $("error-reasons");
+    list.replaceChildren(...(reasons || []).map((r) => el("li", "", r)));
+    list.hidden = !(reasons && reasons.length);
     errorBox.hidden = false;
     statusEl.textContent = "";
     setState("error");
@@ -213,6 +224,12 @@
       li.append(label, track);
       bars.append(li);
     }
+
+    // Input gate: a prominent banner when the image was classified but flagged.
+    const gate = data.suitability;
+    const flagged = gate && (gate.status === "warn" || gate.status === "refuse");
+    $("gate-reasons").replaceChildren(...(flagged ? gate.reasons : []).map((r) => el("li", "", r)));
+    $("gate-banner").hidden = !flagged;
 
     const warnings = data.warnings || [];
     const list = $("warning-list");
@@ -274,6 +291,11 @@
     }
     if (!response.ok) {
       const detail = data && typeof data.detail === "string" ? data.detail : "HTTP " + response.status;
+      if (response.status === 422 && data && data.suitability) {
+        // Refused by the input gate: the reasons (translated by the server), and no probabilities.
+        showError(t("gate_refused"), t("gate_refused_detail")(file.name), data.suitability.reasons);
+        return;
+      }
       showError(t("t" + response.status) || t("failed"), detail);
       return;
     }

@@ -211,3 +211,14 @@ def test_linear_probe_and_lpft_smoke_runs(tmp_path: Path, dataset_root: Path) ->
                           name="lpft", **common), progress=False)
     hist = (run / "history.csv").read_text().splitlines()
     assert "val_normal_kept_zoom85" in hist[0] and len(hist) == 2
+
+
+def test_train_cli_names_an_unsupported_imagenet_arch_without_traceback(tmp_path: Path, capsys) -> None:
+    from deephealth.cli import main
+
+    rc = main(["train", "--init", "imagenet", "--arch", "resnet18", "--epochs", "1", "--out-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "no installable ImageNet weights for 'resnet18'" in err and "efficientnet_lite0" in err
+    rc = main(["train", "--arch", "no_such_net", "--epochs", "1", "--out-dir", str(tmp_path)])
+    assert rc == 2 and "unknown timm architecture 'no_such_net'" in capsys.readouterr().err

@@ -15,29 +15,17 @@ import argparse
 import sys
 from pathlib import Path
 
-_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ""}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
     parser.add_argument("--images", required=True, nargs="+", metavar="PATH",
-                        help="the site's unlabelled films: folders (recursive) or files")
+                        help="the site's unlabelled films: folders (recursive), files or glob patterns")
     parser.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
     parser.add_argument("--model", default=None, metavar="DIR", help="source model folder (default: the bundled model)")
     parser.add_argument("--min-images", type=int, default=None, metavar="N", help="fewest readable films (default 100)")
     parser.add_argument("--name", default=None, help="model name (default: <source>-adapted)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _files(paths: list[str]) -> list[Path]:
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _SUFFIXES
-                          and not f.name.startswith("."))
-        else:
-            out.append(p)
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,10 +38,15 @@ def run(args: argparse.Namespace) -> int:
     from deephealth.artifact import ModelArtifactError
     from deephealth.paths import default_model_dir
 
-    files = _files(args.images)
+    from deephealth.cli.predict import collect_inputs  # the same file picking as predict
+
+    files, missing = collect_inputs(args.images)
+    for arg, reason in missing:
+        print(f"skipped {arg}: {reason}", file=sys.stderr)
     if not files:
         print(f"error: no image files in {' '.join(args.images)}", file=sys.stderr)
         return 2
+    files = [Path(f) for f in files]
     bad: list[str] = []
 
     def on_error(path: Path, msg: str) -> None:

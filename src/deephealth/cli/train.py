@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     except PretrainedWeightsUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # missing data; an unknown architecture
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"run written to {run_dir}")

@@ -22,11 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deephealth.training.model import PretrainedWeightsUnavailable
+
 _logger = logging.getLogger(__name__)
 
 
-class ImagenetWeightsError(RuntimeError):
-    """The ImageNet weights file is missing, altered, or does not fit the architecture."""
+class ImagenetWeightsError(PretrainedWeightsUnavailable):
+    """The ImageNet weights file is missing, altered, or does not fit the architecture.
+
+    A :class:`~deephealth.training.model.PretrainedWeightsUnavailable`, so ``deephealth train``
+    reports it as one line (exit 2) like any other unavailable pretrained weights.
+    """
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
             if config.mode == "linear_probe":
                 break
             frozen = step < head_only_steps  # linear probe first: backbone frozen, BN statistics kept
-            if frozen or step == head_only_steps:
+            if step in (0, head_only_steps):  # freeze at the start, unfreeze once at the switch
                 for p in model.parameters():
                     p.requires_grad_(not frozen or id(p) in head_params)
             model.train(not frozen)

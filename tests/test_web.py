@@ -327,6 +327,11 @@ def test_request_errors_are_json_with_a_string_detail(client):
     assert r.status_code == 422
     assert r.json() == {"detail": "no file: send the image in a multipart form field named 'file'"}
 
+    big = b"\xff\xd8\xff" + bytes(4000)  # a whole image under the wrong field name is not "too long"
+    r = client.post(URL, files={"image": ("x.jpeg", big)})
+    assert r.status_code == 422
+    assert r.json() == {"detail": "no file: send the image in a multipart form field named 'file', not 'image'"}
+
     r = client.post(URL + "?heatmap=maybe", files={"file": ("x.jpeg", b"\xff\xd8\xff")})
     assert r.status_code == 422
     assert r.json()["detail"].startswith("heatmap: ")

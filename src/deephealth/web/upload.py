@@ -134,6 +134,10 @@ class _Collector:
                     f"{_clean_filename(self.filename)}: file too large: the limit is {_human_mb(self.max_file_bytes)}",
                 )
         elif len(self.buffer) + n > MAX_FIELD_BYTES:
+            if self.filename is not None:  # a file sent under another field name (e.g. -F image=@x.jpeg)
+                raise UploadError(
+                    422, f"no file: send the image in a multipart form field named {FILE_FIELD!r}, not {self.name!r}"
+                )
             raise UploadError(422, f"form field {self.name!r} is too long (limit {MAX_FIELD_BYTES} bytes)")
         self.buffer += data[start:end]
 

@@ -43,6 +43,11 @@ class TrainConfig:
     crop position anywhere inside the film, bottom / top bands filled with the film's mean with
     probability ``aug_occlude``; blur / unsharp-mask mix up to ``aug_blur``, Gaussian noise up to
     ``aug_noise`` (std, [0, 1] intensity units).
+    Consistency training (issue 16, stability): with ``consistency_weight`` > 0 every film is seen
+    twice per step, under one random augmentation and under the same augmentation nudged by a
+    benign perturbation (:func:`deephealth.training.data.benign_variant`, maxima scaled by
+    ``consistency_strength``), and the loss adds ``consistency_weight`` times the Jensen-Shannon
+    divergence between the two predicted distributions (as in AugMix, Hendrycks et al., ICLR 2020).
     Runtime: ``device`` (cpu|cuda), ``bf16`` autocast (``auto``: only where the CPU has native bf16
     or on CUDA, ``true``, ``false``), ``channels_last``, ``num_threads`` (0 = torch
     default), ``seed``, ``max_train_images`` (0 = all; for smoke tests), ``out_dir``, ``name``.
@@ -88,6 +93,8 @@ class TrainConfig:
     aug_occlude: float = 0.0
     aug_blur: float = 0.0
     aug_noise: float = 0.0
+    consistency_weight: float = 0.0
+    consistency_strength: float = 1.0
     device: str = "cpu"
     bf16: str = "auto"
     channels_last: bool = True
@@ -115,6 +122,8 @@ class TrainConfig:
             raise ValueError(f"unknown select_metric {self.select_metric!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.consistency_weight < 0 or self.consistency_strength < 0:
+            raise ValueError("consistency_weight and consistency_strength must be >= 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         self.preprocessing  # validates input_size, interpolation, std

@@ -33,7 +33,15 @@ from deephealth.labels import CLASS_NAMES
 from deephealth.manifest import Record, grouped_split, scan
 from deephealth.paths import dataset_dir
 from deephealth.training.config import TrainConfig, save_config
-from deephealth.training.data import augment, decode_records, shift_views, to_input
+from deephealth.training.data import (
+    apply_augment,
+    benign_variant,
+    decode_records,
+    sample_augment,
+    shift_views,
+    stability_views,
+    to_input,
+)
 from deephealth.training.model import build_model
 
 _logger = logging.getLogger(__name__)
@@ -201,6 +209,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     _logger.info("decoded %d train + %d validation images at %d px in %.1f s",
                  len(x_train), len(x_val), pre.input_size, time.time() - t0)
     x_val_shift = shift_views(x_val)
+    x_val_stab = stability_views(x_val)
 
     counts = np.bincount(y_train, minlength=len(CLASS_NAMES)).astype(np.float64)
     if config.class_weighting == "balanced":
@@ -264,18 +273,29 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
             model.train(not frozen)
             step += 1
             idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
-            xb = x_train_t[idx].to(torch.float32).unsqueeze(1) * (1.0 / 255.0)
-            xb = augment(xb, gen, config.aug_rotate, config.aug_scale, config.aug_translate,
-                         config.aug_brightness, config.aug_contrast, config.aug_gamma,
-                         zoom_min=config.aug_zoom_min, zoom_max=config.aug_zoom_max, aspect=config.aug_aspect,
-                         occlude=config.aug_occlude, blur=config.aug_blur, noise=config.aug_noise)
-            xb = ((xb - pre.mean) / pre.std).to(device)
+            x01 = x_train_t[idx].to(torch.float32).unsqueeze(1) * (1.0 / 255.0)
+            params = sample_augment(tuple(x01.shape), gen, config.aug_rotate, config.aug_scale,
+                                    config.aug_translate, config.aug_brightness, config.aug_contrast,
+                                    config.aug_gamma, zoom_min=config.aug_zoom_min, zoom_max=config.aug_zoom_max,
+                                    aspect=config.aug_aspect, occlude=config.aug_occlude, blur=config.aug_blur,
+                                    noise=config.aug_noise)
+            views = [apply_augment(x01, params)]
+            consistency = config.consistency_weight > 0 and not frozen
+            if consistency:  # the same augmentation nudged by a benign perturbation
+                views.append(apply_augment(x01, benign_variant(params, gen, tuple(x01.shape),
+                                                               config.consistency_strength)))
+            xb = ((torch.cat(views) - pre.mean) / pre.std).to(device)
             if config.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             yb = torch.from_numpy(y_train[idx.numpy()]).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb, weight=class_w, label_smoothing=config.label_smoothing)
+                logits_all = model(xb)
+            logits_all = logits_all.float()
+            logits = logits_all[: len(idx)]
+            loss = F.cross_entropy(logits_all, yb.repeat(len(views)), weight=class_w,
+                                   label_smoothing=config.label_smoothing)
+            if consistency:
+                loss = loss + config.consistency_weight * js_divergence(logits, logits_all[len(idx):])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -291,6 +311,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         val_probs = softmax(val_logits)
         vm = classification_metrics(y_val, val_probs)
         vm.update(shift_metrics(eval_model, x_val_shift, y_val, vm, config, bf16))
+        vm.update(flip_metrics(eval_model, x_val_stab, val_probs.argmax(1), config, bf16))
         row = {
             "epoch": epoch,
             "lr": opt.param_groups[0]["lr"],
@@ -303,6 +324,8 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
             "val_shift_balanced_accuracy": vm["shift_balanced_accuracy"],
             "val_normal_kept_zoom85": vm["normal_kept_zoom85"],
             "val_normal_kept_mask20": vm["normal_kept_mask20"],
+            "val_flip_rate": vm["flip_rate"],
+            "val_flip_rate_max": vm["flip_rate_max"],
             "seconds": time.time() - t_ep,
         }
         history.append(row)
@@ -313,10 +336,11 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
             best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
         _logger.info(
             "epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f bal %.3f auroc %.4f | "
-            "shift bal %.3f, normals kept zoom85 %.2f mask20 %.2f | %.0f s%s",
+            "shift bal %.3f, normals kept zoom85 %.2f mask20 %.2f | flips %.3f (max %.3f) | %.0f s%s",
             epoch, row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"],
             row["val_balanced_accuracy"], row["val_macro_auroc"], row["val_shift_balanced_accuracy"],
-            row["val_normal_kept_zoom85"], row["val_normal_kept_mask20"], row["seconds"], " *" if improved else "",
+            row["val_normal_kept_zoom85"], row["val_normal_kept_mask20"], row["val_flip_rate"],
+            row["val_flip_rate_max"], row["seconds"], " *" if improved else "",
         )
         _write_history(history, run_dir)
         if epoch - best_epoch >= config.patience:
@@ -341,6 +365,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     val_probs = softmax(val_logits, temperature)
     val_metrics = classification_metrics(y_val, val_probs)
     val_metrics.update(shift_metrics(final, x_val_shift, y_val, val_metrics, config, False, temperature))
+    val_metrics.update(flip_metrics(final, x_val_stab, val_probs.argmax(1), config, False))
     operating_point = None
     if config.target_sensitivity > 0 and len(y_val):
         operating_point = fit_operating_point(val_probs, y_val, config.target_sensitivity)
@@ -398,6 +423,60 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     _logger.info("run %s: best epoch %d, val %s, T=%.3f, %.1f min", run_dir, best_epoch,
                  {k: round(v, 4) for k, v in val_metrics.items()}, temperature, wall / 60)
     return run_dir
+
+
+def js_divergence(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+    """Mean Jensen-Shannon divergence between two batches of predicted distributions (nats).
+
+    ``JS(p, q) = (KL(p || m) + KL(q || m)) / 2`` with ``m = (p + q) / 2``, ``p = softmax(logits_a)``;
+    symmetric, bounded by ln 2, zero when the two predictions agree (AugMix's consistency loss,
+    Hendrycks et al., ICLR 2020, with two views).
+
+    Args:
+        logits_a, logits_b: ``(B, C)`` float logits of the same films under two views.
+
+    Returns:
+        A scalar tensor (differentiable through both inputs).
+    """
+    pa, pb = F.softmax(logits_a, dim=1), F.softmax(logits_b, dim=1)
+    log_m = torch.log((0.5 * (pa + pb)).clamp_min(1e-8))
+    kl_a = (pa * (torch.log(pa.clamp_min(1e-8)) - log_m)).sum(1)
+    kl_b = (pb * (torch.log(pb.clamp_min(1e-8)) - log_m)).sum(1)
+    return (0.5 * (kl_a + kl_b)).mean()
+
+
+@torch.no_grad()
+def flip_metrics(
+    model: nn.Module, views: dict[str, torch.Tensor], plain_pred: np.ndarray, config: TrainConfig, bf16: bool
+) -> dict[str, float]:
+    """Label flips of validation films under :data:`deephealth.training.data.STABILITY_VIEWS`.
+
+    Args:
+        views: :func:`deephealth.training.data.stability_views` of the validation films.
+        plain_pred: ``(N,)`` arg-max labels of the unaltered films.
+
+    Returns:
+        ``flip_rate`` (mean over the views of the share of films whose arg-max label changes),
+        ``flip_rate_max`` (the worst view) and ``flip_<view>`` for each view.
+    """
+    model.eval()
+    device = torch.device(config.device)
+    pre = config.preprocessing
+    out: dict[str, float] = {}
+    for name, x01 in views.items():
+        preds = []
+        for i in range(0, len(x01), 64):
+            x = ((x01[i : i + 64] - pre.mean) / pre.std).to(device)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                preds.append(model(x).float().argmax(1).cpu())
+        pred = torch.cat(preds).numpy() if preds else np.zeros(0, int)
+        out[f"flip_{name}"] = float(np.mean(pred != plain_pred)) if len(pred) else float("nan")
+    rates = [v for v in out.values()]
+    out["flip_rate"] = float(np.mean(rates)) if rates else float("nan")
+    out["flip_rate_max"] = float(np.max(rates)) if rates else float("nan")
+    return out
 
 
 def shift_metrics(

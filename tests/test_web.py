@@ -470,6 +470,14 @@ def test_healthz(client):
 
 def test_openapi_docs(client):
     assert client.get("/docs").status_code == 200
+    # the API pages load their assets from this server (fastapi-offline), never from a CDN
+    for page, assets in (("/docs", ("swagger-ui-bundle.js", "swagger-ui.css")), ("/redoc", ("redoc.standalone.js",))):
+        html = client.get(page).text
+        assert "cdn." not in html and "https://" not in html.split("<body")[0], page
+        for name in assets:
+            assert f'"/static-offline-docs/{name}"' in html, (page, name)
+            asset = client.get(f"/static-offline-docs/{name}")
+            assert asset.status_code == 200 and len(asset.content) > 100_000, name
     spec = client.get("/openapi.json").json()
     op = spec["paths"][URL]["post"]
     body = op["requestBody"]["content"]["multipart/form-data"]["schema"]

@@ -198,3 +198,29 @@ def test_train_cli_refuses_a_value_outside_the_choices(capsys) -> None:
         main(["train", "--init", "imagenet21k"])
     assert exc.value.code == 2
     assert "argument --init: invalid choice: 'imagenet21k' (choose from" in capsys.readouterr().err
+
+
+def test_readme_reproduce_command_names_the_bundled_models_run() -> None:
+    """The README's "Reproduce with `deephealth train --config X` then `deephealth export runs/Y ...
+    --version V`" produces the run the bundled model card names: X's run name is Y, and the bundled
+    metadata.json says run Y, version V. (On a model swap, update that README line.)"""
+    import re
+
+    import yaml
+
+    from deephealth.artifact import ModelArtifact
+    from deephealth.paths import default_model_dir
+
+    root = Path(__file__).parents[1]
+    readme = " ".join((root / "README.md").read_text().split())
+    m = re.search(r"Reproduce with `deephealth train --config (\S+)` then `deephealth export runs/(\S+) --out DIR "
+                  r"--version (\S+)`", readme)
+    assert m, "README has no reproduce line"
+    config, run, version = m.groups()
+    assert yaml.safe_load((root / config).read_text())["name"] == run
+    model = default_model_dir()
+    if not (model / "metadata.json").is_file():
+        pytest.skip("no bundled model")
+    meta = ModelArtifact.load(model, verify=False).metadata
+    assert (meta["version"], meta["training"]["run"]) == (version, run)
+    assert meta["training"]["config"]["name"] in ("", run)

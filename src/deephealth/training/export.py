@@ -661,6 +661,41 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def portable_path(path: str | Path | None, base: str | Path | None = None) -> str:
+    """A data path as the model card records it: never an absolute path of the exporting machine.
+
+    Args:
+        path: a dataset folder as training or export saw it (often absolute, resolved by
+            :func:`deephealth.paths.data_root`); ``None`` or ``""`` for the default.
+        base: the folder to make it relative to; default the current directory (the checkout that
+            ``deephealth export`` runs in, so the default data becomes ``../shared/data/...``).
+
+    Returns:
+        ``path`` unchanged when it is relative (as given); an absolute path inside ``base`` or
+        beside it (one ``..`` at most) relative to ``base``; any other absolute path reduced to its
+        last two parts (``<...>/data/chest_xray_224``); ``""`` for no path.
+    """
+    if not path:
+        return ""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(path)
+    import os
+
+    rel = os.path.relpath(p, Path(base) if base is not None else Path.cwd())
+    if not rel.startswith(os.pardir + os.sep + os.pardir) and rel != os.pardir + os.sep + os.pardir:
+        return rel
+    return "<...>/" + "/".join(p.parts[-2:])
+
+
+def _portable_paths(data: Any) -> Any:
+    """A copy of a ``data`` / ``split`` record with its ``dataset_dir`` and ``data_dir`` made portable."""
+    if not isinstance(data, dict):
+        return data
+    return {k: portable_path(v) if k in ("dataset_dir", "data_dir") and isinstance(v, str) else v
+            for k, v in data.items()}
+
+
 def export_run(
     source: str | Path,
     out_dir: str | Path,
@@ -723,7 +758,7 @@ def export_run(
         "run": run_dir.name,
         "checkpoint": ckpt_path.name,
         "epoch": ckpt.get("epoch"),
-        "config": ckpt.get("config"),
+        "config": _portable_paths(ckpt.get("config")),
         "history": ckpt.get("history"),
         "summary": ckpt.get("summary"),
     }
@@ -731,7 +766,7 @@ def export_run(
     extra: dict[str, Any] = {
         "architecture": {**model_args, "wrapper": "CamModel (logits + class activation maps)"},
         "training": training,
-        "data": ckpt.get("data"),
+        "data": _portable_paths(ckpt.get("data")),  # no absolute path of this machine in the card
         "validation_metrics": ckpt.get("val_metrics"),
     }
     if ckpt.get("operating_point"):
@@ -809,7 +844,7 @@ def fit_run_gate(model_dir: str | Path, config: dict[str, Any], data_dir: str | 
     train_films, val_films = decode_records(train_recs, pre), decode_records(val_recs, pre)
     _logger.info("gate: decoded %d training + %d validation films in %.0f s", len(train_films), len(val_films),
                  time.time() - t0)
-    split = {"dataset_dir": str(root), "val_fraction": val_fraction, "split_seed": split_seed,
+    split = {"dataset_dir": portable_path(root), "val_fraction": val_fraction, "split_seed": split_seed,
              "method": "patient-grouped, label-stratified (deephealth.manifest.grouped_split), as in training"}
     try:
         n = len(train_films)

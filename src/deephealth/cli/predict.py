@@ -10,21 +10,13 @@ to read it anyway.
 
 Output: a table (default), or --format json / csv on stdout (the decision-support notice then goes
 to stderr so the output stays parseable). Probabilities are calibrated (temperature scaling).
-The three formats carry the same fields under the same names (JSON nests some, CSV flattens):
-
-    source                     the file (JSON "source", as in the API)
-    label, label_index         the decided class and its index (0 normal, 1 bacterial, 2 viral)
-    p_normal, p_bacterial,     calibrated probabilities (JSON "probabilities": {normal, ...})
-    p_viral
-    pneumonia_probability,     how the label was decided (JSON "decision": {...}); the label is
-    threshold,                 not simply the largest probability when the model has an operating
-    target_sensitivity, rule   point. The table shows the rule (the same for every row) once,
-                               under the rows
-    gate, gate_reasons         the input gate's verdict (JSON "suitability": {status, reasons})
-    warnings                   reader and gate warnings
-    error, skipped             why a file was not classified or not read
-    model                      the model that answered (JSON: {name, version, sha256})
-
+The three formats carry the same fields under the same names (JSON nests some, CSV
+flattens them): source (the file, as in the API); label and label_index; p_normal, p_bacterial,
+p_viral (JSON probabilities.*); pneumonia_probability, threshold, target_sensitivity and rule (JSON
+decision.*: how the label was decided, which is not simply the largest probability when the model
+has an operating point; the table states the rule once, under the rows); gate and gate_reasons
+(JSON suitability.status and .reasons); warnings; error or skipped (why a file was not classified,
+or not read); model (JSON: name, version, sha256).
 --heatmap-dir DIR writes, for each image, a PNG of the class activation heatmap of the predicted
 class over the image. --dicom-out DIR writes, for each image, a DICOM Comprehensive SR with the
 coded finding and a Secondary Capture of the heatmap (needs the [pacs] extra); a DICOM input's

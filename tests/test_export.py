@@ -24,9 +24,8 @@ from deephealth.training.export import (  # noqa: E402
     check_export,
     export_model,
     export_run,
-    portable_path,
 )
-from deephealth.paths import dataset_dir  # noqa: E402
+from deephealth.paths import dataset_dir, portable_path  # noqa: E402
 from deephealth.training.model import CamModel, build_model  # noqa: E402
 
 

@@ -50,7 +50,7 @@ from deephealth import __version__
 from deephealth.artifact import ONNX_FILE, sha256_file, write_metadata
 from deephealth.gate import GATE_FILE
 from deephealth.labels import CLASS_NAMES, INTENDED_USE
-from deephealth.paths import DEFAULT_MODEL_NAME, dataset_dir
+from deephealth.paths import DEFAULT_MODEL_NAME, dataset_dir, portable_path
 from deephealth.preprocessing import PreprocessConfig, preprocess
 from deephealth.training.model import CamModel, build_model
 
@@ -659,33 +659,6 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
-
-
-def portable_path(path: str | Path | None, base: str | Path | None = None) -> str:
-    """A data path as the model card records it: never an absolute path of the exporting machine.
-
-    Args:
-        path: a dataset folder as training or export saw it (often absolute, resolved by
-            :func:`deephealth.paths.data_root`); ``None`` or ``""`` for the default.
-        base: the folder to make it relative to; default the current directory (the checkout that
-            ``deephealth export`` runs in, so the default data becomes ``../shared/data/...``).
-
-    Returns:
-        ``path`` unchanged when it is relative (as given); an absolute path inside ``base`` or
-        beside it (one ``..`` at most) relative to ``base``; any other absolute path reduced to its
-        last two parts (``<...>/data/chest_xray_224``); ``""`` for no path.
-    """
-    if not path:
-        return ""
-    p = Path(path)
-    if not p.is_absolute():
-        return str(path)
-    import os
-
-    rel = os.path.relpath(p, Path(base) if base is not None else Path.cwd())
-    if not rel.startswith(os.pardir + os.sep + os.pardir) and rel != os.pardir + os.sep + os.pardir:
-        return rel
-    return "<...>/" + "/".join(p.parts[-2:])
 
 
 def _portable_paths(data: Any) -> Any:

@@ -15,7 +15,7 @@ from deephealth.artifact import ModelArtifact
 from PIL import Image
 
 from deephealth.cli import main
-from deephealth.cli.predict import collect_inputs
+from deephealth.cli.predict import collect_inputs, skipped_in_folders
 from deephealth.inference import Predictor
 from deephealth.labels import INTENDED_USE
 
@@ -149,26 +149,28 @@ def test_glob_and_missing_paths(folder: Path, tiny_model_dir: Path, capsys):
 
 
 def test_collect_inputs_dedupes_and_recurses(folder: Path):
-    skipped: list[str] = []
-    files, missing = collect_inputs([str(folder / "a.jpeg"), str(folder), str(folder / "notes.txt")], skipped)
+    files, missing = collect_inputs([str(folder / "a.jpeg"), str(folder), str(folder / "notes.txt")])
     names = [str(Path(f).relative_to(folder)) for f in files]
     # explicitly named files are always taken; folders only yield image-like names
     assert names == ["a.jpeg", "b.jpeg", "sub/broken.jpeg", "sub/c.jpeg", "notes.txt"]
     assert missing == []
-    assert skipped == []  # notes.txt was named, so it is read, not skipped
+    assert skipped_in_folders([str(folder / "a.jpeg"), str(folder), str(folder / "notes.txt")], files) == []
 
 
-def test_collect_inputs_lists_what_a_folder_skips(folder: Path):
+def test_skipped_in_folders_lists_what_a_folder_skips(folder: Path):
     (folder / "sub" / "report.PDF").write_bytes(b"%PDF-1.4")
+    (folder / "sub" / "scan").write_bytes(b"no suffix: taken, may be DICOM")
     (folder / ".DS_Store").write_bytes(b"\0")
     (folder / ".cache").mkdir()
     (folder / ".cache" / "x.txt").write_text("hidden")
-    skipped: list[str] = []
-    files, missing = collect_inputs([str(folder), str(folder)], skipped)
-    assert len(files) == 4 and missing == []
+    args = [str(folder), str(folder), str(folder / "*")]
+    files, missing = collect_inputs(args)
+    assert len(files) == 6 and missing == []  # a, b, sub/broken, sub/c, sub/scan; the glob adds notes.txt
+    assert str(folder / "notes.txt") in files  # matched by the glob as a file: read, not skipped
     # visible non-image files, once each; hidden files and folders are neither read nor listed
-    assert skipped == [str(folder / "notes.txt"), str(folder / "sub" / "report.PDF")]
-    assert collect_inputs([str(folder)]) == (files, missing)  # the two-value form adapt uses
+    assert skipped_in_folders(args, files) == [str(folder / "sub" / "report.PDF")]
+    files, _ = collect_inputs([str(folder)])
+    assert skipped_in_folders([str(folder)], files) == [str(folder / "notes.txt"), str(folder / "sub" / "report.PDF")]
 
 
 def test_only_skipped_files_exit_1_and_say_so(tmp_path: Path, tiny_model_dir: Path, capsys):

@@ -3,10 +3,7 @@
 PATH may be files (any format the readers accept: JPEG, PNG, TIFF, DICOM...), folders (searched
 recursively for image files: .jpg .jpeg .png .tif .tiff .bmp .gif .webp .dcm .dicom and files
 without an extension, which may be DICOM) and glob patterns ("scans/**/*.dcm"). A file that cannot
-be read is reported with its reason and the others are still classified. Files inside folders with
-another suffix (notes.txt, report.pdf) are skipped, and said so: a "skipped ..." line on stderr, a
-record with "skipped" in JSON and CSV, a count in the table's summary. Name such a file directly
-to read it anyway.
+be read is reported with its reason and the others are still classified.
 
 Output: a table (default), or --format json / csv on stdout (the decision-support notice then goes
 to stderr so the output stays parseable). Probabilities are calibrated (temperature scaling).
@@ -17,6 +14,11 @@ decision.*: how the label was decided, which is not simply the largest probabili
 has an operating point; the table states the rule once, under the rows); gate and gate_reasons
 (JSON suitability.status and .reasons); warnings; error or skipped (why a file was not classified,
 or not read); model (JSON: name, version, sha256).
+
+Files inside folders with another suffix (notes.txt, report.pdf) are skipped, and said so: a
+"skipped ..." line on stderr, a record with "skipped" in JSON and CSV, a count in the table's
+summary. Name such a file directly to read it anyway.
+
 --heatmap-dir DIR writes, for each image, a PNG of the class activation heatmap of the predicted
 class over the image. --dicom-out DIR writes, for each image, a DICOM Comprehensive SR with the
 coded finding and a Secondary Capture of the heatmap (needs the [pacs] extra); a DICOM input's
@@ -78,33 +80,11 @@ def _is_image_candidate(path: Path) -> bool:
     return not path.name.startswith(".") and (path.suffix.lower() in FOLDER_SUFFIXES or path.suffix == "")
 
 
-SKIP_REASON = "not an image file suffix (name the file itself to read it anyway)"
-"""Why a file found inside a folder was not read (its suffix is not in :data:`FOLDER_SUFFIXES`)."""
-
-
-def _folder_files(folder: Path, skipped: list[str] | None) -> list[str]:
-    """Image-like files under ``folder`` (sorted); the other visible files go to ``skipped``."""
-    found: list[str] = []
-    for f in sorted(folder.rglob("*")):
-        if not f.is_file():
-            continue
-        if _is_image_candidate(f):
-            found.append(str(f))
-        elif skipped is not None and not any(part.startswith(".") for part in f.relative_to(folder).parts):
-            skipped.append(str(f))
-    return found
-
-
-def collect_inputs(
-    paths: list[str], skipped: list[str] | None = None
-) -> tuple[list[str], list[tuple[str, str]]]:
+def collect_inputs(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Expand command-line paths into files.
 
     Args:
         paths: files, folders (searched recursively, see :data:`FOLDER_SUFFIXES`) and glob patterns.
-        skipped: if given, receives the visible files found inside folders that were not taken
-            because of their suffix (``notes.txt``), sorted per folder; hidden files (``.DS_Store``)
-            are neither taken nor listed. Files named directly are always taken.
 
     Returns:
         ``(files, missing)``: files in a stable order (each argument's files sorted, duplicates
@@ -113,8 +93,6 @@ def collect_inputs(
     files: list[str] = []
     missing: list[tuple[str, str]] = []
     seen: set[str] = set()
-    seen_skipped: set[str] = set()
-    sink: list[str] | None = [] if skipped is not None else None
 
     def add(p: str) -> None:
         key = os.path.abspath(p)
@@ -125,7 +103,7 @@ def collect_inputs(
     for arg in paths:
         p = Path(arg)
         if p.is_dir():
-            found = _folder_files(p, sink)
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and _is_image_candidate(f))
             if not found:
                 missing.append((arg, "folder contains no image files"))
             for f in found:
@@ -141,20 +119,13 @@ def collect_inputs(
                     add(m)
                     matched = True
                 elif mp.is_dir():
-                    for f in _folder_files(mp, sink):
+                    for f in sorted(str(f) for f in mp.rglob("*") if f.is_file() and _is_image_candidate(f)):
                         add(f)
                         matched = True
             if not matched:
                 missing.append((arg, "no files match this pattern"))
         else:
             missing.append((arg, "no such file or folder"))
-    if skipped is not None and sink:
-        taken = {os.path.abspath(f) for f in files}
-        for f in sink:  # a file skipped in a folder but also named directly was read: not skipped
-            key = os.path.abspath(f)
-            if key not in taken and key not in seen_skipped:
-                seen_skipped.add(key)
-                skipped.append(f)
     return files, missing
 
 
@@ -336,8 +307,8 @@ def run(args: argparse.Namespace) -> int:
     audit, ok = open_for_cli(args.audit)
     if not ok:
         return 2
-    skipped: list[str] = []
-    files, missing = collect_inputs(args.paths, skipped=skipped)
+    files, missing = collect_inputs(args.paths)
+    skipped = skipped_in_folders(args.paths, files)
     heat_dir = Path(args.heatmap_dir) if args.heatmap_dir else None
     if heat_dir is not None:
         try:
@@ -449,3 +420,47 @@ def _skipped_line(skipped: list[str], show: int = 5) -> str:
     names = ", ".join(skipped[:show]) + (f" and {len(skipped) - show} more" if len(skipped) > show else "")
     return (f"skipped {len(skipped)} file(s) in folders, not image suffixes ({kinds}): {names}; "
             "name a file itself to read it anyway")
+
+
+SKIP_REASON = "not an image file suffix (name the file itself to read it anyway)"
+"""Why a file found inside a folder was not read (its suffix is not in :data:`FOLDER_SUFFIXES`)."""
+
+
+def skipped_in_folders(paths: list[str], taken: list[str]) -> list[str]:
+    """The files that folder (and glob-matched folder) arguments hold but that were not taken
+    because of their suffix, so that ``predict`` can say what it skipped (``inspect`` lists them).
+
+    Args:
+        paths: the command-line arguments, as given to :func:`collect_inputs`.
+        taken: the files :func:`collect_inputs` returned (a skipped file named directly as well is
+            read, so it is not listed).
+
+    Returns:
+        Visible files (no part of the path below the folder starting with ``.``) whose suffix is
+        neither an image suffix (:data:`FOLDER_SUFFIXES`) nor empty, sorted per folder, each once.
+    """
+    import glob
+    import os
+
+    done = {os.path.abspath(f) for f in taken}
+    out: list[str] = []
+
+    def walk(folder: Path) -> None:
+        for f in sorted(folder.rglob("*")):
+            rel = f.relative_to(folder).parts
+            if (f.is_file() and f.suffix and f.suffix.lower() not in FOLDER_SUFFIXES
+                    and not any(part.startswith(".") for part in rel)):
+                key = os.path.abspath(f)
+                if key not in done:
+                    done.add(key)
+                    out.append(str(f))
+
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            walk(p)
+        elif not p.exists() and set("*?[") & set(arg):
+            for m in sorted(glob.glob(arg, recursive=True)):
+                if Path(m).is_dir():
+                    walk(Path(m))
+    return out

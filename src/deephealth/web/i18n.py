@@ -1,7 +1,7 @@
 """English and Spanish for the API's human-readable texts; the language comes from ``Accept-Language``.
 
 Translated: ``detail`` of errors, ``warnings``, the input gate's ``suitability.reasons``,
-``label_description``, class ``description`` and ``intended_use``. Machine-readable fields (``label``, ``label_index``, probabilities' keys, codes)
+``decision.rule``, ``label_description``, class ``description`` and ``intended_use``. Machine-readable fields (``label``, ``label_index``, probabilities' keys, codes)
 stay English whatever the language. The page (``static/app.js``) has its own strings for the same
 two languages and sends the chosen language as ``Accept-Language``.
 
@@ -79,8 +79,24 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
         (r"^file too large: the limit is (?P<l>.+)$", r"archivo demasiado grande: el límite es \g<l>"),
         (r"^request too large: the file limit is (?P<l>.+)$",
          r"solicitud demasiado grande: el límite del archivo es \g<l>"),
+        (r"^no file: send the image in a multipart form field named (?P<n>'[^']*'), not (?P<o>.+)$",
+         r"no hay archivo: envíe la imagen en un campo de formulario multipart llamado \g<n>, no \g<o>"),
         (r"^no file: send the image in a multipart form field named (?P<n>.+)$",
          r"no hay archivo: envíe la imagen en un campo de formulario multipart llamado \g<n>"),
+        (r"^send the image as multipart/form-data with a field named (?P<n>'[^']*') \(got Content-Type (?P<c>.+)\)$",
+         r"envíe la imagen como multipart/form-data en un campo llamado \g<n> (Content-Type recibido: \g<c>)"),
+        (r"^form field (?P<n>.+) is too long \(limit (?P<l>\d+) bytes\)$",
+         r"el campo de formulario \g<n> es demasiado largo (límite \g<l> bytes)"),
+        (r"^form field (?P<n>'[^']*') must be true or false, got (?P<v>.+)$",
+         r"el campo de formulario \g<n> debe ser true o false, no \g<v>"),
+        # decision.rule (deephealth.calibration.describe_decision)
+        (r"^the most probable class$", r"la clase más probable"),
+        (r"^pneumonia when P\(pneumonia\) >= (?P<t>[\d.]+), set on validation films for (?P<s>\d+) % sensitivity; "
+         r"then the likelier of bacterial and viral$",
+         r"neumonía cuando P(neumonía) >= \g<t>, umbral fijado en radiografías de validación para una sensibilidad "
+         r"del \g<s> %; después, la más probable de bacteriana y vírica"),
+        (r"^pneumonia when P\(pneumonia\) >= (?P<t>[\d.]+); then the likelier of bacterial and viral$",
+         r"neumonía cuando P(neumonía) >= \g<t>; después, la más probable de bacteriana y vírica"),
         (r"^(?P<f>.+): image too small to diagnose: (?P<s>\S+) px \(the shorter side must be at least (?P<m>\d+) px\)$",
          r"\g<f>: imagen demasiado pequeña para diagnosticar: \g<s> px (el lado menor debe tener al menos \g<m> px)"),
         (r"^(?P<f>.+): truncated or corrupt JPEG file \(no end-of-image marker after the image data\)$",
@@ -229,8 +245,9 @@ def tr(request: Request, key: str, **params: Any) -> str:
 def localize_prediction(body: dict[str, Any], lang: str) -> dict[str, Any]:
     """The prediction response with its human-readable texts in ``lang`` (machine fields unchanged).
 
-    Changes ``label_description``, each ``classes[].description``, ``warnings`` and
-    ``intended_use``; returns ``body`` itself for English.
+    Changes ``label_description``, each ``classes[].description``, ``warnings``,
+    ``suitability.reasons``, ``decision.rule`` and ``intended_use``; returns ``body`` itself for
+    English.
     """
     if lang == "en":
         return body
@@ -242,5 +259,7 @@ def localize_prediction(body: dict[str, Any], lang: str) -> dict[str, Any]:
     if isinstance(body.get("suitability"), dict):
         gate = body["suitability"]
         body["suitability"] = {**gate, "reasons": [translate_text(r, lang) for r in gate.get("reasons") or []]}
+    if isinstance(body.get("decision"), dict) and isinstance(body["decision"].get("rule"), str):
+        body["decision"] = {**body["decision"], "rule": translate_text(body["decision"]["rule"], lang)}
     body["intended_use"] = INTENDED_USE[lang]
     return body

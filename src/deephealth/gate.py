@@ -281,7 +281,8 @@ def header_checks(info: Any) -> tuple[list[str], list[str]]:
     view = str(getattr(info, "view_position", None) or "").strip().upper()
     kind = _view_kind(view) if view else None
     if kind:
-        refuse.append(f"DICOM View Position (0018,5101) is {view}: a {kind} view; the model reads only "
+        article = "an" if kind == "oblique" else "a"
+        refuse.append(f"DICOM View Position (0018,5101) is {view}: {article} {kind} view; the model reads only "
                       "frontal (AP or PA) chest films")
     body = str(getattr(info, "body_part", None) or "").strip().upper()
     if body not in UNSPECIFIED_BODY_PARTS and not is_chest(body):

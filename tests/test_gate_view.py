@@ -280,3 +280,42 @@ def test_one_verdict_through_the_api_and_every_cli_format(dataset_root: Path, tm
     rc = main(["predict", str(path)])
     out, err = capsys.readouterr()
     assert rc == 1 and "REFUSED" in out and reasons[0] in err
+
+
+def test_every_new_reason_has_a_spanish_translation():
+    from deephealth.gate import _LR_REASONS
+    from deephealth.web.i18n import translate_text
+
+    reasons: list[str] = []
+    for facts in (dict(view_position="LL"), dict(view_position="RAO"), dict(body_part="KNEE"),
+                  dict(sop_class_uid=SC, sop_class_name="Secondary Capture Image Storage"),
+                  dict(sop_class_uid=WSI, sop_class_name="VL Whole Slide Microscopy Image Storage"),
+                  dict(patient_age="062Y", patient_age_years=62.0)):
+        refuse, warn = header_checks(_info(**facts))
+        reasons += refuse + warn
+    g = Gate(None)
+    flat = np.full((192, 192), 200, np.uint8)
+    lateral = flat.copy()
+    lateral[:, 20:150] = 60  # one dark field: layout about 0
+    faint = flat.copy()
+    faint[:, 20:80], faint[:, 112:172] = 170, 170  # two faint lungs: (200 - 170) / range 205, about 0.15
+    faint[150:] = 50  # below the lung band: the range
+    faint[:20] = 255
+    noise = np.random.default_rng(0).integers(-3, 4, flat.shape)
+    lateral, faint = (np.clip(a + noise, 0, 255).astype(np.uint8) for a in (lateral, faint))  # detail
+    for q in (lateral, faint):
+        reasons += g.assess(None, q, None, np.zeros(3)).reasons
+    reasons.append(f"{_LR_REASONS['rotated_side']} (P(frontal chest film) = 0.40, two-lung layout 0.15)")
+    reasons.append("not a frontal chest film: no two lung fields either side of the mediastinum (two-lung layout "
+                   "0.15, below 0.18, and the network's features are unusual too); a lateral view or another "
+                   "projection? send the frontal (PA or AP) film")
+    reasons.append("colour image (channels differ by 12.5 grey levels on average): it may be a photo rather than a "
+                   "radiograph; converted to grayscale")
+    assert any("unusual layout" in r for r in reasons) and any(r.startswith("not a frontal") for r in reasons)
+    assert len(reasons) >= 11
+    for r in reasons:
+        es = translate_text(r, "es")
+        assert es != r, r
+        for english in ("lateral view", "oblique view", "not the chest", "not a radiograph", "the model",
+                        "chest film", "layout", "send the", "check that", "adult patient", "without a"):
+            assert english not in es, (r, es)

@@ -115,8 +115,6 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
          r"\g<f>: \g<t> de varios fotogramas (\g<n>); envíe una sola radiografía"),
         (r"^adult patient \(age (?P<a>[^)]+)\): the model was trained on children aged 1-5 years$",
          r"paciente adulto (edad \g<a>): el modelo se entrenó con niños de 1 a 5 años"),
-        (r"^lateral view \((?P<v>[^)]+)\): the model was trained on frontal \(AP/PA\) chest radiographs$",
-         r"proyección lateral (\g<v>): el modelo se entrenó con radiografías de tórax frontales (AP/PA)"),
         (r"^MONOCHROME1 \(low values bright\): inverted so bright means dense$",
          r"MONOCHROME1 (valores bajos claros): invertida para que claro signifique denso"),
         (r"^uniform image \(every pixel has the same value\): no contrast$",

@@ -319,3 +319,24 @@ def test_every_new_reason_has_a_spanish_translation():
         for english in ("lateral view", "oblique view", "not the chest", "not a radiograph", "the model",
                         "chest film", "layout", "send the", "check that", "adult patient", "without a"):
             assert english not in es, (r, es)
+
+
+def test_a_red_mark_gets_one_message(dataset_root: Path):
+    """Issue 18: a red mark large enough to move the mean colour (spread above the old reader warning)
+    but under the colour-picture limit got the reader's "colour image" and the gate's "annotations"
+    warnings; now the reader records the facts and the gate gives one message."""
+    from PIL import Image, ImageDraw
+
+    from deephealth.readers.image import COLOR_WARN_LEVELS
+
+    im = Image.open(_film_path(dataset_root)).convert("RGB")
+    w, h = im.size
+    ImageDraw.Draw(im).rectangle([w * 0.05, h * 0.05, w * 0.3, h * 0.3], fill=(255, 0, 0))  # about 6 % of the image
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    r = read_image(buf.getvalue(), name="marked.png")
+    assert r.info.color_spread > COLOR_WARN_LEVELS and 0.04 < r.info.color_fraction < 0.10
+    assert r.info.warnings == []
+    s = Predictor().predict(buf.getvalue(), name="marked.png", allow_unsuitable=True).suitability
+    colour = [x for x in s.reasons if "colour" in x or "coloured" in x]
+    assert len(colour) == 1 and colour[0].startswith("burnt-in coloured annotations")

@@ -247,7 +247,7 @@ def _half_film(film: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _resize(np.ascontiguousarray(half), int(w * rng.uniform(0.8, 1.1)), h)
 
 
-def _lateral_phantom(rng: np.random.Generator) -> np.ndarray:
+def _lateral_phantom(rng: np.random.Generator, film: np.ndarray | None = None) -> np.ndarray:
     """A drawn lateral chest film (a stand-in: no licensable lateral films are available offline).
 
     The layout of a lateral view: body filling the frame, one large dark lung field between the
@@ -255,6 +255,9 @@ def _lateral_phantom(rng: np.random.Generator) -> np.ndarray:
     kyphosis), the heart as a soft-tissue blob in front and below, diaphragm domes, the trachea,
     faint rib arcs, often the raised arms over the upper front; blurred, with smooth "lung
     marking" noise and film noise, facing left or right at random, random exposure (gamma).
+    With ``film`` (a frontal film, ``(S, S)`` uint8 or float in [0, 1]) the fine structure of one of
+    its lungs (ribs, vessels: the film minus a blurred copy) is laid over the lung field and the
+    body, so the stand-in carries a real film's texture in a lateral layout.
     Returns ``(H, W)`` float32 in [0, 1], ``W`` 180-420 px.
     """
     w = int(rng.integers(180, 420)); h = int(w * rng.uniform(0.95, 1.3))
@@ -302,6 +305,15 @@ def _lateral_phantom(rng: np.random.Generator) -> np.ndarray:
     im8 = Image.fromarray((np.clip(np.asarray(im, np.float32), 0, 1) * 255).astype(np.uint8))
     a = np.asarray(im8.filter(ImageFilter.GaussianBlur(float(rng.uniform(1.0, 3.0)) * w / 224)), np.float32) / 255.0
     # lung markings: smooth noise
+    if film is not None:  # a real lung's fine structure over the lung field and the body
+        f = film.astype(np.float32) / 255.0 if film.dtype == np.uint8 else np.asarray(film, np.float32)
+        fh, fw = f.shape
+        x0 = int(fw * (0.08 if rng.random() < 0.5 else 0.55))
+        crop = f[int(fh * 0.12):int(fh * 0.72), x0:x0 + int(fw * 0.37)]
+        im_c = Image.fromarray(np.uint8(np.clip(crop, 0, 1) * 255))
+        detail = (np.asarray(im_c, np.float32) - np.asarray(im_c.filter(ImageFilter.GaussianBlur(4)), np.float32)) / 255
+        detail = np.asarray(Image.fromarray(detail, mode="F").resize((w, h), Image.Resampling.BILINEAR), np.float32)
+        a = a + detail * float(rng.uniform(0.4, 0.9))
     n = rng.normal(0, 1, (h // 8 + 1, w // 8 + 1)).astype(np.float32)
     n = np.asarray(Image.fromarray(n).resize((w, h), Image.Resampling.BICUBIC), np.float32)
     a = a + n * float(rng.uniform(0.01, 0.04)) + rng.normal(0, rng.uniform(0.003, 0.02), a.shape).astype(np.float32)
@@ -474,7 +486,8 @@ def make_negatives(
         lambda: _limb_phantom(rng),
         lambda: _half_film(films[int(rng.integers(len(films)))], rng),
         lambda: _lateral_phantom(rng),
-        lambda: _lateral_phantom(rng),
+        lambda: _lateral_phantom(rng, films[int(rng.integers(len(films)))]),
+        lambda: _lateral_phantom(rng, films[int(rng.integers(len(films)))]),
     ]
     if packaged:
         def from_package() -> np.ndarray:
@@ -655,12 +668,17 @@ def view_check_figures(
     out: dict[str, Any] = {"layout_refuse": LAYOUT_REFUSE, "layout_warn": LAYOUT_WARN,
                            "validation": verdicts(list(val_films), val_s)}
     for name, make in (("lateral_stand_ins", lambda: _lateral_phantom(rng)),
+                       ("lateral_stand_ins_textured",
+                        lambda: _lateral_phantom(rng, val_films[int(rng.integers(len(val_films)))])),
                        ("half_films", lambda: _half_film(val_films[int(rng.integers(len(val_films)))], rng))):
         images = [resize_to_input(make(), pre) for _ in range(n_stand_ins)]
         lo, fe = run(_inputs_u8(np.stack(images), pre), len(images))
         out[name] = verdicts(images, gate.scores(fe, lo))
-        out[name]["source"] = ("drawn by deephealth.training.gate_fit._lateral_phantom (fresh seed)" if name.startswith("lat")
-                               else "one half of a validation film stretched to a full frame")
+        out[name]["source"] = {
+            "lateral_stand_ins": "drawn by deephealth.training.gate_fit._lateral_phantom (fresh seed)",
+            "lateral_stand_ins_textured": "the same, with a validation film's lung texture",
+            "half_films": "one half of a validation film stretched to a full frame",
+        }[name]
     rot = [np.ascontiguousarray(np.rot90(q, k=k)) for q in val_films for k in (-1, 1)]  # clockwise, counter-clockwise
     lo, fe = run(_inputs_u8(np.stack(rot), pre), len(rot))
     s = gate.scores(fe, lo)

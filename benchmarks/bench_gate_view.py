@@ -8,8 +8,8 @@ Runs the full Predictor (readers, gate, network) on the films of one split: ``va
 patient-grouped validation split of the official training folder (the split the gate's thresholds
 were chosen on, with the model's own ``val_fraction`` and ``split_seed``), ``test`` the official
 test folder (reported only: nothing is tuned on it). Then on ``N`` drawn lateral films
-(:func:`deephealth.training.gate_fit._lateral_phantom`, seed 2026, not a seed the fitting uses) and
-``N`` half films (one half of a validation film stretched to a full frame), written as PNG files
+(:func:`deephealth.training.gate_fit._lateral_phantom`, seed 2026, not a seed the fitting uses), ``N``
+drawn with a validation film's lung texture, and ``N`` half films (one half of a validation film stretched to a full frame), written as PNG files
 and read back as a user's upload would be. Prints one JSON object.
 """
 
@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     _, val = grouped_split(scan(root).split("train"), 0.1, 0)
     val_u8 = [np.asarray(Image.open(root / r.path).convert("L")) for r in val[: args.stand_ins]]
     lat = [png(_lateral_phantom(rng)) for _ in range(args.stand_ins)]
+    lat_tex = [png(_lateral_phantom(rng, val_u8[i % len(val_u8)])) for i in range(args.stand_ins)]
     half = [png(_half_film(val_u8[i % len(val_u8)], rng)) for i in range(args.stand_ins)]
-    for name, data in (("lateral_stand_ins", lat), ("half_films", half)):
+    for name, data in (("lateral_stand_ins", lat), ("lateral_stand_ins_textured", lat_tex), ("half_films", half)):
         res = p.predict_many(data, names=[f"{name}-{i}.png" for i in range(len(data))], allow_unsuitable=True)
         out[name] = rates([r for r in res if not isinstance(r, PredictionError) or r.suitability is not None])
     json.dump(out, sys.stdout, indent=1)

@@ -811,6 +811,11 @@ def fit_gate(
             "classifier_negatives": {name: int(np.sum(neg_labels == i)) for i, name in enumerate(LR_CLASSES)
                                      if np.any(neg_labels == i)},
             "split": split,
+            "lateral_stand_ins": "no real lateral films were used (none licensed for this offline; the ieee8023 "
+                                 "covid-chestxray-dataset laterals are reserved for independent evaluation): "
+                                 "lateral films drawn by deephealth.training.gate_fit._lateral_phantom (project "
+                                 "code, MIT), part with a training film's lung texture, and half films; film pixels "
+                                 "from the Kermany pediatric dataset (doi:10.17632/rscbjbr9sj.2, CC BY 4.0)",
         },
         "fit_seconds": round(time.time() - t0, 1),
         "feature_seconds": round(t_feat, 1),

@@ -110,7 +110,8 @@ def test_a_secondary_capture_needs_a_frontal_chest_header():
 
 @pytest.mark.parametrize("part,refused", [("KNEE", True), ("ABDOMEN", True), ("SKULL", True), ("HAND", True),
                                           ("CHEST", False), ("THORAX", False), ("PORTABLE CHEST", False),
-                                          ("TORAX", False), ("", False), (None, False), ("UNKNOWN", False)])
+                                          ("TORAX", False), ("PECHO", False), ("", False), (None, False),
+                                          ("UNKNOWN", False), ("TSPINE", True), ("THORACIC SPINE", True)])
 def test_a_body_part_that_is_not_the_chest_is_refused(part, refused: bool):
     refuse, _ = header_checks(_info(body_part=part))
     assert refuse == ([f"DICOM Body Part Examined (0018,0015) is {part}: not the chest"] if refused else [])

@@ -165,9 +165,12 @@ LATERAL_VIEWS: frozenset[str] = frozenset({"LL", "RL", "LAT", "LATERAL", "LLD", 
 left/right lateral decubitus); any value containing the word LATERAL or LAT counts too."""
 OBLIQUE_VIEWS: frozenset[str] = frozenset({"LAO", "RAO", "LPO", "RPO", "OBL", "OBLIQUE"})
 """View Positions of an oblique film (left/right anterior/posterior oblique)."""
-CHEST_BODY_PARTS: tuple[str, ...] = ("CHEST", "THORAX", "TORAX", "TÓRAX", "THORAC", "LUNG", "PULMON", "TORSO")
+CHEST_BODY_PARTS: tuple[str, ...] = ("CHEST", "THORAX", "TORAX", "TÓRAX", "THORAC", "LUNG", "PULMON", "TORSO",
+                                      "PECHO", "POITRINE", "TORACE")
 """Words of a (0018,0015) Body Part Examined that names the chest (PS3.16 Annex L uses CHEST;
-sites write THORAX, TORAX, PORTABLE CHEST...)."""
+sites write THORAX, TORAX, PECHO, PORTABLE CHEST...)."""
+NOT_CHEST_WORDS: tuple[str, ...] = ("SPINE", "COLUMNA", "RACHIS")
+"""Words that make a body part another exam even beside a chest word (THORACIC SPINE, TSPINE)."""
 UNSPECIFIED_BODY_PARTS: frozenset[str] = frozenset({"", "UNKNOWN", "OTHER", "NONE", "N/A", "NA", "-", "UNSPECIFIED"})
 """Body Part Examined values that say nothing: not a refusal (the pixels decide)."""
 
@@ -252,9 +255,10 @@ def _view_kind(view: str) -> str | None:
 
 
 def is_chest(body_part: str) -> bool:
-    """Whether a Body Part Examined value names the chest (one of :data:`CHEST_BODY_PARTS` in it)."""
+    """Whether a Body Part Examined value names the chest (one of :data:`CHEST_BODY_PARTS` in it and none
+    of :data:`NOT_CHEST_WORDS`)."""
     text = body_part.upper()
-    return any(word in text for word in CHEST_BODY_PARTS)
+    return any(word in text for word in CHEST_BODY_PARTS) and not any(word in text for word in NOT_CHEST_WORDS)
 
 
 def header_checks(info: Any) -> tuple[list[str], list[str]]:

@@ -53,8 +53,10 @@ def test_spanish_prediction_keeps_machine_fields_english(client, dicom_dir: Path
     assert [c["description"].split(" (")[0] for c in s["classes"]] == [
         "Sin neumonía", "Neumonía bacteriana", "Neumonía vírica"]
     assert e["intended_use"] == INTENDED_USE and "no es un diagnóstico" in s["intended_use"]
-    assert e["warnings"] == ["adult patient (age 62): the model was trained on children aged 1-5 years"]
-    assert s["warnings"] == ["paciente adulto (edad 62): el modelo se entrenó con niños de 1 a 5 años"]
+    # the adult age is the gate's warning (issue 18): status warn, the reason translated
+    assert e["suitability"]["status"] == s["suitability"]["status"] == "warn"
+    assert "adult patient (age 62): the model was trained on children aged 1-5 years" in e["suitability"]["reasons"]
+    assert "paciente adulto (edad 62): el modelo se entrenó con niños de 1 a 5 años" in s["suitability"]["reasons"]
 
 
 @pytest.mark.needs_data

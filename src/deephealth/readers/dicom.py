@@ -64,8 +64,6 @@ logger = logging.getLogger(__name__)
 RADIOGRAPH_MODALITIES: frozenset[str] = frozenset({"CR", "DX", "DR", "RG"})
 #: Accepted with a warning: "other" (e.g. secondary captures of a radiograph).
 UNCERTAIN_MODALITIES: frozenset[str] = frozenset({"OT"})
-#: Age above which a warning says the patient is an adult, in years.
-ADULT_AGE_YEARS: float = 18.0
 #: Install hint given when a compressed transfer syntax has no decoder installed.
 CODECS_HINT = "install deephealth[dicom-codecs] (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
 
@@ -105,7 +103,6 @@ PIXEL_ELEMENTS: dict[str, str] = {
 }
 _PIXEL_NAMES = {"PixelData": "pixel data", "FloatPixelData": "Float Pixel Data",
                 "DoubleFloatPixelData": "Double Float Pixel Data"}
-_LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([DWMY]?)\s*$", re.IGNORECASE)
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0, "": 1.0}
 
@@ -242,14 +239,10 @@ def _convert(ds: Any, label: str, warnings: list[str]) -> ReadResult:
         warnings.append("MONOCHROME1 (low values bright): inverted so bright means dense")
     _check_presentation_lut_shape(ds, photometric, warnings)
 
-    view = str(ds.get("ViewPosition", "") or "").strip().upper() or None
-    if view in _LATERAL_VIEWS:
-        warnings.append(f"lateral view ({view}): the model was trained on frontal (AP/PA) chest radiographs")
-    age = _age_years(ds.get("PatientAge"))
-    if age is not None and age > ADULT_AGE_YEARS:
-        warnings.append(
-            f"adult patient (age {str(ds.PatientAge).strip()}): the model was trained on children aged 1-5 years"
-        )
+    # Header facts for the input gate (deephealth.gate.header_checks judges them; a reader decides no verdict).
+    view = _text(ds.get("ViewPosition")).upper() or None
+    sop_class = _text(ds.get("SOPClassUID")) or _text(ds.file_meta.get("MediaStorageSOPClassUID")) or None
+    age_text = _text(ds.get("PatientAge")) or None
 
     info = ImageInfo(
         path=label,
@@ -263,6 +256,11 @@ def _convert(ds: Any, label: str, warnings: list[str]) -> ReadResult:
         warnings=warnings,
         mode=str(arr.dtype),
         transfer_syntax=ts_text,
+        sop_class_uid=sop_class,
+        sop_class_name=_uid_name(sop_class),
+        body_part=_text(ds.get("BodyPartExamined")).upper() or None,
+        patient_age=age_text,
+        patient_age_years=_age_years(age_text),
     )
     for w in warnings:
         logger.debug("%s: %s", label, w)
@@ -446,6 +444,25 @@ def _color_to_gray(arr: np.ndarray, bits_stored: int) -> np.ndarray:
     gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
     gray /= float(2**bits_stored - 1)
     return np.clip(gray, 0.0, 1.0).astype(np.float32)
+
+
+def _text(value: Any) -> str:
+    """A DICOM element's value as stripped text (the first value of a multi-valued one; ``""`` if empty)."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else ""
+    return " ".join(str(value).split())
+
+
+def _uid_name(uid: str | None) -> str | None:
+    """The standard name of a UID (pydicom's dictionary), ``None`` when unknown."""
+    if not uid:
+        return None
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return None if not name or name == uid else name
 
 
 def _age_years(value: Any) -> float | None:

@@ -157,7 +157,7 @@ def test_summary_and_patient_bootstrap():
 
 
 @pytest.mark.needs_data
-def test_scores_through_the_predictor_match_predict(dataset_root: Path, tmp_path: Path):
+def test_scores_through_the_predictor_match_predict(dataset_root: Path, tmp_path: Path, monkeypatch):
     """The unchanged films score exactly as `deephealth predict` scores the files; unreadable ones are listed."""
     from deephealth.inference import Predictor
 
@@ -179,6 +179,12 @@ def test_scores_through_the_predictor_match_predict(dataset_root: Path, tmp_path
                             allow_unsuitable=True)
     assert np.allclose(scores.probs[0, 4], one.probs, atol=1e-6)
     assert scores.probs.shape == (2, 6, 3) and scores.labels.shape == (2, 6)
+    # chunking (one film at a time when films are large) does not change anything
+    monkeypatch.setattr(st, "MAX_CHUNK_PIXELS", 1)
+    again = st.score_stability(predictor, [str(f) for f in files[:2]] + [str(bad)] + [str(f) for f in files[2:]],
+                               perturbations=perts, batch_size=4)
+    assert again.source_index == scores.source_index and len(again.errors) == 1
+    assert np.allclose(again.probs, scores.probs, atol=1e-6) and np.array_equal(again.labels, scores.labels)
 
 
 def test_stability_module_does_not_import_torch():

@@ -261,6 +261,10 @@ PERTURBATIONS: tuple[Perturbation, ...] = _family()
 
 PERTURBATION_NAMES: tuple[str, ...] = tuple(p.name for p in PERTURBATIONS)
 
+MAX_CHUNK_PIXELS = 32_000_000
+"""Scoring holds the perturbed copies of a few films at once; a chunk stops growing past this many
+float32 pixels (128 MB), so large DICOMs are taken one film at a time."""
+
 FLIP_TARGET = 0.01
 """Issue 16's target: at most 1 % of films change label under any perturbation."""
 
@@ -345,6 +349,7 @@ def score_stability(
         raise ValueError("no perturbation to apply")
     n_views = 1 + len(perts)
     films_per_chunk = max(1, batch_size // n_views) * 4
+    pixel_budget = MAX_CHUNK_PIXELS
     bar = None
     if progress:
         try:
@@ -359,14 +364,20 @@ def score_stability(
     all_probs: list[np.ndarray] = []  # per chunk (n_views, n, 3)
     all_labels: list[np.ndarray] = []
     try:
-        for start in range(0, len(sources), films_per_chunk):
+        start = 0
+        while start < len(sources):
             arrays: list[np.ndarray] = []
             chunk_n = 0
-            for i in range(start, min(start + films_per_chunk, len(sources))):
-                nm = names[i] if names is not None else None
-                label = nm or str(sources[i])
+            pixels = 0
+            i = start
+            # a chunk: up to films_per_chunk films, fewer when large films would hold too much memory
+            while i < len(sources) and i - start < films_per_chunk and (i == start or pixels < pixel_budget):
+                i += 1
+                k = i - 1
+                nm = names[k] if names is not None else None
+                label = nm or str(sources[k])
                 try:
-                    image, _ = predictor.load(sources[i], nm)
+                    image, _ = predictor.load(sources[k], nm)
                 except ImageReadError as exc:
                     errors.append((label, " ".join(str(exc).split())))
                     continue
@@ -374,10 +385,12 @@ def score_stability(
                 arrays.append(np.asarray(image, dtype=np.float32))
                 arrays.extend(p(q).astype(np.float32) / np.float32(255.0) for p in perts)
                 kept_labels.append(label)
-                kept_index.append(i)
+                kept_index.append(k)
                 chunk_n += 1
+                pixels += sum(a.size for a in arrays[-n_views:])
             if bar is not None:
-                bar.update(min(films_per_chunk, len(sources) - start))
+                bar.update(i - start)
+            start = i
             if not chunk_n:
                 continue
             results = predictor.predict_many(arrays, batch_size=batch_size, allow_unsuitable=True)
@@ -566,6 +579,7 @@ __all__ = [
     "BLUR_SIGMA",
     "CROP_FRACTION",
     "FLIP_TARGET",
+    "MAX_CHUNK_PIXELS",
     "GAMMAS",
     "JPEG_QUALITY",
     "NOISE_GREY_LEVELS",

@@ -442,3 +442,20 @@ def test_border_crop_model_ignores_padding_and_zeroes_heatmap_there(known_model_
     # without the contract's crop the padding changes the answer
     plain = Predictor(known_model_dir, num_threads=1).predict(canvas, allow_unsuitable=True)
     assert abs(plain.probs[0] - a.probs[0]) > 0.05
+
+
+def test_spinning_is_off_by_default_and_does_not_change_outputs(monkeypatch):
+    """ONNX Runtime's idle threads do not busy-wait unless asked (shared CPUs); probabilities are identical."""
+    from deephealth.inference import Predictor
+
+    monkeypatch.delenv("DEEPHEALTH_ORT_SPINNING", raising=False)
+    off = Predictor(num_threads=2)
+    on = Predictor(num_threads=2, spinning=True)
+    assert off.spinning is False and on.spinning is True
+    key = "session.intra_op.allow_spinning"
+    assert off.session.get_session_options().get_session_config_entry(key) == "0"
+    assert on.session.get_session_options().get_session_config_entry(key) == "1"
+    monkeypatch.setenv("DEEPHEALTH_ORT_SPINNING", "1")
+    assert Predictor(num_threads=1).spinning is True
+    x = np.random.default_rng(0).standard_normal((3, 1, off.input_size, off.input_size)).astype(np.float32)
+    assert np.array_equal(off.infer(x)[0], on.infer(x)[0])

@@ -553,7 +553,7 @@ def export_model(
             except EvidenceError as exc:
                 _logger.warning("no evidence map: %s", exc)
         elif evidence:
-            _logger.warning("no evidence map: it needs a float32 export with model_args")
+            _logger.info("no evidence map: it needs a float32 export with model_args")
         n_bytes = tmp_onnx.stat().st_size
         if n_bytes > MAX_ONNX_BYTES:
             _logger.warning("%s is %.1f MB, more than the %.0f MB the package can ship",

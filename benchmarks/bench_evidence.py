@@ -7,8 +7,10 @@ split, read and preprocessed exactly as ``deephealth predict`` does:
 
 - the deletion curve (Petsiuk et al., 2018): the calibrated probability of the class the model
   gives the intact film (at its operating point, the heatmap's class) as the network-input pixels
-  are set to the normalisation mean in the map's order, 1/16 at a time, against a random order;
-  the area under the curve (AUC, lower = more faithful), its paired difference from random and
+  are deleted in the map's order, 1/16 at a time, against a random order;
+  deleted pixels take a Gaussian blur of the film (``--fill blur``, default; ``--fill mean`` sets the
+  mid-grey normalisation mean, which on a radiograph looks like an opacity); the area under the
+  curve (AUC, lower = more faithful), its paired difference from random and
   the share of films where the map beats random;
 - the cascading model-randomisation check (Adebayo et al., 2018): Spearman correlation between
   the trained model's map and the map after re-drawing the classifier, then the head convolution,
@@ -51,10 +53,10 @@ def split_files(predictor, split: str) -> list[Path]:
 
 
 def evaluate_model(model_dir: str | None, files: list[Path], steps: int, threads: int, seed: int,
-                   randomisation: bool, log: logging.Logger) -> dict:
+                   randomisation: bool, log: logging.Logger, fill: str = "blur") -> dict:
     """Deletion curves (every map of the model + random) and randomisation for one model folder."""
     from deephealth.calibration import decide
-    from deephealth.evaluation.faithfulness import curve_auc, deletion_curves, summarise
+    from deephealth.evaluation.faithfulness import blurred, curve_auc, deletion_curves, summarise
     from deephealth.inference import Predictor, calibrated_probabilities, cam_heatmap
 
     p = Predictor(model_dir, num_threads=threads)
@@ -79,8 +81,13 @@ def evaluate_model(model_dir: str | None, files: list[Path], steps: int, threads
         maps[src] = np.concatenate([c[1] for c in chunks])
     probs = calibrated_probabilities(logits, temp)
     classes = np.array([int(decide(pr, op)) for pr in probs])
+    sigma = s / 24.0  # 8 px at 192 px
+    fill_value = blurred(x, sigma) if fill == "blur" else 0.0
+    fill_desc = (f"Gaussian blur of the input, sigma {sigma:.0f} px" if fill == "blur"
+                 else "0 (the normalisation mean, mid-grey)")
     result = {"model": f"{p.artifact.name} {p.artifact.version}", "model_dir": str(p.artifact.directory),
-              "input_size": s, "films": len(files), "steps": steps, "fill": "0 (the normalisation mean)",
+              "input_size": s, "films": len(files), "steps": steps, "fill": fill_desc,
+              "predicted_class_counts": {c: int(np.sum(classes == i)) for i, c in enumerate(p.artifact.class_names)},
               "heatmap_source": p.heatmap_source, "maps": {}}
     curves = {}
     for src in sources + ["random"]:
@@ -89,7 +96,7 @@ def evaluate_model(model_dir: str | None, files: list[Path], steps: int, threads
             sal = None
         else:  # the displayed heatmap in input pixels (ReLU, max-normalised, bilinear)
             sal = np.stack([cam_heatmap(m[k], (s, s)) for m, k in zip(maps[src], classes)])
-        fr, sc = deletion_curves(score, x, classes, sal, steps=steps, seed=seed)
+        fr, sc = deletion_curves(score, x, classes, sal, steps=steps, fill=fill_value, seed=seed)
         curves[src] = (fr, sc)
         log.info("%s %s: deletion curves of %d films in %.0f s", result["model"], src, len(x), time.time() - t0)
     rand_auc = curve_auc(*curves["random"])
@@ -97,8 +104,13 @@ def evaluate_model(model_dir: str | None, files: list[Path], steps: int, threads
         auc = curve_auc(fr, sc)
         entry = {"map_shape": list(maps[src].shape[2:]) if src in maps else None,
                  "auc": summarise(auc, seed), "mean_curve": sc.mean(axis=0).tolist(), "fractions": fr.tolist()}
+        entry["auc_by_predicted_class"] = {c: summarise(auc[classes == i], seed)
+                                           for i, c in enumerate(p.artifact.class_names) if np.any(classes == i)}
         if src != "random":
             entry["auc_minus_random"] = summarise(auc - rand_auc, seed)
+            entry["auc_minus_random_by_predicted_class"] = {
+                c: summarise((auc - rand_auc)[classes == i], seed)
+                for i, c in enumerate(p.artifact.class_names) if np.any(classes == i)}
             entry["share_below_random"] = float(np.mean(auc < rand_auc))
         result["maps"][src] = entry
     if randomisation:
@@ -141,7 +153,7 @@ def plot(results: list[dict], path: Path) -> None:
                     ls="--" if src == "random" else "-")
         ax.set_xlabel("pixels deleted (%)")
         ax.set_ylabel("P(predicted class), mean")
-        ax.set_title(f"deletion, {r['model']}\n{r['films']} {r['split']} films", fontsize=10)
+        ax.set_title(f"deletion, {r['model']}, {r['films']} {r['split']} films\nfill: {r['fill']}", fontsize=9)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -176,6 +188,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=16, help="deletion steps (default 16)")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fill", choices=("blur", "mean"), default="blur",
+                    help="what deleted pixels become: a Gaussian blur of the film (default) or the mid-grey mean")
     ap.add_argument("--no-randomisation", action="store_true", help="skip the model-randomisation check")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -195,7 +209,8 @@ def main() -> int:
             if not files:
                 print(f"bench_evidence: no films found for split {args.split!r}", file=sys.stderr)
                 return 2
-            r = evaluate_model(model_dir, files, args.steps, args.threads, args.seed, not args.no_randomisation, log)
+            r = evaluate_model(model_dir, files, args.steps, args.threads, args.seed, not args.no_randomisation, log,
+                               fill=args.fill)
             r["split"] = args.split
             results.append(r)
     except ModelArtifactError as exc:
@@ -214,6 +229,10 @@ def main() -> int:
             shape = "x".join(map(str, e["map_shape"])) if e["map_shape"] else "-"
             print(f"  deletion AUC {src:<8} {shape:>6}: {e['auc']['mean']:.3f} "
                   f"[{e['auc']['ci95'][0]:.3f}, {e['auc']['ci95'][1]:.3f}]{extra}")
+            by = e.get("auc_minus_random_by_predicted_class") or {}
+            if by:
+                print("      map - random by predicted class: " + ", ".join(
+                    f"{c} {v['mean']:+.3f} (n={v['n']})" for c, v in by.items()))
         for src, e in (r.get("randomisation") or {}).items():
             cells = ", ".join(f"{st.split('+')[-1]} {e['spearman'][st]['mean']:.2f}" for st in e["stages"])
             print(f"  randomisation {src}: Spearman vs trained map, cumulative: {cells}")

@@ -198,3 +198,18 @@ def test_bundled_model_evidence_map_is_at_least_12x12_confined_to_the_box_and_ke
     # finer than the CAM, but the same evidence: strongly correlated with it, not equal
     r = np.corrcoef(a.heatmap.ravel(), b.heatmap.ravel())[0, 1]
     assert 0.6 < r < 0.9999
+
+
+def test_blurred_keeps_constants_and_the_mean_and_deletion_uses_the_fill_array():
+    from deephealth.evaluation.faithfulness import blurred
+
+    x = np.full((2, 1, 16, 16), 0.3, np.float32)
+    np.testing.assert_allclose(blurred(x, 2.0), 0.3, atol=1e-6)
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((1, 1, 32, 32)).astype(np.float32)
+    b = blurred(noise, 3.0)
+    assert b.shape == noise.shape and b.std() < 0.3 * noise.std()
+    x8 = np.ones((1, 1, 8, 8), np.float32)
+    fill = np.full((1, 1, 8, 8), 0.25, np.float32)
+    _, sc = deletion_curves(_quadrant_score, x8, np.array([0]), None, steps=2, fill=fill)
+    np.testing.assert_allclose(sc[0, [0, -1]], [1.0, 0.25])

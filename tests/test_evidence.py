@@ -213,3 +213,30 @@ def test_blurred_keeps_constants_and_the_mean_and_deletion_uses_the_fill_array()
     fill = np.full((1, 1, 8, 8), 0.25, np.float32)
     _, sc = deletion_curves(_quadrant_score, x8, np.array([0]), None, steps=2, fill=fill)
     np.testing.assert_allclose(sc[0, [0, -1]], [1.0, 0.25])
+
+
+def test_randomisation_refuses_a_layer_that_does_not_exist(evidence_model_dir: Path):
+    from deephealth.evaluation.faithfulness import randomisation_check
+
+    ck = torch.load(evidence_model_dir / "weights.pt", weights_only=True)
+    x = np.zeros((1, 1, 96, 96), np.float32)
+    with pytest.raises(ValueError, match="no parameters named classifier"):
+        randomisation_check(ck["model_args"], ck["model_state"], x, maps=("cam",), cascade=("classifier",))
+
+
+def test_bench_evidence_writes_json_and_png(evidence_model_dir: Path, dataset_root: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_evidence.py"), "--model", str(evidence_model_dir),
+                        "--split", "val", "--limit", "3", "--steps", "4", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                                          "PYTHONPATH": str(root / "src")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "evidence.json").read_text())["results"][0]
+    assert res["films"] == 3 and set(res["maps"]) == {"cam", "evidence", "random"}
+    assert res["maps"]["evidence"]["map_shape"] == [6, 6] and len(res["maps"]["cam"]["mean_curve"]) == 5
+    assert set(res["randomisation"]) == {"cam", "evidence"} and res["randomisation"]["cam"]["stages"][0] == "fc"
+    assert (out / "deletion_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

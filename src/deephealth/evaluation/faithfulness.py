@@ -191,18 +191,32 @@ CASCADE = ("classifier", "conv_head", "blocks.6", "blocks.5", "blocks.4")
 """Layers re-drawn, cumulatively, from the top (EfficientNet names; ``conv_head`` includes ``bn2``)."""
 
 
+RESNET_CASCADE = ("fc", "layer4", "layer3")
+"""The same cascade for ResNet-style names."""
+
+
+def default_cascade(model_args: dict[str, Any]) -> tuple[str, ...]:
+    """:data:`CASCADE` for EfficientNet-style architectures, :data:`RESNET_CASCADE` otherwise."""
+    return CASCADE if "efficientnet" in str(model_args.get("arch", "")) else RESNET_CASCADE
+
+
 def _randomise(module: Any, prefixes: Sequence[str], seed: int) -> None:
     import torch
 
     gen = torch.Generator().manual_seed(seed)
+    found = set()
     with torch.no_grad():
         for name, p in module.named_parameters():
             top = name.split(".")[0] if not name.startswith("blocks.") else ".".join(name.split(".")[:2])
             if top == "bn2":
                 top = "conv_head"
             if top in prefixes:
+                found.add(top)
                 mean, std = float(p.mean()), float(p.std()) if p.numel() > 1 else 0.0
                 p.copy_(torch.randn(p.shape, generator=gen) * (std or 1e-3) + mean)
+    missing = [p for p in prefixes if p not in found]
+    if missing:
+        raise ValueError(f"no parameters named {', '.join(missing)} to randomise in {type(module).__name__}")
 
 
 def randomisation_check(
@@ -210,7 +224,7 @@ def randomisation_check(
     state: dict[str, Any],
     x: np.ndarray,
     maps: Sequence[str] = ("cam", "evidence"),
-    cascade: Sequence[str] = CASCADE,
+    cascade: Sequence[str] | None = None,
     seed: int = 0,
     batch_size: int = 32,
 ) -> dict[str, Any]:
@@ -221,7 +235,7 @@ def randomisation_check(
         state: the trained state dict.
         x: ``(N, 1, S, S)`` float32 network inputs.
         maps: ``"cam"`` (output stride 32, the shipped CAM) and/or ``"evidence"`` (output stride 16).
-        cascade: layer groups re-drawn cumulatively from the top.
+        cascade: layer groups re-drawn cumulatively from the top; default :func:`default_cascade`.
         seed: seed of the re-drawn weights.
         batch_size: images per PyTorch forward pass.
 
@@ -230,12 +244,16 @@ def randomisation_check(
         :func:`summarise` of the per-image Spearman correlation between the trained model's map and
         the randomised model's map of the same class, and ``"class_flip_rate"`` per stage (share of
         images whose arg-max changes, a check that randomisation did change the model).
+
+    Raises:
+        ValueError: if a layer group of ``cascade`` names no parameter of the model.
     """
     import torch
 
     from deephealth.training.evidence import _EvidenceNet, dilated_model
 
     torch.set_grad_enabled(False)
+    cascade = tuple(cascade) if cascade else default_cascade(model_args)
     out: dict[str, Any] = {}
     xt = torch.from_numpy(np.asarray(x, np.float32))
 

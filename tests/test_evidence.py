@@ -165,6 +165,7 @@ def test_randomising_the_classifier_decorrelates_the_map(evidence_model_dir: Pat
     for kind, shape in (("cam", [3, 3]), ("evidence", [6, 6])):
         assert r[kind]["map_shape"] == shape and r[kind]["stages"] == ["fc"]
         assert r[kind]["spearman"]["fc"]["mean"] < 0.9  # the trained map would give exactly 1
+    assert torch.is_grad_enabled()  # no global side effect on callers that train afterwards
 
 
 def test_bundled_model_evidence_map_is_at_least_12x12_confined_to_the_box_and_keeps_the_labels(

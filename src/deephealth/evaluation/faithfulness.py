@@ -250,10 +250,17 @@ def randomisation_check(
     """
     import torch
 
+    with torch.no_grad():  # a context, never the global switch: callers may train afterwards
+        return _randomisation_check(model_args, state, x, maps, tuple(cascade) if cascade else
+                                    default_cascade(model_args), seed, batch_size)
+
+
+def _randomisation_check(model_args: dict[str, Any], state: dict[str, Any], x: np.ndarray, maps: Sequence[str],
+                         cascade: tuple[str, ...], seed: int, batch_size: int) -> dict[str, Any]:
+    import torch
+
     from deephealth.training.evidence import _EvidenceNet, dilated_model
 
-    torch.set_grad_enabled(False)
-    cascade = tuple(cascade) if cascade else default_cascade(model_args)
     out: dict[str, Any] = {}
     xt = torch.from_numpy(np.asarray(x, np.float32))
 

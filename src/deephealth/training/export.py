@@ -462,6 +462,7 @@ def export_model(
     quantize: bool = False,
     calibration: np.ndarray | None = None,
     model_args: dict[str, Any] | None = None,
+    evidence: bool = True,
 ) -> Path:
     """Export a pool+linear classifier to a checked model folder.
 
@@ -494,6 +495,10 @@ def export_model(
             the PyTorch weights are shipped beside the ONNX file as :data:`WEIGHTS_FILE` (float32
             state dict), because ONNX Runtime folds BatchNorm into the convolutions and
             ``deephealth adapt`` needs the BatchNorm layers to re-estimate their statistics.
+        evidence: add the evidence map (:mod:`deephealth.training.evidence`: the same weights
+            dilated to output stride 16, an extra ``evidence`` output computed only on request,
+            shipped outputs checked bit-identical) to a float32 export with ``model_args``; skipped
+            with a warning for an int8 export or an architecture timm cannot dilate.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -536,6 +541,19 @@ def export_model(
             # export_check describes the float32 graph vs PyTorch; export_check.int8 the shipped int8 graph
             check["int8"] = check_quantized(cam_model, int8_onnx, parity_inputs, temperature)
             int8_onnx.replace(tmp_onnx)
+        evidence_meta = None
+        if evidence and not quantize and model_args is not None:
+            from deephealth.training.evidence import EvidenceError, add_evidence_to_onnx
+
+            try:
+                evidence_meta = add_evidence_to_onnx(
+                    tmp_onnx, dict(model_args), model.state_dict(), model, parity_inputs,
+                    {"input": INPUT_NAME, "logits": LOGITS_NAME, "cam": CAM_NAME, "features": FEATURES_NAME},
+                    opset=opset)
+            except EvidenceError as exc:
+                _logger.warning("no evidence map: %s", exc)
+        elif evidence:
+            _logger.info("no evidence map: it needs a float32 export with model_args")
         n_bytes = tmp_onnx.stat().st_size
         if n_bytes > MAX_ONNX_BYTES:
             _logger.warning("%s is %.1f MB, more than the %.0f MB the package can ship",
@@ -599,6 +617,12 @@ def export_model(
         metadata[key] = value
     if quant_meta is not None:
         metadata["onnx"]["quantization"] = quant_meta
+    if evidence_meta is not None:
+        from deephealth.training.evidence import EVIDENCE_FLAG, EVIDENCE_NAME
+
+        metadata["onnx"].update({EVIDENCE_NAME: EVIDENCE_NAME, "evidence_flag": EVIDENCE_FLAG})
+        metadata["onnx"]["dynamic_axes"][EVIDENCE_NAME] = {"0": "batch"}
+        metadata["evidence"] = evidence_meta
     if weights_meta is not None:
         metadata["weights"] = weights_meta
     metadata["summary"] = summary_meta
@@ -677,6 +701,7 @@ def export_run(
     checkpoint: str | Path | None = None,
     quantize: bool = False,
     gate: bool = True,
+    evidence: bool = True,
 ) -> Path:
     """Export a training run (or one checkpoint file) to a checked model folder, with its input gate.
 
@@ -689,6 +714,7 @@ def export_run(
         quantize: ship an int8 model (see :func:`export_model`).
         gate: fit the input gate on the exported graph (:func:`fit_run_gate`); skipped with a
             warning when the dataset is not found.
+        evidence: add the evidence map (see :func:`export_model`).
 
     Returns:
         ``out_dir``.
@@ -767,6 +793,7 @@ def export_run(
         metadata_extra=_jsonable(extra),
         quantize=quantize,
         model_args={k: v for k, v in model_args.items() if k in ("arch", "num_classes", "in_chans")},
+        evidence=evidence,
     )
     if gate:
         fit_run_gate(out, ckpt.get("config") or {})

@@ -347,7 +347,7 @@ def add_evidence_to_dir(model_dir: str | Path, inputs: np.ndarray | None = None)
     Args:
         model_dir: the model folder (``model.onnx``, ``metadata.json``, ``weights.pt``).
         inputs: ``(n, 1, S, S)`` float32 check inputs; default: the export's dataset parity images
-            (:func:`deephealth.training.export.dataset_parity_inputs`, none without the dataset).
+            (:func:`deephealth.training.parity.dataset_parity_inputs`, none without the dataset).
 
     Returns:
         The ``evidence`` metadata entry.
@@ -357,7 +357,8 @@ def add_evidence_to_dir(model_dir: str | Path, inputs: np.ndarray | None = None)
         deephealth.artifact.ModelArtifactError: if the folder is not a valid model folder.
     """
     from deephealth.artifact import ModelArtifact, sha256_file, write_metadata
-    from deephealth.training.export import WEIGHTS_FILE, dataset_parity_inputs
+    from deephealth.artifact import WEIGHTS_FILE
+    from deephealth.training.parity import dataset_parity_inputs
     from deephealth.training.model import build_model
 
     model_dir = Path(model_dir)

@@ -45,7 +45,8 @@ class ManifestError(ValueError):
 def is_uri(path: str) -> bool:
     """True for ``scheme://...`` inputs (object storage such as ``s3://bucket/key``), False for local paths."""
     head, sep, _ = path.partition("://")
-    return bool(sep) and head.isalpha() and len(head) > 1
+    # RFC 3986 scheme: a letter then letters, digits, "+", "-", "."; one letter is a Windows drive.
+    return bool(sep) and len(head) > 1 and head[0].isalpha() and all(c.isalnum() or c in "+-." for c in head)
 
 
 def is_manifest(path: str | Path) -> bool:

@@ -244,3 +244,4 @@ def test_cli_manifest_input_writes_one_row_per_input(ray_local, films, tiny_mode
     rc = main(["batch", str(m), "--out", str(out), "--model", str(tiny_model_dir), "--workers", "2", "--no-progress"])
     o, _ = capsys.readouterr()
     assert rc == 0 and "10 input(s): 0 scored by this run, 10 already in" in o
+

@@ -554,6 +554,16 @@ def run_batch(
     except KeyboardInterrupt:
         summary.interrupted = True
         _logger.warning("interrupted: writing the %d rows scored so far", pending_rows)
+    except Exception as exc:  # the engine failed (workers lost, cluster gone, Ctrl-C seen by Ray first)
+        _logger.debug("batch engine failure", exc_info=True)
+        failure = " ".join(str(exc).split())[:300] or type(exc).__name__
+        summary.interrupted = True
+        flush()
+        summary.parts = writer.parts
+        raise BatchError(
+            f"the Ray pipeline stopped ({type(exc).__name__}: {failure}); {summary.scored} rows were written to "
+            f"{out}: run the same command again to finish"
+        ) from exc
     finally:
         flush()
         summary.seconds = time.perf_counter() - t_start

@@ -245,3 +245,34 @@ def test_cli_manifest_input_writes_one_row_per_input(ray_local, films, tiny_mode
     o, _ = capsys.readouterr()
     assert rc == 0 and "10 input(s): 0 scored by this run, 10 already in" in o
 
+
+
+def test_done_hashes_per_model_newest_row_and_retry_errors(tmp_path: Path):
+    pytest.importorskip("pyarrow")
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from deephealth.batch import PartWriter, done_hashes, load_results, result_schema
+
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+    def row(src, sha, model, ok=True, minutes=0, status="accept"):
+        return {"source": src, "ok": ok, "label": "normal" if ok else None, "label_index": 0 if ok else None,
+                "suitability_status": status, "suitability_reasons": [], "warnings": [],
+                "error": None if ok else f"{src}: broken", "model_sha256": model, "content_sha256": sha,
+                "scored_at": t0 + dt.timedelta(minutes=minutes)}
+
+    w = PartWriter(str(tmp_path / "res"), "run1")
+    w.write(pa.Table.from_pylist([row("/a", "h1", "A"), row("/b", "h2", "A", ok=False, status=None),
+                                  row("/c", "h3", "A", ok=False, status="refuse")], schema=result_schema()))
+    w.write(pa.Table.from_pylist([row("/a", "h1new", "A", minutes=5), row("/a", "h1", "B", minutes=9)],
+                                 schema=result_schema()))
+    assert done_hashes(str(tmp_path / "res"), "A") == {"/a": "h1new", "/b": "h2", "/c": "h3"}
+    assert done_hashes(str(tmp_path / "res"), "A", retry_errors=True) == {"/a": "h1new", "/c": "h3"}
+    assert done_hashes(str(tmp_path / "res"), "B") == {"/a": "h1"}
+    latest = load_results(str(tmp_path / "res"))
+    assert dict(zip(latest.column("source").to_pylist(), latest.column("model_sha256").to_pylist())) == {
+        "/a": "B", "/b": "A", "/c": "A"}
+    assert load_results(str(tmp_path / "res"), latest=False).num_rows == 5
+    assert not list((tmp_path / "res").glob(".*"))  # no temporary file left

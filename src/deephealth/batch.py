@@ -296,15 +296,16 @@ def done_hashes(out: str, model_sha256: str, *, retry_errors: bool = False) -> d
         model_sha256: SHA-256 of the model's ONNX file; results of other models do not count.
         retry_errors: leave out results that are errors (other than gate refusals), so they are retried.
     """
-    table = load_results(out, columns=["source", "content_sha256", "model_sha256", "ok", "suitability_status", "scored_at"])
-    done: dict[str, str] = {}
-    order = sorted(range(table.num_rows), key=lambda i: table.column("scored_at")[i].as_py())
+    table = load_results(out, latest=False,
+                         columns=["source", "content_sha256", "model_sha256", "ok", "suitability_status", "scored_at"])
     src = table.column("source").to_pylist()
     sha = table.column("content_sha256").to_pylist()
     model = table.column("model_sha256").to_pylist()
     ok = table.column("ok").to_pylist()
     status = table.column("suitability_status").to_pylist()
-    for i in order:
+    at = table.column("scored_at").to_pylist()
+    done: dict[str, str] = {}
+    for i in sorted(range(table.num_rows), key=at.__getitem__):  # oldest first: the newest row wins
         if model[i] != model_sha256:
             continue
         if retry_errors and not ok[i] and status[i] != "refuse":

@@ -75,9 +75,13 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         print("error: no inputs to score", file=sys.stderr)
         return 2
-    if args.verbose < 1:  # Ray Data logs every execution at INFO
-        logging.getLogger("ray").setLevel(logging.WARNING)
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if args.verbose < 1:  # Ray Data logs every execution at INFO (its logging is configured on import)
+        try:
+            import ray.data  # noqa: F401
+        except ImportError:
+            pass  # run_batch reports it
+        for name in ("ray", "ray.data", "ray.data._internal.execution.streaming_executor"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     bar = None
     if not args.no_progress and len(files) >= PROGRESS_MIN_FILES and sys.stderr.isatty():

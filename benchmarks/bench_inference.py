@@ -84,7 +84,7 @@ def bench_ours(args: argparse.Namespace, inputs: dict[str, Path], batch_files: l
     load_s = time.perf_counter() - t0
     pre = p.artifact.preprocessing
     print(f"model: {p.artifact.name} {p.artifact.version} ({p.artifact.directory}), input {pre.input_size}px, "
-          f"{p.num_threads} ONNX Runtime thread(s); loaded in {load_s * 1000:.0f} ms")
+          f"{p.num_threads} ONNX Runtime thread(s), spinning {'on' if p.spinning else 'off'}; loaded in {load_s * 1000:.0f} ms")
     res: dict[str, Any] = {"model": f"{p.artifact.name} {p.artifact.version}", "input_size": pre.input_size,
                            "load_ms": load_s * 1000, "single": {}}
 

@@ -106,6 +106,42 @@ def test_evaluate_folder_end_to_end(tiny_model_dir, small_dataset, tmp_path, cap
 
 
 @pytest.mark.needs_data
+def test_evaluate_stability_adds_the_flip_table_and_plot(tiny_model_dir, small_dataset, tmp_path, capsys):
+    from deephealth.evaluation import stability as st
+    from deephealth.inference import Predictor
+
+    out = tmp_path / "report"
+    rc, stdout, stderr = _run(capsys, "--model", str(tiny_model_dir), "--data", str(small_dataset),
+                              "--out", str(out), "--no-progress", "--bootstrap", "200", "--stability")
+    assert rc == 0, stderr
+    assert "stability under 15 benign perturbations (20 images)" in stdout and "jpeg_q90" in stdout
+    assert (out / "stability.png").is_file()
+    report = load_metrics(out / "metrics.json")
+    stab = report["stability"]
+    assert list(stab["perturbations"]) == list(st.PERTURBATION_NAMES)
+    assert stab["n_images"] == 20 and stab["n_failed"] == 0 and stab["bootstrap"]["n_resamples"] == 200
+    assert "--stability" in report["run"]["command_resolved"]
+    # recount one perturbation by hand, through the Predictor, file by file
+    pred = Predictor(tiny_model_dir)
+    files = sorted(small_dataset.glob("test/*/*.jpeg"))
+    flips, dps = 0, []
+    for f in files:
+        base = pred.predict(f, allow_unsuitable=True)
+        q = st.to_uint8(pred.load(f)[0])
+        moved = pred.predict(st.perturbation("shift_right")(q) / 255.0, allow_unsuitable=True)
+        flips += moved.label != base.label
+        dps.append(abs(moved.probs[0] - base.probs[0]))
+    got = stab["perturbations"]["shift_right"]
+    assert got["n_flips"] == flips and got["flip_rate"] == pytest.approx(flips / 20)
+    assert got["abs_dp_max"] == pytest.approx(max(dps), abs=1e-6)
+    assert got["abs_dp_p50"] == pytest.approx(float(np.median(dps)), abs=1e-6)
+    md = (out / "report.md").read_text()
+    assert "## Stability under benign perturbations (20 images)" in md
+    assert "| `rotate_+3` | rotated 3° counter-clockwise |" in md and "](stability.png)" in md
+    assert "Films whose label changes under at least one perturbation:" in md
+
+
+@pytest.mark.needs_data
 def test_evaluate_csv_matches_folder_and_lists_unreadable_files(tiny_model_dir, small_dataset, tmp_path, capsys):
     broken = tmp_path / "person999_bacteria_1.jpeg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")

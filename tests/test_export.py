@@ -25,6 +25,7 @@ from deephealth.training.export import (  # noqa: E402
     export_model,
     export_run,
 )
+from deephealth.paths import dataset_dir, portable_path  # noqa: E402
 from deephealth.training.model import CamModel, build_model  # noqa: E402
 
 
@@ -50,7 +51,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "temperature": 1.25,
             "val_metrics": {"balanced_accuracy": 0.5, "auroc_macro": 0.6},
             "epoch": 2,
-            "data": {"dataset_root": "/data/chest_xray_224", "split_seed": 0, "counts": {"train": 10, "val": 4}},
+            # as the training loop records it: the resolved, absolute dataset folder of the training machine
+            "data": {"dataset_dir": str(dataset_dir()), "split_seed": 0, "counts": {"train": 10, "val": 4}},
             "history": [{"epoch": 1, "loss": 1.1}, {"epoch": 2, "loss": 1.0}],
         },
         d / "best.pt",
@@ -139,6 +141,10 @@ def test_export_run_writes_training_metadata(run_dir: Path, tmp_path):
     assert meta["training"]["epoch"] == 2 and meta["training"]["config"]["lr"] == 0.001
     assert meta["training"]["run"] == "tiny-run" and len(meta["training"]["history"]) == 2
     assert meta["data"]["counts"] == {"train": 10, "val": 4}
+    # the model card carries no absolute path of the exporting machine (relative to where export ran)
+    for recorded in (meta["data"]["dataset_dir"], meta["gate"]["data"]["split"]["dataset_dir"]):
+        assert not Path(recorded).is_absolute() and recorded.endswith("chest_xray_224"), recorded
+        assert recorded == portable_path(dataset_dir())
     assert meta["validation_metrics"] == {"balanced_accuracy": 0.5, "auroc_macro": 0.6}
     assert meta["calibration"]["ece_after"] == 0.05
     # the input gate, fitted on the run's own patient-grouped split (the smoke run's 120 + 30 films)
@@ -152,6 +158,18 @@ def test_export_run_writes_training_metadata(run_dir: Path, tmp_path):
     with torch.no_grad():
         expected = _tiny_model(seed=1)(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(logits, expected, atol=LOGITS_ATOL)
+
+
+@pytest.mark.parametrize(("path", "base", "expected"), [
+    ("/work/shared/data/chest_xray_224", "/work/main", "../shared/data/chest_xray_224"),  # the default layout
+    ("/work/main/data/x", "/work/main", "data/x"),
+    ("/mnt/nas/hospital/films/chest_xray_224", "/work/main", "<...>/films/chest_xray_224"),
+    ("../shared/data/chest_xray_224", "/anywhere", "../shared/data/chest_xray_224"),  # relative: as given
+    ("", "/work/main", ""),
+    (None, "/work/main", ""),
+])
+def test_portable_path(path, base, expected):
+    assert portable_path(path, base) == expected
 
 
 def test_export_run_errors(run_dir: Path, tmp_path):

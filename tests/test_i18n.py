@@ -53,8 +53,10 @@ def test_spanish_prediction_keeps_machine_fields_english(client, dicom_dir: Path
     assert [c["description"].split(" (")[0] for c in s["classes"]] == [
         "Sin neumonía", "Neumonía bacteriana", "Neumonía vírica"]
     assert e["intended_use"] == INTENDED_USE and "no es un diagnóstico" in s["intended_use"]
-    assert e["warnings"] == ["adult patient (age 62): the model was trained on children aged 1-5 years"]
-    assert s["warnings"] == ["paciente adulto (edad 62): el modelo se entrenó con niños de 1 a 5 años"]
+    # the adult age is the gate's warning (issue 18): status warn, the reason translated
+    assert e["suitability"]["status"] == s["suitability"]["status"] == "warn"
+    assert "adult patient (age 62): the model was trained on children aged 1-5 years" in e["suitability"]["reasons"]
+    assert "paciente adulto (edad 62): el modelo se entrenó con niños de 1 a 5 años" in s["suitability"]["reasons"]
 
 
 @pytest.mark.needs_data
@@ -101,3 +103,54 @@ def test_a_gate_refusal_in_spanish(client):
     assert body["detail"].startswith("foto.png: no apto para este modelo: imagen en color (")
     assert body["suitability"]["status"] == "refuse"  # machine field unchanged
     assert body["suitability"]["reasons"][0].startswith("imagen en color (")
+
+
+def test_form_field_messages_in_spanish(client):
+    """The upload's own messages (wrong field name, wrong content type, bad flag) come in Spanish too."""
+    es = {"Accept-Language": "es"}
+    big = b"\xff\xd8\xff" + bytes(4000)  # an image sent as -F image=@x.jpeg
+    r = client.post(URL, files={"image": ("x.jpeg", big)}, headers=es)
+    assert r.status_code == 422 and r.headers["content-language"] == "es"
+    assert r.json() == {"detail": "no hay archivo: envíe la imagen en un campo de formulario multipart llamado "
+                                  "'file', no 'image'"}
+    r = client.post(URL, files={"image": ("x.jpeg", b"\xff\xd8\xff")}, headers=es)
+    assert r.json() == {"detail": "no hay archivo: envíe la imagen en un campo de formulario multipart llamado 'file'"}
+    r = client.post(URL, content=b"\xff\xd8\xff\xe0", headers={"content-type": "image/jpeg", **es})
+    assert r.status_code == 415
+    assert r.json() == {"detail": "envíe la imagen como multipart/form-data en un campo llamado 'file' "
+                                  "(Content-Type recibido: 'image/jpeg')"}
+    r = client.post(URL, files={"file": ("x.jpeg", b"\xff\xd8\xff")}, data={"heatmap": "quizás"}, headers=es)
+    assert r.status_code == 422
+    assert r.json() == {"detail": "el campo de formulario 'heatmap' debe ser true o false, no 'quizás'"}
+    r = client.post(URL, files={"file": ("x.jpeg", b"\xff\xd8\xff")}, data={"nota": "x" * 2000}, headers=es)
+    assert r.status_code == 422
+    assert r.json() == {"detail": "el campo de formulario 'nota' es demasiado largo (límite 1024 bytes)"}
+
+
+@pytest.mark.needs_data
+def test_decision_rule_in_spanish(client, dicom_dir: Path):
+    """decision.rule is human-readable: Spanish on request, its numbers kept; the numbers stay machine fields."""
+    data = (dicom_dir / "cr_chest_pa_rsna.dcm").read_bytes()
+    e = client.post(URL, files={"file": ("cr.dcm", data)}).json()["decision"]
+    s = client.post(URL, files={"file": ("cr.dcm", data)}, headers={"Accept-Language": "es"}).json()["decision"]
+    assert {k: v for k, v in s.items() if k != "rule"} == {k: v for k, v in e.items() if k != "rule"}
+    if e["threshold"] is None:
+        assert (e["rule"], s["rule"]) == ("the most probable class", "la clase más probable")
+    else:
+        tau, sens = f"{e['threshold']:.3f}", f"{100 * e['target_sensitivity']:.0f}"
+        assert e["rule"] == (f"pneumonia when P(pneumonia) >= {tau}, set on validation films for {sens} % sensitivity; "
+                             "then the likelier of bacterial and viral")
+        assert s["rule"] == (f"neumonía cuando P(neumonía) >= {tau}, umbral fijado en radiografías de validación "
+                             f"para una sensibilidad del {sens} %; después, la más probable de bacteriana y vírica")
+
+
+def test_every_decision_rule_has_a_spanish_form():
+    from deephealth.calibration import describe_decision
+
+    probs = np.array([0.3, 0.5, 0.2])
+    for op in (None, {"threshold": 0.8417}, {"threshold": 0.5, "target_sensitivity": 0.9}):
+        rule = describe_decision(probs, op)["rule"]
+        es = translate_text(rule, "es")
+        assert es != rule and "pneumonia" not in es and "then" not in es, rule
+    assert translate_text("pneumonia when P(pneumonia) >= 0.842; then the likelier of bacterial and viral", "es") == (
+        "neumonía cuando P(neumonía) >= 0.842; después, la más probable de bacteriana y vírica")

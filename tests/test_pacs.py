@@ -87,7 +87,7 @@ def test_pacs_classifies_stores_the_sr_and_is_idempotent(orthanc: str, dicom_dir
     ok = by_sop[src.SOPInstanceUID]  # ... and the real one was still classified and stored
     assert ok["status"] == "stored" and ok["label"] == expected.label
     assert ok["probabilities"] == pytest.approx(expected.probabilities, abs=1e-9)
-    assert report["counts"] == {"stored": 1, "skipped": 0, "failed": 1}
+    assert report["counts"] == {"stored": 1, "skipped": 0, "refused": 0, "failed": 1}
     con = sqlite3.connect(db)
     audit = sorted(con.execute("SELECT interface, client, label, status_code, input_format FROM audit_log"),
                    key=lambda r: r[3])
@@ -114,7 +114,7 @@ def test_pacs_classifies_stores_the_sr_and_is_idempotent(orthanc: str, dicom_dir
     # Second run: the classified instance is skipped (no second SR), the tiny one fails again.
     rc, again = _pacs(capsys, url, "--since", "1901-01-01")
     assert rc == 1
-    assert again["counts"] == {"stored": 0, "skipped": 1, "failed": 1}
+    assert again["counts"] == {"stored": 0, "skipped": 1, "refused": 0, "failed": 1}
     srs = client.search_for_series(study_instance_uid=src.StudyInstanceUID, search_filters={"Modality": "SR"})
     assert len(srs) == 1
 
@@ -154,9 +154,9 @@ def test_a_new_model_version_adds_its_own_sr(orthanc: str, tiny_model_dir: Path,
         (sop, "stored", expected.label)]
     assert first["outcomes"][0]["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
     rc, tiny = _pacs(capsys, url, "--study", study, "--model", str(tiny_model_dir))
-    assert rc == 0 and tiny["counts"] == {"stored": 1, "skipped": 0, "failed": 0}  # another model version
+    assert rc == 0 and tiny["counts"] == {"stored": 1, "skipped": 0, "refused": 0, "failed": 0}  # another model version
     rc, again = _pacs(capsys, url, "--study", study, "--model", str(tiny_model_dir))
-    assert again["counts"] == {"stored": 0, "skipped": 1, "failed": 0}
+    assert again["counts"] == {"stored": 0, "skipped": 1, "refused": 0, "failed": 0}
     client = make_client(url)
     srs = client.search_for_series(study_instance_uid=study, search_filters={"Modality": "SR"},
                                    fields=["SeriesDescription"])
@@ -178,3 +178,59 @@ def test_parse_since():
     for bad in ("2024-13-01", "yesterday", "2024-3-5"):
         with pytest.raises(ValueError, match="--since"):
             parse_since(bad)
+
+
+def test_a_lateral_instance_beside_a_frontal_one_gets_no_finding(orthanc: str, dataset_root: Path, tmp_path: Path,
+                                                                  capsys, monkeypatch):
+    """Issue 15: one study, a PA film and a lateral (View Position LL) one: the PA film gets its SR
+    finding; the lateral is refused (counted, audited with the reason) and nothing is stored for it."""
+    jpeg = sorted((dataset_root / "test" / "NORMAL").glob("*.jpeg"))[0]
+    frontal, study, frontal_sop = _cr_from_jpeg(jpeg, tmp_path)
+    ds = pydicom.dcmread(io.BytesIO(frontal))
+    ds.ViewPosition, ds.BodyPartExamined = "PA", "CHEST"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    _upload(orthanc, buf.getvalue())
+    ds.ViewPosition = "LL"  # the lateral of the same study, in its own series
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    lateral_sop = ds.SOPInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    _upload(orthanc, buf.getvalue())
+    url = f"{orthanc}/dicom-web"
+    db = tmp_path / "audit-lateral.sqlite3"
+    monkeypatch.setenv("DEEPHEALTH_DATABASE_URL", f"sqlite:///{db}")
+
+    rc, report = _pacs(capsys, url, "--study", study, "--audit")
+    assert rc == 0  # a refusal is the right answer, not a failure
+    assert report["counts"] == {"stored": 1, "skipped": 0, "refused": 1, "failed": 0}
+    by_sop = {o["sop_uid"]: o for o in report["outcomes"]}
+    assert by_sop[frontal_sop]["status"] == "stored" and by_sop[frontal_sop]["label"] in ("normal", "bacterial", "viral")
+    lat = by_sop[lateral_sop]
+    assert lat["status"] == "refused" and lat["label"] is None and lat["probabilities"] is None
+    assert lat["sr_uid"] is None and lat["sc_uid"] is None
+    assert "DICOM View Position (0018,5101) is LL: a lateral view" in lat["reason"]
+    assert lat["gate"]["status"] == "refuse"
+
+    client = make_client(url)
+    srs = client.search_for_series(study_instance_uid=study, search_filters={"Modality": "SR"})
+    assert len(srs) == 1  # one SR: the frontal film's
+    sr_series = srs[0]["0020000E"]["Value"][0]
+    (inst,) = client.search_for_instances(study_instance_uid=study, series_instance_uid=sr_series)
+    finding = read_sr(client.retrieve_instance(study, sr_series, inst["00080018"]["Value"][0]))
+    assert frontal_sop in finding["source_sop_instance_uids"] and lateral_sop not in finding["source_sop_instance_uids"]
+    scs = client.search_for_series(study_instance_uid=study, search_filters={"Modality": "OT"})
+    assert len(scs) == 1  # one heatmap Secondary Capture: the frontal film's
+
+    con = sqlite3.connect(db)
+    rows = sorted(con.execute("SELECT label, status_code, gate FROM audit_log"), key=lambda r: r[1])
+    con.close()
+    assert [(r[0], r[1]) for r in rows] == [(by_sop[frontal_sop]["label"], 200), (None, 422)]
+    assert "View Position (0018,5101) is LL" in rows[1][2]
+
+    # the table format says it in words
+    rc = main(["pacs", "--url", url, "--study", study])
+    out, _ = capsys.readouterr()
+    assert rc == 0 and "REFUSED  instance " + lateral_sop in out and "not analysed; nothing stored" in out
+    assert "1 refused" in out

@@ -15,7 +15,7 @@ from deephealth.artifact import ModelArtifact
 from PIL import Image
 
 from deephealth.cli import main
-from deephealth.cli.predict import collect_inputs
+from deephealth.cli.predict import collect_inputs, skipped_in_folders
 from deephealth.inference import Predictor
 from deephealth.labels import INTENDED_USE
 
@@ -45,7 +45,8 @@ def test_folder_with_a_corrupt_file_reports_it_and_exits_1(folder: Path, tiny_mo
     out, err = capsys.readouterr()
     assert rc == 1
     lines = out.splitlines()
-    assert lines[0].split() == ["file", "label", "index", "P(normal)", "P(bacterial)", "P(viral)", "gate", "warnings"]
+    assert lines[0].split() == ["source", "label", "label_index", "p_normal", "p_bacterial", "p_viral",
+                                "pneumonia_probability", "threshold", "gate", "warnings"]
     good = [folder / "a.jpeg", folder / "b.jpeg", folder / "sub" / "c.jpeg"]
     expected = _expected(tiny_model_dir, good)
     for f in good:
@@ -57,9 +58,11 @@ def test_folder_with_a_corrupt_file_reports_it_and_exits_1(folder: Path, tiny_mo
     (row,) = [line for line in lines if line.startswith(broken)]
     assert "ERROR" in row
     assert f"error: {broken}: " in err and "Traceback" not in err
-    assert "4 input(s): 3 classified, 1 failed" in out
+    assert "4 input(s): 3 classified, 1 failed; 1 other file(s) in the folders skipped (not image suffixes)" in out
     assert INTENDED_USE in out
-    assert "notes.txt" not in out
+    assert "notes.txt" not in out  # the table has no row for it, stderr names it
+    assert (f"skipped 1 file(s) in folders, not image suffixes (.txt 1): {folder / 'notes.txt'}; "
+            "name a file itself to read it anyway") in err
 
 
 def test_all_good_exits_0(folder: Path, tiny_model_dir: Path, capsys):
@@ -73,7 +76,12 @@ def test_json_output_parses(folder: Path, tiny_model_dir: Path, capsys):
     out, err = capsys.readouterr()
     assert rc == 1
     rows = json.loads(out)
-    assert [r["ok"] for r in rows] == [True, True, False, True]  # a, b, sub/broken, sub/c (sorted)
+    # a, b, sub/broken, sub/c (sorted), then the skipped notes.txt
+    assert [r["ok"] for r in rows] == [True, True, False, True, False]
+    assert rows[4] == {"source": str(folder / "notes.txt"), "ok": False,
+                       "skipped": "not an image file suffix (name the file itself to read it anyway)",
+                       "model": rows[0]["model"]}
+    assert "skipped 1 file(s) in folders" in err
     expected = _expected(tiny_model_dir, [folder / "a.jpeg"])
     assert rows[0]["source"] == str(folder / "a.jpeg")
     assert rows[0]["probabilities"] == pytest.approx(expected[str(folder / "a.jpeg")], abs=1e-12)
@@ -92,19 +100,26 @@ def test_csv_output_parses(folder: Path, tiny_model_dir: Path, capsys):
     out, err = capsys.readouterr()
     assert rc == 1
     reader = csv.DictReader(io.StringIO(out))
-    assert reader.fieldnames == ["path", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral",
-                                 "warnings", "gate", "gate_reasons", "error", "model"]
+    assert reader.fieldnames == ["source", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral",
+                                 "pneumonia_probability", "threshold", "target_sensitivity", "rule", "warnings",
+                                 "gate", "gate_reasons", "error", "skipped", "model"]
     rows = list(reader)
     art = ModelArtifact.load(tiny_model_dir)
     assert {r["model"] for r in rows} == {f"{art.name} {art.version}"}
-    assert len(rows) == 4
+    assert len(rows) == 5
     ok = [r for r in rows if r["ok"] == "true"]
     assert len(ok) == 3
     for r in ok:
         assert sum(float(r[k]) for k in ("p_normal", "p_bacterial", "p_viral")) == pytest.approx(1.0, abs=3e-6)
-        assert r["label"] in ("normal", "bacterial", "viral") and r["error"] == ""
-    (bad,) = [r for r in rows if r["ok"] == "false"]
-    assert bad["path"].endswith("broken.jpeg") and bad["error"].startswith(bad["path"]) and bad["label"] == ""
+        assert r["label"] in ("normal", "bacterial", "viral") and r["error"] == "" and r["skipped"] == ""
+        # the tiny model has no operating point: arg-max, no threshold
+        assert float(r["pneumonia_probability"]) == pytest.approx(1 - float(r["p_normal"]), abs=2e-6)
+        assert (r["threshold"], r["target_sensitivity"], r["rule"]) == ("", "", "the most probable class")
+    bad, skipped = [r for r in rows if r["ok"] == "false"]
+    assert bad["source"].endswith("broken.jpeg") and bad["error"].startswith(bad["source"]) and bad["label"] == ""
+    assert bad["skipped"] == ""
+    assert skipped["source"] == str(folder / "notes.txt") and skipped["error"] == ""
+    assert skipped["skipped"] == "not an image file suffix (name the file itself to read it anyway)"
     assert INTENDED_USE in err
 
 
@@ -139,6 +154,98 @@ def test_collect_inputs_dedupes_and_recurses(folder: Path):
     # explicitly named files are always taken; folders only yield image-like names
     assert names == ["a.jpeg", "b.jpeg", "sub/broken.jpeg", "sub/c.jpeg", "notes.txt"]
     assert missing == []
+    assert skipped_in_folders([str(folder / "a.jpeg"), str(folder), str(folder / "notes.txt")], files) == []
+
+
+def test_skipped_in_folders_lists_what_a_folder_skips(folder: Path):
+    (folder / "sub" / "report.PDF").write_bytes(b"%PDF-1.4")
+    (folder / "sub" / "scan").write_bytes(b"no suffix: taken, may be DICOM")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "x.txt").write_text("hidden")
+    args = [str(folder), str(folder), str(folder / "*")]
+    files, missing = collect_inputs(args)
+    assert len(files) == 6 and missing == []  # a, b, sub/broken, sub/c, sub/scan; the glob adds notes.txt
+    assert str(folder / "notes.txt") in files  # matched by the glob as a file: read, not skipped
+    # visible non-image files, once each; hidden files and folders are neither read nor listed
+    assert skipped_in_folders(args, files) == [str(folder / "sub" / "report.PDF")]
+    files, _ = collect_inputs([str(folder)])
+    assert skipped_in_folders([str(folder)], files) == [str(folder / "notes.txt"), str(folder / "sub" / "report.PDF")]
+
+
+def test_only_skipped_files_exit_1_and_say_so(tmp_path: Path, tiny_model_dir: Path, capsys):
+    (tmp_path / "readme.md").write_text("no images here")
+    rc = main(["predict", str(tmp_path), "--model", str(tiny_model_dir)])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert f"error: {tmp_path}: folder contains no image files" in err
+    assert f"skipped 1 file(s) in folders, not image suffixes (.md 1): {tmp_path / 'readme.md'}" in err
+    assert "1 input(s): 0 classified, 1 failed; 1 other file(s) in the folders skipped" in out
+
+
+def test_table_csv_and_json_carry_the_same_decision(folder: Path, capsys):
+    """With the released model's operating point, every format gives the decision, named the same."""
+    from deephealth.paths import default_model_dir
+
+    model = default_model_dir()
+    if not (model / "metadata.json").is_file():
+        pytest.skip("no bundled model")
+    art = ModelArtifact.load(model)
+    op = art.operating_point
+    if not op:
+        pytest.skip("the bundled model has no operating point")
+    paths = [str(folder / "a.jpeg"), str(folder / "b.jpeg"), str(folder / "sub" / "broken.jpeg")]
+    expected = {p: Predictor(model).predict(p) for p in paths[:2]}
+
+    assert main(["predict", *paths, "--model", str(model), "--format", "json"]) == 1
+    js = {r["source"]: r for r in json.loads(capsys.readouterr().out)}
+    assert main(["predict", *paths, "--model", str(model), "--format", "csv"]) == 1
+    cs = {r["source"]: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert main(["predict", *paths, "--model", str(model)]) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    head = lines[0].split()
+    assert set(js) == set(cs) == set(paths)
+    for p, res in expected.items():
+        d = res.decision
+        assert d["threshold"] == pytest.approx(float(op["threshold"]), abs=0)
+        assert d["pneumonia_probability"] == pytest.approx(1 - res.probabilities["normal"], abs=1e-12)
+        assert js[p]["decision"] == d and js[p]["label"] == res.label
+        c = cs[p]
+        assert c["label"] == res.label and int(c["label_index"]) == res.label_index
+        for k in ("pneumonia_probability", "threshold", "target_sensitivity"):
+            assert float(c[k]) == pytest.approx(d[k], abs=5e-7), k
+        assert c["rule"] == d["rule"] and c["rule"].startswith(f"pneumonia when P(pneumonia) >= {d['threshold']:.3f}")
+        (row,) = [line for line in lines if line.startswith(p + " ")]
+        cells = dict(zip(head, row.split()))
+        assert cells["label"] == res.label and cells["label_index"] == str(res.label_index)
+        assert float(cells["pneumonia_probability"]) == pytest.approx(round(d["pneumonia_probability"], 3), abs=1e-9)
+        assert float(cells["threshold"]) == pytest.approx(round(d["threshold"], 3), abs=1e-9)
+        assert float(cells["p_normal"]) == pytest.approx(round(res.probabilities["normal"], 3), abs=1e-9)
+    # the rule is the same for every row: the table states it once, under the rows
+    assert f"rule: {expected[paths[0]].decision['rule']}" in lines
+    broken = paths[2]
+    assert js[broken]["ok"] is False and cs[broken]["ok"] == "false"
+    assert js[broken]["error"] == cs[broken]["error"] and cs[broken]["pneumonia_probability"] == ""
+
+
+def test_table_wraps_long_warnings(tmp_path: Path, dicom_dir: Path, tiny_model_dir: Path, capsys):
+    """The warnings column stays within WARNINGS_WIDTH, one warning a line, continuation lines aligned."""
+    from deephealth.cli.predict import WARNINGS_WIDTH
+
+    rc = main(["predict", str(dicom_dir / "cr_chest_pa_rsna.dcm"), str(dicom_dir / "ct_small.dcm"),
+               "--model", str(tiny_model_dir)])
+    out = capsys.readouterr().out
+    assert rc == 1
+    lines = out.split("\n\n")[0].splitlines()
+    start = lines[0].index("warnings")
+    assert len(lines[1]) - start == WARNINGS_WIDTH or len(lines[1]) - start < WARNINGS_WIDTH
+    assert all(len(line) - start <= WARNINGS_WIDTH for line in lines)
+    # the CT's error is wrapped: its text continues on a line whose other cells are blank
+    ct = [i for i, line in enumerate(lines) if line.startswith(str(dicom_dir / "ct_small.dcm"))][0]
+    text = lines[ct][start:] + " " + lines[ct + 1][start:]
+    assert text == "DICOM modality CT (computed tomography) is not a radiograph (expected CR or DX)"
+    assert lines[ct + 1][:start].strip() == ""
 
 
 def test_missing_model_exits_2(folder: Path, tmp_path, capsys):

@@ -143,7 +143,9 @@ def test_colour_photo_warns_but_converts() -> None:
     # ITU-R 601-2 luma as Pillow computes it: (200*299 + 0*587 + 40*114) / 1000 = 64.36 -> 64
     assert res.image[5, 5] == np.float32(64 / 255)
     assert res.image[45, 5] == np.float32(123 / 255)  # + 100 * 587 / 1000 = 123.06 -> 123
-    assert len(res.info.warnings) == 1 and "colour image" in res.info.warnings[0]
+    # the colour facts are recorded for the gate, which gives the one colour message (issue 18)
+    assert res.info.warnings == [] and res.info.color_fraction == 1.0
+    assert res.info.color_spread == pytest.approx((200 + 160) / 2)  # max - min over channels: 200 top, 160 bottom
 
 
 def test_nearly_grey_rgb_does_not_warn() -> None:

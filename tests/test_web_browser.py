@@ -383,3 +383,40 @@ def test_spanish_from_accept_language_and_the_language_toggle(browser, server, x
     finally:
         context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_api_docs_render_with_the_network_off(browser, server, path):
+    """Swagger UI (/docs) and ReDoc (/redoc) render from the server's own assets: every request to
+    another host is refused, as on an offline hospital network, and none is needed. The one outside
+    request is ReDoc's decorative sidebar-footer logo ("API docs by Redocly"), hard-coded in
+    redoc.standalone.js; it hides itself when it cannot load."""
+    expect = sync_api.expect
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    outside: list[str] = []
+
+    def only_this_server(route) -> None:
+        url = route.request.url
+        if url.startswith(server + "/"):
+            route.continue_()
+        else:
+            outside.append(url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", only_this_server)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        pg.goto(server + path)
+        if path == "/docs":
+            expect(pg.locator(".swagger-ui .info .title")).to_contain_text("Deep Health", timeout=30_000)
+            expect(pg.locator(".opblock-summary-path", has_text="/api/v1/predictions").first).to_be_visible()
+        else:
+            expect(pg.locator(".api-info h1")).to_contain_text("Deep Health", timeout=30_000)
+            expect(pg.get_by_text("/api/v1/predictions").first).to_be_attached()
+    finally:
+        context.close()
+    decorative = {"https://cdn.redoc.ly/redoc/logo-mini.svg"} if path == "/redoc" else set()
+    assert set(outside) <= decorative, f"{path} asked for outside resources: {outside}"
+    assert errors == [], f"JavaScript errors on {path}: {errors}"

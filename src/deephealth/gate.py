@@ -8,7 +8,14 @@ Pipeline position: readers -> **gate** -> preprocessing -> inference. Every imag
 - ``refuse``: not classified (HTTP 422, a CLI error line), unless the caller explicitly overrides
   (``?allow_unsuitable=true``, ``--allow-unsuitable``), which classifies anyway and keeps the flags.
 
-Two kinds of checks, combined (any refusal refuses; otherwise any warning warns):
+Three kinds of checks, combined (any refusal refuses; otherwise any warning warns):
+
+0. **Header checks** on the facts the DICOM reader recorded (:func:`header_checks`; the header
+   decides first, and its reasons come first): a lateral or oblique (0018,5101) View Position, a
+   (0008,0016) SOP Class UID that is not a radiograph storage class (CR, DX for presentation or
+   processing; a Secondary Capture only with a frontal chest header) and a (0018,0015) Body Part
+   Examined naming another part are refused, naming the tag and its value; an adult (0010,1010)
+   Patient Age is warned. A missing or empty tag is no reason: the pixels decide.
 
 1. **Image checks** on the reader's output (model-independent, :func:`image_checks`):
 
@@ -26,7 +33,12 @@ Two kinds of checks, combined (any refusal refuses; otherwise any warning warns)
      :data:`BLANK_RANGE_LEVELS` grey levels is refused (a blank page with a few specks, an
      overexposed or empty frame). Images with no contrast at all are already refused by the readers;
    - featureless: a mean absolute Laplacian (:func:`detail`) below :data:`FEATURELESS_DETAIL` grey
-     levels is refused (smooth gradients, heavily blurred images: no anatomy has edges that soft).
+     levels is refused (smooth gradients, heavily blurred images: no anatomy has edges that soft);
+   - **view** (:func:`lung_layout`): a frontal film's column profile shows two dark lung fields
+     either side of a bright mediastinum; a lateral film shows one dark field with the spine at
+     one edge. A two-lung score below :data:`LAYOUT_REFUSE` is refused, below :data:`LAYOUT_WARN`
+     warned -- and refused when the feature-space checks flag the image too (two independent
+     signals agree). Thresholds chosen on the patient-grouped validation split (docs/gate.md).
 
 2. **Feature-space checks** on the classifier's own globally pooled penultimate features (the ONNX
    model's ``features`` output, fitted at export by :func:`deephealth.training.gate_fit.fit_gate`
@@ -75,6 +87,7 @@ from typing import Any
 import numpy as np
 
 from deephealth.artifact import ModelArtifactError, sha256_file
+from deephealth.readers.image import COLOR_WARN_LEVELS
 
 _logger = logging.getLogger(__name__)
 
@@ -113,9 +126,60 @@ _LR_REASONS = {
     "upright and send it again",
     "rotated_270": "it looks like a chest film rotated by 90 degrees counter-clockwise; rotate it upright "
     "and send it again",
+    "rotated_side": "it looks like a chest film turned on its side (rotated by 90 degrees); rotate it upright "
+    "and send it again",
     "other": "it does not look like a frontal chest radiograph (e.g. a photo, document, screenshot, "
     "lateral view, CT slice or another body part)",
 }
+
+
+LAYOUT_REFUSE = 0.12
+"""Two-lung layout score (:func:`lung_layout`) below which an image is refused as not a frontal
+chest film. Chosen on the patient-grouped validation split of the official training films (502
+films, model-independent: the score reads pixels only): no validation film scores below it
+(minimum 0.142); drawn lateral stand-ins score below it in 59 % of cases (docs/gate.md)."""
+LAYOUT_WARN = 0.18
+"""Two-lung layout score below which an image is warned (and refused if the feature-space checks
+flag it too): 0.8 % of the validation films score below it."""
+
+ADULT_AGE_YEARS = 18.0
+"""DICOM Patient Age above which the image is warned: the model was trained on children aged 1-5."""
+
+RADIOGRAPH_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.1": "CR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
+}
+"""SOP Classes of projection radiographs (DICOM PS3.4 B.5) that may be classified."""
+SECONDARY_CAPTURE_SOP_CLASSES: frozenset[str] = frozenset({
+    "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
+    "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4",
+})
+"""Secondary Capture SOP Classes: classified only with a frontal chest header (Body Part Examined
+a chest term and View Position AP or PA), since anything can be a secondary capture."""
+FRONTAL_VIEWS: frozenset[str] = frozenset({"AP", "PA"})
+"""(0018,5101) View Positions of a frontal film."""
+LATERAL_VIEWS: frozenset[str] = frozenset({"LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LLAT", "RLAT",
+                                           "XTABLE LATERAL", "CROSS TABLE LATERAL", "LATERAL DECUBITUS"})
+"""View Positions of a lateral film (PS3.3 C.8.11.5.1.1: LL left lateral, RL right lateral, LLD/RLD
+left/right lateral decubitus); any value containing the word LATERAL or LAT counts too."""
+OBLIQUE_VIEWS: frozenset[str] = frozenset({"LAO", "RAO", "LPO", "RPO", "OBL", "OBLIQUE"})
+"""View Positions of an oblique film (left/right anterior/posterior oblique)."""
+CHEST_BODY_PARTS: tuple[str, ...] = ("CHEST", "THORAX", "TORAX", "TÓRAX", "THORAC", "LUNG", "PULMON", "TORSO",
+                                      "PECHO", "POITRINE", "TORACE")
+"""Words of a (0018,0015) Body Part Examined that names the chest (PS3.16 Annex L uses CHEST;
+sites write THORAX, TORAX, PECHO, PORTABLE CHEST...)."""
+NOT_CHEST_WORDS: tuple[str, ...] = ("SPINE", "COLUMNA", "RACHIS")
+"""Words that make a body part another exam even beside a chest word (THORACIC SPINE, TSPINE)."""
+UNSPECIFIED_BODY_PARTS: frozenset[str] = frozenset({"", "UNKNOWN", "OTHER", "NONE", "N/A", "NA", "-", "UNSPECIFIED"})
+"""Body Part Examined values that say nothing: not a refusal (the pixels decide)."""
+
+
+ROTATION_SURE = 0.9
+"""Share of the two 90-degree classes' probability that one direction must hold before the reason
+names it (clockwise or counter-clockwise); below it the reason says "turned on its side" without a
+direction (issue 18: a wrong direction misleads more than none). Checked on rotated validation films
+(tests/test_gate.py)."""
 
 
 @dataclass
@@ -177,6 +241,74 @@ class UnsuitableImageError(ValueError):
         self.suitability = suitability
 
 
+# ------------------------------------------------------------------------------------ header checks
+
+
+def _view_kind(view: str) -> str | None:
+    """``"lateral"``, ``"oblique"`` or ``None`` for a View Position value (upper-case)."""
+    words = set(view.replace("_", " ").replace("-", " ").split())
+    if view in LATERAL_VIEWS or words & {"LATERAL", "LAT", "LL", "RL", "LLD", "RLD", "DECUBITUS"}:
+        return "lateral"
+    if view in OBLIQUE_VIEWS or words & {"OBLIQUE", "OBL", "LAO", "RAO", "LPO", "RPO"}:
+        return "oblique"
+    return None
+
+
+def is_chest(body_part: str) -> bool:
+    """Whether a Body Part Examined value names the chest (one of :data:`CHEST_BODY_PARTS` in it and none
+    of :data:`NOT_CHEST_WORDS`)."""
+    text = body_part.upper()
+    return any(word in text for word in CHEST_BODY_PARTS) and not any(word in text for word in NOT_CHEST_WORDS)
+
+
+def header_checks(info: Any) -> tuple[list[str], list[str]]:
+    """The verdict of a DICOM header, from the facts the reader recorded on its info object.
+
+    Args:
+        info: the reader's :class:`deephealth.readers.ImageInfo`; reads ``view_position``,
+            ``sop_class_uid``, ``sop_class_name``, ``body_part`` and ``patient_age`` /
+            ``patient_age_years``. Missing attributes or empty values are no reason (pictures
+            have none of them): the pixels decide.
+
+    Returns:
+        ``(refusals, warnings)``: one sentence each, naming the DICOM tag and its value:
+
+        - View Position lateral (LL, RL, LATERAL, LLD, RLD...) or oblique (LAO, RAO...): refused;
+        - SOP Class UID not in :data:`RADIOGRAPH_SOP_CLASSES`: refused (a Secondary Capture
+          only without a frontal chest header: Body Part Examined naming the chest and View
+          Position AP or PA);
+        - Body Part Examined naming another part than the chest: refused;
+        - Patient Age above :data:`ADULT_AGE_YEARS`: warned.
+    """
+    refuse: list[str] = []
+    warn: list[str] = []
+    view = str(getattr(info, "view_position", None) or "").strip().upper()
+    kind = _view_kind(view) if view else None
+    if kind:
+        article = "an" if kind == "oblique" else "a"
+        refuse.append(f"DICOM View Position (0018,5101) is {view}: {article} {kind} view; the model reads only "
+                      "frontal (AP or PA) chest films")
+    body = str(getattr(info, "body_part", None) or "").strip().upper()
+    if body not in UNSPECIFIED_BODY_PARTS and not is_chest(body):
+        refuse.append(f"DICOM Body Part Examined (0018,0015) is {body}: not the chest")
+    uid = str(getattr(info, "sop_class_uid", None) or "").strip()
+    if uid and uid not in RADIOGRAPH_SOP_CLASSES:
+        name = getattr(info, "sop_class_name", None)
+        named = f"{uid} ({name})" if name else uid
+        if uid in SECONDARY_CAPTURE_SOP_CLASSES:
+            if not (is_chest(body) and view in FRONTAL_VIEWS):
+                refuse.append(f"DICOM SOP Class UID (0008,0016) is {named} without a frontal chest header "
+                              "(Body Part Examined CHEST and View Position AP or PA)")
+        else:
+            refuse.append(f"DICOM SOP Class UID (0008,0016) is {named}: not a radiograph "
+                          "(expected CR or DX image storage)")
+    years = getattr(info, "patient_age_years", None)
+    if years is not None and float(years) > ADULT_AGE_YEARS:
+        age = str(getattr(info, "patient_age", None) or f"{float(years):g}").strip()
+        warn.append(f"adult patient (age {age}): the model was trained on children aged 1-5 years")
+    return refuse, warn
+
+
 # ------------------------------------------------------------------------------------- image checks
 
 
@@ -213,6 +345,45 @@ def detail(quantized: np.ndarray) -> float:
     return float(np.abs(lap).mean())
 
 
+LAYOUT_GRID = 64
+"""Side of the box-averaged copy of the network input that :func:`lung_layout` reads."""
+
+
+def lung_layout(quantized: np.ndarray) -> float:
+    """Two-lung layout score of a film: how much brighter the middle is than both sides.
+
+    The network input is box-averaged to :data:`LAYOUT_GRID` px square; the column means of rows
+    20-65 % (the lung fields above the diaphragm), smoothed over 5 columns, form a profile. The
+    score is ``min(centre - darkest left, centre - darkest right) / (p99 - p1)``: the brightest
+    column of the middle (38-62 % of the width: the mediastinum and spine of a frontal film) minus
+    the darkest column on each side (8-45 % and 55-92 %: the two lungs), divided by the image's
+    1st-99th percentile intensity range. A frontal film has two dark lungs either side of a bright
+    mediastinum (validation films: median 0.47, minimum 0.14); a lateral film has one dark field
+    across the middle and the spine at one edge, so one side has no darker column than the middle
+    (drawn lateral stand-ins: median 0.10).
+
+    Args:
+        quantized: ``(S, S)`` uint8 network input before normalisation.
+
+    Returns:
+        The score, a float in about [-1, 1]; 0 for a flat image.
+    """
+    q = np.asarray(quantized, dtype=np.float32)
+    h, w = q.shape
+    n = LAYOUT_GRID
+    if h < n or w < n:
+        return 0.0
+    ys, xs = np.linspace(0, h, n + 1).astype(int), np.linspace(0, w, n + 1).astype(int)
+    a = np.add.reduceat(np.add.reduceat(q, ys[:-1], axis=0), xs[:-1], axis=1)
+    a /= np.outer(np.diff(ys), np.diff(xs))
+    profile = a[int(0.2 * n):int(0.65 * n)].mean(axis=0)
+    profile = np.convolve(np.pad(profile, 2, mode="edge"), np.full(5, 0.2), mode="valid")
+    lo, hi = np.percentile(a, [1, 99])
+    centre = profile[int(0.38 * n):int(0.62 * n)].max()
+    left, right = profile[int(0.08 * n):int(0.45 * n)].min(), profile[int(0.55 * n):int(0.92 * n)].min()
+    return float(min(centre - left, centre - right) / max(float(hi - lo), 1.0))
+
+
 def image_checks(
     info: Any, quantized: np.ndarray, analysed_shape: tuple[int, int] | None = None
 ) -> tuple[list[str], list[str], dict[str, float]]:
@@ -247,6 +418,13 @@ def image_checks(
                 f"burnt-in coloured annotations (arrows, letters or marks; up to {100 * cb:.0f} % of a region "
                 "is coloured): they hide anatomy and may mislead the model"
             )
+        else:
+            spread = getattr(info, "color_spread", None)
+            if spread is not None and float(spread) > COLOR_WARN_LEVELS:  # tinted, few coloured pixels
+                warn.append(
+                    f"colour image (channels differ by {float(spread):.1f} grey levels on average): "
+                    "it may be a photo rather than a radiograph; converted to grayscale"
+                )
 
     w, h = int(getattr(info, "width", 0) or 0), int(getattr(info, "height", 0) or 0)
     dh, dw = int(getattr(info, "decoded_height", 0) or 0), int(getattr(info, "decoded_width", 0) or 0)
@@ -403,7 +581,8 @@ class FeatureGate:
             features: ``(N, Cf)`` pooled features; logits: ``(N, 3)`` raw logits.
 
         Returns:
-            ``{"mahalanobis": (N,), "residual": (N,), "p_frontal": (N,), "lr_class": (N,) int, "energy": (N,)}``.
+            ``{"mahalanobis": (N,), "residual": (N,), "p_frontal": (N,), "lr_class": (N,) int,
+            "p_rotated_90": (N,), "p_rotated_270": (N,), "energy": (N,)}``.
         """
         p = self.lr_probabilities(features)
         return {
@@ -411,6 +590,8 @@ class FeatureGate:
             "residual": self.residual(features),
             "p_frontal": p[:, 0],
             "lr_class": p[:, 1:].argmax(axis=1) + 1,  # the most likely problem, if any
+            "p_rotated_90": p[:, LR_CLASSES.index("rotated_90")],
+            "p_rotated_270": p[:, LR_CLASSES.index("rotated_270")],
             "energy": -_logsumexp(np.asarray(logits, dtype=np.float64)),
         }
 
@@ -477,7 +658,12 @@ class Gate:
         Returns:
             The :class:`Suitability`.
         """
+        head_refuse, head_warn = header_checks(info)
         refuse, warn, scores = image_checks(info, quantized, analysed_shape)
+        layout = lung_layout(quantized)
+        scores.update(lung_layout=layout, lung_layout_warn=LAYOUT_WARN, lung_layout_refuse=LAYOUT_REFUSE)
+        feature_flag = False
+        lr_kind, lr_named = "other", ""  # the feature classifier's named problem when it warned
         fg = self.features
         if fg is not None and features is not None:
             s = fg.scores(np.asarray(features)[None], np.asarray(logits)[None])
@@ -493,12 +679,18 @@ class Gate:
                 energy=float(s["energy"][0]),
             )
             kind = LR_CLASSES[int(s["lr_class"][0])]
+            if kind in ("rotated_90", "rotated_270"):
+                r90, r270 = float(s["p_rotated_90"][0]), float(s["p_rotated_270"][0])
+                if max(r90, r270) < ROTATION_SURE * (r90 + r270):
+                    kind = "rotated_side"  # the direction is not clear: name none
             if p < t["p_frontal_refuse"]:
                 refuse.append(f"{_LR_REASONS[kind]} (P(frontal chest film) = {p:.2f})")
             elif p < t["p_frontal_warn"]:
+                lr_kind, lr_named = kind, f"{_LR_REASONS[kind]} (P(frontal chest film) = {p:.2f}"
                 warn.append(f"{_LR_REASONS[kind]} (P(frontal chest film) = {p:.2f}, below {t['p_frontal_warn']:.2f})")
             far = [(label, value, t[f"{name}_refuse"]) for name, value, label in distances if value > t[f"{name}_refuse"]]
             odd = [(label, value, t[f"{name}_warn"]) for name, value, label in distances if value > t[f"{name}_warn"]]
+            feature_flag = bool(far or odd or p < t["p_frontal_warn"])
             if far:
                 refuse.append("unlike the chest films the model was trained on ("
                               + ", ".join(f"{lb} {v:.1f}, refusal limit {lim:.1f}" for lb, v, lim in far) + ")")
@@ -506,7 +698,22 @@ class Gate:
                 warn.append("unusual for the chest films the model was trained on ("
                             + ", ".join(f"{lb} {v:.1f}, limit {lim:.1f}" for lb, v, lim in odd)
                             + "): check the result with care")
+        if layout < LAYOUT_WARN and not refuse:  # a refusal above already names the problem
+            if layout < LAYOUT_REFUSE or feature_flag:
+                if lr_kind != "other":  # inverted or rotated: that names the problem better
+                    refuse.append(f"{lr_named}, two-lung layout {layout:.2f})")
+                else:
+                    why = f"below {LAYOUT_REFUSE:.2f}" if layout < LAYOUT_REFUSE else (
+                        f"below {LAYOUT_WARN:.2f}, and the network's features are unusual too")
+                    refuse.append(f"not a frontal chest film: no two lung fields either side of the mediastinum "
+                                  f"(two-lung layout {layout:.2f}, {why}); a lateral view or another projection? "
+                                  "send the frontal (PA or AP) film")
+                warn = [w for w in warn if not w.startswith(("unusual for the chest films", "it "))]
+            else:
+                warn.append(f"unusual layout for a frontal chest film (two-lung layout {layout:.2f}, below "
+                            f"{LAYOUT_WARN:.2f}): check that this is a frontal (PA or AP) view")
         available = fg is not None and features is not None
+        refuse, warn = head_refuse + refuse, head_warn + warn
         if refuse:
             return Suitability(REFUSE, refuse + warn, scores, available)
         if warn:

@@ -13,8 +13,12 @@ One run (``deephealth pacs``):
 4. **STOW-RS** (PS3.18 10.5): store the Comprehensive SR and the Secondary Capture made by
    :func:`deephealth.dicom_output.build_dicom_result` into the source study.
 
-A failure on one instance (unreadable image, a refused store...) is reported in its
-:class:`InstanceOutcome` and the others go on. The DICOMweb client is dicomweb-client
+An instance the input gate refuses (a lateral view, not a radiograph, another body part... see
+:mod:`deephealth.gate`) gets **nothing** stored back: no SR finding, no Secondary Capture. It is
+counted ``refused``, its reason is in its :class:`InstanceOutcome` and in the audit trail (status
+422 with the gate's outcome), and a later run looks at it again (it has no SR to skip it by), with
+the same verdict. A failure on one instance (unreadable image, a refused store...) is reported in
+its :class:`InstanceOutcome` and the others go on. The DICOMweb client is dicomweb-client
 (https://github.com/ImagingDataCommons/dicomweb-client).
 """
 
@@ -50,11 +54,14 @@ class InstanceOutcome:
     Attributes:
         study_uid, series_uid, sop_uid: the instance's UIDs.
         status: ``stored`` (classified, SR and Secondary Capture stored), ``skipped`` (our SR for
-            this model version exists already) or ``failed``.
+            this model version exists already), ``refused`` (the input gate refused the image:
+            not analysed, nothing stored) or ``failed``.
         label: predicted class (``normal``, ``bacterial``, ``viral``) when classified.
         probabilities: calibrated probabilities when classified.
         sr_uid, sc_uid: SOP Instance UIDs of the stored SR and Secondary Capture.
         error: one line naming the instance and the problem, when ``failed``.
+        reason: one line naming the instance and why the input gate refused it, when ``refused``
+            (the gate's reasons, e.g. "DICOM View Position (0018,5101) is LL: a lateral view...").
         warnings: the reader's warnings about the image.
         gate: the input gate's outcome (:func:`deephealth.audit.gate_outcome`), when the
             service has a gate.
@@ -69,6 +76,7 @@ class InstanceOutcome:
     sr_uid: str | None = None
     sc_uid: str | None = None
     error: str | None = None
+    reason: str | None = None
     warnings: list[str] = field(default_factory=list)
     gate: dict | None = None
 
@@ -213,8 +221,9 @@ class PacsWorker:
                 _logger.debug("instance %s failed", sop_uid, exc_info=True)
                 outcome.error = f"instance {sop_uid}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                 status_code = 500
-            else:  # refused by the input gate (issue 10): reported like an unreadable image
-                outcome.error = " ".join(str(exc).split())
+            else:  # refused by the input gate: not analysed, nothing stored back (issue 15)
+                outcome.status = "refused"
+                outcome.reason = " ".join(str(exc).split())
                 outcome.gate = gate_outcome(exc)
                 status_code = 422
         except Exception as exc:  # network, PACS refusal, a broken object: report it, go on
@@ -318,8 +327,8 @@ def make_client(
 
 
 def summarize(outcomes: Iterable[InstanceOutcome]) -> dict[str, int]:
-    """Count of outcomes per status: ``{"stored": n, "skipped": n, "failed": n}``."""
-    counts = {"stored": 0, "skipped": 0, "failed": 0}
+    """Count of outcomes per status: ``{"stored": n, "skipped": n, "refused": n, "failed": n}``."""
+    counts = {"stored": 0, "skipped": 0, "refused": 0, "failed": 0}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
     return counts

@@ -57,3 +57,28 @@ def state_dir() -> Path:
     xdg = os.environ.get("XDG_STATE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "state"
     return base / "deephealth"
+
+
+def portable_path(path: str | Path | None, base: str | Path | None = None) -> str:
+    """A data path as the model card records it: never an absolute path of the exporting machine.
+
+    Args:
+        path: a dataset folder as training or export saw it (often absolute, resolved by
+            :func:`deephealth.paths.data_root`); ``None`` or ``""`` for the default.
+        base: the folder to make it relative to; default the current directory (the checkout that
+            ``deephealth export`` runs in, so the default data becomes ``../shared/data/...``).
+
+    Returns:
+        ``path`` unchanged when it is relative (as given); an absolute path inside ``base`` or
+        beside it (one ``..`` at most) relative to ``base``; any other absolute path reduced to its
+        last two parts (``<...>/data/chest_xray_224``); ``""`` for no path.
+    """
+    if not path:
+        return ""
+    p = Path(path)
+    if not p.is_absolute():
+        return str(path)
+    rel = os.path.relpath(p, Path(base) if base is not None else Path.cwd())
+    if not rel.startswith(os.pardir + os.sep + os.pardir) and rel != os.pardir + os.sep + os.pardir:
+        return rel
+    return "<...>/" + "/".join(p.parts[-2:])

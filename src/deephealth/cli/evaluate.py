@@ -9,7 +9,10 @@ are given on all images (the published protocol) and again with each group of by
 files (SHA-256 of the bytes) counted once, patients sharing an identical image merged into one
 bootstrap unit. --compare NAME=METRICS_JSON adds another evaluation's headline figures as a
 labelled row of the comparison table (--compare-adapted for a model that used the evaluated
-site's unlabelled films, e.g. site-adapted BatchNorm statistics).
+site's unlabelled films, e.g. site-adapted BatchNorm statistics). --stability also scores every
+film under the benign-perturbation family of deephealth.evaluation.stability (JPEG q90, +-1 grey
+level, gamma, rescale, rotate, shift, crop, blur, sharpen; about 16x the scoring time) and adds the
+label-flip table and stability.png to the report.
 
 Data: a Kermany-layout folder ({train,val,test}/{NORMAL,PNEUMONIA}/...; default: the shared
 chest_xray_224, official test split) or a CSV with columns path,label[,patient_id,split].
@@ -19,6 +22,7 @@ Examples:
   deephealth evaluate --model src/deephealth/models/deephealth-cxr3 --out src/deephealth/models/deephealth-cxr3/report
   deephealth evaluate --data my_images.csv --out eval-mine
   deephealth evaluate --data ../shared/data/chest_xray_224.csv --split test
+  deephealth evaluate --stability --out eval-test
   deephealth evaluate --compare "prototype method=eval-proto/metrics.json" \
       --compare-adapted "site-adapted (AdaBN)=eval-adapted/metrics.json"
 
@@ -59,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-adapted", action="append", default=[], metavar="NAME=METRICS_JSON",
                         help="as --compare, for a model that used the evaluated site's unlabelled images "
                         "(transductive, e.g. site-adapted BatchNorm statistics; repeatable)")
+    parser.add_argument("--stability", action="store_true",
+                        help="also measure label flips and |ΔP(pneumonia)| under the benign-perturbation family "
+                        "(deephealth.evaluation.stability; about 16x the scoring time) and add them to the report")
 
 
 def load_comparisons(args: argparse.Namespace) -> list[tuple[str, dict, bool | None]]:
@@ -184,6 +191,21 @@ def run(args: argparse.Namespace) -> int:
     if len(y_true) == 0:
         print(f"deephealth evaluate: error: none of the {len(rows)} images could be read", file=sys.stderr)
         return 1
+    stability = None
+    if args.stability:
+        from deephealth.evaluation.stability import score_stability, summarize_stability
+
+        scored = [r for r in rows if r["error"] is None]
+        t1 = time.monotonic()
+        st_scores = score_stability(predictor, [r["path"] for r in scored], batch_size=args.batch_size,
+                                    progress=not args.no_progress)
+        for label, err in st_scores.errors:
+            print(f"stability: not scored: {err}", file=sys.stderr)
+        stability = summarize_stability(
+            st_scores, patient_ids=[scored[i]["patient_id"] for i in st_scores.source_index],
+            n_resamples=args.bootstrap, seed=args.seed,
+        )
+        stability_seconds = round(time.monotonic() - t1, 1)
 
     art = predictor.artifact
     model_info = {
@@ -203,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
         "deephealth", "evaluate", "--model", str(model_dir), "--data", str(data_path),
         *(["--split", args.split] if args.split else ([] if is_csv else ["--split", split])),
         "--out", str(args.out), "--bootstrap", str(args.bootstrap), "--seed", str(args.seed),
+        *(["--stability"] if args.stability else []),
         *(x for spec in args.compare for x in ("--compare", spec)),
         *(x for spec in args.compare_adapted for x in ("--compare-adapted", spec)),
     ])
@@ -225,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
         "python_version": platform.python_version(),
         "scoring_seconds": round(time.monotonic() - t0, 1),
     }
+    if stability is not None:
+        run_info["stability_seconds"] = stability_seconds
     data_info = {
         "dataset": data_path.name,
         "kind": "csv" if is_csv else "kermany-folder",
@@ -237,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
             y_true=y_true, probs=probs, rows=rows, model=model_info, data=data_info, run=run_info,
             operating_points=operating_points if isinstance(operating_points, dict) else None,
             n_resamples=args.bootstrap, seed=args.seed, comparisons=comparisons, decision=art.operating_point,
+            stability=stability,
         )
         written = write_report(report, y_true, probs, rows, args.out)
     except ValueError as exc:
@@ -280,6 +306,12 @@ def run(args: argparse.Namespace) -> int:
         show("pneumonia vs normal AUROC", pn["auroc"], "pneumonia_vs_normal.auroc", pct=False)
     else:
         print("deduplicated: no two scored files are byte-identical")
+    if stability is not None and stability["n_images"]:
+        print(f"stability under {len(stability['perturbations'])} benign perturbations "
+              f"({stability['n_images']} images): label flips, |ΔP(pneumonia)| p95")
+        for name, v in stability["perturbations"].items():
+            print(f"  {name:<14} {100 * v['flip_rate']:5.1f} % ({v['n_flips']})   {v['abs_dp_p95']:.3f}")
+        print(f"  any of them      {100 * stability['any_flip_rate']:5.1f} %")
     gate = report.get("gate") or {}
     if gate.get("n_read"):
         counts = ", ".join(f"{n} {status}" for status, n in gate["counts"].items())

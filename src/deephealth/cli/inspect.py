@@ -8,7 +8,11 @@ files are still processed.
 
 Output: a table by default; with --json, one JSON array of objects with the keys path, ok, format,
 width, height, bit_depth, photometric_interpretation, modality, view_position, decoded_width,
-decoded_height, min, max, mean, warnings, out (the PNG written, or null) and error (null when ok).
+decoded_height, mode, transfer_syntax, the colour facts (color_fraction, color_block_fraction,
+color_spread), the DICOM header facts the input gate judges (sop_class_uid, sop_class_name,
+body_part, patient_age, patient_age_years), min, max, mean, warnings, out (the PNG written, or
+null) and error (null when ok). Inspect reads only: the verdict on those facts (lateral view,
+adult...) is the input gate's, shown by `deephealth predict`.
 With --out DIR, each decoded image is written to DIR/<stem>.png as 8-bit grayscale (a number is
 appended when two files share a stem).
 

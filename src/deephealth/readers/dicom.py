@@ -12,7 +12,11 @@ Processing order (DICOM PS3.4 section N.2 "Pixel Transformation Sequence"; pydic
 1. decode the stored pixels (``Dataset.pixel_array``; pydicom masks them to (0028,0101) Bits Stored
    and sign-extends when (0028,0103) Pixel Representation is 1); compressed transfer syntaxes use
    whichever pydicom decoder plugin is installed (Pillow handles JPEG Baseline/Extended and
-   JPEG 2000; ``deephealth[dicom-codecs]`` adds pylibjpeg for JPEG Lossless, JPEG-LS and HTJ2K);
+   JPEG 2000; ``deephealth[dicom-codecs]`` adds pylibjpeg for JPEG Lossless, JPEG-LS and HTJ2K),
+   except lossy JPEG with 8-bit samples, which is always decoded by Pillow (:data:`PINNED_DECODER`):
+   the JPEG standard does not fix the inverse DCT's rounding, and libjpeg-turbo (Pillow) and
+   libjpeg (pylibjpeg) differ by one grey level on a few per cent of the pixels, enough to move a
+   probability by 0.01; every other syntax decodes to identical pixels with either plugin;
 2. modality LUT: (0028,1053) Rescale Slope and (0028,1052) Rescale Intercept, or the Modality LUT
    Sequence (:func:`pydicom.pixels.apply_modality_lut`);
 3. VOI LUT: the first item of the (0028,3010) VOI LUT Sequence, or else the first
@@ -60,10 +64,18 @@ logger = logging.getLogger(__name__)
 RADIOGRAPH_MODALITIES: frozenset[str] = frozenset({"CR", "DX", "DR", "RG"})
 #: Accepted with a warning: "other" (e.g. secondary captures of a radiograph).
 UNCERTAIN_MODALITIES: frozenset[str] = frozenset({"OT"})
-#: Age above which a warning says the patient is an adult, in years.
-ADULT_AGE_YEARS: float = 18.0
 #: Install hint given when a compressed transfer syntax has no decoder installed.
 CODECS_HINT = "install deephealth[dicom-codecs] (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
+
+#: The pydicom decoder plugin every install uses for a lossy JPEG syntax (DCT-based, so decoders
+#: may round differently): JPEG Baseline and 8-bit JPEG Extended go to Pillow, which the core
+#: install always has; 12-bit JPEG Extended, which Pillow cannot decode, to pylibjpeg. Lossless
+#: syntaxes, JPEG 2000 (Pillow and pylibjpeg both use OpenJPEG) and JPEG-LS give the same pixels
+#: with any plugin, so the installed one is used.
+PINNED_DECODER: dict[str, tuple[str, str]] = {
+    "1.2.840.10008.1.2.4.50": ("pillow", "pillow"),  # JPEG Baseline (Process 1): (<= 8 bits, > 8 bits)
+    "1.2.840.10008.1.2.4.51": ("pillow", "pylibjpeg"),  # JPEG Extended (Process 2 & 4)
+}
 
 _MODALITY_NAMES = {
     "CT": "computed tomography",
@@ -91,7 +103,6 @@ PIXEL_ELEMENTS: dict[str, str] = {
 }
 _PIXEL_NAMES = {"PixelData": "pixel data", "FloatPixelData": "Float Pixel Data",
                 "DoubleFloatPixelData": "Double Float Pixel Data"}
-_LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([DWMY]?)\s*$", re.IGNORECASE)
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0, "": 1.0}
 
@@ -202,7 +213,7 @@ def _convert(ds: Any, label: str, warnings: list[str]) -> ReadResult:
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
     ts_text = f"{tsyntax.name} ({tsyntax})" if tsyntax else None
     _check_decoder(label, tsyntax)
-    arr = _decode(ds, label, ts_text, keyword)
+    arr = _decode(ds, label, ts_text, keyword, warnings)
     if arr.ndim != (3 if is_color else 2):
         raise ImageReadError(f"{label}: DICOM pixel data has unexpected shape {arr.shape}")
     bits_stored = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 8) or 8)
@@ -228,14 +239,10 @@ def _convert(ds: Any, label: str, warnings: list[str]) -> ReadResult:
         warnings.append("MONOCHROME1 (low values bright): inverted so bright means dense")
     _check_presentation_lut_shape(ds, photometric, warnings)
 
-    view = str(ds.get("ViewPosition", "") or "").strip().upper() or None
-    if view in _LATERAL_VIEWS:
-        warnings.append(f"lateral view ({view}): the model was trained on frontal (AP/PA) chest radiographs")
-    age = _age_years(ds.get("PatientAge"))
-    if age is not None and age > ADULT_AGE_YEARS:
-        warnings.append(
-            f"adult patient (age {str(ds.PatientAge).strip()}): the model was trained on children aged 1-5 years"
-        )
+    # Header facts for the input gate (deephealth.gate.header_checks judges them; a reader decides no verdict).
+    view = _text(ds.get("ViewPosition")).upper() or None
+    sop_class = _text(ds.get("SOPClassUID")) or _text(ds.file_meta.get("MediaStorageSOPClassUID")) or None
+    age_text = _text(ds.get("PatientAge")) or None
 
     info = ImageInfo(
         path=label,
@@ -249,6 +256,11 @@ def _convert(ds: Any, label: str, warnings: list[str]) -> ReadResult:
         warnings=warnings,
         mode=str(arr.dtype),
         transfer_syntax=ts_text,
+        sop_class_uid=sop_class,
+        sop_class_name=_uid_name(sop_class),
+        body_part=_text(ds.get("BodyPartExamined")).upper() or None,
+        patient_age=age_text,
+        patient_age_years=_age_years(age_text),
     )
     for w in warnings:
         logger.debug("%s: %s", label, w)
@@ -307,7 +319,50 @@ def _float_minmax(arr: np.ndarray, warnings: list[str]) -> np.ndarray:
     return ((out - lo) / (hi - lo)).astype(np.float32)
 
 
-def _decode(ds: Any, label: str, ts_text: str | None, keyword: str = "PixelData") -> np.ndarray:
+def _pinned_plugin(ds: Any, tsyntax: Any) -> str | None:
+    """The decoder plugin :data:`PINNED_DECODER` fixes for this data set, or ``None`` (any will do)."""
+    pins = PINNED_DECODER.get(str(tsyntax)) if tsyntax is not None else None
+    if pins is None:
+        return None
+    bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 8) or 8)
+    return pins[0] if bits <= 8 else pins[1]
+
+
+def _decode(
+    ds: Any, label: str, ts_text: str | None, keyword: str = "PixelData", warnings: list[str] | None = None
+) -> np.ndarray:
+    """Step 1 of the module docstring: the stored pixel values, as pydicom decodes them.
+
+    Lossy JPEG goes to the :data:`PINNED_DECODER` plugin; should that plugin be missing or fail on
+    this file while another installed one succeeds, the other one's pixels are used and
+    ``warnings`` says so (the probabilities may then differ from another install's by ~0.01).
+
+    Raises:
+        ImageReadError: truncated native pixel data, 12-bit lossy JPEG without pylibjpeg, or no
+            installed plugin can decode the data.
+    """
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    plugin = _pinned_plugin(ds, tsyntax) if keyword == "PixelData" else None
+    if plugin is not None:
+        from pydicom.pixels import get_decoder
+
+        if plugin in get_decoder(tsyntax).available_plugins:
+            ds.pixel_array_options(decoding_plugin=plugin)
+            try:
+                return ds.pixel_array
+            except Exception as exc:  # noqa: BLE001 - decoder plugins raise RuntimeError/ValueError/...
+                reason = _one_line(exc)
+            ds.pixel_array_options(decoding_plugin="")
+        elif plugin == "pylibjpeg":  # 12-bit lossy JPEG: Pillow cannot decode it at all
+            raise ImageReadError(f"{label}: DICOM transfer syntax {ts_text} with more than 8 bits per sample "
+                                 f"cannot be decoded: {CODECS_HINT}")
+        else:
+            reason = "not installed"
+        if warnings is not None:
+            warnings.append(
+                f"DICOM {ts_text}: decoded without the usual {plugin} decoder ({reason}); "
+                "probabilities may differ slightly from another installation's"
+            )
     expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         # Native data: refuse short pixel data instead of letting anything pad it.
@@ -389,6 +444,25 @@ def _color_to_gray(arr: np.ndarray, bits_stored: int) -> np.ndarray:
     gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
     gray /= float(2**bits_stored - 1)
     return np.clip(gray, 0.0, 1.0).astype(np.float32)
+
+
+def _text(value: Any) -> str:
+    """A DICOM element's value as stripped text (the first value of a multi-valued one; ``""`` if empty)."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else ""
+    return " ".join(str(value).split())
+
+
+def _uid_name(uid: str | None) -> str | None:
+    """The standard name of a UID (pydicom's dictionary), ``None`` when unknown."""
+    if not uid:
+        return None
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return None if not name or name == uid else name
 
 
 def _age_years(value: Any) -> float | None:

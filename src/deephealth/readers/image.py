@@ -117,7 +117,10 @@ class ImageInfo:
             other formats.
         modality: DICOM (0008,0060) Modality (``CR``, ``DX``...); ``None`` for other formats.
         view_position: DICOM (0018,5101) View Position (``PA``, ``AP``, ``LL``...) when present.
-        warnings: human-readable caveats (inverted MONOCHROME1, lateral view, adult, colour...).
+        warnings: human-readable caveats about the file (inverted MONOCHROME1, a missing Modality,
+            EXIF orientation...). Facts that decide whether the model may read the image (view,
+            SOP Class, body part, age, colour) are only recorded here; the input gate
+            (:mod:`deephealth.gate`) judges them.
         decoded_width: width of the returned array (smaller than ``width`` only when
             ``target_size`` let a JPEG be decoded at reduced scale); defaults to ``width``.
         decoded_height: height of the returned array; defaults to ``height``.
@@ -129,6 +132,15 @@ class ImageInfo:
             ``None`` for greyscale files. Read by the input gate (:mod:`deephealth.gate`).
         color_block_fraction: for colour files, the largest such fraction within one block of a
             :data:`COLOR_GRID` x :data:`COLOR_GRID` grid over the image; ``None`` for greyscale files.
+        color_spread: for colour files, the mean over pixels of the largest channel difference, in
+            8-bit grey levels (a tinted picture has a spread but few coloured pixels); ``None`` otherwise.
+        sop_class_uid: DICOM (0008,0016) SOP Class UID (or the file meta's Media Storage SOP Class
+            UID when it is absent); ``None`` for other formats or when missing.
+        sop_class_name: the standard name of that UID (``"CR Image Storage"``...), ``None`` if unknown.
+        body_part: DICOM (0018,0015) Body Part Examined, stripped and upper-case, when present.
+        patient_age: DICOM (0010,1010) Patient Age as written (``"062Y"``), when present.
+        patient_age_years: that age in years (``D``/``W``/``M``/``Y`` units; a bare number is
+            years), ``None`` when missing or unreadable.
     """
 
     path: str
@@ -146,6 +158,12 @@ class ImageInfo:
     transfer_syntax: str | None = None
     color_fraction: float | None = None
     color_block_fraction: float | None = None
+    color_spread: float | None = None
+    sop_class_uid: str | None = None
+    sop_class_name: str | None = None
+    body_part: str | None = None
+    patient_age: str | None = None
+    patient_age_years: float | None = None
 
     def __post_init__(self) -> None:
         if self.decoded_width is None:
@@ -242,10 +260,10 @@ def check_contrast(image: np.ndarray, label: str) -> None:
         what = "all white"
     else:
         what = f"flat grey, level {mean * 255:.0f} of 255"
-    raise ImageReadError(
-        f"{label}: image has no contrast ({what}: every pixel within {(hi - lo) * 255:.1f} of 255 grey levels); "
-        "not a usable radiograph"
-    )
+    levels = round((hi - lo) * 255)
+    spread = "every pixel has the same grey level" if levels == 0 else (
+        f"the darkest and brightest pixels differ by only {levels} of 255 grey levels")
+    raise ImageReadError(f"{label}: image has no contrast ({what}: {spread}); not a usable radiograph")
 
 
 def _read_file(path: Path, label: str) -> bytes:
@@ -362,6 +380,7 @@ def _read_pillow(data: bytes, label: str, target_size: int | None, sniffed: str)
         mode=mode,
         color_fraction=color.get("fraction"),
         color_block_fraction=color.get("block_fraction"),
+        color_spread=color.get("spread"),
     )
     for w in warnings:
         logger.debug("%s: %s", label, w)
@@ -416,7 +435,9 @@ def _to_gray(im: Image.Image, warnings: list[str], color: dict[str, float] | Non
 def _from_color(im: Image.Image, warnings: list[str], color: dict[str, float] | None = None) -> np.ndarray:
     """RGB image -> luma in [0, 1], warning when the channels are not (nearly) equal.
 
-    ``color``, if given, receives the coloured-pixel ``fraction`` and ``block_fraction``.
+    ``color``, if given, receives the coloured-pixel ``fraction``, ``block_fraction`` and the mean
+    channel ``spread``; the colour verdict is then the input gate's (no warning here, so a small red
+    mark gets one message, the gate's). Without ``color`` a tinted image gets a warning here.
     """
     r, g, b = im.split()
     # max - min over the three channels == the largest pairwise difference (Pillow: ~0.1 ms at 224x224).
@@ -430,7 +451,8 @@ def _from_color(im: Image.Image, warnings: list[str], color: dict[str, float] | 
         color["fraction"] = float(ImageStat.Stat(colored).mean[0]) / 255.0
         grid = colored.resize((COLOR_GRID, COLOR_GRID), Image.Resampling.BOX)  # block means
         color["block_fraction"] = float(np.asarray(grid, dtype=np.float32).max()) / 255.0
-    if mean_spread > COLOR_WARN_LEVELS:
+        color["spread"] = mean_spread
+    elif mean_spread > COLOR_WARN_LEVELS:
         warnings.append(
             f"colour image (channels differ by {mean_spread:.1f} grey levels on average): "
             "it may be a photo rather than a radiograph; converted to grayscale"

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deephealth.evaluation import stability as family
 from deephealth.manifest import Record
 from deephealth.preprocessing import PreprocessConfig, resize_to_input
 from deephealth.readers import read_image
@@ -116,20 +117,20 @@ def sample_augment(
     return p
 
 
-BENIGN_ROTATE_DEG = 3.0
-"""Benign-perturbation family used for consistency training (issue 16), per-image maxima:
-rotation in degrees;"""
-BENIGN_SHIFT = 4.0 / 224.0
+BENIGN_ROTATE_DEG = family.ROTATE_DEG
+"""Benign-perturbation family used for consistency training (issue 16), per-image maxima, taken
+from the one family definition, :mod:`deephealth.evaluation.stability`: rotation in degrees (3);"""
+BENIGN_SHIFT = family.SHIFT_FRACTION
 """translation as a fraction of the side (4 px of a 224 px film);"""
 BENIGN_ZOOM = 0.05
-"""zoom ``exp(U(-z, z))`` (about a 95 % crop at the extreme);"""
+"""zoom ``exp(U(-z, z))`` (about a 95 % crop at the extreme: ``-ln(0.95) = 0.051``);"""
 BENIGN_GAMMA = 0.1
-"""gamma ``exp(U(-g, g))`` (0.9-1.1);"""
-BENIGN_BLUR = 0.5
-"""blur / unsharp-mask mix added ``U(-b, b)``;"""
-BENIGN_NOISE = 1.0 / 255.0
+"""gamma ``exp(U(-g, g))`` (0.905-1.105, about the family's 0.9 and 1.1);"""
+BENIGN_BLUR = family.BLUR_AMOUNT
+"""blur / unsharp-mask mix added ``U(-b, b)`` (the family's amount, 0.5, of a sigma-1 Gaussian);"""
+BENIGN_NOISE = family.NOISE_GREY_LEVELS / 255.0
 """and +-1 grey level of uniform noise. They mirror the stability benchmark's perturbations
-(JPEG re-encoding excepted, which has no batch twin here)."""
+(JPEG re-encoding and rescaling excepted, which have no batch twin here)."""
 
 
 def benign_variant(params: dict[str, torch.Tensor], generator: torch.Generator, shape: tuple[int, ...],
@@ -292,13 +293,12 @@ def shift_views(images_u8: np.ndarray, zoom: float = 0.85, mask_bottom: float = 
 STABILITY_VIEWS: dict[str, dict[str, float]] = {
     "shift_right": {"tx": -2.0 * BENIGN_SHIFT},
     "shift_down": {"ty": -2.0 * BENIGN_SHIFT},
-    "rotate_+3": {"angle": math.radians(BENIGN_ROTATE_DEG)},
-    "rotate_-3": {"angle": -math.radians(BENIGN_ROTATE_DEG)},
-    "crop_95": {"zoom": 1.0 / 0.95},
-    "gamma_1.1": {"gamma": 1.1},
-    "gamma_0.9": {"gamma": 0.9},
-    "blur": {"blur": BENIGN_BLUR},
-    "sharpen": {"blur": -BENIGN_BLUR},
+    f"rotate_+{family.ROTATE_DEG:g}": {"angle": math.radians(family.ROTATE_DEG)},
+    f"rotate_-{family.ROTATE_DEG:g}": {"angle": -math.radians(family.ROTATE_DEG)},
+    f"crop_{round(100 * family.CROP_FRACTION)}": {"zoom": 1.0 / family.CROP_FRACTION},
+    **{f"gamma_{g:g}": {"gamma": g} for g in sorted(family.GAMMAS, reverse=True)},
+    "blur": {"blur": family.BLUR_AMOUNT},
+    "sharpen": {"blur": -family.BLUR_AMOUNT},
 }
 """Fixed benign views of validation films for per-epoch stability figures during training (the
 full family, with JPEG re-encoding and file-level resampling, is :mod:`deephealth.evaluation.stability`

@@ -50,7 +50,7 @@ from deephealth import __version__
 from deephealth.artifact import ONNX_FILE, sha256_file, write_metadata
 from deephealth.gate import GATE_FILE
 from deephealth.labels import CLASS_NAMES, INTENDED_USE
-from deephealth.paths import DEFAULT_MODEL_NAME, dataset_dir
+from deephealth.paths import DEFAULT_MODEL_NAME, dataset_dir, portable_path
 from deephealth.preprocessing import PreprocessConfig, preprocess
 from deephealth.training.model import CamModel, build_model
 
@@ -661,6 +661,14 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _portable_paths(data: Any) -> Any:
+    """A copy of a ``data`` / ``split`` record with its ``dataset_dir`` and ``data_dir`` made portable."""
+    if not isinstance(data, dict):
+        return data
+    return {k: portable_path(v) if k in ("dataset_dir", "data_dir") and isinstance(v, str) else v
+            for k, v in data.items()}
+
+
 def export_run(
     source: str | Path,
     out_dir: str | Path,
@@ -723,7 +731,7 @@ def export_run(
         "run": run_dir.name,
         "checkpoint": ckpt_path.name,
         "epoch": ckpt.get("epoch"),
-        "config": ckpt.get("config"),
+        "config": _portable_paths(ckpt.get("config")),
         "history": ckpt.get("history"),
         "summary": ckpt.get("summary"),
     }
@@ -731,7 +739,7 @@ def export_run(
     extra: dict[str, Any] = {
         "architecture": {**model_args, "wrapper": "CamModel (logits + class activation maps)"},
         "training": training,
-        "data": ckpt.get("data"),
+        "data": _portable_paths(ckpt.get("data")),  # no absolute path of this machine in the card
         "validation_metrics": ckpt.get("val_metrics"),
     }
     if ckpt.get("operating_point"):
@@ -809,7 +817,7 @@ def fit_run_gate(model_dir: str | Path, config: dict[str, Any], data_dir: str | 
     train_films, val_films = decode_records(train_recs, pre), decode_records(val_recs, pre)
     _logger.info("gate: decoded %d training + %d validation films in %.0f s", len(train_films), len(val_films),
                  time.time() - t0)
-    split = {"dataset_dir": str(root), "val_fraction": val_fraction, "split_seed": split_seed,
+    split = {"dataset_dir": portable_path(root), "val_fraction": val_fraction, "split_seed": split_seed,
              "method": "patient-grouped, label-stratified (deephealth.manifest.grouped_split), as in training"}
     try:
         n = len(train_films)

@@ -9,7 +9,7 @@ model produces, int8 or float32) on:
 - negatives made here (:func:`make_negatives`): a subset of the training films inverted and rotated
   by 90, 180 and 270 degrees, and "other" images: synthetic noise, gradients, flat fields, shapes,
   rendered documents and screenshots (Pillow), small crops of films (partial views), one half of a
-  film stretched to a full frame (a stand-in for lateral views), drawn axial chest-CT-like slices
+  film stretched to a full frame and drawn lateral chest films (stand-ins for lateral views), drawn axial chest-CT-like slices
   and radiograph-like limbs (other body parts), the sample
   photos shipped by scikit-learn (``load_sample_images``) and matplotlib (``sample_data``), the
   elevation maps and the MR/CT slice matplotlib ships, and the images in pydicom's test files;
@@ -35,7 +35,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from deephealth.artifact import sha256_file
-from deephealth.gate import GATE_FILE, LR_CLASSES, FeatureGate, Gate
+from deephealth.gate import (
+    GATE_FILE, LAYOUT_REFUSE, LAYOUT_WARN, LR_CLASSES, ROTATION_SURE, FeatureGate, Gate, lung_layout,
+)
 from deephealth.preprocessing import PreprocessConfig, normalize, resize_to_input
 
 _logger = logging.getLogger(__name__)
@@ -245,6 +247,83 @@ def _half_film(film: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _resize(np.ascontiguousarray(half), int(w * rng.uniform(0.8, 1.1)), h)
 
 
+def _lateral_phantom(rng: np.random.Generator, film: np.ndarray | None = None) -> np.ndarray:
+    """A drawn lateral chest film (a stand-in: no licensable lateral films are available offline).
+
+    The layout of a lateral view: body filling the frame, one large dark lung field between the
+    sternum (front) and the spine (a column of bright vertebral bodies near the back edge, slight
+    kyphosis), the heart as a soft-tissue blob in front and below, diaphragm domes, the trachea,
+    faint rib arcs, often the raised arms over the upper front; blurred, with smooth "lung
+    marking" noise and film noise, facing left or right at random, random exposure (gamma).
+    With ``film`` (a frontal film, ``(S, S)`` uint8 or float in [0, 1]) the fine structure of one of
+    its lungs (ribs, vessels: the film minus a blurred copy) is laid over the lung field and the
+    body, so the stand-in carries a real film's texture in a lateral layout.
+    Returns ``(H, W)`` float32 in [0, 1], ``W`` 180-420 px.
+    """
+    w = int(rng.integers(180, 420)); h = int(w * rng.uniform(0.95, 1.3))
+    im = Image.new("F", (w, h), float(rng.uniform(0.0, 0.12)))
+    d = ImageDraw.Draw(im)
+    # body: rounded thorax filling most of the frame
+    bx0, bx1 = w * rng.uniform(-0.05, 0.12), w * rng.uniform(0.88, 1.05)
+    d.rounded_rectangle([bx0, -h * 0.1, bx1, h * 1.1], radius=int(w * 0.2), fill=float(rng.uniform(0.45, 0.65)))
+    # lung field: large dark ellipse-ish polygon between sternum and spine
+    lx0, lx1 = bx0 + (bx1 - bx0) * rng.uniform(0.1, 0.2), bx0 + (bx1 - bx0) * rng.uniform(0.72, 0.82)
+    ly0, ly1 = h * rng.uniform(0.05, 0.18), h * rng.uniform(0.68, 0.85)
+    lung = float(rng.uniform(0.08, 0.28))
+    d.ellipse([lx0, ly0, lx1, ly1 + (ly1 - ly0) * 0.25], fill=lung)
+    # diaphragm: bright below domes (posterior sulcus deeper)
+    pts = [(x, ly1 - (ly1 - ly0) * 0.12 * np.sin(np.pi * (x - lx0) / max(lx1 - lx0, 1)) + (x - lx0) / w * h * 0.08)
+           for x in np.linspace(lx0 - 10, lx1 + 10, 20)]
+    d.polygon(pts + [(lx1 + 10, h * 1.1), (lx0 - 10, h * 1.1)], fill=float(rng.uniform(0.55, 0.75)))
+    # heart: anterior-inferior blob
+    hx0 = lx0 + (lx1 - lx0) * rng.uniform(-0.05, 0.1); hx1 = lx0 + (lx1 - lx0) * rng.uniform(0.45, 0.65)
+    hy0 = ly0 + (ly1 - ly0) * rng.uniform(0.35, 0.5); hy1 = ly1 + (ly1 - ly0) * 0.1
+    d.ellipse([hx0, hy0, hx1, hy1], fill=float(rng.uniform(0.45, 0.62)))
+    # trachea: dark band from top to the hilum
+    tx = lx0 + (lx1 - lx0) * rng.uniform(0.45, 0.6)
+    d.line([(tx, 0), (tx + w * 0.05, ly0 + (ly1 - ly0) * 0.4)], fill=lung * 0.8, width=max(2, int(w * 0.04)))
+    # spine: vertebral bodies along the posterior side, slight kyphosis
+    sx = bx0 + (bx1 - bx0) * rng.uniform(0.8, 0.9); vw = w * rng.uniform(0.07, 0.11); vh = h * rng.uniform(0.05, 0.07)
+    y = -vh * rng.uniform(0, 1); bright = float(rng.uniform(0.7, 0.9))
+    while y < h:
+        off = w * 0.03 * np.sin(np.pi * y / h)
+        d.rectangle([sx - vw / 2 + off, y, sx + vw / 2 + off, y + vh * 0.82], fill=bright)
+        d.rectangle([sx + vw / 2 + off, y + vh * 0.2, sx + vw * 1.3 + off, y + vh * 0.6], fill=bright * 0.85)  # pedicles
+        y += vh
+    # sternum: thin bright line at the front
+    stx = bx0 + (bx1 - bx0) * rng.uniform(0.05, 0.12)
+    d.line([(stx, h * 0.05), (stx + w * 0.04, h * 0.6)], fill=float(rng.uniform(0.6, 0.85)), width=max(2, int(w * 0.02)))
+    # ribs: faint oblique arcs across the lung field
+    for k in range(int(rng.integers(6, 11))):
+        yy = ly0 + (ly1 - ly0) * (k + rng.uniform(0, 0.5)) / 10
+        d.arc([lx0 - w * 0.2, yy - h * 0.1, sx, yy + h * 0.3], 200, 340, fill=float(lung + 0.12), width=max(1, int(w * 0.012)))
+    # arms raised: soft tissue band over the upper anterior chest
+    if rng.random() < 0.6:
+        ax = lx0 + (lx1 - lx0) * rng.uniform(0.1, 0.5)
+        d.line([(ax, -h * 0.05), (ax + w * rng.uniform(-0.1, 0.1), h * 0.4)], fill=float(rng.uniform(0.35, 0.55)),
+               width=int(w * rng.uniform(0.1, 0.2)))
+    im8 = Image.fromarray((np.clip(np.asarray(im, np.float32), 0, 1) * 255).astype(np.uint8))
+    a = np.asarray(im8.filter(ImageFilter.GaussianBlur(float(rng.uniform(1.0, 3.0)) * w / 224)), np.float32) / 255.0
+    # lung markings: smooth noise
+    if film is not None:  # a real lung's fine structure over the lung field and the body
+        f = film.astype(np.float32) / 255.0 if film.dtype == np.uint8 else np.asarray(film, np.float32)
+        fh, fw = f.shape
+        x0 = int(fw * (0.08 if rng.random() < 0.5 else 0.55))
+        crop = f[int(fh * 0.12):int(fh * 0.72), x0:x0 + int(fw * 0.37)]
+        im_c = Image.fromarray(np.uint8(np.clip(crop, 0, 1) * 255))
+        detail = (np.asarray(im_c, np.float32) - np.asarray(im_c.filter(ImageFilter.GaussianBlur(4)), np.float32)) / 255
+        detail = np.asarray(Image.fromarray(detail, mode="F").resize((w, h), Image.Resampling.BILINEAR), np.float32)
+        a = a + detail * float(rng.uniform(0.4, 0.9))
+    n = rng.normal(0, 1, (h // 8 + 1, w // 8 + 1)).astype(np.float32)
+    n = np.asarray(Image.fromarray(n).resize((w, h), Image.Resampling.BICUBIC), np.float32)
+    a = a + n * float(rng.uniform(0.01, 0.04)) + rng.normal(0, rng.uniform(0.003, 0.02), a.shape).astype(np.float32)
+    if rng.random() < 0.5:
+        a = a[:, ::-1]
+    a = np.clip(a, 0, 1)
+    a = a ** np.float32(np.exp(rng.uniform(-0.3, 0.3)))
+    return np.ascontiguousarray(a, np.float32)
+
+
 SYNTHETIC_KINDS = ("uniform_noise", "gaussian_noise", "smooth_noise", "salt_pepper", "linear_gradient",
                    "radial_gradient", "flat", "shapes")
 
@@ -406,6 +485,9 @@ def make_negatives(
         lambda: _limb_phantom(rng),
         lambda: _limb_phantom(rng),
         lambda: _half_film(films[int(rng.integers(len(films)))], rng),
+        lambda: _lateral_phantom(rng),
+        lambda: _lateral_phantom(rng, films[int(rng.integers(len(films)))]),
+        lambda: _lateral_phantom(rng, films[int(rng.integers(len(films)))]),
     ]
     if packaged:
         def from_package() -> np.ndarray:
@@ -549,6 +631,72 @@ def _flags(s: dict[str, np.ndarray], t: dict[str, float], level: str) -> np.ndar
             | (s["p_frontal"] < t[f"p_frontal_{level}"]))
 
 
+def _view_verdicts(layout: np.ndarray, feat_warn: np.ndarray, feat_refuse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(refused, flagged)`` by the view and feature checks together, as :meth:`deephealth.gate.Gate.assess` decides."""
+    refused = feat_refuse | (layout < LAYOUT_REFUSE) | ((layout < LAYOUT_WARN) & feat_warn)
+    return refused, refused | feat_warn | (layout < LAYOUT_WARN)
+
+
+def view_check_figures(
+    gate: FeatureGate, val_films: np.ndarray, val_s: dict[str, np.ndarray], thresholds: dict[str, float],
+    run: Callable[[Iterator[np.ndarray], int], tuple[np.ndarray, np.ndarray]], pre: PreprocessConfig,
+    rng: np.random.Generator, n_stand_ins: int = 200,
+) -> dict[str, Any]:
+    """The view check's figures for the metadata: validation films, fresh lateral stand-ins, rotations.
+
+    Args:
+        gate: the fitted feature gate; val_films: ``(V, S, S)`` uint8 validation films;
+        val_s: ``gate.scores`` of the validation films; thresholds: the gate's thresholds;
+        run: runs the ONNX graph on ``(inputs, n)`` and returns ``(logits, features)``;
+        pre: the model's preprocessing; rng: generator for the stand-ins (a seed the fit did not use);
+        n_stand_ins: drawn lateral films and half films to measure on.
+
+    Returns:
+        ``{"layout_refuse", "layout_warn", "validation": {...}, "lateral_stand_ins": {...},
+        "half_films": {...}, "rotated_validation_films": {...}}``: refused and flagged fractions
+        of each set by the feature and view checks together (the image's other checks excluded),
+        and for validation films rotated by 90 degrees either way how often the reason names the
+        right direction, the wrong one, or none (:data:`deephealth.gate.ROTATION_SURE`).
+    """
+    def verdicts(films: Sequence[np.ndarray], s: dict[str, np.ndarray]) -> dict[str, Any]:
+        layout = np.array([lung_layout(q) for q in films])
+        ref, flag = _view_verdicts(layout, _flags(s, thresholds, "warn"), _flags(s, thresholds, "refuse"))
+        return {"images": int(len(films)), "refused_fraction": float(ref.mean()), "flagged_fraction": float(flag.mean()),
+                "layout_refused_fraction": float((layout < LAYOUT_REFUSE).mean()),
+                "layout_flagged_fraction": float((layout < LAYOUT_WARN).mean())}
+
+    out: dict[str, Any] = {"layout_refuse": LAYOUT_REFUSE, "layout_warn": LAYOUT_WARN,
+                           "validation": verdicts(list(val_films), val_s)}
+    for name, make in (("lateral_stand_ins", lambda: _lateral_phantom(rng)),
+                       ("lateral_stand_ins_textured",
+                        lambda: _lateral_phantom(rng, val_films[int(rng.integers(len(val_films)))])),
+                       ("half_films", lambda: _half_film(val_films[int(rng.integers(len(val_films)))], rng))):
+        images = [resize_to_input(make(), pre) for _ in range(n_stand_ins)]
+        lo, fe = run(_inputs_u8(np.stack(images), pre), len(images))
+        out[name] = verdicts(images, gate.scores(fe, lo))
+        out[name]["source"] = {
+            "lateral_stand_ins": "drawn by deephealth.training.gate_fit._lateral_phantom (fresh seed)",
+            "lateral_stand_ins_textured": "the same, with a validation film's lung texture",
+            "half_films": "one half of a validation film stretched to a full frame",
+        }[name]
+    rot = [np.ascontiguousarray(np.rot90(q, k=k)) for q in val_films for k in (-1, 1)]  # clockwise, counter-clockwise
+    lo, fe = run(_inputs_u8(np.stack(rot), pre), len(rot))
+    s = gate.scores(fe, lo)
+    r90, r270 = s["p_rotated_90"], s["p_rotated_270"]
+    truth = np.tile([True, False], len(val_films))  # True: rotated clockwise (class rotated_90)
+    sure = np.maximum(r90, r270) >= ROTATION_SURE * (r90 + r270)
+    said_cw = r90 > r270
+    flagged = _flags(s, thresholds, "warn")
+    out["rotated_validation_films"] = {
+        "images": int(len(rot)), "flagged_fraction": float(flagged.mean()),
+        "direction_right": float((sure & (said_cw == truth)).mean()),
+        "direction_wrong": float((sure & (said_cw != truth)).mean()),
+        "direction_unnamed": float((~sure).mean()),
+        "direction_wrong_without_rule": float((said_cw != truth).mean()),
+    }
+    return out
+
+
 def fit_gate(
     model_dir: str | Path,
     train_films: np.ndarray,
@@ -625,6 +773,8 @@ def fit_gate(
     neg_s = gate.scores(neg_f, np.zeros((len(neg_f), 3)))
     neg_flag = _flags(neg_s, thresholds, "warn")
 
+    view = view_check_figures(gate, val_films, val_s, thresholds, run, pre, np.random.default_rng(seed + 1))
+
     gate.save(model_dir / GATE_FILE)
     entry: dict[str, Any] = {
         "file": GATE_FILE,
@@ -637,6 +787,7 @@ def fit_gate(
             "target_flagged_fraction": TARGET_FALSE_ALARM,
             "note": "feature-space checks only; thresholds set on these films (patient-grouped validation split)",
         },
+        "view_check": view,
         "training_negatives_flagged": {
             name: float(neg_flag[neg_labels == i].mean())
             for i, name in enumerate(LR_CLASSES) if np.any(neg_labels == i)
@@ -649,7 +800,10 @@ def fit_gate(
             "classifier": "multinomial logistic regression on standardised features, classes "
                           + ", ".join(LR_CLASSES),
             "energy": "-logsumexp(logits) (Liu et al., NeurIPS 2020), reported only",
-            "image_checks": "colour (local), aspect ratio, near-blank (deephealth.gate)",
+            "image_checks": "colour (local), aspect ratio, near-blank, featureless, two-lung layout (view) "
+                            "(deephealth.gate)",
+            "header_checks": "DICOM View Position, SOP Class UID, Body Part Examined, Patient Age "
+                             "(deephealth.gate.header_checks)",
         },
         "data": {
             "train_films": int(len(train_films)),
@@ -657,6 +811,11 @@ def fit_gate(
             "classifier_negatives": {name: int(np.sum(neg_labels == i)) for i, name in enumerate(LR_CLASSES)
                                      if np.any(neg_labels == i)},
             "split": split,
+            "lateral_stand_ins": "no real lateral films were used (none licensed for this offline; the ieee8023 "
+                                 "covid-chestxray-dataset laterals are reserved for independent evaluation): "
+                                 "lateral films drawn by deephealth.training.gate_fit._lateral_phantom (project "
+                                 "code, MIT), part with a training film's lung texture, and half films; film pixels "
+                                 "from the Kermany pediatric dataset (doi:10.17632/rscbjbr9sj.2, CC BY 4.0)",
         },
         "fit_seconds": round(time.time() - t0, 1),
         "feature_seconds": round(t_feat, 1),

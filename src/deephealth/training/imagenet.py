@@ -22,9 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deephealth.training.model import PretrainedWeightsUnavailable
-
 _logger = logging.getLogger(__name__)
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """ImageNet weights were asked for but cannot be had (offline, or a bad local file).
+
+    Defined here, not in :mod:`deephealth.training.model`, so that the import goes one way only
+    (``model`` imports ``imagenet``); ``deephealth.training.model`` re-exports it.
+    """
 
 
 class ImagenetWeightsError(PretrainedWeightsUnavailable):

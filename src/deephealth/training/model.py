@@ -17,12 +17,10 @@ import torch
 from torch import nn
 
 from deephealth.labels import CLASS_NAMES
+from deephealth.training.imagenet import PretrainedWeightsUnavailable, imagenet_state_dict, weights_source
 
 _logger = logging.getLogger(__name__)
 
-
-class PretrainedWeightsUnavailable(RuntimeError):
-    """ImageNet weights were asked for but cannot be had (offline, or a bad local file)."""
 
 
 def build_model(
@@ -65,8 +63,6 @@ def build_model(
     if init not in ("random", "imagenet"):
         raise ValueError(f"init must be 'random' or 'imagenet', got {init!r}")
     if init == "imagenet":
-        from deephealth.training.imagenet import imagenet_state_dict, weights_source
-
         weights_source(arch)  # clear error for an unsupported architecture, before building
         model = timm.create_model(arch, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
         missing, unexpected = model.load_state_dict(imagenet_state_dict(arch, model.state_dict()), strict=False)

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deephealth import __version__, labels
@@ -55,7 +56,9 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     Returns:
         The FastAPI app. Routes: ``GET /`` (upload page), ``POST /api/v1/predictions``,
         ``GET /api/v1/model``, ``GET /api/v1/audit`` (admin key only), ``GET /healthz``,
-        ``GET /docs`` (OpenAPI UI), ``/static/*``.
+        ``GET /docs`` (Swagger UI), ``GET /redoc`` (ReDoc), ``/static/*``. The two API pages load
+        their JavaScript and CSS from this server (``/static-offline-docs/*``, bundled by the
+        ``fastapi-offline`` package), never from a CDN: hospital servers are often offline.
 
     Raises:
         deephealth.artifact.ModelArtifactError: at start-up, if the model folder is missing or
@@ -91,7 +94,9 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
                 await anyio.to_thread.run_sync(app.state.audit.close)
                 app.state.audit = None
 
-    app = FastAPI(
+    # FastAPIOffline: a FastAPI whose /docs and /redoc pages use the Swagger UI and ReDoc assets
+    # shipped inside the fastapi-offline wheel (served under /static-offline-docs), no CDN.
+    app = FastAPIOffline(
         title="Deep Health",
         version=__version__,
         description=DESCRIPTION,

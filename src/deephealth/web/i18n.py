@@ -1,7 +1,7 @@
 """English and Spanish for the API's human-readable texts; the language comes from ``Accept-Language``.
 
 Translated: ``detail`` of errors, ``warnings``, the input gate's ``suitability.reasons``,
-``label_description``, class ``description`` and ``intended_use``. Machine-readable fields (``label``, ``label_index``, probabilities' keys, codes)
+``decision.rule``, ``label_description``, class ``description`` and ``intended_use``. Machine-readable fields (``label``, ``label_index``, probabilities' keys, codes)
 stay English whatever the language. The page (``static/app.js``) has its own strings for the same
 two languages and sends the chosen language as ``Accept-Language``.
 
@@ -64,6 +64,13 @@ MESSAGES: dict[str, dict[str, str]] = {
 
 _NO_CONTRAST = {"all black": "todo negro", "all white": "todo blanco"}
 
+
+def _grey(what: str) -> str:
+    """``all black`` / ``all white`` / ``flat grey, level N of 255`` in Spanish."""
+    m = re.fullmatch(r"flat grey, level (\d+) of 255", what)
+    return f"gris uniforme, nivel {m[1]} de 255" if m else _NO_CONTRAST.get(what, what)
+
+
 # (English regular expression, Spanish replacement: a re.sub template or a function of the match)
 # for texts made elsewhere in English: the upload checks (deephealth.web.upload, routes) and the
 # readers' warnings and errors.
@@ -79,8 +86,24 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
         (r"^file too large: the limit is (?P<l>.+)$", r"archivo demasiado grande: el límite es \g<l>"),
         (r"^request too large: the file limit is (?P<l>.+)$",
          r"solicitud demasiado grande: el límite del archivo es \g<l>"),
+        (r"^no file: send the image in a multipart form field named (?P<n>'[^']*'), not (?P<o>.+)$",
+         r"no hay archivo: envíe la imagen en un campo de formulario multipart llamado \g<n>, no \g<o>"),
         (r"^no file: send the image in a multipart form field named (?P<n>.+)$",
          r"no hay archivo: envíe la imagen en un campo de formulario multipart llamado \g<n>"),
+        (r"^send the image as multipart/form-data with a field named (?P<n>'[^']*') \(got Content-Type (?P<c>.+)\)$",
+         r"envíe la imagen como multipart/form-data en un campo llamado \g<n> (Content-Type recibido: \g<c>)"),
+        (r"^form field (?P<n>.+) is too long \(limit (?P<l>\d+) bytes\)$",
+         r"el campo de formulario \g<n> es demasiado largo (límite \g<l> bytes)"),
+        (r"^form field (?P<n>'[^']*') must be true or false, got (?P<v>.+)$",
+         r"el campo de formulario \g<n> debe ser true o false, no \g<v>"),
+        # decision.rule (deephealth.calibration.describe_decision)
+        (r"^the most probable class$", r"la clase más probable"),
+        (r"^pneumonia when P\(pneumonia\) >= (?P<t>[\d.]+), set on validation films for (?P<s>\d+) % sensitivity; "
+         r"then the likelier of bacterial and viral$",
+         r"neumonía cuando P(neumonía) >= \g<t>, umbral fijado en radiografías de validación para una sensibilidad "
+         r"del \g<s> %; después, la más probable de bacteriana y vírica"),
+        (r"^pneumonia when P\(pneumonia\) >= (?P<t>[\d.]+); then the likelier of bacterial and viral$",
+         r"neumonía cuando P(neumonía) >= \g<t>; después, la más probable de bacteriana y vírica"),
         (r"^(?P<f>.+): image too small to diagnose: (?P<s>\S+) px \(the shorter side must be at least (?P<m>\d+) px\)$",
          r"\g<f>: imagen demasiado pequeña para diagnosticar: \g<s> px (el lado menor debe tener al menos \g<m> px)"),
         (r"^(?P<f>.+): truncated or corrupt JPEG file \(no end-of-image marker after the image data\)$",
@@ -91,9 +114,13 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
         (r"^(?P<f>.+): not an image \(unrecognised content; expected (?P<x>.+)\)$",
          lambda m: f"{m['f']}: no es una imagen (contenido no reconocido; se espera {m['x'].replace(' or ', ' o ')})"),
         (r"^(?P<f>.+): image has no contrast \((?P<w>all black|all white|flat grey, level \d+ of 255): every pixel "
-         r"within (?P<d>[\d.]+) of 255 grey levels\); not a usable radiograph$",
-         lambda m: f"{m['f']}: imagen sin contraste ({_NO_CONTRAST.get(m['w'], m['w'])}: todos los píxeles dentro de "
-                   f"{m['d']} de 255 niveles de gris); no es una radiografía utilizable"),
+         r"has the same grey level\); not a usable radiograph$",
+         lambda m: f"{m['f']}: imagen sin contraste ({_grey(m['w'])}: todos los píxeles tienen el mismo nivel de "
+                   "gris); no es una radiografía utilizable"),
+        (r"^(?P<f>.+): image has no contrast \((?P<w>all black|all white|flat grey, level \d+ of 255): the darkest "
+         r"and brightest pixels differ by only (?P<d>\d+) of 255 grey levels\); not a usable radiograph$",
+         lambda m: f"{m['f']}: imagen sin contraste ({_grey(m['w'])}: los píxeles más oscuros y más claros solo "
+                   f"difieren en {m['d']} de 255 niveles de gris); no es una radiografía utilizable"),
         (r"^uniform border removed before analysis: rows (?P<r>\S+) and columns (?P<c>\S+) of the (?P<s>\S+) "
          r"decoded image were analysed$",
          r"borde uniforme eliminado antes del análisis: se analizaron las filas \g<r> y las columnas \g<c> "
@@ -104,8 +131,6 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
          r"\g<f>: \g<t> de varios fotogramas (\g<n>); envíe una sola radiografía"),
         (r"^adult patient \(age (?P<a>[^)]+)\): the model was trained on children aged 1-5 years$",
          r"paciente adulto (edad \g<a>): el modelo se entrenó con niños de 1 a 5 años"),
-        (r"^lateral view \((?P<v>[^)]+)\): the model was trained on frontal \(AP/PA\) chest radiographs$",
-         r"proyección lateral (\g<v>): el modelo se entrenó con radiografías de tórax frontales (AP/PA)"),
         (r"^MONOCHROME1 \(low values bright\): inverted so bright means dense$",
          r"MONOCHROME1 (valores bajos claros): invertida para que claro signifique denso"),
         (r"^uniform image \(every pixel has the same value\): no contrast$",
@@ -143,6 +168,49 @@ _GATE_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
          r"CT slice or another body part\)",
          r"no parece una radiografía de tórax frontal (p. ej., una foto, un documento, una captura de pantalla, una "
          r"proyección lateral, un corte de TC u otra parte del cuerpo)"),
+        (r"it looks like a chest film turned on its side \(rotated by 90 degrees\); rotate it upright and send it again",
+         r"parece una radiografía de tórax tumbada (girada 90 grados); enderécela y envíela de nuevo"),
+        (r"\(P\(frontal chest film\) = ([\d.]+), two-lung layout ([\d.-]+)\)",
+         r"(P(radiografía de tórax frontal) = \1, disposición de dos pulmones \2)"),
+        # the header checks (deephealth.gate.header_checks)
+        (r"DICOM View Position \(0018,5101\) is (.+?): a lateral view; the model reads only frontal \(AP or PA\) "
+         r"chest films",
+         r"la posición de proyección DICOM (0018,5101) es \1: una proyección lateral; el modelo solo lee "
+         r"radiografías de tórax frontales (AP o PA)"),
+        (r"DICOM View Position \(0018,5101\) is (.+?): an oblique view; the model reads only frontal \(AP or PA\) "
+         r"chest films",
+         r"la posición de proyección DICOM (0018,5101) es \1: una proyección oblicua; el modelo solo lee "
+         r"radiografías de tórax frontales (AP o PA)"),
+        (r"DICOM Body Part Examined \(0018,0015\) is (.+?): not the chest",
+         r"la parte del cuerpo examinada DICOM (0018,0015) es \1: no es el tórax"),
+        (r"DICOM SOP Class UID \(0008,0016\) is (.+?) without a frontal chest header \(Body Part Examined CHEST "
+         r"and View Position AP or PA\)",
+         r"la clase SOP DICOM (0008,0016) es \1 sin una cabecera de tórax frontal (Body Part Examined CHEST y "
+         r"View Position AP o PA)"),
+        (r"DICOM SOP Class UID \(0008,0016\) is (.+?): not a radiograph \(expected CR or DX image storage\)",
+         r"la clase SOP DICOM (0008,0016) es \1: no es una radiografía (se espera almacenamiento de imagen CR o DX)"),
+        (r"adult patient \(age ([^)]+)\): the model was trained on children aged 1-5 years",
+         r"paciente adulto (edad \1): el modelo se entrenó con niños de 1 a 5 años"),
+        # the view check (deephealth.gate.lung_layout)
+        (r"not a frontal chest film: no two lung fields either side of the mediastinum \(two-lung layout ([\d.-]+), "
+         r"below ([\d.]+)\); a lateral view or another projection\? send the frontal \(PA or AP\) film",
+         r"no es una radiografía de tórax frontal: no hay dos campos pulmonares a ambos lados del mediastino "
+         r"(disposición de dos pulmones \1, por debajo de \2); ¿una proyección lateral u otra proyección? envíe "
+         r"la radiografía frontal (PA o AP)"),
+        (r"not a frontal chest film: no two lung fields either side of the mediastinum \(two-lung layout ([\d.-]+), "
+         r"below ([\d.]+), and the network's features are unusual too\); a lateral view or another projection\? "
+         r"send the frontal \(PA or AP\) film",
+         r"no es una radiografía de tórax frontal: no hay dos campos pulmonares a ambos lados del mediastino "
+         r"(disposición de dos pulmones \1, por debajo de \2, y las características de la red también son "
+         r"inusuales); ¿una proyección lateral u otra proyección? envíe la radiografía frontal (PA o AP)"),
+        (r"unusual layout for a frontal chest film \(two-lung layout ([\d.-]+), below ([\d.]+)\): check that this "
+         r"is a frontal \(PA or AP\) view",
+         r"disposición inusual para una radiografía de tórax frontal (disposición de dos pulmones \1, por debajo "
+         r"de \2): compruebe que sea una proyección frontal (PA o AP)"),
+        (r"colour image \(channels differ by ([\d.]+) grey levels on average\): it may be a photo rather than a "
+         r"radiograph; converted to grayscale",
+         r"imagen en color (los canales difieren en \1 niveles de gris de media): puede ser una foto y no una "
+         r"radiografía; convertida a escala de grises"),
         (r"\(P\(frontal chest film\) = ([\d.]+), below ([\d.]+)\)",
          r"(P(radiografía de tórax frontal) = \1, por debajo de \2)"),
         (r"\(P\(frontal chest film\) = ([\d.]+)\)", r"(P(radiografía de tórax frontal) = \1)"),
@@ -229,8 +297,9 @@ def tr(request: Request, key: str, **params: Any) -> str:
 def localize_prediction(body: dict[str, Any], lang: str) -> dict[str, Any]:
     """The prediction response with its human-readable texts in ``lang`` (machine fields unchanged).
 
-    Changes ``label_description``, each ``classes[].description``, ``warnings`` and
-    ``intended_use``; returns ``body`` itself for English.
+    Changes ``label_description``, each ``classes[].description``, ``warnings``,
+    ``suitability.reasons``, ``decision.rule`` and ``intended_use``; returns ``body`` itself for
+    English.
     """
     if lang == "en":
         return body
@@ -242,5 +311,7 @@ def localize_prediction(body: dict[str, Any], lang: str) -> dict[str, Any]:
     if isinstance(body.get("suitability"), dict):
         gate = body["suitability"]
         body["suitability"] = {**gate, "reasons": [translate_text(r, lang) for r in gate.get("reasons") or []]}
+    if isinstance(body.get("decision"), dict) and isinstance(body["decision"].get("rule"), str):
+        body["decision"] = {**body["decision"], "rule": translate_text(body["decision"]["rule"], lang)}
     body["intended_use"] = INTENDED_USE[lang]
     return body

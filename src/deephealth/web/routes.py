@@ -302,18 +302,32 @@ def _model_card(request: Request) -> dict[str, Any]:
         "temperature": artifact.temperature,
         "preprocessing": meta.get("preprocessing", {}),
         "architecture": meta.get("architecture"),
-        "training": meta.get("training"),
-        "data": meta.get("data"),
+        "training": _no_absolute_paths(meta.get("training"), artifact.directory),
+        "data": _no_absolute_paths(meta.get("data"), artifact.directory),
         "validation_metrics": meta.get("validation_metrics"),
         "test_metrics": test_metrics,
         "summary": meta.get("summary"),
-        "gate": meta.get("gate"),
+        "gate": _no_absolute_paths(meta.get("gate"), artifact.directory),
         "operating_point": artifact.operating_point,
         "initialisation": meta.get("initialisation"),
         "adaptation": _adaptation_summary(meta.get("adaptation")),
         "created": meta.get("created"),
         "intended_use": meta.get("intended_use") or labels.INTENDED_USE,
     }
+
+
+def _no_absolute_paths(value: Any, model_dir: Path | str) -> Any:
+    """A copy of a metadata record whose ``dataset_dir`` / ``data_dir`` values are never absolute paths
+    of the machine that exported the model (models exported before 0.3.0 recorded them absolute):
+    :func:`deephealth.paths.portable_path` relative to the model folder, else ``<...>/<last two parts>``."""
+    from deephealth.paths import portable_path
+
+    if isinstance(value, dict):
+        return {k: portable_path(v, model_dir) if k in ("dataset_dir", "data_dir") and isinstance(v, str)
+                else _no_absolute_paths(v, model_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_absolute_paths(v, model_dir) for v in value]
+    return value
 
 
 def _adaptation_summary(adaptation: Any) -> dict[str, Any] | None:

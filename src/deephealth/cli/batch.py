@@ -69,9 +69,14 @@ def run(args: argparse.Namespace) -> int:
     from deephealth.batch import BatchError, run_batch
     from deephealth.labels import INTENDED_USE
 
+    from deephealth.cli.predict import _skipped_line, skipped_in_folders
+
     files, missing = collect_inputs(args.sources, root=args.root)
     for arg, reason in missing:
         print(f"error: {arg}: {reason}", file=sys.stderr)
+    skipped = skipped_in_folders(args.sources, files)
+    if skipped:  # as predict: files in the folders whose suffix is not an image's are said, not read
+        print(_skipped_line(skipped), file=sys.stderr)
     if not files:
         print("error: no inputs to score", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from deephealth.readers import ImageInfo, ImageReadError, ReadResult, read_image
-from deephealth.readers import image as image_module
+from deephealth.readers import types as types_module
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -344,7 +344,7 @@ def test_refused_with_one_line_message(case: str, data: bytes, message: str) -> 
 def test_bomb_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     # With a lower limit, a real (decodable) 200x200 image is refused and load() is never called.
     data = encode(Image.new("L", (200, 200)), "PNG")
-    monkeypatch.setattr(image_module, "MAX_PIXELS", 30_000)
+    monkeypatch.setattr(types_module, "MAX_PIXELS", 30_000)
     called = []
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: called.append(1))
     with pytest.raises(ImageReadError, match=r"too large to decode safely: 200x200 = 0.0 megapixels"):

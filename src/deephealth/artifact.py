@@ -33,6 +33,8 @@ from deephealth.preprocessing import PreprocessConfig
 
 METADATA_FILE = "metadata.json"
 ONNX_FILE = "model.onnx"
+WEIGHTS_FILE = "weights.pt"
+"""PyTorch weights shipped beside the ONNX file (for ``deephealth adapt`` and the evidence map); optional."""
 
 
 class ModelArtifactError(RuntimeError):

@@ -16,7 +16,11 @@ fitted on validation, ``metadata.json`` -> ``operating_point``; arg-max for a mo
 
 Heatmap: the class activation map (Zhou et al., 2016, "Learning Deep Features for Discriminative
 Localization", CVPR) of the predicted class, ``CAM_k = W_k . F + b_k`` over the last feature map
-``F``, computed inside the ONNX graph. It is passed through ReLU, divided by its maximum (an
+``F``, computed inside the ONNX graph. When the model folder has an evidence map
+(``metadata.json`` -> ``onnx.evidence``; :mod:`deephealth.training.evidence`, docs/evidence.md) the
+heatmap is drawn from it instead: the CAM of the same weights with the last stage dilated, twice
+as fine (12 x 12 cells at 192 px instead of 6 x 6), computed only when a heatmap is asked for
+(the graph's ``evidence_on`` input). Either map is passed through ReLU, divided by its maximum (an
 all-zero map stays zero) and upsampled with Pillow's bilinear filter to the analysed part of the
 decoded image (the whole image, or its content box when the contract removed a uniform border;
 the border gets zero). Because preprocessing squashes that part to a square without further
@@ -336,6 +340,8 @@ class Predictor:
         self.logits_name: str = onnx_meta["logits"]
         self.cam_name: str = onnx_meta["cam"]
         self.features_name: str | None = onnx_meta.get("features")
+        self.evidence_name: str | None = onnx_meta.get("evidence") or None
+        self.evidence_flag: str | None = onnx_meta.get("evidence_flag") if self.evidence_name else None
         self.gate = Gate.for_artifact(self.artifact, verify=verify)
         if self.gate.available and not self.features_name:
             raise ModelArtifactError(f"{directory}: metadata.json has gate data but no onnx.features output")
@@ -362,9 +368,13 @@ class Predictor:
         outputs = {o.name for o in self.session.get_outputs()}
         if self.input_name not in inputs:
             raise ModelArtifactError(f"{self.artifact.onnx_path}: no input named {self.input_name!r}")
-        for out in (self.logits_name, self.cam_name, self.features_name):
+        for out in (self.logits_name, self.cam_name, self.features_name, self.evidence_name):
             if out is not None and out not in outputs:
                 raise ModelArtifactError(f"{self.artifact.onnx_path}: no output named {out!r}")
+        overridable = {i.name for i in self.session.get_overridable_initializers()}
+        if self.evidence_name and (not self.evidence_flag or self.evidence_flag not in overridable):
+            raise ModelArtifactError(f"{self.artifact.onnx_path}: the evidence map needs the boolean input "
+                                     f"named by onnx.evidence_flag ({self.evidence_flag!r}), which the graph lacks")
         s = self.artifact.preprocessing.input_size
         shape = list(inputs[self.input_name].shape)
         if len(shape) != 4 or shape[1] != 1 or any(isinstance(d, int) and d != s for d in shape[2:]):
@@ -379,38 +389,60 @@ class Predictor:
     # -- low level ---------------------------------------------------------------------------------
 
     @property
+    def heatmap_source(self) -> str:
+        """Which map heatmaps are drawn from: ``"evidence"`` (the finer evidence map) or ``"cam"``."""
+        return "evidence" if self.evidence_name else "cam"
+
+    @property
     def input_size(self) -> int:
         """Side ``S`` of the square network input, in pixels (from ``metadata.json``)."""
         return self.artifact.preprocessing.input_size
 
-    def infer(self, batch: np.ndarray, cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def infer(self, batch: np.ndarray, cam: bool = False, source: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Run the network on preprocessed inputs.
 
         Args:
             batch: ``(N, 1, S, S)`` float32, stacked :func:`~deephealth.preprocessing.preprocess` outputs.
-            cam: also return the class activation maps.
+            cam: also return the maps heatmaps are drawn from.
+            source: which maps: ``None`` for :attr:`heatmap_source` (what :meth:`predict` draws),
+                ``"cam"`` for the class activation map of the last feature map (``logits ==
+                mean_hw(cam)``), ``"evidence"`` for the evidence map (models that have one).
 
         Returns:
-            ``(logits, cams)``: ``(N, 3)`` float32 raw logits and ``(N, 3, h, w)`` float32 class
-            activation maps in logit units (``None`` unless ``cam``).
+            ``(logits, maps)``: ``(N, 3)`` float32 raw logits and ``(N, 3, h, w)`` float32 maps in
+            logit units (``None`` unless ``cam``); ``(h, w)`` is ``S/32`` for the CAM and ``S/16``
+            for the evidence map.
 
         Raises:
-            ValueError: if ``batch`` does not have shape ``(N, 1, S, S)``.
+            ValueError: if ``batch`` does not have shape ``(N, 1, S, S)``, or ``source`` is unknown
+                or ``"evidence"`` for a model without an evidence map.
         """
-        logits, cams, _ = self._run(batch, cam)
+        logits, cams, _ = self._run(batch, cam, source)
         return logits, cams
 
-    def _run(self, batch: np.ndarray, cam: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def _run(self, batch: np.ndarray, cam: bool, source: str | None = None
+             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """:meth:`infer` plus the ``(N, Cf)`` pooled features (``None`` if the model has none)."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         s = self.input_size
         if batch.ndim != 4 or batch.shape[1:] != (1, s, s):
             raise ValueError(f"expected a (N, 1, {s}, {s}) batch, got {batch.shape}")
-        names = [self.logits_name] + ([self.cam_name] if cam else [])
+        source = source or self.heatmap_source
+        if source not in ("cam", "evidence"):
+            raise ValueError(f"source must be 'cam' or 'evidence', got {source!r}")
+        if source == "evidence" and not self.evidence_name:
+            raise ValueError(f"{self.artifact.directory}: this model has no evidence map")
+        feeds: dict[str, np.ndarray] = {self.input_name: batch}
+        map_name = self.cam_name
+        if cam and source == "evidence":
+            map_name = self.evidence_name
+            feeds[self.evidence_flag] = np.array(True)  # the branch runs only when asked for
+        names = [self.logits_name] + ([map_name] if cam else [])
         if self.features_name:
             names.append(self.features_name)
-        out = dict(zip(names, self.session.run(names, {self.input_name: batch})))
-        return out[self.logits_name], out.get(self.cam_name), (out[self.features_name] if self.features_name else None)
+        out = dict(zip(names, self.session.run(names, feeds)))
+        return out[self.logits_name], out.get(map_name) if cam else None, (
+            out[self.features_name] if self.features_name else None)
 
     def load(self, source: Source, name: str | None = None) -> tuple[np.ndarray, ImageInfo]:
         """Decode one input for this model (reduced-scale decoding of large files is allowed).

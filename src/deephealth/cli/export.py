@@ -12,6 +12,12 @@ The input gate (docs/gate.md) is fitted after the checks on the run's own patien
 existing model folder --out (its ONNX file and weights stay as they are), with the split its
 metadata.json records: deephealth export --gate-only --out src/deephealth/models/deephealth-cxr3
 
+The evidence map (docs/evidence.md) is added to float32 exports: the same weights with the last
+stage dilated, a 12 x 12 map at 192 px computed only when a heatmap is asked for (--no-evidence
+skips it). --evidence-only adds or rebuilds it in the existing model folder --out from its
+weights.pt (model.onnx's shipped outputs are checked bit-identical, metadata.json updated):
+deephealth export --evidence-only --out src/deephealth/models/deephealth-cxr3
+
 Example: deephealth export runs/resnet18 --out src/deephealth/models/deephealth-cxr3 --version 1.0.0
 """
 
@@ -38,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gate-only", action="store_true",
                         help="refit only the input gate of the existing model folder --out, on the split its "
                         "metadata.json records (about 1-2 minutes)")
+    parser.add_argument("--no-evidence", action="store_true",
+                        help="do not add the evidence map (the finer heatmap, docs/evidence.md)")
+    parser.add_argument("--evidence-only", action="store_true",
+                        help="add or rebuild only the evidence map of the existing model folder --out, from its "
+                        "weights.pt (seconds)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,14 +62,19 @@ def run(args: argparse.Namespace) -> int:
 
     from deephealth.artifact import METADATA_FILE
 
+    if args.gate_only and args.evidence_only:
+        print("export failed: give --gate-only or --evidence-only, not both", file=sys.stderr)
+        return 2
     if args.gate_only:
         return _refit_gate(args)
+    if args.evidence_only:
+        return _add_evidence(args)
     if args.run is None:
         print("export failed: give the training run folder or checkpoint (RUN)", file=sys.stderr)
         return 2
     try:
         out = export_run(args.run, args.out, name=args.name, version=args.model_version, checkpoint=args.checkpoint,
-                         quantize=args.quantize, gate=not args.no_gate)
+                         quantize=args.quantize, gate=not args.no_gate, evidence=not args.no_evidence)
     except (ExportError, ValueError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 2
@@ -73,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  check: ONNX checker passed; PyTorch vs ONNX Runtime on {len(check['real_inputs'])} dataset images "
           f"+ {check['random_inputs']} random inputs: max |diff| logits {check['logits_max_abs_diff']:.2g} "
           f"(atol {check['logits_atol']:g}), cam {check['cam_max_abs_diff']:.2g} (atol {check['cam_atol']:g})")
+    if meta.get("evidence"):
+        _print_evidence(meta["evidence"])
+    elif not args.no_evidence:
+        print("  evidence map: not added (see the warning above); heatmaps use the class activation map")
     gate = meta.get("gate")
     if gate:
         _print_gate(gate)
@@ -114,4 +134,32 @@ def _refit_gate(args: argparse.Namespace) -> int:
         return 2
     print(f"refitted the input gate of {art.name} {art.version} in {args.out}")
     _print_gate(gate)
+    return 0
+
+
+def _print_evidence(ev: dict) -> None:
+    c = ev["check"]
+    agree = c.get("dilated_vs_shipped_argmax_agreement_real")
+    tail = "" if agree is None else (f"; dilated vs shipped logits on the dataset images: max |diff| "
+                                     f"{c['dilated_vs_shipped_logits_max_abs_diff_real']:.3f}, label agreement {agree:.0%}")
+    print(f"  evidence map: output {ev['output']} {ev['shape']} (CAM {ev['cam_shape']}), "
+          f"{ev['merge']['nodes_in_branch']} nodes computed only on request, "
+          f"{ev['merge']['initializers_added']} weights added; shipped outputs bit-identical{tail}")
+
+
+def _add_evidence(args: argparse.Namespace) -> int:
+    """``--evidence-only``: add or rebuild the evidence map of the model folder ``--out``."""
+    from deephealth.artifact import ModelArtifactError
+    from deephealth.training.evidence import EvidenceError, add_evidence_to_dir
+
+    if args.run is not None or args.quantize or args.no_gate or args.checkpoint or args.no_evidence:
+        print("export failed: --evidence-only takes only --out (the model folder)", file=sys.stderr)
+        return 2
+    try:
+        ev = add_evidence_to_dir(args.out)
+    except (ModelArtifactError, EvidenceError, ValueError, OSError) as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 2
+    print(f"added the evidence map to {args.out}")
+    _print_evidence(ev)
     return 0

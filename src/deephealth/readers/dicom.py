@@ -56,7 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from deephealth.readers.image import ImageInfo, ImageReadError, ReadResult, _one_line, check_dimensions
+from deephealth.readers.types import ImageInfo, ImageReadError, ReadResult, check_dimensions
+from deephealth.readers.types import one_line as _one_line
 
 logger = logging.getLogger(__name__)
 

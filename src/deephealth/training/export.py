@@ -1,5 +1,12 @@
 """Export a trained network to the model artifact: ``model.onnx`` + ``metadata.json`` + ``model_summary.txt``.
 
+This module runs the export's jobs in order; each job lives in its own module (issue 18):
+:mod:`~deephealth.training.model_summary` (the summary), :mod:`~deephealth.training.onnx_graph`
+(names, opset, ``torch.onnx.export``), :mod:`~deephealth.training.parity` (PyTorch vs ONNX Runtime),
+:mod:`~deephealth.training.quantize` (int8), :mod:`~deephealth.training.evidence` (the evidence
+map) and :mod:`~deephealth.training.gate_fit` (the input gate). Their public names are re-exported
+here.
+
 The ONNX graph is :class:`deephealth.training.model.CamModel` exported with PyTorch's TorchScript
 ONNX exporter (``torch.onnx.export(..., dynamo=False)``, one self-contained file with the weights
 embedded) and a dynamic batch axis:
@@ -37,7 +44,6 @@ import logging
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,399 +57,39 @@ from deephealth.artifact import ONNX_FILE, sha256_file, write_metadata
 from deephealth.gate import GATE_FILE
 from deephealth.labels import CLASS_NAMES, INTENDED_USE
 from deephealth.paths import DEFAULT_MODEL_NAME, dataset_dir, portable_path
-from deephealth.preprocessing import PreprocessConfig, preprocess
+from deephealth.preprocessing import PreprocessConfig
+from deephealth.artifact import WEIGHTS_FILE
 from deephealth.training.model import CamModel, build_model
+from deephealth.training.model_summary import format_summary, model_summary
+from deephealth.training.onnx_graph import (
+    CAM_NAME,
+    FEATURES_NAME,
+    INPUT_NAME,
+    LOGITS_NAME,
+    OPSET,
+    ExportError,
+    export_onnx,
+)
+from deephealth.training.parity import (  # noqa: F401  (tolerances re-exported)
+    CAM_ATOL,
+    LOGITS_ATOL,
+    RTOL,
+    check_export,
+    dataset_parity_inputs,
+)
+from deephealth.training.quantize import (  # noqa: F401  (constants re-exported)
+    QUANT_CALIBRATION_IMAGES,
+    QUANT_PROB_ATOL,
+    calibration_inputs,
+    check_quantized,
+    quantize_int8,
+)
 
 _logger = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-LOGITS_NAME = "logits"
-CAM_NAME = "cam"
-FEATURES_NAME = "features"
 SUMMARY_FILE = "model_summary.txt"
-OPSET = 17
-LOGITS_ATOL = 1e-4
-"""Absolute tolerance for PyTorch vs ONNX Runtime logits (logit units)."""
-CAM_ATOL = 1e-3
-"""Absolute tolerance for PyTorch vs ONNX Runtime class activation maps (logit units)."""
-RTOL = 1e-4
-"""Relative tolerance for both outputs (``|a - b| <= atol + rtol * |b|``, numpy ``allclose``)."""
-QUANT_PROB_ATOL = 0.1
-"""Largest accepted difference of calibrated probabilities between an int8 ONNX model and the
-float32 PyTorch network on the check images (a gross-error guard; the shipped artifact must still
-be scored with ``deephealth evaluate``)."""
-QUANT_CALIBRATION_IMAGES = 64
-"""Training images used to calibrate int8 activation ranges."""
-WEIGHTS_FILE = "weights.pt"
-"""PyTorch weights shipped beside the ONNX file (for ``deephealth adapt``)."""
 MAX_ONNX_BYTES = 50 * 1024 * 1024
 """Size above which an export is logged as too large to ship in the package."""
-
-
-class ExportError(RuntimeError):
-    """A checkpoint that cannot be exported, or an export that fails its checks."""
-
-
-# --------------------------------------------------------------------------------------------- summary
-
-
-def _count_params(module: nn.Module) -> int:
-    return int(sum(p.numel() for p in module.parameters()))
-
-
-def model_summary(model: nn.Module, input_size: int) -> dict[str, Any]:
-    """Describe a network layer by layer by running one ``(1, 1, S, S)`` input through it.
-
-    Output shapes are recorded with forward hooks on every leaf module, as in Keras'
-    ``model.summary()``.
-
-    Args:
-        model: a pool+linear classifier (the plain timm model, not the :class:`CamModel` wrapper).
-        input_size: ``S``, side of the square input in pixels.
-
-    Returns:
-        ``{"parameters": int, "trainable_parameters": int, "layers": [...], "leaf_layers": [...],
-        "feature_shape": [C, h, w]}``; ``layers`` lists the top-level children and ``leaf_layers``
-        every leaf module, each as ``{"name", "type", "output_shape", "parameters"}`` with the batch
-        axis shown as ``"N"``.
-    """
-    records: dict[str, list[Any]] = {}
-    hooks = []
-
-    def _hook(name: str):
-        def fn(_mod: nn.Module, _inp: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor):
-                records[name] = ["N", *out.shape[1:]]
-            elif isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-                records[name] = ["N", *out[0].shape[1:]]
-
-        return fn
-
-    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
-    tops = list(model.named_children())
-    for name, mod in {**dict(leaves), **dict(tops)}.items():
-        hooks.append(mod.register_forward_hook(_hook(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            feats = model.forward_features(torch.zeros(1, 1, input_size, input_size))
-            model.forward_head(feats)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-
-    def _row(name: str, mod: nn.Module) -> dict[str, Any]:
-        shape = records.get(name)
-        return {
-            "name": name,
-            "type": type(mod).__name__,
-            "output_shape": [int(s) if not isinstance(s, str) else s for s in shape] if shape else None,
-            "parameters": _count_params(mod),
-        }
-
-    return {
-        "parameters": _count_params(model),
-        "trainable_parameters": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
-        "feature_shape": [int(s) for s in feats.shape[1:]],
-        "layers": [_row(n, m) for n, m in tops],
-        "leaf_layers": [_row(n, m) for n, m in leaves],
-    }
-
-
-def format_summary(summary: dict[str, Any], title: str, input_size: int, num_classes: int) -> str:
-    """Render :func:`model_summary` as a fixed-width text table (the content of ``model_summary.txt``)."""
-    h, w = summary["feature_shape"][1:]
-    lines = [
-        title,
-        "",
-        f"input  {INPUT_NAME}: (N, 1, {input_size}, {input_size}) float32 (preprocess() output)",
-        f"output {LOGITS_NAME}: (N, {num_classes}) float32 raw logits",
-        f"output {CAM_NAME}: (N, {num_classes}, {h}, {w}) float32 class activation maps (logit units)",
-        f"output {FEATURES_NAME}: (N, {summary['feature_shape'][0]}) float32 pooled penultimate features",
-        "",
-    ]
-    rows = summary["leaf_layers"]
-    name_w = max([len("layer")] + [len(r["name"]) for r in rows])
-    type_w = max([len("type")] + [len(r["type"]) for r in rows])
-    shape_w = max([len("output shape")] + [len(_shape_str(r["output_shape"])) for r in rows])
-    header = f"{'layer':<{name_w}}  {'type':<{type_w}}  {'output shape':<{shape_w}}  {'params':>12}"
-    lines += [header, "-" * len(header)]
-    for r in rows:
-        lines.append(
-            f"{r['name']:<{name_w}}  {r['type']:<{type_w}}  {_shape_str(r['output_shape']):<{shape_w}}  "
-            f"{r['parameters']:>12,}"
-        )
-    lines += [
-        "-" * len(header),
-        f"{len(rows)} layers, {summary['parameters']:,} parameters "
-        f"({summary['trainable_parameters']:,} trainable), "
-        f"{summary['parameters'] * 4 / 1e6:.1f} MB as float32",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _shape_str(shape: Sequence[Any] | None) -> str:
-    return "?" if shape is None else "(" + ", ".join(str(s) for s in shape) + ")"
-
-
-# --------------------------------------------------------------------------------------- parity inputs
-
-
-def dataset_parity_inputs(preprocessing: PreprocessConfig, root: str | Path | None = None) -> tuple[np.ndarray, list[str]]:
-    """Real radiographs for the PyTorch vs ONNX Runtime check, read and preprocessed as in inference.
-
-    Takes the first 3 normal and 3 pneumonia images of the official ``val`` split and the first
-    2 viral images of ``train`` (sorted by name), so all three classes are represented.
-
-    Args:
-        preprocessing: the model's preprocessing contract.
-        root: Kermany-layout dataset folder; default :func:`deephealth.paths.dataset_dir`.
-
-    Returns:
-        ``(x, names)``: ``x`` of shape ``(n, 1, S, S)`` float32 (``n`` = 0 when no dataset is found)
-        and the relative file names.
-    """
-    from deephealth.readers import ImageReadError, read_image
-
-    root = Path(root) if root is not None else dataset_dir()
-    files: list[Path] = []
-    files += sorted((root / "val" / "NORMAL").glob("*.jpeg"))[:3]
-    files += sorted((root / "val" / "PNEUMONIA").glob("*.jpeg"))[:3]
-    files += sorted((root / "train" / "PNEUMONIA").glob("*virus*.jpeg"))[:2]
-    arrays, names = [], []
-    for f in files:
-        try:
-            arrays.append(preprocess(read_image(f).image, preprocessing))
-        except (ImageReadError, ValueError, OSError) as exc:  # a bad file only shrinks the check set
-            _logger.warning("parity check: skipping %s (%s)", f, exc)
-            continue
-        names.append(str(f.relative_to(root)))
-    s = preprocessing.input_size
-    x = np.stack(arrays) if arrays else np.zeros((0, 1, s, s), np.float32)
-    return x.astype(np.float32), names
-
-
-# ---------------------------------------------------------------------------------------------- export
-
-
-def _export_onnx(cam_model: CamModel, path: Path, input_size: int, opset: int) -> None:
-    dummy = torch.zeros(2, 1, input_size, input_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's DeprecationWarning / TracerWarnings
-        torch.onnx.export(
-            cam_model,
-            (dummy,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[LOGITS_NAME, CAM_NAME, FEATURES_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, LOGITS_NAME: {0: "batch"}, CAM_NAME: {0: "batch"},
-                          FEATURES_NAME: {0: "batch"}},
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-
-
-def check_export(
-    cam_model: CamModel,
-    onnx_path: Path,
-    inputs: np.ndarray,
-    input_names: Sequence[str] = (),
-    n_random: int = 2,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Check an exported file: ONNX checker, then PyTorch vs ONNX Runtime agreement.
-
-    Args:
-        cam_model: the wrapper that was exported, in eval mode.
-        onnx_path: the exported file.
-        inputs: ``(n, 1, S, S)`` float32 real inputs (``n`` may be 0).
-        input_names: names of the real inputs, recorded in the report.
-        n_random: standard-normal random inputs added to the real ones.
-        seed: seed of the random inputs.
-
-    Returns:
-        The ``export_check`` report: tolerances, largest differences, inputs used, ``passed``.
-
-    Raises:
-        ExportError: if the checker fails or an output differs by more than the tolerances.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    try:
-        onnx.checker.check_model(str(onnx_path), full_check=True)
-    except Exception as exc:  # onnx raises ValidationError and friends
-        raise ExportError(f"{onnx_path}: ONNX checker failed: {exc}") from exc
-
-    if inputs.ndim != 4 or inputs.shape[1] != 1:
-        raise ExportError(f"parity inputs must have shape (n, 1, S, S), got {inputs.shape}")
-    s = inputs.shape[-1]
-    rng = np.random.default_rng(seed)
-    x = np.concatenate([inputs, rng.standard_normal((n_random, 1, s, s)).astype(np.float32)])
-    if len(x) == 0:
-        raise ExportError("no inputs for the parity check")
-
-    with torch.no_grad():
-        t_logits, t_cam, t_feat = (t.numpy() for t in cam_model(torch.from_numpy(x)))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    o_logits, o_cam, o_feat = sess.run([LOGITS_NAME, CAM_NAME, FEATURES_NAME], {INPUT_NAME: x})
-    # batch size 1 must give the same rows as the full batch (dynamic batch axis)
-    o1_logits, o1_cam = sess.run([LOGITS_NAME, CAM_NAME], {INPUT_NAME: x[:1]})
-
-    report = {
-        "onnx_checker": "passed (full_check=True)",
-        "onnxruntime_version": ort.__version__,
-        "torch_version": torch.__version__,
-        "real_inputs": list(input_names),
-        "random_inputs": int(n_random),
-        "batch_sizes": [1, int(len(x))],
-        "logits_atol": LOGITS_ATOL,
-        "cam_atol": CAM_ATOL,
-        "rtol": RTOL,
-        "logits_max_abs_diff": float(np.max(np.abs(o_logits - t_logits))),
-        "cam_max_abs_diff": float(np.max(np.abs(o_cam - t_cam))),
-        "features_max_abs_diff": float(np.max(np.abs(o_feat - t_feat))),
-        "batch1_logits_max_abs_diff": float(np.max(np.abs(o1_logits - o_logits[:1]))),
-        "cam_mean_vs_logits_max_abs_diff": float(np.max(np.abs(o_cam.mean(axis=(2, 3)) - o_logits))),
-        "predicted_class_agreement": float(np.mean(o_logits.argmax(1) == t_logits.argmax(1))),
-    }
-    failures = []
-    if not np.allclose(o_logits, t_logits, atol=LOGITS_ATOL, rtol=RTOL):
-        failures.append(f"logits differ by up to {report['logits_max_abs_diff']:.3g}")
-    if not np.allclose(o_cam, t_cam, atol=CAM_ATOL, rtol=RTOL):
-        failures.append(f"cam differs by up to {report['cam_max_abs_diff']:.3g}")
-    if not np.allclose(o_feat, t_feat, atol=CAM_ATOL, rtol=RTOL):
-        failures.append(f"features differ by up to {report['features_max_abs_diff']:.3g}")
-    if not np.allclose(o1_logits, o_logits[:1], atol=LOGITS_ATOL, rtol=RTOL):
-        failures.append(f"batch of 1 differs from the batch by {report['batch1_logits_max_abs_diff']:.3g}")
-    if not np.allclose(o_cam.mean(axis=(2, 3)), o_logits, atol=LOGITS_ATOL, rtol=RTOL):
-        failures.append(f"logits != mean(cam) by up to {report['cam_mean_vs_logits_max_abs_diff']:.3g}")
-    report["passed"] = not failures
-    if failures:
-        raise ExportError(f"{onnx_path}: PyTorch vs ONNX Runtime check failed: " + "; ".join(failures))
-    return report
-
-
-def calibration_inputs(preprocessing: PreprocessConfig, n: int = QUANT_CALIBRATION_IMAGES,
-                       root: str | Path | None = None) -> np.ndarray:
-    """Training images for int8 calibration: every k-th file of ``train/`` (sorted), read and preprocessed.
-
-    Returns:
-        ``(m, 1, S, S)`` float32 with ``m <= n`` (``m = 0`` when no dataset is found).
-    """
-    from deephealth.readers import ImageReadError, read_image
-
-    root = Path(root) if root is not None else dataset_dir()
-    files = sorted((root / "train").glob("*/*.jpeg"))
-    if files:
-        files = files[:: max(1, len(files) // n)][:n]
-    arrays = []
-    for f in files:
-        try:
-            arrays.append(preprocess(read_image(f).image, preprocessing))
-        except (ImageReadError, ValueError, OSError) as exc:
-            _logger.warning("calibration: skipping %s (%s)", f, exc)
-    s = preprocessing.input_size
-    return np.stack(arrays).astype(np.float32) if arrays else np.zeros((0, 1, s, s), np.float32)
-
-
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray) -> dict[str, Any]:
-    """Static int8 quantization with ONNX Runtime (QDQ format, per-channel int8 weights, uint8 activations).
-
-    Activation ranges are calibrated with ONNX Runtime's MinMax method on ``calibration``
-    (``(m, 1, S, S)`` float32 preprocessed training images); see the ONNX Runtime documentation,
-    "Quantize ONNX models" (onnxruntime.ai/docs/performance/model-optimizations/quantization.html).
-
-    Returns:
-        The ``onnx.quantization`` metadata entry.
-
-    Raises:
-        ExportError: if there are no calibration images or quantization fails.
-    """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    if len(calibration) == 0:
-        raise ExportError("int8 quantization needs calibration images; no dataset found")
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter(calibration[i : i + 1] for i in range(len(calibration)))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            x = next(self._it, None)
-            return None if x is None else {INPUT_NAME: x}
-
-    prep = out_path.with_suffix(".prep.onnx")
-    try:
-        quant_pre_process(str(fp32_path), str(prep))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_static(
-                str(prep), str(out_path), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            )
-    except Exception as exc:  # onnxruntime.quantization raises assorted types
-        raise ExportError(f"int8 quantization failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        prep.unlink(missing_ok=True)
-    return {
-        "type": "int8 static, QDQ, per-channel int8 weights, uint8 activations",
-        "tool": "onnxruntime.quantization.quantize_static",
-        "calibration": f"MinMax over {len(calibration)} training images",
-    }
-
-
-def check_quantized(cam_model: CamModel, onnx_path: Path, inputs: np.ndarray, temperature: float) -> dict[str, Any]:
-    """Compare an int8 ONNX model with the float32 PyTorch network on real inputs.
-
-    Returns:
-        Report: largest calibrated-probability and logit differences, top-1 agreement,
-        ``logits`` vs ``mean_hw(cam)`` difference.
-
-    Raises:
-        ExportError: if the checker fails, there are no inputs, or probabilities differ by more
-            than :data:`QUANT_PROB_ATOL`.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    try:
-        onnx.checker.check_model(str(onnx_path), full_check=True)
-    except Exception as exc:
-        raise ExportError(f"{onnx_path}: ONNX checker failed on the int8 model: {exc}") from exc
-    if len(inputs) == 0:
-        raise ExportError("no real inputs to check the int8 model against")
-    with torch.no_grad():
-        t_logits = cam_model(torch.from_numpy(inputs))[0].numpy()
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    o_logits, o_cam = sess.run([LOGITS_NAME, CAM_NAME], {INPUT_NAME: inputs})
-
-    def probs(z: np.ndarray) -> np.ndarray:
-        e = np.exp((z - z.max(1, keepdims=True)) / temperature)
-        return e / e.sum(1, keepdims=True)
-
-    report = {
-        "images": int(len(inputs)),
-        "prob_atol": QUANT_PROB_ATOL,
-        "prob_max_abs_diff": float(np.abs(probs(o_logits) - probs(t_logits)).max()),
-        "logits_max_abs_diff": float(np.abs(o_logits - t_logits).max()),
-        "top1_agreement": float(np.mean(o_logits.argmax(1) == t_logits.argmax(1))),
-        "cam_mean_vs_logits_max_abs_diff": float(np.abs(o_cam.mean(axis=(2, 3)) - o_logits).max()),
-    }
-    report["passed"] = report["prob_max_abs_diff"] <= QUANT_PROB_ATOL
-    if not report["passed"]:
-        raise ExportError(
-            f"{onnx_path}: int8 model's probabilities differ from float32 by up to "
-            f"{report['prob_max_abs_diff']:.3f} (> {QUANT_PROB_ATOL}); export without quantization"
-        )
-    return report
 
 
 def export_model(
@@ -462,6 +108,7 @@ def export_model(
     quantize: bool = False,
     calibration: np.ndarray | None = None,
     model_args: dict[str, Any] | None = None,
+    evidence: bool = True,
 ) -> Path:
     """Export a pool+linear classifier to a checked model folder.
 
@@ -494,6 +141,10 @@ def export_model(
             the PyTorch weights are shipped beside the ONNX file as :data:`WEIGHTS_FILE` (float32
             state dict), because ONNX Runtime folds BatchNorm into the convolutions and
             ``deephealth adapt`` needs the BatchNorm layers to re-estimate their statistics.
+        evidence: add the evidence map (:mod:`deephealth.training.evidence`: the same weights
+            dilated to output stride 16, an extra ``evidence`` output computed only on request,
+            shipped outputs checked bit-identical) to a float32 export with ``model_args``; skipped
+            with a warning for an int8 export or an architecture timm cannot dilate.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -526,7 +177,7 @@ def export_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
         tmp_onnx = Path(tmp) / ONNX_FILE
-        _export_onnx(cam_model, tmp_onnx, size, opset)
+        export_onnx(cam_model, tmp_onnx, size, opset)
         check = check_export(cam_model, tmp_onnx, parity_inputs, parity_names or [])
         quant_meta = None
         if quantize:
@@ -536,6 +187,19 @@ def export_model(
             # export_check describes the float32 graph vs PyTorch; export_check.int8 the shipped int8 graph
             check["int8"] = check_quantized(cam_model, int8_onnx, parity_inputs, temperature)
             int8_onnx.replace(tmp_onnx)
+        evidence_meta = None
+        if evidence and not quantize and model_args is not None:
+            from deephealth.training.evidence import EvidenceError, add_evidence_to_onnx
+
+            try:
+                evidence_meta = add_evidence_to_onnx(
+                    tmp_onnx, dict(model_args), model.state_dict(), model, parity_inputs,
+                    {"input": INPUT_NAME, "logits": LOGITS_NAME, "cam": CAM_NAME, "features": FEATURES_NAME},
+                    opset=opset)
+            except EvidenceError as exc:
+                _logger.warning("no evidence map: %s", exc)
+        elif evidence:
+            _logger.info("no evidence map: it needs a float32 export with model_args")
         n_bytes = tmp_onnx.stat().st_size
         if n_bytes > MAX_ONNX_BYTES:
             _logger.warning("%s is %.1f MB, more than the %.0f MB the package can ship",
@@ -599,6 +263,12 @@ def export_model(
         metadata[key] = value
     if quant_meta is not None:
         metadata["onnx"]["quantization"] = quant_meta
+    if evidence_meta is not None:
+        from deephealth.training.evidence import EVIDENCE_FLAG, EVIDENCE_NAME
+
+        metadata["onnx"].update({EVIDENCE_NAME: EVIDENCE_NAME, "evidence_flag": EVIDENCE_FLAG})
+        metadata["onnx"]["dynamic_axes"][EVIDENCE_NAME] = {"0": "batch"}
+        metadata["evidence"] = evidence_meta
     if weights_meta is not None:
         metadata["weights"] = weights_meta
     metadata["summary"] = summary_meta
@@ -677,6 +347,7 @@ def export_run(
     checkpoint: str | Path | None = None,
     quantize: bool = False,
     gate: bool = True,
+    evidence: bool = True,
 ) -> Path:
     """Export a training run (or one checkpoint file) to a checked model folder, with its input gate.
 
@@ -689,6 +360,7 @@ def export_run(
         quantize: ship an int8 model (see :func:`export_model`).
         gate: fit the input gate on the exported graph (:func:`fit_run_gate`); skipped with a
             warning when the dataset is not found.
+        evidence: add the evidence map (see :func:`export_model`).
 
     Returns:
         ``out_dir``.
@@ -767,6 +439,7 @@ def export_run(
         metadata_extra=_jsonable(extra),
         quantize=quantize,
         model_args={k: v for k, v in model_args.items() if k in ("arch", "num_classes", "in_chans")},
+        evidence=evidence,
     )
     if gate:
         fit_run_gate(out, ckpt.get("config") or {})

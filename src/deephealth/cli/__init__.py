@@ -18,6 +18,7 @@ from deephealth import __version__
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("inspect", "inspect", "read image files and show what the model will see"),
     ("predict", "predict", "classify chest X-rays (files, folders, globs)"),
+    ("batch", "batch", "score a whole archive into Parquet with Ray Data (resumable; needs the [scale] extra)"),
     ("serve", "serve", "serve the web app and REST API"),
     ("pacs", "pacs", "classify the CR/DX images in a PACS (DICOMweb) and store DICOM SR results back"),
     ("evaluate", "evaluate", "score a model and write its evaluation report"),

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from deephealth.artifact import ModelArtifactError
     from deephealth.paths import default_model_dir
 
-    from deephealth.cli.predict import collect_inputs  # the same file picking as predict
+    from deephealth.inputs import collect_inputs  # the same file picking as predict
 
     files, missing = collect_inputs(args.images)
     for arg, reason in missing:

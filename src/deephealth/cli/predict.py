@@ -2,8 +2,10 @@
 
 PATH may be files (any format the readers accept: JPEG, PNG, TIFF, DICOM...), folders (searched
 recursively for image files: .jpg .jpeg .png .tif .tiff .bmp .gif .webp .dcm .dicom and files
-without an extension, which may be DICOM) and glob patterns ("scans/**/*.dcm"). A file that cannot
-be read is reported with its reason and the others are still classified.
+without an extension, which may be DICOM), glob patterns ("scans/**/*.dcm") and CSV or Parquet
+manifests (a "path" column; relative entries are relative to the manifest's folder). A file that
+cannot be read is reported with its reason and the others are still classified. For a whole
+archive (resumable, Parquet results, several workers or a Ray cluster) use "deephealth batch".
 
 Output: a table (default), or --format json / csv on stdout (the decision-support notice then goes
 to stderr so the output stays parseable). Probabilities are calibrated (temperature scaling).
@@ -37,27 +39,26 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from deephealth.cli._audit import close_for_cli, open_for_cli
-from deephealth.readers.formats import FILE_SUFFIXES as FOLDER_SUFFIXES
+from deephealth.inputs import collect_inputs  # noqa: F401  (one input policy, shared with batch and adapt)
+from deephealth.readers.formats import FILE_SUFFIXES as FOLDER_SUFFIXES  # noqa: F401
 
 # FOLDER_SUFFIXES: suffixes picked up inside folders (plus files without a suffix, which may be
-# DICOM), from the readers' one format policy.
+# DICOM), from the readers' one format policy (see deephealth.inputs).
 PROGRESS_MIN_FILES = 50
 """Show a progress bar (on an interactive stderr) from this many files on."""
-_GLOB_CHARS = set("*?[")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="image files, folders (recursive), glob patterns or CSV/Parquet manifests")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format (default: table)")
     parser.add_argument("--heatmap-dir", metavar="DIR", default=None,
                         help="write a heatmap overlay PNG per image into DIR")
@@ -74,59 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="record every prediction in the audit trail ($DEEPHEALTH_DATABASE_URL, needs deephealth[audit])")
     parser.add_argument("--allow-unsuitable", action="store_true",
                         help="classify images the input gate refuses anyway (the flags are kept in the output)")
-
-
-def _is_image_candidate(path: Path) -> bool:
-    return not path.name.startswith(".") and (path.suffix.lower() in FOLDER_SUFFIXES or path.suffix == "")
-
-
-def collect_inputs(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Expand command-line paths into files.
-
-    Args:
-        paths: files, folders (searched recursively, see :data:`FOLDER_SUFFIXES`) and glob patterns.
-
-    Returns:
-        ``(files, missing)``: files in a stable order (each argument's files sorted, duplicates
-        dropped) and ``(argument, reason)`` for arguments that match nothing.
-    """
-    files: list[str] = []
-    missing: list[tuple[str, str]] = []
-    seen: set[str] = set()
-
-    def add(p: str) -> None:
-        key = os.path.abspath(p)
-        if key not in seen:
-            seen.add(key)
-            files.append(p)
-
-    for arg in paths:
-        p = Path(arg)
-        if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and _is_image_candidate(f))
-            if not found:
-                missing.append((arg, "folder contains no image files"))
-            for f in found:
-                add(f)
-        elif p.exists():
-            add(arg)
-        elif _GLOB_CHARS & set(arg):
-            matches = sorted(glob.glob(arg, recursive=True))
-            matched = False
-            for m in matches:
-                mp = Path(m)
-                if mp.is_file():
-                    add(m)
-                    matched = True
-                elif mp.is_dir():
-                    for f in sorted(str(f) for f in mp.rglob("*") if f.is_file() and _is_image_candidate(f)):
-                        add(f)
-                        matched = True
-            if not matched:
-                missing.append((arg, "no files match this pattern"))
-        else:
-            missing.append((arg, "no such file or folder"))
-    return files, missing
 
 
 def _heatmap_name(path: str, used: set[str]) -> str:
@@ -284,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
     from deephealth.artifact import ModelArtifactError
     from deephealth.inference import PredictionError, Predictor
     from deephealth.labels import INTENDED_USE
+    from deephealth.results import result_record
 
     if args.batch_size < 1:
         print(f"--batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
@@ -375,8 +324,7 @@ def run(args: argparse.Namespace) -> int:
     notice = f"Model {model_id}. {INTENDED_USE}"
     if args.format == "json":
         # Every result names the model that produced it (saved results stay traceable).
-        model_info = {"name": art.name, "version": art.version, "sha256": art.sha256}
-        sys.stdout.write(json.dumps([{**r, "model": model_info} for r in rows], indent=2) + "\n")
+        sys.stdout.write(json.dumps([result_record(r, art) for r in rows], indent=2) + "\n")
         print(notice, file=sys.stderr)
     elif args.format == "csv":
         sys.stdout.write(_fmt_csv(rows, model_id))

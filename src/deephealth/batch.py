@@ -1,0 +1,572 @@
+"""Score a whole archive with Ray Data: resumable, idempotent, one Parquet row per input.
+
+The pipeline per image is exactly ``deephealth predict``'s: the inputs are picked by
+:func:`deephealth.inputs.collect_inputs`, each worker holds one
+:class:`deephealth.inference.Predictor` (readers -> preprocessing -> ONNX Runtime -> input gate ->
+calibration -> operating point) and calls :meth:`~deephealth.inference.Predictor.predict_many` on
+its batch, and each result becomes :func:`deephealth.results.result_record` (the
+``predict --format json`` row) flattened by :func:`deephealth.results.flat_record`. Ray only
+distributes the batches; there is no second implementation of any stage.
+
+Engine: ``ray.data.from_items`` (one item per input: its path or URI and the content hash of its
+result already on disk, if any) -> ``map_batches(Scorer, ActorPoolStrategy(size=workers),
+num_cpus=threads)`` -> the driver iterates the scored blocks as they finish and writes them to
+``RESULTS/part-<run>-<n>.parquet`` every :data:`PART_ROWS` rows or :data:`FLUSH_SECONDS` seconds.
+``Scorer`` loads the model once per worker; ONNX Runtime gets ``threads`` intra-op threads and Ray
+reserves as many CPUs for the worker, so workers x threads never exceeds the cores.
+
+Resume (idempotent): a result is keyed by ``(source, content_sha256, model_sha256)``. Before a
+run, the parts already in RESULTS give, for the current model, the content hash each source was
+scored with; a worker reads the file's bytes, hashes them (SHA-256) and skips the file when the
+hash matches (nothing recomputed, nothing written), otherwise classifies it. A file that cannot be
+read at all is stored with an empty hash and is also done, until it becomes readable. Parts are
+written to a hidden temporary name and renamed (atomic on a local disk; an object store ``PUT`` is
+atomic), so an interrupted run (Ctrl-C, a killed worker or driver) leaves only complete parts and
+loses at most the rows not yet flushed. When a file's content or the model changes, the new row
+is added and :func:`load_results` returns, per source, the newest row.
+
+Columns: :data:`deephealth.results.FLAT_FIELDS` plus ``content_sha256`` (hex, "" when the file
+could not be read) and ``scored_at`` (UTC timestamp).
+
+Needs the ``[scale]`` extra (``ray[data]``, which brings pyarrow); nothing here is imported by
+serving (``deephealth serve``, :mod:`deephealth.inference`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import math
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deephealth.inputs import is_uri
+from deephealth.results import FLAT_FIELDS, flat_record, result_record
+
+_logger = logging.getLogger(__name__)
+
+PART_ROWS = 1000
+"""Rows per results part (a part is also written after :data:`FLUSH_SECONDS` seconds)."""
+
+FLUSH_SECONDS = 10.0
+"""Longest time a scored row waits in the driver before it is written."""
+
+NOT_DONE = "-"
+"""``done_sha256`` of an input with no result yet (never equal to a hash or to "")."""
+
+KEY_COLUMNS = ("source", "content_sha256", "model_sha256")
+"""The columns that identify a result (resume key)."""
+
+
+class BatchError(RuntimeError):
+    """The batch cannot run (no Ray, unreadable RESULTS, model cannot load); one line for the user."""
+
+
+# ----------------------------------------------------------------------------------------- schema
+
+
+def result_schema(with_skipped: bool = False):
+    """The pyarrow schema of a results part (``skipped``: the workers' extra column, never written).
+
+    Returns:
+        ``pyarrow.Schema`` with the columns of :data:`deephealth.results.FLAT_FIELDS`,
+        ``content_sha256`` and ``scored_at``.
+    """
+    import pyarrow as pa
+
+    from deephealth.labels import CLASS_NAMES
+
+    types = {
+        "source": pa.string(),
+        "ok": pa.bool_(),
+        "label": pa.string(),
+        "label_index": pa.int32(),
+        "probabilities": pa.struct([(c, pa.float64()) for c in CLASS_NAMES]),
+        "logits": pa.list_(pa.float32()),
+        "decision": pa.string(),
+        "suitability_status": pa.string(),
+        "suitability_reasons": pa.list_(pa.string()),
+        "suitability": pa.string(),
+        "warnings": pa.list_(pa.string()),
+        "image": pa.string(),
+        "error": pa.string(),
+        "model_name": pa.string(),
+        "model_version": pa.string(),
+        "model_sha256": pa.string(),
+    }
+    fields = [pa.field(name, types[name]) for name in FLAT_FIELDS]
+    fields += [pa.field("content_sha256", pa.string()), pa.field("scored_at", pa.timestamp("ms", tz="UTC"))]
+    if with_skipped:
+        fields.append(pa.field("skipped", pa.bool_()))
+    return pa.schema(fields)
+
+
+# ----------------------------------------------------------------------------------------- files
+
+
+def _filesystem(location: str):
+    """``(pyarrow filesystem, path inside it)`` for a local path or a ``scheme://`` URI."""
+    import pyarrow.fs as pafs
+
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), os.path.abspath(location)
+
+
+def read_source(source: str) -> bytes:
+    """The bytes of one input: a local file, or an object (``s3://``, ``gs://``...) through pyarrow.
+
+    Raises:
+        OSError: it cannot be read (pyarrow's errors are OSError too).
+    """
+    if not is_uri(source):
+        with open(source, "rb") as fh:
+            return fh.read()
+    fs, path = _filesystem(source)
+    with fs.open_input_stream(path) as fh:
+        return fh.read()
+
+
+def normalise_source(source: str) -> str:
+    """The key under which an input's result is stored: an absolute path, or the URI unchanged."""
+    return source if is_uri(source) else os.path.abspath(source)
+
+
+# ----------------------------------------------------------------------------------------- scoring
+
+
+def score_items(
+    predictor: Any,
+    sources: Sequence[str],
+    done_sha256: Sequence[str],
+    *,
+    allow_unsuitable: bool = False,
+    batch_size: int = 32,
+) -> list[dict[str, Any]]:
+    """Score inputs with ``predictor`` unless their result (same content) is already stored.
+
+    Args:
+        predictor: a :class:`deephealth.inference.Predictor`.
+        sources: absolute paths or URIs.
+        done_sha256: per source, the content hash its stored result was made from, "" for a stored
+            result of an unreadable file, or :data:`NOT_DONE`.
+        allow_unsuitable: as ``predict --allow-unsuitable``.
+        batch_size: images per network run.
+
+    Returns:
+        One row per source, in order, with the columns of :func:`result_schema` (``skipped`` True
+        and only ``source`` / ``content_sha256`` meaningful for an input skipped as done).
+    """
+    now = _dt.datetime.now(_dt.timezone.utc)
+    rows: list[dict[str, Any] | None] = [None] * len(sources)
+    todo_idx: list[int] = []
+    todo_src: list[str | bytes] = []
+    hashes: list[str] = []
+    for i, (src, done) in enumerate(zip(sources, done_sha256)):
+        try:
+            data: bytes | None = read_source(src)
+        except OSError as exc:
+            data = None
+            read_error = " ".join(str(exc).split()) or type(exc).__name__
+        digest = hashlib.sha256(data).hexdigest() if data is not None else ""
+        hashes.append(digest)
+        if done == digest:
+            rows[i] = {"source": src, "content_sha256": digest, "skipped": True}
+            continue
+        if data is None and is_uri(src):
+            rec = {"source": src, "ok": False, "error": f"{src}: cannot read ({read_error})"}
+            rows[i] = {**flat_record(result_record(rec, predictor.artifact)), "content_sha256": "",
+                       "scored_at": now, "skipped": False}
+            continue
+        todo_idx.append(i)
+        # Local file that could not be opened: hand the path to the reader, whose message is predict's.
+        todo_src.append(data if data is not None else src)
+    if todo_idx:
+        results = predictor.predict_many(
+            todo_src, batch_size=batch_size, names=[sources[i] for i in todo_idx], allow_unsuitable=allow_unsuitable
+        )
+        for i, res in zip(todo_idx, results):
+            rows[i] = {**flat_record(result_record(res, predictor.artifact)), "content_sha256": hashes[i],
+                       "scored_at": now, "skipped": False}
+    return rows  # type: ignore[return-value]
+
+
+class Scorer:
+    """The Ray Data worker: loads the model once, then scores batches (a callable class for ``map_batches``).
+
+    Args:
+        model_dir: model folder (``None``: the bundled one / ``DEEPHEALTH_MODEL_DIR``).
+        threads: ONNX Runtime intra-op threads of this worker.
+        allow_unsuitable: as ``predict --allow-unsuitable``.
+        batch_size: images per network run.
+    """
+
+    def __init__(self, model_dir: str | None, threads: int, allow_unsuitable: bool, batch_size: int) -> None:
+        from deephealth.inference import Predictor
+
+        self.predictor = Predictor(model_dir, num_threads=threads)
+        self.allow_unsuitable = allow_unsuitable
+        self.batch_size = batch_size
+
+    def __call__(self, batch):
+        """``pyarrow.Table`` (``source``, ``done_sha256``) -> ``pyarrow.Table`` of :func:`result_schema` rows."""
+        import pyarrow as pa
+
+        rows = score_items(
+            self.predictor, batch.column("source").to_pylist(), batch.column("done_sha256").to_pylist(),
+            allow_unsuitable=self.allow_unsuitable, batch_size=self.batch_size,
+        )
+        return pa.Table.from_pylist(rows, schema=result_schema(with_skipped=True))
+
+
+# ----------------------------------------------------------------------------------------- results
+
+
+def _list_parts(out: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    fs, root = _filesystem(out)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        return []
+    if info.type != pafs.FileType.Directory:
+        raise BatchError(f"{out}: RESULTS must be a folder (of Parquet parts), not a file")
+    sel = pafs.FileSelector(root, recursive=False)
+    return sorted(f.path for f in fs.get_file_info(sel)
+                  if f.type == pafs.FileType.File and f.base_name.startswith("part-") and f.base_name.endswith(".parquet"))
+
+
+def load_results(out: str, *, latest: bool = True, columns: Iterable[str] | None = None):
+    """Read a RESULTS folder.
+
+    Args:
+        out: the folder (local path or URI) ``deephealth batch`` wrote.
+        latest: keep only the newest row per source (by ``scored_at``); ``False``: every row.
+        columns: columns to read (default: all).
+
+    Returns:
+        A ``pyarrow.Table`` with the columns of :func:`result_schema` (empty when there are no parts).
+
+    Raises:
+        BatchError: ``out`` is a file, or a part cannot be read.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = result_schema()
+    cols = list(columns) if columns is not None else schema.names
+    if latest:
+        cols_read = list(dict.fromkeys([*cols, "source", "scored_at"]))
+    else:
+        cols_read = cols
+    fs, _ = _filesystem(out)
+    tables = []
+    for part in _list_parts(out):
+        try:
+            tables.append(pq.read_table(part, columns=cols_read, filesystem=fs))
+        except (OSError, ValueError) as exc:
+            raise BatchError(f"{part}: cannot read this results part ({' '.join(str(exc).split())})") from exc
+    if not tables:
+        return pa.Table.from_pylist([], schema=pa.schema([schema.field(c) for c in cols]))
+    table = pa.concat_tables(tables)
+    if latest and table.num_rows:
+        src = table.column("source").to_pylist()
+        at = table.column("scored_at").to_pylist()
+        newest: dict[str, int] = {}
+        for i, (s, t) in enumerate(zip(src, at)):
+            j = newest.get(s)
+            if j is None or t >= at[j]:
+                newest[s] = i
+        table = table.take(sorted(newest.values()))
+    return table.select(cols)
+
+
+def done_hashes(out: str, model_sha256: str, *, retry_errors: bool = False) -> dict[str, str]:
+    """``{source: content_sha256}`` of the newest stored result of each source made by this model.
+
+    Args:
+        out: the RESULTS folder.
+        model_sha256: SHA-256 of the model's ONNX file; results of other models do not count.
+        retry_errors: leave out results that are errors (other than gate refusals), so they are retried.
+    """
+    table = load_results(out, latest=False,
+                         columns=["source", "content_sha256", "model_sha256", "ok", "suitability_status", "scored_at"])
+    src = table.column("source").to_pylist()
+    sha = table.column("content_sha256").to_pylist()
+    model = table.column("model_sha256").to_pylist()
+    ok = table.column("ok").to_pylist()
+    status = table.column("suitability_status").to_pylist()
+    at = table.column("scored_at").to_pylist()
+    done: dict[str, str] = {}
+    for i in sorted(range(table.num_rows), key=at.__getitem__):  # oldest first: the newest row wins
+        if model[i] != model_sha256:
+            continue
+        if retry_errors and not ok[i] and status[i] != "refuse":
+            done.pop(src[i], None)
+            continue
+        done[src[i]] = sha[i] or ""
+    return done
+
+
+class PartWriter:
+    """Writes scored rows to ``OUT/part-<run>-<n>.parquet`` atomically (temporary name, then rename).
+
+    Args:
+        out: the RESULTS folder (local path or URI); created if missing.
+        run_id: distinguishes this run's parts from earlier runs'.
+    """
+
+    def __init__(self, out: str, run_id: str) -> None:
+        self.out = out
+        self.run_id = run_id
+        self.fs, self.root = _filesystem(out)
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+        except OSError as exc:
+            raise BatchError(f"{out}: cannot create the results folder ({' '.join(str(exc).split())})") from exc
+        self.parts = 0
+        self.rows = 0
+
+    def write(self, table) -> str:
+        """Write one part (a ``pyarrow.Table`` of :func:`result_schema`); returns its path."""
+        import pyarrow.parquet as pq
+
+        name = f"part-{self.run_id}-{self.parts:06d}.parquet"
+        final = f"{self.root.rstrip('/')}/{name}"
+        if is_uri(self.out):  # an object store PUT is atomic
+            pq.write_table(table, final, filesystem=self.fs)
+        else:
+            tmp = os.path.join(self.root, f".{name}.tmp")
+            pq.write_table(table, tmp)
+            os.replace(tmp, final)
+        self.parts += 1
+        self.rows += table.num_rows
+        _logger.debug("wrote %s (%d rows)", final, table.num_rows)
+        return final
+
+
+# ----------------------------------------------------------------------------------------- summary
+
+
+@dataclass
+class BatchSummary:
+    """What one ``batch`` run did.
+
+    Attributes:
+        total: inputs listed.
+        scored: inputs classified or reported as errors by this run (rows written).
+        skipped: inputs whose result was already stored (same content, same model).
+        labels: ``{label: count}`` of this run's classified rows.
+        gate: ``{status: count}`` of this run's rows (accept / warn / refuse / unavailable / "none").
+        errors: this run's rows that are errors (including gate refusals).
+        seconds: wall time of the pipeline, from its start (workers loading the model included)
+            to the last part written; starting or joining Ray is excluded.
+        startup_seconds: time to start or join Ray.
+        workers, threads: the pool used.
+        parts: result parts written.
+        interrupted: the run was stopped before the end.
+        error_messages: the first error lines (at most 20).
+    """
+
+    total: int = 0
+    scored: int = 0
+    skipped: int = 0
+    labels: Counter = field(default_factory=Counter)
+    gate: Counter = field(default_factory=Counter)
+    errors: int = 0
+    seconds: float = 0.0
+    startup_seconds: float = 0.0
+    workers: int = 0
+    threads: int = 0
+    parts: int = 0
+    interrupted: bool = False
+    error_messages: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        """Inputs handled (scored + skipped) per second of scoring."""
+        return (self.scored + self.skipped) / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, table) -> None:
+        """Count one written part's rows."""
+        self.scored += table.num_rows
+        for ok, label, status, err in zip(table.column("ok").to_pylist(), table.column("label").to_pylist(),
+                                          table.column("suitability_status").to_pylist(),
+                                          table.column("error").to_pylist()):
+            self.gate[status or "none"] += 1
+            if ok:
+                self.labels[label] += 1
+            else:
+                self.errors += 1
+                if len(self.error_messages) < 20 and err:
+                    self.error_messages.append(err)
+
+
+# ----------------------------------------------------------------------------------------- driver
+
+
+def plan_workers(cpus: int, workers: int | None, threads: int | None) -> tuple[int, int]:
+    """``(workers, threads)`` such that workers x threads <= cpus when not both are given.
+
+    Defaults: one ONNX Runtime thread per worker and one worker per CPU.
+    """
+    cpus = max(int(cpus), 1)
+    if workers is not None and workers < 1:
+        raise BatchError(f"--workers must be >= 1, got {workers}")
+    if threads is not None and threads < 1:
+        raise BatchError(f"--threads must be >= 1, got {threads}")
+    if workers is None:
+        t = threads or 1
+        return max(cpus // t, 1), t
+    if threads is None:
+        return workers, max(cpus // workers, 1)
+    return workers, threads
+
+
+def _start_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Quiet start; Ray's own progress bars are replaced by ours.
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+
+
+def run_batch(
+    inputs: Sequence[str],
+    out: str,
+    *,
+    model_dir: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    address: str | None = None,
+    allow_unsuitable: bool = False,
+    batch_size: int = 32,
+    retry_errors: bool = False,
+    part_rows: int = PART_ROWS,
+    flush_seconds: float = FLUSH_SECONDS,
+    progress: Callable[[int, int], None] | None = None,
+) -> BatchSummary:
+    """Score ``inputs`` into the RESULTS folder ``out`` with Ray Data, skipping what is done.
+
+    Args:
+        inputs: paths or URIs (from :func:`deephealth.inputs.collect_inputs`); duplicates dropped.
+        out: RESULTS folder, local or a URI (``s3://bucket/results``).
+        model_dir: model folder (``None``: the bundled model / ``DEEPHEALTH_MODEL_DIR``).
+        workers: model replicas (Ray actors); default one per CPU of the cluster.
+        threads: ONNX Runtime threads per worker; default ``CPUs // workers`` (at least 1).
+        address: Ray cluster address (``ray://host:10001`` or ``host:6379``); ``None`` uses a
+            running Ray in this process or starts a local one.
+        allow_unsuitable: classify images the gate refuses anyway (flags kept).
+        batch_size: images per network run and per Ray block.
+        retry_errors: score again inputs whose stored result is an error (not a refusal).
+        part_rows, flush_seconds: write a part every so many rows or seconds.
+        progress: called with ``(handled, total)`` after each scored block.
+
+    Returns:
+        The :class:`BatchSummary`; ``interrupted`` is True after a ``KeyboardInterrupt`` (rows
+        scored until then are written before returning).
+
+    Raises:
+        BatchError: Ray is not installed, RESULTS is unusable, or the model cannot be loaded.
+    """
+    try:
+        import pyarrow as pa
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise BatchError(f"deephealth batch needs Ray Data: pip install 'deephealth[scale]' ({exc})") from exc
+    from deephealth.artifact import ModelArtifact, ModelArtifactError
+    from deephealth.paths import default_model_dir
+
+    if batch_size < 1:
+        raise BatchError(f"--batch-size must be >= 1, got {batch_size}")
+    mdir = Path(model_dir) if model_dir is not None else default_model_dir()
+    try:
+        artifact = ModelArtifact.load(mdir, verify=True)
+    except (ModelArtifactError, OSError) as exc:
+        raise BatchError(f"cannot load the model: {exc}") from exc
+    sources = list(dict.fromkeys(normalise_source(s) for s in inputs))
+    done = done_hashes(out, artifact.sha256, retry_errors=retry_errors)
+    summary = BatchSummary(total=len(sources))
+    writer = PartWriter(out, _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    if not sources:
+        return summary
+
+    t0 = time.perf_counter()
+    _start_ray(address)
+    summary.startup_seconds = time.perf_counter() - t0
+    cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    summary.workers, summary.threads = plan_workers(cpus, workers, threads)
+    if summary.workers * summary.threads > cpus:
+        _logger.warning("%d workers x %d threads exceed the %d CPUs of the cluster; some workers will wait",
+                        summary.workers, summary.threads, cpus)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    items = [{"source": s, "done_sha256": done.get(s, NOT_DONE)} for s in sources]
+    # Blocks of at most batch_size inputs, and at least two per worker so that every worker gets work.
+    block_rows = max(1, min(batch_size, math.ceil(len(items) / (2 * summary.workers))))
+    ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / block_rows))
+    ds = ds.map_batches(
+        Scorer,
+        fn_constructor_kwargs={"model_dir": str(mdir), "threads": summary.threads,
+                               "allow_unsuitable": allow_unsuitable, "batch_size": batch_size},
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=summary.workers),
+        num_cpus=summary.threads,
+    )
+    schema = result_schema()
+    pending: list[Any] = []
+    pending_rows = 0
+    last_flush = time.perf_counter()
+    handled = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_rows, last_flush
+        if pending_rows:
+            table = pa.concat_tables(pending)
+            writer.write(table)
+            summary.add(table)
+        pending, pending_rows, last_flush = [], 0, time.perf_counter()
+
+    t_start = time.perf_counter()
+    try:
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            skipped = block.column("skipped").to_pylist()
+            n_skip = sum(skipped)
+            summary.skipped += n_skip
+            handled += block.num_rows
+            if n_skip < block.num_rows:
+                keep = pa.array([not s for s in skipped])
+                pending.append(block.filter(keep).select(schema.names).cast(schema))
+                pending_rows += block.num_rows - n_skip
+            if pending_rows >= part_rows or time.perf_counter() - last_flush >= flush_seconds:
+                flush()
+            if progress is not None:
+                progress(handled, len(sources))
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        _logger.warning("interrupted: writing the %d rows scored so far", pending_rows)
+    except Exception as exc:  # the engine failed (workers lost, cluster gone, Ctrl-C seen by Ray first)
+        _logger.debug("batch engine failure", exc_info=True)
+        failure = " ".join(str(exc).split())[:300] or type(exc).__name__
+        summary.interrupted = True
+        flush()
+        summary.parts = writer.parts
+        raise BatchError(
+            f"the Ray pipeline stopped ({type(exc).__name__}: {failure}); {summary.scored} rows were written to "
+            f"{out}: run the same command again to finish"
+        ) from exc
+    finally:
+        flush()
+        summary.seconds = time.perf_counter() - t_start
+        summary.parts = writer.parts
+    return summary

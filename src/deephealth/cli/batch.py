@@ -1,0 +1,136 @@
+"""Score a whole archive into Parquet with Ray Data: resumable, idempotent, local or on a cluster.
+
+SOURCE: a folder (searched recursively, as predict does), a CSV or Parquet manifest (a "path"
+column; relative entries are relative to --root, default the manifest's folder), a glob pattern,
+or files. Every image goes through the same readers, input gate, preprocessing, model and
+operating point as "deephealth predict"; each worker loads the model once.
+
+RESULTS: a folder of Parquet parts (read it with pandas.read_parquet(RESULTS) or
+deephealth.batch.load_results), one row per input with the fields of "predict --format json"
+(source, ok, label, label_index, probabilities, logits, decision, suitability status, reasons and
+scores, warnings, image, error, model name, version and SHA-256) plus content_sha256 and
+scored_at. A file that cannot be read is a row with its error; the others still finish.
+
+Resume: run the same command again. Inputs whose result is already in RESULTS for the same content
+(SHA-256 of the file) and the same model are skipped; only what is missing is scored. An
+interrupted run (Ctrl-C, a killed worker) keeps every part already written.
+
+Engine: without --address a local Ray instance is started (or the one RAY_ADDRESS names);
+--address joins a cluster (see docs/scale.md). --workers model replicas with --threads ONNX
+Runtime threads each; by default one worker per CPU with one thread each, never more
+workers x threads than CPUs.
+
+Exit status: 0 every input classified, 1 some rows of this run are errors or refusals, 2 usage,
+model or engine error, 130 interrupted. Decision support only, not a diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from deephealth.inputs import collect_inputs
+
+PROGRESS_MIN_FILES = 50
+"""Show a progress bar (on an interactive stderr) from this many inputs on."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    parser.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="folder (recursive), CSV/Parquet manifest, glob pattern or files")
+    parser.add_argument("--out", required=True, metavar="RESULTS",
+                        help="results folder of Parquet parts (local path or URI such as s3://bucket/results)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="model replicas (default: one per CPU of the Ray cluster)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="ONNX Runtime threads per worker (default: CPUs // workers)")
+    parser.add_argument("--address", default=None, metavar="ADDR",
+                        help="Ray cluster to join (e.g. ray://head:10001); default: a local Ray instance")
+    parser.add_argument("--model", metavar="DIR", default=None,
+                        help="model folder (default: $DEEPHEALTH_MODEL_DIR or the bundled model)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per network run (default 32)")
+    parser.add_argument("--root", metavar="DIR", default=None,
+                        help="folder that a manifest's relative paths are relative to (default: the manifest's folder)")
+    parser.add_argument("--allow-unsuitable", action="store_true",
+                        help="classify images the input gate refuses anyway (the flags are kept in the output)")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="score again inputs whose stored result is an error (e.g. a file that was unreadable)")
+    parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+
+def _counts(counter) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))) or "-"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score the inputs into RESULTS and print a summary. Exit 0 all ok, 1 some errors, 2 usage error, 130 interrupted."""
+    from deephealth.batch import BatchError, run_batch
+    from deephealth.labels import INTENDED_USE
+
+    from deephealth.cli.predict import _skipped_line, skipped_in_folders
+
+    files, missing = collect_inputs(args.sources, root=args.root)
+    for arg, reason in missing:
+        print(f"error: {arg}: {reason}", file=sys.stderr)
+    skipped = skipped_in_folders(args.sources, files)
+    if skipped:  # as predict: files in the folders whose suffix is not an image's are said, not read
+        print(_skipped_line(skipped), file=sys.stderr)
+    if not files:
+        print("error: no inputs to score", file=sys.stderr)
+        return 2
+    if args.verbose < 1:  # Ray Data logs every execution at INFO (its logging is configured on import)
+        try:
+            import ray.data  # noqa: F401
+        except ImportError:
+            pass  # run_batch reports it
+        for name in ("ray", "ray.data", "ray.data._internal.execution.streaming_executor"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    bar = None
+    if not args.no_progress and len(files) >= PROGRESS_MIN_FILES and sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(files), unit="img", desc="batch", file=sys.stderr)
+        except ImportError:
+            bar = None
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    print(f"scoring {len(files)} input(s) into {args.out}", file=sys.stderr)
+    try:
+        summary = run_batch(
+            files, args.out, model_dir=args.model, workers=args.workers, threads=args.threads,
+            address=args.address, allow_unsuitable=args.allow_unsuitable, batch_size=args.batch_size,
+            retry_errors=args.retry_errors, progress=progress,
+        )
+    except BatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if bar is not None:
+            bar.close()
+
+    s = summary
+    print(f"{s.total} input(s): {s.scored} scored by this run, {s.skipped} already in {args.out} (skipped), "
+          f"{s.errors} error(s) or refusal(s)")
+    if s.scored:
+        print(f"labels: {_counts(s.labels)}")
+        print(f"input gate: {_counts(s.gate)}")
+    if s.workers:
+        print(f"{s.workers} worker(s) x {s.threads} thread(s): {s.scored + s.skipped} inputs in {s.seconds:.1f} s "
+              f"({s.images_per_second:.1f} images/s; Ray start {s.startup_seconds:.1f} s); {s.parts} part(s) written")
+    if s.interrupted:
+        print(f"interrupted: the {s.scored} rows scored are saved; run the same command again to finish")
+    print(INTENDED_USE)
+    for msg in s.error_messages:
+        print(f"error: {msg}", file=sys.stderr)
+    if s.errors > len(s.error_messages):
+        print(f"... and {s.errors - len(s.error_messages)} more error rows in {args.out}", file=sys.stderr)
+    if s.interrupted:
+        return 130
+    return 1 if s.errors or missing else 0

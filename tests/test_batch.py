@@ -1,0 +1,278 @@
+"""Tests of `deephealth batch` (Ray Data): same rows as predict, manifests, resume, idempotence, serving without Ray.
+
+The Ray tests share one local Ray instance (2 CPUs, no dashboard) started once for this module and
+use the tiny test model; they are marked ``slow`` (Ray's start takes 10-40 s on a busy 2-core machine).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from deephealth.cli import main
+from deephealth.inputs import collect_inputs, read_manifest, ManifestError
+from deephealth.labels import CLASS_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def films(tmp_path: Path, dataset_root: Path) -> list[Path]:
+    """Eight test films copied to tmp/scans (3 normal, 5 pneumonia) plus tmp/scans/broken.jpeg (truncated)."""
+    d = tmp_path / "scans"
+    d.mkdir()
+    normal = sorted((dataset_root / "test" / "NORMAL").glob("*.jpeg"))[:3]
+    pneu = sorted((dataset_root / "test" / "PNEUMONIA").glob("*.jpeg"))[:5]
+    out = []
+    for f in [*normal, *pneu]:
+        shutil.copy(f, d / f.name)
+        out.append(d / f.name)
+    (d / "broken.jpeg").write_bytes(normal[0].read_bytes()[:300])
+    out.append(d / "broken.jpeg")
+    return sorted(out)
+
+
+# ------------------------------------------------------------------------------------ inputs (no Ray)
+
+
+def test_csv_manifest_relative_to_its_folder_or_root(films: list[Path], tmp_path: Path):
+    m = tmp_path / "scans" / "list.csv"
+    m.write_text("patient,path\np1,%s\np2,\np3,%s\n" % (films[0].name, films[1]))
+    assert read_manifest(m) == [str(films[0]), str(films[1])]
+    other = tmp_path / "elsewhere.csv"
+    other.write_text("path\n%s\n" % films[2].name)
+    assert read_manifest(other, root=tmp_path / "scans") == [str(films[2])]
+    files, missing = collect_inputs([str(m), str(films[0])])
+    assert files == [str(films[0]), str(films[1])] and missing == []  # the duplicate is dropped
+
+
+def test_parquet_manifest_and_uri_entries(films: list[Path], tmp_path: Path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    m = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"source": [str(films[0]), "s3://bucket/x/y.dcm"]}), m)
+    files, missing = collect_inputs([str(m)])
+    assert files == [str(films[0]), "s3://bucket/x/y.dcm"] and missing == []
+
+
+def test_unreadable_manifest_is_reported_in_one_line(tmp_path: Path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("path\n")
+    with pytest.raises(ManifestError, match=r"empty\.csv: the manifest lists no inputs"):
+        read_manifest(empty)
+    files, missing = collect_inputs([str(empty)])
+    assert files == [] and missing == [(str(empty), "the manifest lists no inputs (column 'path' is empty)")]
+
+
+def test_plan_workers_never_oversubscribes():
+    from deephealth.batch import BatchError, plan_workers
+
+    assert plan_workers(2, None, None) == (2, 1)
+    assert plan_workers(2, 1, None) == (1, 2)
+    assert plan_workers(16, 3, None) == (3, 5)
+    assert plan_workers(8, None, 4) == (2, 4)
+    with pytest.raises(BatchError, match="--workers must be >= 1"):
+        plan_workers(2, 0, None)
+
+
+# ------------------------------------------------------------------------------------ serving has no Ray
+
+
+def _requirements(extra: str, table: dict, seen: set[str] | None = None) -> list[str]:
+    seen = seen if seen is not None else set()
+    if extra in seen:
+        return []
+    seen.add(extra)
+    out = []
+    for req in table["project"]["optional-dependencies"][extra]:
+        if req.startswith("deephealth["):
+            for e in req[len("deephealth["):-1].split(","):
+                out += _requirements(e.strip(), table, seen)
+        else:
+            out.append(req)
+    return out
+
+
+def test_serving_installs_and_imports_no_ray(tiny_model_dir: Path, films: list[Path]):
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    serve = table["project"]["dependencies"] + _requirements("web", table)
+    names = {r.split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower() for r in serve}
+    assert not names & {"ray", "torch", "torchvision", "timm"}, names
+    assert any(r.startswith("ray[data]") for r in _requirements("dev", table))  # CI installs it
+
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import deephealth.web.app, deephealth.inference
+        from deephealth.cli import main, build_parser
+        build_parser()  # imports every command module, batch included
+        rc = main(["predict", {str(films[0])!r}, "--model", {str(tiny_model_dir)!r}, "--format", "json"])
+        assert rc == 0, rc
+        bad = sorted(m for m in sys.modules if m == "ray" or m.startswith("ray."))
+        print("RAY_MODULES", bad)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RAY_MODULES []" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------ Ray
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def _predict_json(files: list[Path], model_dir: Path, capsys) -> dict[str, dict]:
+    rc = main(["predict", *map(str, files), "--model", str(model_dir), "--format", "json"])
+    assert rc == 1  # the broken file
+    return {str(Path(r["source"]).resolve()): r for r in json.loads(capsys.readouterr().out)}
+
+
+def _rows(out: Path) -> dict[str, dict]:
+    from deephealth.batch import load_results
+
+    return {r["source"]: r for r in load_results(str(out)).to_pylist()}
+
+
+@pytest.mark.slow
+def test_batch_rows_equal_predict_and_second_run_recomputes_nothing(ray_local, films, tiny_model_dir, tmp_path, capsys):
+    from deephealth.batch import run_batch
+
+    expected = _predict_json(films, tiny_model_dir, capsys)
+    out = tmp_path / "results"
+    s = run_batch([str(f) for f in films], str(out), model_dir=str(tiny_model_dir), workers=2, batch_size=2)
+    assert (s.total, s.scored, s.skipped, s.errors, s.workers, s.threads) == (9, 9, 0, 1, 2, 1)
+    rows = _rows(out)
+    assert sorted(rows) == sorted(expected)
+    sha = expected[str(films[0])]["model"]["sha256"]
+    for src, e in expected.items():
+        r = rows[src]
+        assert r["ok"] == e["ok"] and r["model_sha256"] == sha == e["model"]["sha256"]
+        assert r["model_name"] == e["model"]["name"] and r["model_version"] == e["model"]["version"]
+        if e["ok"]:
+            assert (r["label"], r["label_index"]) == (e["label"], e["label_index"])
+            assert r["probabilities"] == pytest.approx(e["probabilities"], abs=1e-9)
+            assert json.loads(r["decision"]) == e["decision"]
+            assert r["warnings"] == e["warnings"]
+            assert r["suitability_status"] == e["suitability"]["status"]
+            assert r["suitability_reasons"] == e["suitability"]["reasons"]
+        else:
+            assert r["error"] == e["error"].replace(e["source"], src)
+            assert r["label"] is None and r["probabilities"] is None
+    assert dict(s.labels) == dict(Counter(e["label"] for e in expected.values() if e["ok"]))
+    assert sum(s.labels.values()) == 8 and set(s.labels) <= set(CLASS_NAMES)
+    parts = sorted(out.glob("part-*.parquet"))
+
+    again = run_batch([str(f) for f in films], str(out), model_dir=str(tiny_model_dir), workers=2, batch_size=2)
+    assert (again.scored, again.skipped, again.parts) == (0, 9, 0)
+    assert sorted(out.glob("part-*.parquet")) == parts
+
+    # New content under the same name: only that file is scored again; the newest row wins.
+    shutil.copy(films[-1], films[0])
+    third = run_batch([str(f) for f in films], str(out), model_dir=str(tiny_model_dir), workers=1, batch_size=4)
+    assert (third.scored, third.skipped) == (1, 8)
+    new = _rows(out)
+    assert len(new) == 9
+    assert new[str(films[0])]["probabilities"] == pytest.approx(new[str(films[-1])]["probabilities"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_equals_an_uninterrupted_run(ray_local, films, tiny_model_dir, tmp_path):
+    from deephealth.batch import run_batch
+
+    paths = [str(f) for f in films]
+    full = tmp_path / "full"
+    run_batch(paths, str(full), model_dir=str(tiny_model_dir), workers=2, batch_size=1)
+
+    def stop_midway(done: int, total: int) -> None:
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    first = run_batch(paths, str(cut), model_dir=str(tiny_model_dir), workers=2, batch_size=1, part_rows=1,
+                      progress=stop_midway)
+    assert first.interrupted and 3 <= first.scored < 9
+    written = _rows(cut)
+    assert len(written) == first.scored  # everything scored before the stop is on disk
+    second = run_batch(paths, str(cut), model_dir=str(tiny_model_dir), workers=2, batch_size=1)
+    assert not second.interrupted
+    assert (second.scored, second.skipped) == (9 - first.scored, first.scored)
+    a, b = _rows(full), _rows(cut)
+    assert sorted(a) == sorted(b) == sorted(str(f.resolve()) for f in films)
+    keys = ("ok", "label", "label_index", "probabilities", "error", "content_sha256", "model_sha256", "suitability_status")
+    assert {s: {k: r[k] for k in keys} for s, r in a.items()} == {s: {k: r[k] for k in keys} for s, r in b.items()}
+    assert {s: written[s]["scored_at"] for s in written} == {s: b[s]["scored_at"] for s in written}  # not redone
+
+
+@pytest.mark.slow
+def test_cli_manifest_input_writes_one_row_per_input(ray_local, films, tiny_model_dir, tmp_path, capsys):
+    m = tmp_path / "list.csv"
+    m.write_text("path\n" + "\n".join(f"scans/{f.name}" for f in films) + "\nscans/missing.jpeg\n")
+    out = tmp_path / "res"
+    rc = main(["batch", str(m), "--out", str(out), "--model", str(tiny_model_dir), "--workers", "2", "--no-progress"])
+    o, err = capsys.readouterr()
+    assert rc == 1
+    assert "10 input(s): 10 scored by this run, 0 already in" in o and "2 error(s) or refusal(s)" in o
+    assert "2 worker(s) x 1 thread(s)" in o
+    assert f"error: {tmp_path / 'scans' / 'missing.jpeg'}:" in err
+    rows = _rows(out)
+    assert len(rows) == 10
+    missing = rows[str(tmp_path / "scans" / "missing.jpeg")]
+    assert not missing["ok"] and missing["content_sha256"] == "" and "missing.jpeg" in missing["error"]
+    rc = main(["batch", str(m), "--out", str(out), "--model", str(tiny_model_dir), "--workers", "2", "--no-progress"])
+    o, _ = capsys.readouterr()
+    assert rc == 0 and "10 input(s): 0 scored by this run, 10 already in" in o
+
+
+
+def test_done_hashes_per_model_newest_row_and_retry_errors(tmp_path: Path):
+    pytest.importorskip("pyarrow")
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from deephealth.batch import PartWriter, done_hashes, load_results, result_schema
+
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+    def row(src, sha, model, ok=True, minutes=0, status="accept"):
+        return {"source": src, "ok": ok, "label": "normal" if ok else None, "label_index": 0 if ok else None,
+                "suitability_status": status, "suitability_reasons": [], "warnings": [],
+                "error": None if ok else f"{src}: broken", "model_sha256": model, "content_sha256": sha,
+                "scored_at": t0 + dt.timedelta(minutes=minutes)}
+
+    w = PartWriter(str(tmp_path / "res"), "run1")
+    w.write(pa.Table.from_pylist([row("/a", "h1", "A"), row("/b", "h2", "A", ok=False, status=None),
+                                  row("/c", "h3", "A", ok=False, status="refuse")], schema=result_schema()))
+    w.write(pa.Table.from_pylist([row("/a", "h1new", "A", minutes=5), row("/a", "h1", "B", minutes=9)],
+                                 schema=result_schema()))
+    assert done_hashes(str(tmp_path / "res"), "A") == {"/a": "h1new", "/b": "h2", "/c": "h3"}
+    assert done_hashes(str(tmp_path / "res"), "A", retry_errors=True) == {"/a": "h1new", "/c": "h3"}
+    assert done_hashes(str(tmp_path / "res"), "B") == {"/a": "h1"}
+    latest = load_results(str(tmp_path / "res"))
+    assert dict(zip(latest.column("source").to_pylist(), latest.column("model_sha256").to_pylist())) == {
+        "/a": "B", "/b": "A", "/c": "A"}
+    assert load_results(str(tmp_path / "res"), latest=False).num_rows == 5
+    assert not list((tmp_path / "res").glob(".*"))  # no temporary file left

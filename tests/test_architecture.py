@@ -94,3 +94,11 @@ def test_readers_and_training_import_one_way() -> None:
     assert graph["deephealth.readers.types"] == set()
     assert "deephealth.training.imagenet" in graph["deephealth.training.model"]
     assert "deephealth.training.model" not in graph["deephealth.training.imagenet"]
+
+
+def test_rendering_comes_after_inference() -> None:
+    graph = import_graph()
+    assert "deephealth.inference" in graph["deephealth.rendering"]
+    assert "deephealth.rendering" not in graph["deephealth.inference"]
+    for user in ("deephealth.web.routes", "deephealth.dicom_output", "deephealth.cli.predict"):
+        assert "deephealth.rendering" in graph[user], user

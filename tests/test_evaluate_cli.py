@@ -216,8 +216,10 @@ def test_released_model_reproduces_committed_metrics(dataset_root, tmp_path, cap
     committed = load_metrics(RELEASED_REPORT)
     # The same comparison rows as the committed report (README: "Reproduce it").
     repo = Path(__file__).resolve().parents[1]
+    # The committed report was made with --stability (issue 16): reproduce that section too.
+    extra = ["--stability"] if committed.get("stability") else []
     rc, _, err = _run(capsys, "--model", str(default_model_dir()), "--data", str(dataset_root), "--split", "test",
-                      "--out", str(tmp_path / "report"), "--no-progress",
+                      "--out", str(tmp_path / "report"), "--no-progress", *extra,
                       "--compare", "prototype method (frozen ImageNet Lite0 + last layer)="
                       f"{repo / 'docs/evaluations/prototype-method/metrics.json'}",
                       "--compare-adapted", "0.2.0 site-adapted (AdaBN on the 624 unlabelled test films)="

@@ -22,10 +22,9 @@ from deephealth.inference import (
     Predictor,
     calibrated_probabilities,
     cam_heatmap,
-    colorize,
-    overlay_png,
 )
 from deephealth.labels import CLASS_NAMES
+from deephealth.rendering import colorize, overlay_png, prediction_overlay_png
 from deephealth.paths import default_model_dir
 from deephealth.preprocessing import PreprocessConfig, preprocess
 from deephealth.readers import ImageReadError, read_image
@@ -179,7 +178,7 @@ def test_known_model_heatmap_peaks_at_bright_patch_on_non_square_image(known: Pr
     # the prediction equals the closed form over the preprocessed input
     m = float(preprocess(img, known.artifact.preprocessing).mean())
     np.testing.assert_allclose(r.probs, _softmax(np.array([m, -m, 0.0]) / KNOWN_T), rtol=1e-5)
-    png = Image.open(io.BytesIO(r.overlay_png()))
+    png = Image.open(io.BytesIO(prediction_overlay_png(r)))
     assert png.format == "PNG" and png.size == (200, 120) and png.mode == "RGB"
 
 
@@ -322,7 +321,8 @@ def test_serving_path_never_imports_torch(tiny_model_dir: Path, sample_files, tm
         from deephealth.inference import Predictor
         p = Predictor({str(tiny_model_dir)!r})
         r = p.predict({str(sample_files[0])!r}, heatmap=True)
-        r.overlay_png()
+        from deephealth.rendering import prediction_overlay_png
+        prediction_overlay_png(r)
         p.predict_many([{str(sample_files[1])!r}, b"junk"])
         from deephealth.cli import main
         rc = main(["predict", {str(sample_files[2])!r}, "--model", {str(tiny_model_dir)!r},

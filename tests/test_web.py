@@ -141,7 +141,9 @@ def test_heatmap_and_preview_are_the_decoded_image_and_the_overlay(client, predi
     overlay = _png_bytes(body["heatmap_png"])
     assert overlay.mode == "RGB" and overlay.size == (224, 224)
     expected = predictor.predict(data, name="x", heatmap=True)
-    want = np.asarray(Image.open(io.BytesIO(expected.overlay_png())).convert("RGB"))
+    from deephealth.rendering import prediction_overlay_png
+
+    want = np.asarray(Image.open(io.BytesIO(prediction_overlay_png(expected))).convert("RGB"))
     np.testing.assert_array_equal(np.asarray(overlay), want)
     assert body["label"] == expected.label
 

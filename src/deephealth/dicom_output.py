@@ -40,20 +40,17 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
 from deephealth import __version__
 from deephealth.audit import gate_outcome
-from deephealth.inference import Prediction, colorize
+from deephealth.inference import Prediction
+from deephealth.rendering import NOTICE, SC_MAX_SIDE, annotated_overlay  # noqa: F401  (re-exported)
 
 _logger = logging.getLogger(__name__)
 
 MANUFACTURER = "Deep Health"
 """(0008,0070) Manufacturer of the SR and Secondary Capture."""
-NOTICE = "Decision support, not a diagnosis. Every result must be reviewed by a qualified clinician."
-"""Burned into every Secondary Capture."""
 NO_SOURCE_NOTE = (
     "No source study: the input was not a DICOM file, so Deep Health generated this study; "
     "it carries no patient data. Attach the result to the patient's record by hand."
@@ -63,8 +60,6 @@ SR_SERIES_NUMBER = 9901
 """Series Number of our SR series (high, so viewers list it after the acquired series)."""
 SC_SERIES_NUMBER = 9902
 """Series Number of our Secondary Capture series."""
-SC_MAX_SIDE = 2048
-"""Longest side of the Secondary Capture image in pixels (larger images are reduced)."""
 LOCAL_SCHEME = "99DEEPHEALTH"
 """Coding Scheme Designator of our local codes (PS3.16 8.2: private schemes start with 99)."""
 
@@ -146,63 +141,8 @@ def series_description(model_name: str, model_version: str, kind: str) -> str:
     return f"Deep Health {model_name} {model_version} {kind}"[:64]
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has no size
-        return ImageFont.load_default()
 
 
-def annotated_overlay(prediction: Prediction, alpha: float = 0.4, max_side: int = SC_MAX_SIDE) -> np.ndarray:
-    """The heatmap overlay with the result and :data:`NOTICE` burned into a band below the image.
-
-    Args:
-        prediction: a prediction made with ``heatmap=True``.
-        alpha: heatmap opacity in [0, 1] (as :func:`deephealth.inference.overlay_png`).
-        max_side: the overlay is reduced (area average) so its longest side is at most this.
-
-    Returns:
-        ``(H', W', 3)`` uint8 RGB: the overlay (``H x W`` at most ``max_side``) on top of a black
-        band with three lines of white text.
-
-    Raises:
-        ValueError: if the prediction has no heatmap.
-    """
-    if prediction.heatmap is None or prediction.image is None:
-        raise ValueError(f"{prediction.source}: no heatmap; predict with heatmap=True")
-    gray = np.clip(prediction.image.astype(np.float32), 0.0, 1.0)[..., None] * 255.0
-    rgb = (1.0 - alpha) * gray + alpha * colorize(prediction.heatmap).astype(np.float32)
-    img = Image.fromarray(np.rint(rgb).astype(np.uint8), mode="RGB")
-    scale = max_side / max(img.size)
-    if scale < 1.0:
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX)
-    w = img.width
-    size = max(10, w // 48)
-    font = _font(size)
-    from deephealth.labels import CLASS_DESCRIPTIONS
-
-    p = prediction.probabilities
-    lines = [
-        f"Deep Health: {CLASS_DESCRIPTIONS.get(prediction.label, prediction.label)} "
-        f"(P = {p[prediction.label]:.2f})",
-        f"P(no pneumonia) {p['normal']:.2f}  P(bacterial) {p['bacterial']:.2f}  P(viral) {p['viral']:.2f}",
-        NOTICE,
-    ]
-    pad = size // 2
-    band_h = len(lines) * (size + pad) + pad
-    canvas = Image.new("RGB", (w, img.height + band_h), (0, 0, 0))
-    canvas.paste(img, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    y = img.height + pad
-    for line in lines:
-        # shrink the font for a line that would not fit the width
-        f, s = font, size
-        while s > 6 and draw.textlength(line, font=f) > w - 2 * pad:
-            s -= 1
-            f = _font(s)
-        draw.text((pad, y), line, fill=(255, 255, 255), font=f)
-        y += size + pad
-    return np.asarray(canvas, dtype=np.uint8)
 
 
 _TYPE2_COPIED = (

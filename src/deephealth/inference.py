@@ -29,7 +29,6 @@ cropping, upsampling the ``(h, w)`` map straight onto it is the exact geometric 
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -62,8 +61,6 @@ __all__ = [
     "Predictor",
     "calibrated_probabilities",
     "cam_heatmap",
-    "colorize",
-    "overlay_png",
     "ImageReadError",
     "ModelArtifactError",
     "Suitability",
@@ -108,45 +105,8 @@ def cam_heatmap(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(up, dtype=np.float32), 0.0, 1.0)
 
 
-def colorize(heat: np.ndarray) -> np.ndarray:
-    """Map ``(H, W)`` values in [0, 1] to RGB with the "jet" colour map (blue -> cyan -> yellow -> red).
-
-    Uses the classic piecewise-linear jet definition (as in MATLAB's ``jet``):
-    ``r = clip(1.5 - |4x - 3|)``, ``g = clip(1.5 - |4x - 2|)``, ``b = clip(1.5 - |4x - 1|)``.
-
-    Returns:
-        ``(H, W, 3)`` uint8.
-    """
-    x = np.linspace(0.0, 1.0, 256, dtype=np.float32)[:, None]
-    lut = np.clip(1.5 - np.abs(4.0 * x - np.array([3.0, 2.0, 1.0], np.float32)), 0.0, 1.0)  # (256, 3)
-    lut = np.rint(lut * 255.0).astype(np.uint8)
-    idx = np.rint(np.clip(heat, 0.0, 1.0) * 255.0).astype(np.intp)
-    return lut[idx]
 
 
-def overlay_png(image: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> bytes:
-    """Blend a heatmap over a grayscale radiograph and encode it as PNG.
-
-    Args:
-        image: ``(H, W)`` float in [0, 1], bright = dense (reader output).
-        heat: ``(H, W)`` float in [0, 1], same shape as ``image``.
-        alpha: weight of the colour map, in [0, 1]: ``out = (1 - alpha) * gray + alpha * jet(heat)``.
-
-    Returns:
-        PNG file bytes of an ``(H, W)`` RGB image.
-
-    Raises:
-        ValueError: if the shapes differ or ``alpha`` is outside [0, 1].
-    """
-    if image.shape != heat.shape:
-        raise ValueError(f"image {image.shape} and heatmap {heat.shape} must have the same shape")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    gray = np.clip(np.asarray(image, np.float32), 0.0, 1.0)[..., None] * 255.0  # (H, W, 1)
-    rgb = (1.0 - alpha) * gray + alpha * colorize(heat).astype(np.float32)  # (H, W, 3)
-    buf = io.BytesIO()
-    Image.fromarray(np.rint(rgb).astype(np.uint8), mode="RGB").save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -187,7 +147,7 @@ class Prediction:
             ``(H, W)`` can be a fraction of the file's size; both cover the whole image), or
             ``None`` if no heatmap was asked for.
         image: the decoded ``(H, W)`` float32 image in [0, 1], kept only with a heatmap (for
-            :meth:`overlay_png`), else ``None``.
+            :func:`deephealth.rendering.prediction_overlay_png`), else ``None``.
         border_crop: ``(top, bottom, left, right)`` of the decoded image that was analysed when
             the preprocessing contract removed a uniform border (letterboxing, padding), in decoded
             pixels; ``None`` when nothing was removed.
@@ -214,16 +174,6 @@ class Prediction:
 
     ok = True
     """Always ``True`` (``PredictionError.ok`` is ``False``), for uniform handling of batch results."""
-
-    def overlay_png(self, alpha: float = 0.4) -> bytes:
-        """PNG bytes of the heatmap over the decoded image (see :func:`overlay_png`).
-
-        Raises:
-            ValueError: if the prediction was made without ``heatmap=True``.
-        """
-        if self.heatmap is None or self.image is None:
-            raise ValueError(f"{self.source}: no heatmap; predict with heatmap=True")
-        return overlay_png(self.image, self.heatmap, alpha)
 
     def to_dict(self, include_heatmap: bool = False) -> dict[str, Any]:
         """JSON-able dict: source, ok, label, label_index, probabilities, logits, warnings, image info.
@@ -296,7 +246,8 @@ class Predictor:
         >>> p = Predictor()                       # the bundled model
         >>> r = p.predict("chest.jpeg", heatmap=True)
         >>> r.label, r.probabilities["viral"]
-        >>> open("overlay.png", "wb").write(r.overlay_png())
+        >>> from deephealth.rendering import prediction_overlay_png
+        >>> open("overlay.png", "wb").write(prediction_overlay_png(r))
 
     Args:
         model_dir: model folder with ``model.onnx`` and ``metadata.json``; ``None`` means

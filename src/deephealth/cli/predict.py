@@ -231,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
     """Classify the inputs and print the results. Exit 0 all ok, 1 some failed, 2 model/usage error."""
     from deephealth.artifact import ModelArtifactError
     from deephealth.inference import PredictionError, Predictor
+    from deephealth.rendering import prediction_overlay_png
     from deephealth.labels import INTENDED_USE
     from deephealth.results import result_record
 
@@ -295,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
                 if heat_dir is not None and not isinstance(res, PredictionError) and d["ok"]:
                     out = heat_dir / _heatmap_name(res.source, used_names)
                     try:
-                        out.write_bytes(res.overlay_png(alpha=args.alpha))
+                        out.write_bytes(prediction_overlay_png(res, alpha=args.alpha))
                         d["heatmap_file"] = str(out)
                     except OSError as exc:
                         d = {"source": res.source, "ok": False,

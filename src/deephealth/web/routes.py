@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import io
 import json
 import logging
 import time
@@ -20,15 +19,13 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
-from PIL import Image
 
 from deephealth import labels
 from deephealth.gate import UnsuitableImageError
-from deephealth.inference import overlay_png
 from deephealth.readers import ImageReadError, UnsupportedFormatError, detect_format
+from deephealth.rendering import PREVIEW_MAX_SIDE, gray_png, overlay_png, shrink  # noqa: F401
 from deephealth.web.audit import audit_status, record_prediction
 from deephealth.web.i18n import localize_prediction, request_language, translate_text
 from deephealth.web.schemas import ErrorResponse, Health, ModelCard, PredictionPublic, UnsuitableResponse
@@ -39,8 +36,6 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = Path(str(resources.files("deephealth.web") / "static"))
 """Folder of the upload page's files (package data)."""
 
-PREVIEW_MAX_SIDE = 1024
-"""Longest side, in pixels, of the preview and heatmap PNGs returned by the API."""
 
 router = APIRouter()
 
@@ -93,28 +88,8 @@ def _form_flag(fields: dict[str, str], name: str, default: bool) -> bool:
     raise UploadError(422, f"form field {name!r} must be true or false, got {fields[name][:20]!r}")
 
 
-def _shrink(image: np.ndarray) -> np.ndarray:
-    """A (H, W) float image reduced to at most :data:`PREVIEW_MAX_SIDE` pixels a side (area average).
-
-    Returns:
-        ``(h, w)`` float32, the same aspect ratio (sides rounded to whole pixels); ``image`` itself
-        if it is already small enough.
-    """
-    h, w = image.shape
-    scale = PREVIEW_MAX_SIDE / max(h, w)
-    if scale >= 1.0:
-        return np.asarray(image, dtype=np.float32)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # (width, height) for Pillow
-    small = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F").resize(size, Image.Resampling.BOX)
-    return np.asarray(small, dtype=np.float32)
 
 
-def _gray_png_base64(image: np.ndarray) -> str:
-    """Base64 PNG (8-bit grayscale, bright = dense) of a (H, W) float image in [0, 1]."""
-    arr = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-    buf = io.BytesIO()
-    Image.fromarray(np.round(arr * 255.0).astype(np.uint8), mode="L").save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _predict(
@@ -129,12 +104,12 @@ def _predict(
     # The Prediction keeps the decoded image only when a heatmap is computed; the class activation
     # map comes from the same network run, so asking for it to get the preview costs little.
     pred = predictor.predict(data, name=filename, heatmap=heatmap or preview, allow_unsuitable=allow_unsuitable)
-    image = _shrink(pred.image) if (heatmap or preview) else None  # (h, w), at most 1024 a side
+    image = shrink(pred.image) if (heatmap or preview) else None  # (h, w), at most 1024 a side
     heatmap_b64 = None
     if heatmap:
-        heat = _shrink(pred.heatmap)  # aligned with the decoded image, so with `image` too
+        heat = shrink(pred.heatmap)  # aligned with the decoded image, so with `image` too
         heatmap_b64 = base64.b64encode(overlay_png(image, heat)).decode("ascii")
-    preview_b64 = _gray_png_base64(image) if preview else None
+    preview_b64 = base64.b64encode(gray_png(image)).decode("ascii") if preview else None
     latency_ms = (time.perf_counter() - start) * 1000.0
     artifact = predictor.artifact
     class_names = list(artifact.class_names)

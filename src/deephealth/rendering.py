@@ -110,7 +110,7 @@ def annotated_overlay(prediction: Prediction, alpha: float = 0.4, max_side: int 
 
     Args:
         prediction: a prediction made with ``heatmap=True``.
-        alpha: heatmap opacity in [0, 1] (as :func:`deephealth.inference.overlay_png`).
+        alpha: heatmap opacity in [0, 1] (as :func:`overlay_png`).
         max_side: the overlay is reduced (area average) so its longest side is at most this.
 
     Returns:

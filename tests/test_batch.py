@@ -276,3 +276,18 @@ def test_done_hashes_per_model_newest_row_and_retry_errors(tmp_path: Path):
         "/a": "B", "/b": "A", "/c": "A"}
     assert load_results(str(tmp_path / "res"), latest=False).num_rows == 5
     assert not list((tmp_path / "res").glob(".*"))  # no temporary file left
+
+
+def test_summary_counts_labels_gate_outcomes_and_errors() -> None:
+    import pyarrow as pa
+
+    from deephealth.batch import BatchSummary
+
+    s = BatchSummary()
+    s.add(pa.table({"ok": [True, True, False, False], "label": ["viral", "normal", None, None],
+                    "suitability_status": ["accept", "warn", "refuse", None],
+                    "error": [None, None, "b.png: refused", "c.jpg: truncated or corrupt JPEG file"]}))
+    assert s.scored == 4 and s.errors == 2
+    assert dict(s.labels) == {"viral": 1, "normal": 1}
+    assert dict(s.gate) == {"accept": 1, "warn": 1, "refuse": 1, "not read": 1}
+    assert s.error_messages == ["b.png: refused", "c.jpg: truncated or corrupt JPEG file"]

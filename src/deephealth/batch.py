@@ -400,7 +400,7 @@ class BatchSummary:
         for ok, label, status, err in zip(table.column("ok").to_pylist(), table.column("label").to_pylist(),
                                           table.column("suitability_status").to_pylist(),
                                           table.column("error").to_pylist()):
-            self.gate[status or "none"] += 1
+            self.gate[status or "not read"] += 1  # an unreadable file never reached the gate
             if ok:
                 self.labels[label] += 1
             else:

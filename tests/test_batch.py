@@ -291,3 +291,18 @@ def test_summary_counts_labels_gate_outcomes_and_errors() -> None:
     assert dict(s.labels) == {"viral": 1, "normal": 1}
     assert dict(s.gate) == {"accept": 1, "warn": 1, "refuse": 1, "not read": 1}
     assert s.error_messages == ["b.png: refused", "c.jpg: truncated or corrupt JPEG file"]
+
+
+def test_missing_ray_is_said_first_in_one_line(tmp_path, monkeypatch, capsys) -> None:
+    # A web-only install: `import ray` fails. Nothing is collected or announced before the error.
+    (tmp_path / "a.jpeg").write_bytes(b"not read")
+    for name in ("ray", "ray.data"):
+        monkeypatch.setitem(sys.modules, name, None)
+    rc = main(["batch", str(tmp_path / "a.jpeg"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.strip().splitlines() == [
+        "error: deephealth batch needs Ray Data: pip install 'deephealth[scale]' "
+        "(import of ray halted; None in sys.modules)"
+    ]
+    assert not (tmp_path / "out").exists()

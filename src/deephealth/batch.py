@@ -430,6 +430,20 @@ def plan_workers(cpus: int, workers: int | None, threads: int | None) -> tuple[i
     return workers, threads
 
 
+def require_ray() -> None:
+    """Check that the ``[scale]`` extra (Ray Data, pyarrow) is installed, before any work starts.
+
+    Raises:
+        BatchError: naming the extra to install and the missing module.
+    """
+    try:
+        import pyarrow  # noqa: F401
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise BatchError(f"deephealth batch needs Ray Data: pip install 'deephealth[scale]' ({exc})") from exc
+
+
 def _start_ray(address: str | None) -> None:
     import ray
 
@@ -477,12 +491,11 @@ def run_batch(
     Raises:
         BatchError: Ray is not installed, RESULTS is unusable, or the model cannot be loaded.
     """
-    try:
-        import pyarrow as pa
-        import ray
-        import ray.data
-    except ImportError as exc:
-        raise BatchError(f"deephealth batch needs Ray Data: pip install 'deephealth[scale]' ({exc})") from exc
+    require_ray()
+    import pyarrow as pa
+    import ray
+    import ray.data
+
     from deephealth.artifact import ModelArtifact, ModelArtifactError
     from deephealth.paths import default_model_dir
 

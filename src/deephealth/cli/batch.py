@@ -66,8 +66,14 @@ def _counts(counter) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Score the inputs into RESULTS and print a summary. Exit 0 all ok, 1 some errors, 2 usage error, 130 interrupted."""
-    from deephealth.batch import BatchError, run_batch
+    from deephealth.batch import BatchError, require_ray, run_batch
     from deephealth.labels import INTENDED_USE
+
+    try:  # before anything is printed or collected: a missing extra is the first thing to say
+        require_ray()
+    except BatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     from deephealth.cli.predict import _skipped_line, skipped_in_folders
 
@@ -81,10 +87,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: no inputs to score", file=sys.stderr)
         return 2
     if args.verbose < 1:  # Ray Data logs every execution at INFO (its logging is configured on import)
-        try:
-            import ray.data  # noqa: F401
-        except ImportError:
-            pass  # run_batch reports it
+        import ray.data  # noqa: F401
         for name in ("ray", "ray.data", "ray.data._internal.execution.streaming_executor"):
             logging.getLogger(name).setLevel(logging.WARNING)
 

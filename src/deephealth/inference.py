@@ -105,10 +105,6 @@ def cam_heatmap(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(up, dtype=np.float32), 0.0, 1.0)
 
 
-
-
-
-
 # ------------------------------------------------------------------------------------------ results
 
 

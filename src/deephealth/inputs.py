@@ -23,6 +23,7 @@ import csv
 import glob
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 from deephealth.readers.formats import FILE_SUFFIXES
@@ -120,13 +121,39 @@ def read_manifest(manifest: str | Path, root: str | Path | None = None) -> list[
     return out
 
 
-def collect_inputs(paths: list[str], *, root: str | Path | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+SKIP_REASON = "not an image file suffix (name the file itself to read it anyway)"
+"""Why a file found inside a folder was not read (its suffix is not an image suffix)."""
+
+
+def _walk(folder: Path) -> tuple[list[str], list[str]]:
+    """One pass over a folder (recursive): ``(images, others)``, each sorted.
+
+    ``images`` are the files :func:`is_image_candidate` takes; ``others`` the visible files (no part
+    of the path below ``folder`` starting with ``.``) with a suffix that is not an image suffix.
+    """
+    images: list[str] = []
+    others: list[str] = []
+    for f in sorted(folder.rglob("*")):
+        if not f.is_file():
+            continue
+        if is_image_candidate(f):
+            images.append(str(f))
+        elif f.suffix and not any(part.startswith(".") for part in f.relative_to(folder).parts):
+            others.append(str(f))
+    return images, others
+
+
+def collect_inputs(paths: list[str], *, root: str | Path | None = None,
+                   skipped: list[str] | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     """Expand command-line paths into the inputs to classify.
 
     Args:
         paths: files, folders (searched recursively, see :func:`is_image_candidate`), glob
             patterns, CSV/Parquet manifests (see the module doc) and ``scheme://`` URIs (kept).
         root: folder that a manifest's relative entries are resolved against (default: its folder).
+        skipped: if given, receives the files that folder (and glob-matched folder) arguments hold
+            but that are not taken because of their suffix (notes.txt, report.pdf), each once, in
+            the same walk; a file also named directly is read, so it is not listed.
 
     Returns:
         ``(files, missing)``: inputs in a stable order (each argument's files sorted, a manifest's
@@ -136,6 +163,7 @@ def collect_inputs(paths: list[str], *, root: str | Path | None = None) -> tuple
     files: list[str] = []
     missing: list[tuple[str, str]] = []
     seen: set[str] = set()
+    others: list[str] = []
 
     def add(p: str) -> None:
         key = p if is_uri(p) else os.path.abspath(p)
@@ -148,7 +176,8 @@ def collect_inputs(paths: list[str], *, root: str | Path | None = None) -> tuple
         if is_uri(arg):
             add(arg)
         elif p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image_candidate(f))
+            found, other = _walk(p)
+            others.extend(other)
             if not found:
                 missing.append((arg, "folder contains no image files"))
             for f in found:
@@ -172,11 +201,49 @@ def collect_inputs(paths: list[str], *, root: str | Path | None = None) -> tuple
                     add(m)
                     matched = True
                 elif mp.is_dir():
-                    for f in sorted(str(f) for f in mp.rglob("*") if f.is_file() and is_image_candidate(f)):
+                    found, other = _walk(mp)
+                    others.extend(other)
+                    for f in found:
                         add(f)
                         matched = True
             if not matched:
                 missing.append((arg, "no files match this pattern"))
         else:
             missing.append((arg, "no such file or folder"))
+    if skipped is not None:
+        for f in others:
+            key = os.path.abspath(f)
+            if key not in seen:
+                seen.add(key)
+                skipped.append(f)
     return files, missing
+
+
+def skipped_in_folders(paths: list[str], taken: list[str]) -> list[str]:
+    """The files that folder arguments hold but :func:`collect_inputs` did not take because of
+    their suffix (as its ``skipped`` argument gives them in the same walk).
+
+    Args:
+        paths: the command-line arguments, as given to :func:`collect_inputs`.
+        taken: the files :func:`collect_inputs` returned (not listed again).
+
+    Returns:
+        The skipped files, sorted per folder, each once.
+    """
+    out: list[str] = []
+    collect_inputs(paths, skipped=out)
+    done = {os.path.abspath(f) for f in taken}
+    return [f for f in out if os.path.abspath(f) not in done]
+
+
+def skipped_line(skipped: list[str], show: int = 5) -> str:
+    """One stderr line: how many files were skipped, by suffix, and the first few names.
+
+    >>> skipped_line(["a/notes.txt", "a/b.csv", "a/c.txt"])
+    'skipped 3 file(s) in folders, not image suffixes (.txt 2, .csv 1): a/notes.txt, a/b.csv, a/c.txt; name a file itself to read it anyway'
+    """
+    by_suffix = Counter(Path(f).suffix.lower() for f in skipped)
+    kinds = ", ".join(f"{suf} {n}" for suf, n in by_suffix.most_common())
+    names = ", ".join(skipped[:show]) + (f" and {len(skipped) - show} more" if len(skipped) > show else "")
+    return (f"skipped {len(skipped)} file(s) in folders, not image suffixes ({kinds}): {names}; "
+            "name a file itself to read it anyway")

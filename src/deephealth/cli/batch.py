@@ -75,14 +75,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from deephealth.cli.predict import _skipped_line, skipped_in_folders
+    from deephealth.inputs import skipped_line
 
-    files, missing = collect_inputs(args.sources, root=args.root)
+    skipped: list[str] = []
+    files, missing = collect_inputs(args.sources, root=args.root, skipped=skipped)
     for arg, reason in missing:
         print(f"error: {arg}: {reason}", file=sys.stderr)
-    skipped = skipped_in_folders(args.sources, files)
     if skipped:  # as predict: files in the folders whose suffix is not an image's are said, not read
-        print(_skipped_line(skipped), file=sys.stderr)
+        print(skipped_line(skipped), file=sys.stderr)
     if not files:
         print("error: no inputs to score", file=sys.stderr)
         return 2

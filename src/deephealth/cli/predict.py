@@ -46,7 +46,12 @@ import time
 from pathlib import Path
 
 from deephealth.cli._audit import close_for_cli, open_for_cli
-from deephealth.inputs import collect_inputs  # noqa: F401  (one input policy, shared with batch and adapt)
+from deephealth.inputs import (  # noqa: F401  (one input policy, shared with batch and adapt; names re-exported)
+    SKIP_REASON,
+    collect_inputs,
+    skipped_in_folders,
+    skipped_line,
+)
 from deephealth.readers.formats import FILE_SUFFIXES as FOLDER_SUFFIXES  # noqa: F401
 
 # FOLDER_SUFFIXES: suffixes picked up inside folders (plus files without a suffix, which may be
@@ -257,8 +262,8 @@ def run(args: argparse.Namespace) -> int:
     audit, ok = open_for_cli(args.audit)
     if not ok:
         return 2
-    files, missing = collect_inputs(args.paths)
-    skipped = skipped_in_folders(args.paths, files)
+    skipped: list[str] = []
+    files, missing = collect_inputs(args.paths, skipped=skipped)
     heat_dir = Path(args.heatmap_dir) if args.heatmap_dir else None
     if heat_dir is not None:
         try:
@@ -349,67 +354,8 @@ def run(args: argparse.Namespace) -> int:
             print("input gate: image checks only (this model has no fitted feature-space gate)")
         print(notice)
     if n_skipped:
-        print(_skipped_line(skipped), file=sys.stderr)
+        print(skipped_line(skipped), file=sys.stderr)
     for r in rows:
         if not r["ok"] and not r.get("skipped"):
             print(f"error: {r['error']}", file=sys.stderr)
     return 1 if n_bad or len(rows) == n_skipped else 0
-
-
-def _skipped_line(skipped: list[str], show: int = 5) -> str:
-    """One stderr line: how many files were skipped, by suffix, and the first few names.
-
-    >>> _skipped_line(["a/notes.txt", "a/b.csv", "a/c.txt"])
-    'skipped 3 file(s) in folders, not image suffixes (.txt 2, .csv 1): a/notes.txt, a/b.csv, a/c.txt; name a file itself to read it anyway'
-    """
-    from collections import Counter
-
-    by_suffix = Counter(Path(f).suffix.lower() for f in skipped)
-    kinds = ", ".join(f"{suf} {n}" for suf, n in by_suffix.most_common())
-    names = ", ".join(skipped[:show]) + (f" and {len(skipped) - show} more" if len(skipped) > show else "")
-    return (f"skipped {len(skipped)} file(s) in folders, not image suffixes ({kinds}): {names}; "
-            "name a file itself to read it anyway")
-
-
-SKIP_REASON = "not an image file suffix (name the file itself to read it anyway)"
-"""Why a file found inside a folder was not read (its suffix is not in :data:`FOLDER_SUFFIXES`)."""
-
-
-def skipped_in_folders(paths: list[str], taken: list[str]) -> list[str]:
-    """The files that folder (and glob-matched folder) arguments hold but that were not taken
-    because of their suffix, so that ``predict`` can say what it skipped (``inspect`` lists them).
-
-    Args:
-        paths: the command-line arguments, as given to :func:`collect_inputs`.
-        taken: the files :func:`collect_inputs` returned (a skipped file named directly as well is
-            read, so it is not listed).
-
-    Returns:
-        Visible files (no part of the path below the folder starting with ``.``) whose suffix is
-        neither an image suffix (:data:`FOLDER_SUFFIXES`) nor empty, sorted per folder, each once.
-    """
-    import glob
-    import os
-
-    done = {os.path.abspath(f) for f in taken}
-    out: list[str] = []
-
-    def walk(folder: Path) -> None:
-        for f in sorted(folder.rglob("*")):
-            rel = f.relative_to(folder).parts
-            if (f.is_file() and f.suffix and f.suffix.lower() not in FOLDER_SUFFIXES
-                    and not any(part.startswith(".") for part in rel)):
-                key = os.path.abspath(f)
-                if key not in done:
-                    done.add(key)
-                    out.append(str(f))
-
-    for arg in paths:
-        p = Path(arg)
-        if p.is_dir():
-            walk(p)
-        elif not p.exists() and set("*?[") & set(arg):
-            for m in sorted(glob.glob(arg, recursive=True)):
-                if Path(m).is_dir():
-                    walk(Path(m))
-    return out

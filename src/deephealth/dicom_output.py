@@ -141,10 +141,6 @@ def series_description(model_name: str, model_version: str, kind: str) -> str:
     return f"Deep Health {model_name} {model_version} {kind}"[:64]
 
 
-
-
-
-
 _TYPE2_COPIED = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
     "ReferringPhysicianName", "StudyID", "AccessionNumber",

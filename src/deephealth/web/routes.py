@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from deephealth import labels
 from deephealth.gate import UnsuitableImageError
 from deephealth.readers import ImageReadError, UnsupportedFormatError, detect_format
-from deephealth.rendering import PREVIEW_MAX_SIDE, gray_png, overlay_png, shrink  # noqa: F401
+from deephealth.rendering import gray_png, overlay_png, shrink
 from deephealth.web.audit import audit_status, record_prediction
 from deephealth.web.i18n import localize_prediction, request_language, translate_text
 from deephealth.web.schemas import ErrorResponse, Health, ModelCard, PredictionPublic, UnsuitableResponse
@@ -86,10 +86,6 @@ def _form_flag(fields: dict[str, str], name: str, default: bool) -> bool:
     if value in _FALSE:
         return False
     raise UploadError(422, f"form field {name!r} must be true or false, got {fields[name][:20]!r}")
-
-
-
-
 
 
 def _predict(

@@ -236,7 +236,12 @@ def test_released_model_reproduces_committed_metrics(dataset_root, tmp_path, cap
     for section in golden:
         if section not in now:  # a section dropped since that report was made
             continue
-        assert_close(golden[section], now[section], ties=len(diff.near_ties), path=section)
+        ties = len(diff.near_ties)
+        if section == "stability":
+            # 15 x 624 perturbed films are scored but not written out, so their near ties cannot be
+            # found as above: allow one per perturbation's counts (another CPU's last digit, e.g. AVX2).
+            ties += 1
+        assert_close(golden[section], now[section], ties=ties, path=section)
 
 
 @pytest.mark.needs_data

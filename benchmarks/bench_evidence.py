@@ -55,66 +55,17 @@ def split_files(predictor, split: str) -> list[Path]:
 def evaluate_model(model_dir: str | None, files: list[Path], steps: int, threads: int, seed: int,
                    randomisation: bool, log: logging.Logger, fill: str = "blur") -> dict:
     """Deletion curves (every map of the model + random) and randomisation for one model folder."""
-    from deephealth.calibration import decide
-    from deephealth.evaluation.faithfulness import blurred, curve_auc, deletion_curves, summarise
-    from deephealth.inference import Predictor, calibrated_probabilities, cam_heatmap
+    from deephealth.evaluation.faithfulness import deletion_report
+    from deephealth.inference import Predictor
 
     p = Predictor(model_dir, num_threads=threads)
-    s = p.input_size
-    xs = []
-    for f in files:
-        image, _ = p.load(f)
-        xs.append(p._prepare(image)[1])  # (1, S, S) float32, content box squashed to the square
-    x = np.stack(xs)  # (N, 1, S, S)
-    temp, op = p.artifact.temperature, p.artifact.operating_point
-
-    def score(batch: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        logits, _ = p.infer(batch)
-        probs = calibrated_probabilities(logits, temp)
-        return probs[np.arange(len(classes)), classes]
-
-    sources = ["cam"] + (["evidence"] if p.evidence_name else [])
-    maps, logits = {}, None
-    for src in sources:
-        chunks = [p.infer(x[i : i + 32], cam=True, source=src) for i in range(0, len(x), 32)]
-        logits = np.concatenate([c[0] for c in chunks])
-        maps[src] = np.concatenate([c[1] for c in chunks])
-    probs = calibrated_probabilities(logits, temp)
-    classes = np.array([int(decide(pr, op)) for pr in probs])
-    sigma = s / 24.0  # 8 px at 192 px
-    fill_value = blurred(x, sigma) if fill == "blur" else 0.0
-    fill_desc = (f"Gaussian blur of the input, sigma {sigma:.0f} px" if fill == "blur"
-                 else "0 (the normalisation mean, mid-grey)")
+    t0 = time.time()
     result = {"model": f"{p.artifact.name} {p.artifact.version}", "model_dir": str(p.artifact.directory),
-              "input_size": s, "films": len(files), "steps": steps, "fill": fill_desc,
-              "predicted_class_counts": {c: int(np.sum(classes == i)) for i, c in enumerate(p.artifact.class_names)},
-              "heatmap_source": p.heatmap_source, "maps": {}}
-    curves = {}
-    for src in sources + ["random"]:
-        t0 = time.time()
-        if src == "random":
-            sal = None
-        else:  # the displayed heatmap in input pixels (ReLU, max-normalised, bilinear)
-            sal = np.stack([cam_heatmap(m[k], (s, s)) for m, k in zip(maps[src], classes)])
-        fr, sc = deletion_curves(score, x, classes, sal, steps=steps, fill=fill_value, seed=seed)
-        curves[src] = (fr, sc)
-        log.info("%s %s: deletion curves of %d films in %.0f s", result["model"], src, len(x), time.time() - t0)
-    rand_auc = curve_auc(*curves["random"])
-    for src, (fr, sc) in curves.items():
-        auc = curve_auc(fr, sc)
-        entry = {"map_shape": list(maps[src].shape[2:]) if src in maps else None,
-                 "auc": summarise(auc, seed), "mean_curve": sc.mean(axis=0).tolist(), "fractions": fr.tolist()}
-        entry["auc_by_predicted_class"] = {c: summarise(auc[classes == i], seed)
-                                           for i, c in enumerate(p.artifact.class_names) if np.any(classes == i)}
-        if src != "random":
-            entry["auc_minus_random"] = summarise(auc - rand_auc, seed)
-            entry["auc_minus_random_by_predicted_class"] = {
-                c: summarise((auc - rand_auc)[classes == i], seed)
-                for i, c in enumerate(p.artifact.class_names) if np.any(classes == i)}
-            entry["share_below_random"] = float(np.mean(auc < rand_auc))
-        result["maps"][src] = entry
+              **deletion_report(p, files, steps=steps, seed=seed, fill=fill, progress=True)}
+    log.info("%s: deletion curves of %d films in %.0f s", result["model"], result["films"], time.time() - t0)
     if randomisation:
-        result["randomisation"] = _randomisation(p, x, sources, seed, log)
+        x = np.stack([p._prepare(p.load(f)[0])[1] for f in files])  # (N, 1, S, S), as predict prepares them
+        result["randomisation"] = _randomisation(p, x, [k for k in result["maps"] if k != "random"], seed, log)
     return result
 
 
@@ -132,50 +83,6 @@ def _randomisation(p, x: np.ndarray, sources: list[str], seed: int, log: logging
         return None
     ck = torch.load(wpath, map_location="cpu", weights_only=True)
     return randomisation_check(ck["model_args"], ck["model_state"], x, maps=sources, seed=seed)
-
-
-def plot(results: list[dict], path: Path) -> None:
-    """Deletion curves (one panel per model) and the randomisation cascade, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    n = len(results)
-    has_rand = any(r.get("randomisation") for r in results)
-    fig, axes = plt.subplots(1, n + int(has_rand), figsize=(5.0 * (n + int(has_rand)), 4.2), squeeze=False)
-    colours = {"cam": "tab:blue", "evidence": "tab:red", "random": "0.5"}
-    for ax, r in zip(axes[0], results):
-        for src, e in r["maps"].items():
-            shape = "x".join(str(v) for v in e["map_shape"]) if e["map_shape"] else ""
-            label = f"{src} {shape}".strip() + f" (AUC {e['auc']['mean']:.3f})"
-            ax.plot(np.array(e["fractions"]) * 100, e["mean_curve"], color=colours.get(src, "k"), label=label,
-                    ls="--" if src == "random" else "-")
-        ax.set_xlabel("pixels deleted (%)")
-        ax.set_ylabel("P(predicted class), mean")
-        ax.set_title(f"deletion, {r['model']}, {r['films']} {r['split']} films\nfill: {r['fill']}", fontsize=9)
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if has_rand:
-        ax = axes[0][-1]
-        for r in results:
-            for src, e in (r.get("randomisation") or {}).items():
-                ys = [e["spearman"][st]["mean"] for st in e["stages"]]
-                ax.plot(range(len(ys)), ys, marker="o", color=colours.get(src, "k"),
-                        ls="-" if r is results[0] else ":", label=f"{src}, {r['model']}")
-        stages = next(e["stages"] for r in results for e in (r.get("randomisation") or {}).values())
-        ax.set_xticks(range(len(stages)))
-        ax.set_xticklabels(["+" + s.split("+")[-1] if i else s for i, s in enumerate(stages)], rotation=20, fontsize=8)
-        ax.axhline(0, color="0.6", lw=0.8)
-        ax.set_ylabel("Spearman vs trained map, mean")
-        ax.set_title("model randomisation (cascading from the top)", fontsize=10)
-        ax.set_ylim(-0.5, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
 
 
 def main() -> int:
@@ -196,6 +103,7 @@ def main() -> int:
     log = logging.getLogger("bench_evidence")
 
     from deephealth.artifact import ModelArtifactError
+    from deephealth.evaluation.plots import plot_deletion
     from deephealth.inference import Predictor
 
     out = Path(args.out)
@@ -217,7 +125,7 @@ def main() -> int:
         print(f"bench_evidence: {exc}", file=sys.stderr)
         return 2
     (out / "evidence.json").write_text(json.dumps({"results": results}, indent=2) + "\n")
-    plot(results, out / "deletion_curves.png")
+    plot_deletion(results, out / "deletion_curves.png")
     for r in results:
         print(f"{r['model']} ({r['films']} {r['split']} films, {r['input_size']} px)")
         for src, e in r["maps"].items():

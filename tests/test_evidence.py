@@ -246,3 +246,48 @@ def test_bench_evidence_writes_json_and_png(evidence_model_dir: Path, dataset_ro
     assert res["maps"]["evidence"]["map_shape"] == [6, 6] and len(res["maps"]["cam"]["mean_curve"]) == 5
     assert set(res["randomisation"]) == {"cam", "evidence"} and res["randomisation"]["cam"]["stages"][0] == "fc"
     assert (out / "deletion_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.needs_data
+def test_evaluate_faithfulness_adds_deletion_curves_to_the_report(evidence_model_dir: Path, dataset_root: Path,
+                                                                  tmp_path: Path, capsys):
+    """``deephealth evaluate --faithfulness``: the report's deletion curves start at the probability of
+    the class predicted on the intact film, end at the same fully-filled film for every order, and the
+    paired difference is the difference of the areas."""
+    import csv
+
+    from deephealth.cli import main
+
+    data = tmp_path / "ds"
+    stems = {"NORMAL": ["IM-0001-0001", "IM-0003-0001"], "PNEUMONIA": ["person100_bacteria_475", "person10_virus_35"]}
+    for folder, names in stems.items():
+        (data / "test" / folder).mkdir(parents=True)
+        for stem in names:
+            (data / "test" / folder / f"{stem}.jpeg").symlink_to(dataset_root / "test" / folder / f"{stem}.jpeg")
+    out = tmp_path / "report"
+    rc = main(["evaluate", "--model", str(evidence_model_dir), "--data", str(data), "--out", str(out),
+               "--no-progress", "--bootstrap", "50", "--faithfulness"])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    fa = json.loads((out / "metrics.json").read_text())["faithfulness"]
+    assert fa["films"] == 4 and fa["steps"] == 16 and fa["heatmap_source"] == "evidence"
+    assert set(fa["maps"]) == {"cam", "evidence", "random"}
+    assert fa["maps"]["evidence"]["map_shape"] == [6, 6] and fa["maps"]["cam"]["map_shape"] == [3, 3]
+    assert sum(fa["predicted_class_counts"].values()) == 4
+    with (out / "predictions.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    p_pred = [float(r[f"p_{r['predicted']}"]) for r in rows]
+    for src, e in fa["maps"].items():
+        assert len(e["mean_curve"]) == 17 and e["fractions"][0] == 0.0 and e["fractions"][-1] == 1.0
+        assert e["mean_curve"][0] == pytest.approx(np.mean(p_pred), abs=2e-6), src  # nothing deleted yet
+        assert e["mean_curve"][-1] == pytest.approx(fa["maps"]["random"]["mean_curve"][-1], abs=1e-6), src
+        assert 0.0 <= e["auc"]["mean"] <= 1.0
+    for src in ("cam", "evidence"):
+        e = fa["maps"][src]
+        diff = e["auc"]["mean"] - fa["maps"]["random"]["auc"]["mean"]
+        assert e["auc_minus_random"]["mean"] == pytest.approx(diff, abs=2e-6)
+        assert e["share_below_random"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    md = (out / "report.md").read_text()
+    assert "## Heatmap faithfulness: deletion curves (4 images)" in md and "![Deletion curves](deletion_curves.png)" in md
+    assert (out / "deletion_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "heatmap deletion curves (4 images)" in stdout

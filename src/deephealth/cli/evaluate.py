@@ -12,7 +12,10 @@ labelled row of the comparison table (--compare-adapted for a model that used th
 site's unlabelled films, e.g. site-adapted BatchNorm statistics). --stability also scores every
 film under the benign-perturbation family of deephealth.evaluation.stability (JPEG q90, +-1 grey
 level, gamma, rescale, rotate, shift, crop, blur, sharpen; about 16x the scoring time) and adds the
-label-flip table and stability.png to the report.
+label-flip table and stability.png to the report. --faithfulness adds the heatmap's deletion
+curves (Petsiuk et al., 2018; deephealth.evaluation.faithfulness): the predicted class's probability
+as the most highlighted pixels are deleted first, against random deletion (about 50x the scoring
+time, no labels used), with deletion_curves.png.
 
 Data: a Kermany-layout folder ({train,val,test}/{NORMAL,PNEUMONIA}/...; default: the shared
 chest_xray_224, official test split) or a CSV with columns path,label[,patient_id,split].
@@ -22,7 +25,7 @@ Examples:
   deephealth evaluate --model src/deephealth/models/deephealth-cxr3 --out src/deephealth/models/deephealth-cxr3/report
   deephealth evaluate --data my_images.csv --out eval-mine
   deephealth evaluate --data ../shared/data/chest_xray_224.csv --split test
-  deephealth evaluate --stability --out eval-test
+  deephealth evaluate --stability --faithfulness --out eval-test
   deephealth evaluate --compare "prototype method=eval-proto/metrics.json" \
       --compare-adapted "site-adapted (AdaBN)=eval-adapted/metrics.json"
 
@@ -66,6 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stability", action="store_true",
                         help="also measure label flips and |ΔP(pneumonia)| under the benign-perturbation family "
                         "(deephealth.evaluation.stability; about 16x the scoring time) and add them to the report")
+    parser.add_argument("--faithfulness", action="store_true",
+                        help="also draw the heatmaps' deletion curves against random deletion (Petsiuk et al., "
+                        "2018; deephealth.evaluation.faithfulness; about 50x the scoring time) and add them to "
+                        "the report")
 
 
 def load_comparisons(args: argparse.Namespace) -> list[tuple[str, dict, bool | None]]:
@@ -206,6 +213,19 @@ def run(args: argparse.Namespace) -> int:
             n_resamples=args.bootstrap, seed=args.seed,
         )
         stability_seconds = round(time.monotonic() - t1, 1)
+    faithfulness = None
+    if args.faithfulness:
+        from deephealth.evaluation.faithfulness import deletion_report
+
+        t2 = time.monotonic()
+        try:
+            faithfulness = deletion_report(predictor, [r["path"] for r in rows if r["error"] is None],
+                                           seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
+        except ValueError as exc:
+            return _error(str(exc))
+        for label, err in faithfulness.pop("errors"):
+            print(f"deletion curves: not scored: {err}", file=sys.stderr)
+        faithfulness_seconds = round(time.monotonic() - t2, 1)
 
     art = predictor.artifact
     model_info = {
@@ -226,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
         *(["--split", args.split] if args.split else ([] if is_csv else ["--split", split])),
         "--out", str(args.out), "--bootstrap", str(args.bootstrap), "--seed", str(args.seed),
         *(["--stability"] if args.stability else []),
+        *(["--faithfulness"] if args.faithfulness else []),
         *(x for spec in args.compare for x in ("--compare", spec)),
         *(x for spec in args.compare_adapted for x in ("--compare-adapted", spec)),
     ])
@@ -250,6 +271,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if stability is not None:
         run_info["stability_seconds"] = stability_seconds
+    if faithfulness is not None:
+        run_info["faithfulness_seconds"] = faithfulness_seconds
     data_info = {
         "dataset": data_path.name,
         "kind": "csv" if is_csv else "kermany-folder",
@@ -262,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
             y_true=y_true, probs=probs, rows=rows, model=model_info, data=data_info, run=run_info,
             operating_points=operating_points if isinstance(operating_points, dict) else None,
             n_resamples=args.bootstrap, seed=args.seed, comparisons=comparisons, decision=art.operating_point,
-            stability=stability,
+            stability=stability, faithfulness=faithfulness,
         )
         written = write_report(report, y_true, probs, rows, args.out)
     except ValueError as exc:
@@ -312,6 +335,12 @@ def run(args: argparse.Namespace) -> int:
         for name, v in stability["perturbations"].items():
             print(f"  {name:<14} {100 * v['flip_rate']:5.1f} % ({v['n_flips']})   {v['abs_dp_p95']:.3f}")
         print(f"  any of them      {100 * stability['any_flip_rate']:5.1f} %")
+    if faithfulness is not None:
+        print(f"heatmap deletion curves ({faithfulness['films']} images): AUC, lower = more faithful")
+        for src, e in faithfulness["maps"].items():
+            vs = "" if src == "random" else (f"  map − random {e['auc_minus_random']['mean']:+.3f}, beats random on "
+                                             f"{100 * e['share_below_random']:.0f} % of films")
+            print(f"  {src:<9} {e['auc']['mean']:.3f}{vs}")
     gate = report.get("gate") or {}
     if gate.get("n_read"):
         counts = ", ".join(f"{n} {status}" for status, n in gate["counts"].items())

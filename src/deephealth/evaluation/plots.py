@@ -4,7 +4,10 @@
 - ROC curves, one-vs-rest for each class (Fawcett, 2006, "An introduction to ROC analysis");
 - ROC curves of the two binary protocols of Kermany et al. (2018), with the 0.5 operating point
   and the operating point Kermany et al. report, for comparison;
-- reliability diagram (DeGroot & Fienberg, 1983; as drawn by Guo et al., 2017) over the 15 ECE bins.
+- reliability diagram (DeGroot & Fienberg, 1983; as drawn by Guo et al., 2017) over the 15 ECE bins;
+- label-flip rates under benign perturbations (:mod:`deephealth.evaluation.stability`);
+- heatmap deletion curves (Petsiuk et al., 2018) and the model-randomisation cascade (Adebayo et al.,
+  2018), :mod:`deephealth.evaluation.faithfulness`.
 
 matplotlib is imported inside each function so that importing this module stays cheap.
 """
@@ -262,4 +265,60 @@ def plot_stability(summaries: dict[str, dict[str, Any]], path: str | Path,
     ax.set_ylim(bottom=0)
     ax.legend(fontsize="small")
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_deletion(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Mean deletion curves, one panel per model, and the model-randomisation cascade when measured.
+
+    Args:
+        results: one dict per model, as returned by
+            :func:`deephealth.evaluation.faithfulness.deletion_report` plus ``model`` (a label) and
+            optionally ``split`` and ``randomisation``
+            (:func:`deephealth.evaluation.faithfulness.randomisation_check`).
+        path: output PNG path (parent folders are created).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: if ``results`` is empty.
+    """
+    if not results:
+        raise ValueError("no deletion curves to plot")
+    plt = _pyplot()
+    n = len(results)
+    has_rand = any(r.get("randomisation") for r in results)
+    fig, axes = plt.subplots(1, n + int(has_rand), figsize=(5.0 * (n + int(has_rand)), 4.2), squeeze=False)
+    colours = {"cam": "tab:blue", "evidence": "tab:red", "random": "0.5"}
+    for ax, r in zip(axes[0], results):
+        for src, e in r["maps"].items():
+            shape = "x".join(str(v) for v in e["map_shape"]) if e["map_shape"] else ""
+            label = f"{src} {shape}".strip() + f" (AUC {e['auc']['mean']:.3f})"
+            ax.plot(np.array(e["fractions"]) * 100, e["mean_curve"], color=colours.get(src, "k"), label=label,
+                    ls="--" if src == "random" else "-")
+        ax.set_xlabel("pixels deleted (%)")
+        ax.set_ylabel("P(predicted class), mean")
+        where = f"{r['films']} {r.get('split', '')} films".replace("  ", " ")
+        ax.set_title(f"deletion, {r.get('model', '')}, {where}\nfill: {r['fill']}", fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if has_rand:
+        ax = axes[0][-1]
+        for r in results:
+            for src, e in (r.get("randomisation") or {}).items():
+                ys = [e["spearman"][st]["mean"] for st in e["stages"]]
+                ax.plot(range(len(ys)), ys, marker="o", color=colours.get(src, "k"),
+                        ls="-" if r is results[0] else ":", label=f"{src}, {r.get('model', '')}")
+        stages = next(e["stages"] for r in results for e in (r.get("randomisation") or {}).values())
+        ax.set_xticks(range(len(stages)))
+        ax.set_xticklabels(["+" + s.split("+")[-1] if i else s for i, s in enumerate(stages)], rotation=20, fontsize=8)
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_ylabel("Spearman vs trained map, mean")
+        ax.set_title("model randomisation (cascading from the top)", fontsize=10)
+        ax.set_ylim(-0.5, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)

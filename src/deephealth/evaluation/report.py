@@ -15,6 +15,9 @@ Folder contents (written by :func:`write_report`):
 - ``confusion_matrix.png``, ``roc_one_vs_rest.png``, ``roc_binary.png``, ``reliability.png``.
 - with a ``stability`` section (``deephealth evaluate --stability``,
   :mod:`deephealth.evaluation.stability`): ``stability.png`` and a stability table in report.md.
+- with a ``faithfulness`` section (``deephealth evaluate --faithfulness``,
+  :func:`deephealth.evaluation.faithfulness.deletion_report`): ``deletion_curves.png`` and a table
+  of deletion-curve areas, heatmap against random deletion, in report.md.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ SCHEMA = "deephealth-evaluation/1"
 ROUND_DIGITS = 6
 REPRODUCIBLE_SECTIONS = (
     "schema", "model", "data", "headline", "metrics", "confidence_intervals", "anchors", "misclassified",
-    "failures", "deduplicated", "comparisons", "stability",
+    "failures", "deduplicated", "comparisons", "stability", "faithfulness",
 )
 """Sections of ``metrics.json`` that a rerun on the same model and data reproduces exactly."""
 
@@ -54,6 +57,8 @@ PLOTS = {
 }
 STABILITY_PLOT = "stability.png"
 """Bar chart of the label-flip rates, written when the report has a ``stability`` section."""
+DELETION_PLOT = "deletion_curves.png"
+"""Mean deletion curves, written when the report has a ``faithfulness`` section."""
 
 ANCHORS: tuple[dict[str, Any], ...] = (
     {
@@ -217,6 +222,7 @@ def build_report(
     decision: dict[str, Any] | None = None,
     comparisons: list[tuple[str, dict[str, Any], bool | None]] | None = None,
     stability: dict[str, Any] | None = None,
+    faithfulness: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compute metrics and intervals and assemble the ``metrics.json`` content.
 
@@ -247,6 +253,8 @@ def build_report(
             see :func:`comparison_entry`.
         stability: optional :func:`deephealth.evaluation.stability.summarize_stability` dict of
             the same films (label flips under benign perturbations), stored as ``stability``.
+        faithfulness: optional :func:`deephealth.evaluation.faithfulness.deletion_report` dict of
+            the same films (deletion curves of the heatmaps), stored as ``faithfulness``.
 
     Returns:
         The JSON-able report dict (floats rounded to 6 decimals).
@@ -297,6 +305,7 @@ def build_report(
             "comparisons": [comparison_entry(name, other, uses, data["files_sha256"])
                             for name, other, uses in (comparisons or [])],
             **({"stability": stability} if stability else {}),
+            **({"faithfulness": faithfulness} if faithfulness else {}),
             "run": run,
         }
     )
@@ -477,6 +486,11 @@ def write_report(report: dict[str, Any], y_true: np.ndarray, probs: np.ndarray, 
             {f"{model.get('name', 'model')} {model.get('version', '')}".strip(): report["stability"]},
             out / STABILITY_PLOT, title=f"Label flips under benign perturbations, {report['data'].get('split', '')}",
         )
+    if report.get("faithfulness"):
+        model = report["model"]
+        written["faithfulness"] = plots.plot_deletion(
+            [{"model": f"{model.get('name', 'model')} {model.get('version', '')}".strip(),
+              "split": report["data"].get("split", ""), **report["faithfulness"]}], out / DELETION_PLOT)
 
     path = out / "metrics.json"
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -786,6 +800,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     add("")
     if report.get("stability"):
         L.extend(_stability_markdown(report["stability"]))
+    if report.get("faithfulness"):
+        L.extend(_faithfulness_markdown(report["faithfulness"]))
     # Anchors
     add("## Comparison with published results")
     add("")
@@ -877,6 +893,38 @@ def _stability_markdown(st: dict[str, Any]) -> list[str]:
     return out
 
 
+def _faithfulness_markdown(fa: dict[str, Any]) -> list[str]:
+    """The "Heatmap faithfulness" section of report.md."""
+    out = [f"## Heatmap faithfulness: deletion curves ({fa['films']} images)", ""]
+    out.append("No lesion boxes exist for these films, so the heatmap is checked against the model instead "
+               "(Petsiuk et al., 2018): the network-input pixels of each film are deleted in the map's order, "
+               f"most highlighted first, 1/{fa['steps']} at a time (fill: {fa['fill']}), and the calibrated "
+               "probability of the class the model gives the intact film is followed. A faithful map makes it "
+               "fall faster than deleting pixels in random order: a smaller area under the curve (AUC, 0–1). "
+               f"The heatmap shown to users is the `{fa['heatmap_source']}` map. Intervals: 95 % bootstrap over "
+               "films. `deephealth.evaluation.faithfulness` (docs/evidence.md, which also has the "
+               "model-randomisation check).")
+    out.append("")
+    names = [c for c in CLASS_NAMES if c in fa["predicted_class_counts"]]
+    out.append("| map | cells | deletion AUC | map − random, paired | films where the map beats random | "
+               + " | ".join(f"map − random, called {c} (n)" for c in names) + " |")
+    out.append("|---|---|---:|---:|---:|" + "---:|" * len(names))
+    for src, e in fa["maps"].items():
+        cells = "×".join(str(v) for v in e["map_shape"]) if e.get("map_shape") else "–"
+        auc = f"{e['auc']['mean']:.3f} ({e['auc']['ci95'][0]:.3f}–{e['auc']['ci95'][1]:.3f})"
+        if src == "random":
+            out.append(f"| random order | – | {auc} | – | – |" + " – |" * len(names))
+            continue
+        d = e["auc_minus_random"]
+        by = e.get("auc_minus_random_by_predicted_class") or {}
+        per = " | ".join(f"{by[c]['mean']:+.3f} ({by[c]['n']})" if c in by else "–" for c in names)
+        out.append(f"| {src} | {cells} | {auc} | {d['mean']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) | "
+                   f"{_pct(e['share_below_random'])} | {per} |")
+    out.append("")
+    out += [f"![Deletion curves]({DELETION_PLOT})", ""]
+    return out
+
+
 def _gate_markdown(gate: dict[str, Any] | None, add: Any) -> None:
     """The "Input gate" section of report.md."""
     if not gate or not gate.get("n_read"):
@@ -919,6 +967,7 @@ __all__ = [
     "ANCHORS",
     "PLOTS",
     "REPRODUCIBLE_SECTIONS",
+    "DELETION_PLOT",
     "STABILITY_PLOT",
     "build_report",
     "data_fingerprint",

@@ -67,7 +67,7 @@ def test_lossy_jpeg_dicom_gives_the_same_probabilities_with_or_without_pylibjpeg
     full = Predictor(num_threads=1).predict(path).probabilities
     for k, v in full.items():
         assert core["probabilities"][k] == pytest.approx(v, abs=1e-3), k
-    assert full["normal"] == pytest.approx(0.512, abs=0.02)  # the Pillow figure, within a model update's drift
+    assert full["normal"] == pytest.approx(0.808, abs=0.02)  # model 0.3.0 with Pillow (0.2.0: 0.512), within a retrain's drift
 
 
 def _round_trip(ds: Dataset) -> Dataset:

@@ -218,8 +218,10 @@ def test_released_model_reproduces_committed_metrics(dataset_root, tmp_path, cap
     repo = Path(__file__).resolve().parents[1]
     # The committed report was made with --stability (issue 16): reproduce that section too.
     extra = ["--stability"] if committed.get("stability") else []
+    extra += ["--faithfulness"] if committed.get("faithfulness") else []  # the deletion curves (0.3.0)
     rc, _, err = _run(capsys, "--model", str(default_model_dir()), "--data", str(dataset_root), "--split", "test",
                       "--out", str(tmp_path / "report"), "--no-progress", *extra,
+                      "--compare", f"0.2.0 (released 2026-11-30)={repo / 'docs/evaluations/0.2.0/metrics.json'}",
                       "--compare", "prototype method (frozen ImageNet Lite0 + last layer)="
                       f"{repo / 'docs/evaluations/prototype-method/metrics.json'}",
                       "--compare-adapted", "0.2.0 site-adapted (AdaBN on the 624 unlabelled test films)="
@@ -237,8 +239,8 @@ def test_released_model_reproduces_committed_metrics(dataset_root, tmp_path, cap
         if section not in now:  # a section dropped since that report was made
             continue
         ties = len(diff.near_ties)
-        if section == "stability":
-            # 15 x 624 perturbed films are scored but not written out, so their near ties cannot be
+        if section in ("stability", "faithfulness"):
+            # 15 x 624 perturbed films (and the deletion steps) are scored but not written out, so their near ties cannot be
             # found as above: allow one per perturbation's counts (another CPU's last digit, e.g. AVX2).
             ties += 1
         assert_close(golden[section], now[section], ties=ties, path=section)

@@ -126,8 +126,7 @@ def small_page(browser, small_server):
 @pytest.fixture(scope="module")
 def xray(dataset_root: Path) -> Path:
     """A real bacterial-pneumonia X-ray from the test split (person101_bacteria_483: the released model
-    calls it bacterial with P = 0.95, a typical result for the screenshot; the first one by name,
-    person100_bacteria_475, is one of its misses)."""
+    0.3.0 calls it bacterial with P = 0.89, a typical result for the screenshot)."""
     return dataset_root / "test" / "PNEUMONIA" / "person101_bacteria_483.jpeg"
 
 

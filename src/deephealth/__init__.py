@@ -6,4 +6,4 @@ with calibrated probabilities and a class activation heatmap. Decision support, 
 This module imports nothing heavy; import submodules for functionality.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

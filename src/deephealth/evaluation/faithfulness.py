@@ -185,7 +185,6 @@ def summarise(values: Sequence[float] | np.ndarray, seed: int = 0, n_boot: int =
             "n": int(v.size)}
 
 
-
 DELETION_FILL_SIGMA_FRACTION = 1.0 / 24.0
 """Sigma of the blurred-film fill as a fraction of the input side (8 px at 192 px)."""
 
@@ -269,7 +268,7 @@ def deletion_report(
         logits = np.concatenate([c[0] for c in chunks])
         maps[src] = np.concatenate([c[1] for c in chunks])
     probs = calibrated_probabilities(logits, temp)
-    classes = np.array([int(decide(pr, op)) for pr in probs], dtype=np.int64)
+    classes = decide(probs, op)  # (N,) int64, the label predict gives each film
     sigma = s * DELETION_FILL_SIGMA_FRACTION
     fill_value: float | np.ndarray = blurred(x, sigma) if fill == "blur" else 0.0
     fill_desc = (f"Gaussian blur of the input, sigma {sigma:.0f} px" if fill == "blur"

@@ -247,6 +247,30 @@ def test_released_model_reproduces_committed_metrics(dataset_root, tmp_path, cap
 
 
 @pytest.mark.needs_data
+def test_evaluate_lists_a_csv_row_whose_file_is_missing_in_the_report(tiny_model_dir, small_dataset, tmp_path,
+                                                                       capsys):
+    # A listed file that does not exist never becomes a record: it must still be in the report, and
+    # the exit status says something was left out (fresh-user check: it used to vanish from the report).
+    table = tmp_path / "mixed.csv"
+    with table.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label"])
+        w.writerow([small_dataset / "test" / "NORMAL" / f"{NORMAL[0]}.jpeg", "normal"])
+        w.writerow([small_dataset / "test" / "PNEUMONIA" / f"{BACTERIAL[0]}.jpeg", "bacterial"])
+        w.writerow([tmp_path / "gone.jpeg", "viral"])
+    out = tmp_path / "report"
+    rc, stdout, _ = _run(capsys, "--model", str(tiny_model_dir), "--data", str(table), "--out", str(out),
+                         "--no-progress", "--bootstrap", "20")
+    assert rc == 1
+    assert "2 images" in stdout and "1 entries of the data skipped (listed in the report)" in stdout
+    report = load_metrics(out / "metrics.json")
+    assert report["data"]["n_scored"] == 2 and len(report["data"]["skipped"]) == 1
+    assert "gone.jpeg" in report["data"]["skipped"][0] and "not found" in report["data"]["skipped"][0]
+    md = (out / "report.md").read_text()
+    assert "## Entries of the data that were skipped (1)" in md and "gone.jpeg" in md
+
+
+@pytest.mark.needs_data
 def test_evaluate_deduplicates_the_known_test_pair_and_adds_compare_rows(tiny_model_dir, dataset_root, tmp_path,
                                                                          capsys):
     # A CSV named like a sibling folder: its relative paths are found in that folder (as the shared CSV's).

@@ -29,8 +29,9 @@ Examples:
   deephealth evaluate --compare "prototype method=eval-proto/metrics.json" \
       --compare-adapted "site-adapted (AdaBN)=eval-adapted/metrics.json"
 
-Exit status: 0 report written; 1 report written but some images could not be read (listed in the
-report), or none could; 2 bad model, data or arguments.
+Exit status: 0 report written; 1 report written but some images could not be read or some entries
+of the data were skipped (both listed in the report), or none could be read; 2 bad model, data or
+arguments.
 """
 
 from __future__ import annotations
@@ -285,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
             y_true=y_true, probs=probs, rows=rows, model=model_info, data=data_info, run=run_info,
             operating_points=operating_points if isinstance(operating_points, dict) else None,
             n_resamples=args.bootstrap, seed=args.seed, comparisons=comparisons, decision=art.operating_point,
-            stability=stability, faithfulness=faithfulness,
+            stability=stability, faithfulness=faithfulness, skipped=man.problems,
         )
         written = write_report(report, y_true, probs, rows, args.out)
     except ValueError as exc:
@@ -305,7 +306,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {label:<36} {value:.3f}    (95 % CI {lo:.3f}–{hi:.3f})")
 
     print(f"{art.name} {art.version} on {data_path.name} [{split}]: {len(y_true)} images, "
-          f"{report['data']['n_patients']} patients, {len(failures)} not readable")
+          f"{report['data']['n_patients']} patients, {len(failures)} not readable"
+          + (f", {len(man.problems)} entries of the data skipped (listed in the report)" if man.problems else ""))
     show("3-class accuracy", m["three_class"]["accuracy"], "accuracy")
     show("3-class balanced accuracy", m["three_class"]["balanced_accuracy"], "balanced_accuracy")
     show("3-class macro-F1", m["three_class"]["macro_f1"], "macro_f1", pct=False)
@@ -348,4 +350,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"input gate: {counts} ({100 * gate['flagged_fraction']:.1f} % warned or refused{listed})")
     print(f"report: {written['report_md']}")
     print(f"metrics: {written['metrics_json']}")
-    return 1 if failures else 0
+    return 1 if failures or man.problems else 0

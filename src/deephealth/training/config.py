@@ -21,7 +21,9 @@ class TrainConfig:
 
     Data: ``data_dir`` (Kermany layout; empty = ``paths.dataset_dir()``), ``val_fraction`` of train
     patients held out per class, ``split_seed``. Model: timm ``arch``, ``drop_rate``,
-    ``pretrained`` (ImageNet through timm, online only) or ``pretrained_file`` (local weights).
+    ``pretrained`` (ImageNet through timm, online only) or ``pretrained_file`` (local weights);
+    ``init_checkpoint``: continue from a finished run's ``best.pt`` (same ``arch``, same
+    train/validation split, checked; e.g. a low-learning-rate consistency fine-tune of a release).
     Input: ``input_size`` (px), ``interpolation``, ``mean``/``std``, ``crop_border`` (the
     preprocessing contract, :class:`deephealth.preprocessing.PreprocessConfig`).
     Optimisation: AdamW with ``lr`` (peak), ``weight_decay``, linear warm-up for ``warmup_epochs``
@@ -61,6 +63,7 @@ class TrainConfig:
     pretrained: bool = False
     pretrained_file: str = ""
     init: str = "random"
+    init_checkpoint: str = ""
     mode: str = "finetune"
     input_size: int = 192
     interpolation: str = "bilinear"

@@ -190,6 +190,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         config.arch, pretrained=config.pretrained, pretrained_file=config.pretrained_file or None,
         drop_rate=config.drop_rate, init=config.init,
     )
+    init_from = load_init_checkpoint(model, config) if config.init_checkpoint else None
     name = config.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.arch}-{config.input_size}"
     run_dir = Path(config.out_dir) / name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -402,6 +403,8 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
                     "cpu_capability": cpu_description(), "bf16_autocast": bf16},
         "deephealth_version": __version__,
     }
+    if init_from is not None:
+        summary["init_checkpoint"] = init_from
     torch.save(
         {
             "model_state": {k: v.cpu() for k, v in final.state_dict().items()},
@@ -423,6 +426,48 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     _logger.info("run %s: best epoch %d, val %s, T=%.3f, %.1f min", run_dir, best_epoch,
                  {k: round(v, 4) for k, v in val_metrics.items()}, temperature, wall / 60)
     return run_dir
+
+
+def load_init_checkpoint(model: nn.Module, config: TrainConfig) -> dict[str, Any]:
+    """Load the weights of a finished run's checkpoint (``config.init_checkpoint``) into ``model``.
+
+    For continued training of a released model (e.g. a low-learning-rate consistency fine-tune):
+    the checkpoint must come from the same architecture and the same patient-grouped
+    train/validation split (``val_fraction``, ``split_seed``), otherwise films the new run
+    validates on could have been trained on by the starting weights.
+
+    Args:
+        model: the freshly built network (``config.arch``), modified in place.
+        config: the run's config; ``init_checkpoint`` is a ``best.pt`` written by :func:`fit`.
+
+    Returns:
+        Provenance for the run's summary: ``{"path", "sha256", "epoch", "name"}``.
+
+    Raises:
+        FileNotFoundError: if the checkpoint file does not exist.
+        ValueError: if it is not a training checkpoint, or its architecture or train/validation
+            split differs from ``config``'s.
+    """
+    import hashlib
+
+    path = Path(config.init_checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"init_checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{path}: not a training checkpoint (best.pt written by deephealth train)")
+    prev = ckpt["config"]
+    for key in ("arch", "val_fraction", "split_seed"):
+        if prev.get(key) != getattr(config, key):
+            raise ValueError(f"{path}: {key} is {prev.get(key)!r} there but {getattr(config, key)!r} in this run; "
+                             "continued training needs the same architecture and train/validation split")
+    if ckpt.get("preprocessing") != config.preprocessing.to_dict():
+        _logger.warning("%s was trained with preprocessing %s; this run uses %s", path, ckpt.get("preprocessing"),
+                        config.preprocessing.to_dict())
+    model.load_state_dict(ckpt["model_state"])
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    _logger.info("starting from %s (run %s, epoch %s, sha256 %s)", path, prev.get("name"), ckpt.get("epoch"), digest[:12])
+    return {"path": str(path), "sha256": digest, "epoch": ckpt.get("epoch"), "name": prev.get("name")}
 
 
 def js_divergence(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:

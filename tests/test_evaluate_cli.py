@@ -189,6 +189,12 @@ def test_evaluate_refuses_bad_model_and_data(tiny_model_dir, tmp_path, capsys):
     rc, _, err = _run(capsys, "--model", str(tiny_model_dir), "--data", str(empty))
     assert rc == 2 and "no labelled images for split 'test'" in err
 
+    rows = tmp_path / "rows.csv"  # a CSV whose only row has a label the model does not know
+    rows.write_text("path,label\nx.png,pneumothorax\n")
+    rc, _, err = _run(capsys, "--model", str(tiny_model_dir), "--data", str(rows))
+    assert rc == 2 and f"no labelled images in {rows}: it needs a row per film with its path and label" in err
+    assert "split" not in err.splitlines()[-1]
+
     table = tmp_path / "mixed.csv"
     img = tmp_path / "x.png"
     img.write_bytes(b"")

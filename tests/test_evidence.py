@@ -289,5 +289,11 @@ def test_evaluate_faithfulness_adds_deletion_curves_to_the_report(evidence_model
         assert e["share_below_random"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     md = (out / "report.md").read_text()
     assert "## Heatmap faithfulness: deletion curves (4 images)" in md and "![Deletion curves](deletion_curves.png)" in md
+    # On 4 films a map whose paired interval includes zero is named as undecided, and only then.
+    undecided = [src for src in ("cam", "evidence")
+                 if fa["maps"][src]["auc_minus_random"]["ci95"][0] <= 0 <= fa["maps"][src]["auc_minus_random"]["ci95"][1]]
+    assert ("**Too few films to tell:**" in md) == bool(undecided)
+    for src in undecided:
+        assert f"`{src}`" in md.split("**Too few films to tell:**")[1].split("\n")[0]
     assert (out / "deletion_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "heatmap deletion curves (4 images)" in stdout

@@ -46,7 +46,7 @@ def test_folder_with_a_corrupt_file_reports_it_and_exits_1(folder: Path, tiny_mo
     assert rc == 1
     lines = out.splitlines()
     assert lines[0].split() == ["source", "label", "label_index", "p_normal", "p_bacterial", "p_viral",
-                                "pneumonia_probability", "threshold", "gate", "warnings"]
+                                "pneumonia_probability", "threshold", "gate", "notes"]
     good = [folder / "a.jpeg", folder / "b.jpeg", folder / "sub" / "c.jpeg"]
     expected = _expected(tiny_model_dir, good)
     for f in good:
@@ -230,7 +230,7 @@ def test_table_csv_and_json_carry_the_same_decision(folder: Path, capsys):
 
 
 def test_table_wraps_long_warnings(tmp_path: Path, dicom_dir: Path, tiny_model_dir: Path, capsys):
-    """The warnings column stays within WARNINGS_WIDTH, one warning a line, continuation lines aligned."""
+    """The notes column (warnings, gate reasons, errors) stays within WARNINGS_WIDTH, one warning a line, continuation lines aligned."""
     from deephealth.cli.predict import WARNINGS_WIDTH
 
     rc = main(["predict", str(dicom_dir / "cr_chest_pa_rsna.dcm"), str(dicom_dir / "ct_small.dcm"),
@@ -238,7 +238,7 @@ def test_table_wraps_long_warnings(tmp_path: Path, dicom_dir: Path, tiny_model_d
     out = capsys.readouterr().out
     assert rc == 1
     lines = out.split("\n\n")[0].splitlines()
-    start = lines[0].index("warnings")
+    start = lines[0].index("notes")
     assert len(lines[1]) - start == WARNINGS_WIDTH or len(lines[1]) - start < WARNINGS_WIDTH
     assert all(len(line) - start <= WARNINGS_WIDTH for line in lines)
     # the CT's error is wrapped: its text continues on a line whose other cells are blank

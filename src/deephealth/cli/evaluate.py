@@ -184,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {len(man.problems)} entries of {data_path} were skipped (first: {man.problems[0]})",
               file=sys.stderr)
     if not records:
+        if is_csv and not args.split and not splits:
+            return _error(f"no labelled images in {data_path}: it needs a row per film with its path and label")
         return _error(f"no labelled images for split {split!r} in {data_path}")
 
     t0 = time.monotonic()

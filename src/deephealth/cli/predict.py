@@ -15,7 +15,9 @@ p_viral (JSON probabilities.*); pneumonia_probability, threshold, target_sensiti
 decision.*: how the label was decided, which is not simply the largest probability when the model
 has an operating point; the table states the rule once, under the rows); gate and gate_reasons
 (JSON suitability.status and .reasons); warnings; error or skipped (why a file was not classified,
-or not read); model (JSON: name, version, sha256).
+or not read); model (JSON: name, version, sha256). The table's last column, "notes", holds what a
+reader should see next to a row: the gate's reasons and the warnings of a classified film, the
+reasons of a refused one, or the error of a file that could not be read.
 
 Files inside folders with another suffix (notes.txt, report.pdf) are skipped, and said so: a
 "skipped ..." line on stderr, a record with "skipped" in JSON and CSV, a count in the table's
@@ -100,12 +102,13 @@ def _gate(r: dict) -> tuple[str, list[str]]:
 
 
 TABLE_HEADERS = ["source", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "pneumonia_probability",
-                 "threshold", "gate", "warnings"]
+                 "threshold", "gate", "notes"]
 CSV_HEADERS = ["source", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "pneumonia_probability",
                "threshold", "target_sensitivity", "rule", "warnings", "gate", "gate_reasons", "error", "skipped",
                "model"]
 WARNINGS_WIDTH = 72
-"""The table's last column (warnings, errors) wraps at this many characters, one warning a line."""
+"""The table's last column (notes: gate reasons, warnings, errors) wraps at this many characters,
+one note a line."""
 
 
 def _decision(r: dict) -> dict:
@@ -131,8 +134,9 @@ def _wrap(items: list[str], width: int) -> list[str]:
 
 def _fmt_table(rows: list[dict]) -> str:
     """The human-readable table: one row per input (skipped files only in the summary), the
-    warnings column wrapped at :data:`WARNINGS_WIDTH` with one warning a line."""
-    body: list[tuple[list[str], list[str]]] = []  # (cells before warnings, warning lines)
+    notes column (gate reasons and warnings, or the error) wrapped at :data:`WARNINGS_WIDTH`, one
+    note a line."""
+    body: list[tuple[list[str], list[str]]] = []  # (cells before notes, note lines)
     for r in rows:
         if r.get("skipped"):
             continue

@@ -937,6 +937,13 @@ def _faithfulness_markdown(fa: dict[str, Any]) -> list[str]:
         out.append(f"| {src} | {cells} | {auc} | {d['mean']:+.3f} ({d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f}) | "
                    f"{_pct(e['share_below_random'])} | {per} |")
     out.append("")
+    undecided = [src for src, e in fa["maps"].items()
+                 if src != "random" and e["auc_minus_random"]["ci95"][0] <= 0.0 <= e["auc_minus_random"]["ci95"][1]]
+    if undecided:
+        out.append(f"**Too few films to tell:** the paired interval of {', '.join(f'`{s}`' for s in undecided)} "
+                   f"includes zero, so on these {fa['films']} images the map cannot be told apart from random "
+                   "deletion (neither better nor worse). Run on more films before drawing a conclusion.")
+        out.append("")
     out += [f"![Deletion curves]({DELETION_PLOT})", ""]
     return out
 

@@ -46,7 +46,7 @@ def test_release_recipe_is_a_valid_config() -> None:
     assert (c.arch, c.init, c.input_size, c.crop_border) == ("efficientnet_lite0", "imagenet", 192, True)
     assert c.target_sensitivity == 0.95 and c.select_metric == "shift_balanced_accuracy"
     for other in ("release-0.2.0.yaml", "explore/lite0-cons-a.yaml", "explore/lite0-fov-a.yaml", "baselines/prototype-linear-probe.yaml", "explore/resnet18-224.yaml",
-                  "explore/lite0-cons-ft.yaml"):
+                  "explore/lite0-cons-ft.yaml", "explore/lite0-cons-ft224.yaml"):
         assert load_config(Path(__file__).parents[1] / "configs" / other).epochs >= 1
 
 

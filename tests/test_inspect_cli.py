@@ -73,6 +73,18 @@ def test_folder_is_searched_recursively_skipping_hidden(files: dict[str, Path], 
     assert rows[2]["mean"] == pytest.approx((128 * 6336 + 0 * 64) / 6400 / 255, abs=2 / 255)
 
 
+def test_folder_skips_non_image_suffixes_like_predict(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """A notes.txt inside a folder is skipped and said so (as predict does); named directly it is read."""
+    folder = files["good"].parent
+    (folder / "sub" / "notes.txt").write_text("reading list\n")
+    rc = main(["inspect", "--json", str(files["good"]), str(folder / "sub")])
+    out, err = capsys.readouterr()
+    assert rc == 0 and [Path(r["path"]).name for r in json.loads(out)] == ["good.png", "good.jpg"]
+    assert f"skipped 1 file(s) in folders, not image suffixes (.txt 1): {folder / 'sub' / 'notes.txt'}" in err
+    rc, rows = run_json(capsys, str(folder / "sub" / "notes.txt"))
+    assert rc == 1 and rows[0]["error"].startswith(f"{folder / 'sub' / 'notes.txt'}: not an image")
+
+
 def test_out_writes_the_decoded_image_as_8bit_png(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "seen"
     other = tmp_path / "other" / "good.png"  # same stem as files["good"]: must not overwrite it

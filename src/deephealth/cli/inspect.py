@@ -1,6 +1,7 @@
 """Read image files and show what the model will see.
 
-For each file (folders are searched recursively; hidden files are skipped) the reader decodes the
+For each file (folders are searched recursively; hidden files and, as in predict, non-image suffixes
+such as notes.txt are skipped and counted on stderr; name a file to read it anyway) the reader decodes the
 image exactly as prediction does and reports its format, size, bit depth, DICOM photometric
 interpretation and modality, the intensity range of the decoded image (0 = black/air,
 1 = white/dense) and any warnings. A file that cannot be used gets a one-line error and the other
@@ -33,25 +34,34 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``deephealth inspect``."""
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively for image suffixes, as predict does)")
     parser.add_argument("--json", action="store_true", help="print a JSON array, one object per file")
     parser.add_argument("--out", type=Path, metavar="DIR", help="write each decoded image to DIR/<stem>.png (8-bit)")
 
 
-def expand_paths(paths: list[str]) -> list[Path]:
-    """Files named on the command line, in order, then the files under each folder (sorted).
+def expand_paths(paths: list[str], skipped: list[str] | None = None) -> list[Path]:
+    """Files named on the command line, in order, then the image files under each folder (sorted).
 
-    Hidden files and folders (name starting with ``.``) inside folders are skipped; a path that
-    does not exist is kept so that the reader reports it.
+    Inside folders the rule of ``deephealth predict`` applies
+    (:func:`deephealth.inputs.is_image_candidate`): hidden files and folders are skipped, and so
+    are files with a non-image suffix (``notes.txt``), which are appended to ``skipped`` when a
+    list is given. A file named directly is always inspected; a path that does not exist is kept
+    so that the reader reports it.
     """
+    from deephealth.inputs import is_image_candidate
+
     files: list[Path] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
             for f in sorted(p.rglob("*")):
                 rel = f.relative_to(p)
-                if f.is_file() and not any(part.startswith(".") for part in rel.parts):
+                if not f.is_file() or any(part.startswith(".") for part in rel.parts):
+                    continue
+                if is_image_candidate(f):
                     files.append(f)
+                elif skipped is not None:
+                    skipped.append(str(f))
         else:
             files.append(p)
     return files
@@ -133,7 +143,12 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Inspect every file; print a table or JSON; 0 if all were read, 1 if any failed."""
-    files = expand_paths(args.paths)
+    from deephealth.inputs import skipped_line
+
+    skipped: list[str] = []
+    files = expand_paths(args.paths, skipped)
+    if skipped:
+        print(skipped_line(skipped), file=sys.stderr)
     if not files:
         print("deephealth inspect: no files found under " + ", ".join(args.paths), file=sys.stderr)
         return 1

@@ -142,6 +142,7 @@ def test_init_checkpoint_loads_weights_and_refuses_another_split(tmp_path: Path)
     cfg = TrainConfig(arch="resnet18", val_fraction=0.1, split_seed=0)
     path = tmp_path / "best.pt"
     torch.save({"model_state": src.state_dict(), "config": {**cfg.to_dict(), "name": "prev"}, "epoch": 7,
+                "model_args": {"arch": "resnet18", "num_classes": 3, "in_chans": 1}, "temperature": 1.0,
                 "preprocessing": cfg.preprocessing.to_dict()}, path)
     torch.manual_seed(1)
     m = build_model("resnet18")
@@ -157,6 +158,10 @@ def test_init_checkpoint_loads_weights_and_refuses_another_split(tmp_path: Path)
         load_init_checkpoint(build_model("resnet34"), cfg.replace(arch="resnet34", init_checkpoint=str(path)))
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_init_checkpoint(m, cfg.replace(init_checkpoint=str(tmp_path / "missing.pt")))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("not a checkpoint\n")
+    with pytest.raises(ValueError, match="garbage.pt: cannot load checkpoint"):
+        load_init_checkpoint(m, cfg.replace(init_checkpoint=str(garbage)))
 
 
 def test_pretrained_from_local_file(tmp_path: Path) -> None:

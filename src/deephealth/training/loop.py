@@ -445,17 +445,22 @@ def load_init_checkpoint(model: nn.Module, config: TrainConfig) -> dict[str, Any
 
     Raises:
         FileNotFoundError: if the checkpoint file does not exist.
-        ValueError: if it is not a training checkpoint, or its architecture or train/validation
-            split differs from ``config``'s.
+        ValueError: if it is unreadable or not a training checkpoint, or its architecture or
+            train/validation split differs from ``config``'s.
     """
-    import hashlib
+    from deephealth.artifact import sha256_file
+    from deephealth.training.export import load_checkpoint
+    from deephealth.training.onnx_graph import ExportError
 
     path = Path(config.init_checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"init_checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path}: not a training checkpoint (best.pt written by deephealth train)")
+    try:
+        ckpt = load_checkpoint(path)  # the loader export uses: plain tensors first, clear errors
+    except ExportError as exc:
+        raise ValueError(f"init_checkpoint: {exc}") from exc
+    if "config" not in ckpt:
+        raise ValueError(f"{path}: not a training checkpoint (no 'config'; best.pt written by deephealth train)")
     prev = ckpt["config"]
     for key in ("arch", "val_fraction", "split_seed"):
         if prev.get(key) != getattr(config, key):
@@ -465,7 +470,7 @@ def load_init_checkpoint(model: nn.Module, config: TrainConfig) -> dict[str, Any
         _logger.warning("%s was trained with preprocessing %s; this run uses %s", path, ckpt.get("preprocessing"),
                         config.preprocessing.to_dict())
     model.load_state_dict(ckpt["model_state"])
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_file(path)
     _logger.info("starting from %s (run %s, epoch %s, sha256 %s)", path, prev.get("name"), ckpt.get("epoch"), digest[:12])
     return {"path": str(path), "sha256": digest, "epoch": ckpt.get("epoch"), "name": prev.get("name")}
 

@@ -449,18 +449,16 @@ def load_init_checkpoint(model: nn.Module, config: TrainConfig) -> dict[str, Any
             train/validation split differs from ``config``'s.
     """
     from deephealth.artifact import sha256_file
-    from deephealth.training.export import load_checkpoint
-    from deephealth.training.onnx_graph import ExportError
 
     path = Path(config.init_checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"init_checkpoint not found: {path}")
-    try:
-        ckpt = load_checkpoint(path)  # the loader export uses: plain tensors first, clear errors
-    except ExportError as exc:
-        raise ValueError(f"init_checkpoint: {exc}") from exc
-    if "config" not in ckpt:
-        raise ValueError(f"{path}: not a training checkpoint (no 'config'; best.pt written by deephealth train)")
+    try:  # the project's own best.pt holds plain dicts, numbers and tensors
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError, RuntimeError, EOFError...
+        raise ValueError(f"init_checkpoint: {path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{path}: not a training checkpoint (best.pt written by deephealth train)")
     prev = ckpt["config"]
     for key in ("arch", "val_fraction", "split_seed"):
         if prev.get(key) != getattr(config, key):

@@ -164,6 +164,46 @@ def test_init_checkpoint_loads_weights_and_refuses_another_split(tmp_path: Path)
         load_init_checkpoint(m, cfg.replace(init_checkpoint=str(garbage)))
 
 
+def test_init_checkpoint_refuses_another_dataset(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Same val_fraction and split_seed on another dataset folder is another split: refused."""
+    from deephealth.manifest import Record, grouped_split
+    from deephealth.training.loop import check_same_split, load_init_checkpoint, split_identity
+
+    def records(root: str, n_patients: int) -> list[Record]:
+        return [Record(f"{root}/train/{lab}/p{i}_{lab}_{j}.jpeg", "train", lab, f"p{i}")
+                for i in range(n_patients) for j, lab in enumerate(("normal", "bacterial", "viral")[: 1 + i % 3])]
+
+    here = split_identity(*grouped_split(records("/data/a", 40), 0.2, 0))
+    # The same films under another folder: the same identity.
+    assert split_identity(*grouped_split(records("/mnt/copy", 40), 0.2, 0)) == here
+    assert here["n_train"] + here["n_val"] == len(records("/data/a", 40)) == 79 and sum(here["val_counts"].values()) == here["n_val"]
+    assert len(here["val_sha256"]) == 64
+    other = split_identity(*grouped_split(records("/data/a", 41), 0.2, 0))
+    assert other["val_sha256"] != here["val_sha256"]
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(arch="resnet18", val_fraction=0.2, split_seed=0)
+    path = tmp_path / "best.pt"
+    torch.save({"model_state": build_model("resnet18").state_dict(), "config": {**cfg.to_dict(), "name": "prev"},
+                "epoch": 3, "preprocessing": cfg.preprocessing.to_dict(),
+                "data": {"dataset_dir": "/data/a", "n_val": here["n_val"], "val_counts": here["val_counts"],
+                         "split": here}}, path)
+    info = load_init_checkpoint(build_model("resnet18"), cfg.replace(init_checkpoint=str(path)))
+    assert info["split"] == here and info["dataset_dir"] == "/data/a"
+    check_same_split(info, here)  # same films: accepted
+    with pytest.raises(ValueError, match=r"validation split differs.*val_sha256.*dataset folder there: /data/a"):
+        check_same_split(info, other)
+    # A checkpoint from before the fingerprint: its full split's counts are compared.
+    old = {**info, "split": {"n_val": here["n_val"], "val_counts": here["val_counts"]}}
+    check_same_split(old, here)
+    with pytest.raises(ValueError, match="val_counts"):
+        check_same_split(old, {**here, "val_counts": {**here["val_counts"], "viral": here["val_counts"]["viral"] + 1}})
+    # Nothing recorded (a run on a subset): a warning, not a silent pass.
+    with caplog.at_level("WARNING", logger="deephealth.training.loop"):
+        check_same_split({**info, "split": None}, other)
+    assert "cannot check that its validation films are this run's" in caplog.text
+
+
 def test_pretrained_from_local_file(tmp_path: Path) -> None:
     import timm
 

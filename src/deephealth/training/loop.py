@@ -199,6 +199,9 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     data_dir = Path(config.data_dir) if config.data_dir else dataset_dir()
     manifest = scan(data_dir)
     train_recs, val_recs = grouped_split(manifest.split("train"), config.val_fraction, config.split_seed)
+    split_id = split_identity(train_recs, val_recs)
+    if init_from is not None:
+        check_same_split(init_from, split_id)
     train_recs = _subset(train_recs, config.max_train_images, config.seed)
     val_recs = _subset(val_recs, config.max_train_images // 4 if config.max_train_images else 0, config.seed)
     pre = config.preprocessing
@@ -390,6 +393,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         "val_counts": {c: int(n) for c, n in zip(CLASS_NAMES, np.bincount(y_val, minlength=3))},
         "n_train_patients": len({r.patient_id for r in train_recs}),
         "n_val_patients": len({r.patient_id for r in val_recs}),
+        "split": split_id,
     }
     summary = {
         "best_epoch": best_epoch,
@@ -470,7 +474,70 @@ def load_init_checkpoint(model: nn.Module, config: TrainConfig) -> dict[str, Any
     model.load_state_dict(ckpt["model_state"])
     digest = sha256_file(path)
     _logger.info("starting from %s (run %s, epoch %s, sha256 %s)", path, prev.get("name"), ckpt.get("epoch"), digest[:12])
-    return {"path": str(path), "sha256": digest, "epoch": ckpt.get("epoch"), "name": prev.get("name")}
+    data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
+    if data.get("split"):
+        split = data["split"]
+    elif data and not prev.get("max_train_images"):  # checkpoints before the fingerprint: the full split's counts
+        split = {"n_val": data.get("n_val"), "val_counts": data.get("val_counts")}
+    else:
+        split = None
+    return {"path": str(path), "sha256": digest, "epoch": ckpt.get("epoch"), "name": prev.get("name"),
+            "dataset_dir": data.get("dataset_dir"), "split": split}
+
+
+def split_identity(train_recs: list[Record], val_recs: list[Record]) -> dict[str, Any]:
+    """What identifies a patient-grouped train/validation split, independent of where the dataset lies.
+
+    Args:
+        train_recs: the training records of :func:`deephealth.manifest.grouped_split` (before any subset).
+        val_recs: its validation records.
+
+    Returns:
+        ``{"n_train", "n_val", "val_counts", "val_sha256"}``: the counts, the validation films per
+        class, and the SHA-256 (hex) of the sorted ``patient_id / label / file name`` lines of the
+        validation films, so the same dataset copied to another folder gives the same identity.
+    """
+    import hashlib
+
+    lines = sorted(f"{r.patient_id}/{r.label}/{Path(r.path).name}" for r in val_recs)
+    return {
+        "n_train": len(train_recs),
+        "n_val": len(val_recs),
+        "val_counts": {c: sum(r.label == c for r in val_recs) for c in CLASS_NAMES},
+        "val_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+    }
+
+
+def check_same_split(init_from: dict[str, Any], split_id: dict[str, Any]) -> None:
+    """Refuse to continue a checkpoint whose validation films are not this run's.
+
+    ``val_fraction`` and ``split_seed`` (checked by :func:`load_init_checkpoint`) fix the split only
+    for the same dataset: another dataset folder (other films, or a subset) would split differently
+    and let the starting weights have trained on this run's validation films.
+
+    Args:
+        init_from: :func:`load_init_checkpoint`'s result; its ``split`` is the starting run's
+            :func:`split_identity` (or, for checkpoints written before it existed, its full split's
+            ``n_val`` and ``val_counts``; ``None`` when the run used a subset).
+        split_id: this run's :func:`split_identity`.
+
+    Raises:
+        ValueError: if the recorded identity differs from this run's.
+    """
+    prev = init_from.get("split")
+    if not prev:
+        _logger.warning("%s records no validation split identity; cannot check that its validation films are this "
+                        "run's (dataset folder there: %s)", init_from.get("path"), init_from.get("dataset_dir"))
+        return
+    keys = [k for k in ("val_sha256", "n_val", "val_counts") if k in prev]
+    diff = [k for k in keys if prev[k] != split_id[k]]
+    if diff:
+        k = diff[0]
+        raise ValueError(
+            f"{init_from.get('path')}: its validation split differs from this run's ({k} {prev[k]!r} there, "
+            f"{split_id[k]!r} here; dataset folder there: {init_from.get('dataset_dir')}); continued training needs "
+            "the same dataset and train/validation split"
+        )
 
 
 def js_divergence(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:

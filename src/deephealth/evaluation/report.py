@@ -765,7 +765,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "label is bacterial or viral: positive = viral, score = P(viral) / (P(bacterial) + P(viral)), "
         "so sensitivity is the recall of viral and specificity the recall of bacterial pneumonia "
         "(we could not confirm which class Kermany et al. took as positive; if bacterial, swap their sensitivity "
-        "and specificity when comparing). Default operating point: score ≥ 0.5.")
+        "and specificity when comparing). Threshold: the model's shipped operating point where it has one "
+        "(the threshold on 1 − P(normal) chosen on validation, what `predict` decides with), otherwise score ≥ 0.5.")
     add("")
     add("| protocol | images (pos / neg) | threshold | accuracy | sensitivity | specificity | PPV | NPV | AUROC |")
     add("|---|---|---:|---|---|---|---:|---:|---|")
@@ -837,7 +838,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     add(f"## Misclassified images ({len(mis)})")
     add("")
     add("Most confident mistakes first; also in [`misclassified.csv`](misclassified.csv) (all predictions: "
-        "[`predictions.csv`](predictions.csv)). File paths are relative to the dataset folder.")
+        "[`predictions.csv`](predictions.csv)). File paths are relative to the dataset folder (a file outside it keeps its full path).")
     add("")
     if mis:
         add("| file | patient | true | predicted | P(normal) | P(bacterial) | P(viral) |")

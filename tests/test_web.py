@@ -521,6 +521,39 @@ def test_upload_page_and_static_files(client):
     assert "http://" not in html and "https://" not in html
 
 
+def test_upload_page_names_every_format_the_readers_accept(client, predictor, xrays):
+    html = client.get("/").text
+    js = client.get("/static/app.js").text
+    # the drop zone's text, in the page as served (English) and in both languages of app.js
+    assert '<span data-i18n="dz_sub_before">JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP, up to </span>' in html
+    assert 'dz_sub_before: "JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP, up to ",' in js
+    assert 'dz_sub_before: "JPEG, PNG, TIFF, DICOM, BMP, GIF o WebP, hasta ",' in js
+    # the same list as the readers' one policy
+    from deephealth.readers.formats import ACCEPTED_FORMATS, ACCEPTED_FORMATS_TEXT
+
+    assert ACCEPTED_FORMATS == ("JPEG", "PNG", "TIFF", "DICOM", "BMP", "GIF", "WEBP")
+    assert ACCEPTED_FORMATS_TEXT == "JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP"
+    # and each Pillow format the page names is really classified through the API (DICOM: see above)
+    film = np.asarray(Image.open(xrays[0]).convert("L"))  # (224, 224) uint8
+    for fmt, options in (("PNG", {}), ("TIFF", {}), ("BMP", {}), ("GIF", {}), ("WEBP", {"lossless": True})):
+        buf = io.BytesIO()
+        Image.fromarray(film).save(buf, format=fmt, **options)
+        data = buf.getvalue()
+        r = _post(client, f"film.{fmt.lower()}", data)
+        assert r.status_code == 200, (fmt, r.text)
+        body = r.json()
+        assert body["image"]["format"] == fmt
+        assert (body["image"]["width"], body["image"]["height"]) == (224, 224)
+        expected = predictor.predict(data, name=f"film.{fmt.lower()}")
+        got = np.array([body["probabilities"][c] for c in CLASS_NAMES])
+        np.testing.assert_allclose(got, expected.probs, rtol=0, atol=1e-9)
+        # lossless copies of one film: the same pixels, so the PNG's probabilities exactly
+        if fmt == "PNG":
+            png_probs = got
+        else:
+            np.testing.assert_array_equal(got, png_probs)
+
+
 def test_settings_from_environment(monkeypatch, tmp_path):
     for var in ("DEEPHEALTH_MODEL_DIR", "DEEPHEALTH_MAX_UPLOAD_MB", "DEEPHEALTH_MAX_CONCURRENCY", "DEEPHEALTH_LOG_LEVEL"):
         monkeypatch.delenv(var, raising=False)

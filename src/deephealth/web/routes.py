@@ -166,7 +166,7 @@ async def create_prediction(
         False, description="classify an image the input gate refuses anyway (the suitability object keeps the flags)"
     ),
 ) -> Any:
-    """Classify one chest X-ray sent as multipart field ``file`` (JPEG, PNG, TIFF or DICOM).
+    """Classify one chest X-ray sent as multipart field ``file`` (JPEG, PNG, TIFF, DICOM, BMP, GIF or WebP).
 
     Returns the predicted class on the 0/1/2 scale (0 no pneumonia, 1 bacterial, 2 viral), the
     calibrated probability of each class, warnings about the image and the model's name and

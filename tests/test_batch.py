@@ -306,3 +306,21 @@ def test_missing_ray_is_said_first_in_one_line(tmp_path, monkeypatch, capsys) ->
         "(import of ray halted; None in sys.modules)"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_cluster_address_is_one_line_at_once(films, tmp_path, capsys) -> None:
+    """--address where nothing listens: a one-line error in seconds (ray.init alone retries for minutes)."""
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc = main(["batch", str(films[0]), "--out", str(tmp_path / "out"), "--address", f"127.0.0.1:{port}",
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"error: cannot connect to the Ray cluster at 127.0.0.1:{port}: nothing answers at 127.0.0.1:{port} " \
+           "(Connection refused)" in err
+    assert "Traceback" not in err
+    assert not list((tmp_path / "out").glob("*.parquet"))
+

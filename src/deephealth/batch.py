@@ -444,13 +444,57 @@ def require_ray() -> None:
         raise BatchError(f"deephealth batch needs Ray Data: pip install 'deephealth[scale]' ({exc})") from exc
 
 
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast when nothing answers at a Ray cluster address ``host:port`` or ``ray://host:port``.
+
+    Without this, ``ray.init`` retries an address where nothing listens for minutes before it
+    gives up. ``None``, ``auto`` and ``local`` (and addresses without a numeric port) are not checked.
+
+    Args:
+        address: the ``--address`` given by the user.
+        timeout: seconds to wait for the TCP connection.
+
+    Raises:
+        BatchError: naming the address and the socket error.
+    """
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = hostport.rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise BatchError(f"cannot connect to the Ray cluster at {address}: nothing answers at {host}:{port} "
+                         f"({reason}); is the head node running (ray start --head, docs/scale.md)?") from exc
+
+
 def _start_ray(address: str | None) -> None:
     import ray
 
+    check_reachable(address)
     if ray.is_initialized():
         return
     # Quiet start; Ray's own progress bars are replaced by ours.
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    except Exception as exc:  # ConnectionError, RuntimeError, ray.exceptions.AuthenticationError...
+        _logger.debug("ray.init failed", exc_info=True)
+        detail = " ".join(str(exc).split())
+        where = f"connect to the Ray cluster at {address}" if address else "start a local Ray instance"
+        chain, cause = [], exc  # Ray wraps the authentication failure in a ConnectionError
+        while cause is not None and len(chain) < 8:
+            chain.append(f"{type(cause).__name__} {cause}")
+            cause = cause.__cause__ or cause.__context__
+        hint = ""
+        if any("AuthToken" in c or "AuthenticationError" in c for c in chain):
+            hint = ("; the cluster uses token authentication: run with RAY_AUTH_MODE=token and the cluster's token "
+                    "in ~/.ray/auth_token or RAY_AUTH_TOKEN (docs/scale.md)")
+        raise BatchError(f"cannot {where} ({type(exc).__name__}: {detail[:300]}){hint}") from exc
 
 
 def run_batch(
@@ -489,7 +533,8 @@ def run_batch(
         scored until then are written before returning).
 
     Raises:
-        BatchError: Ray is not installed, RESULTS is unusable, or the model cannot be loaded.
+        BatchError: Ray is not installed, RESULTS is unusable, the model cannot be loaded, or Ray
+            cannot be started or its cluster (``address``) reached.
     """
     require_ray()
     import pyarrow as pa

@@ -6,6 +6,12 @@ Prints figures and the done-criterion checks; asserts nothing. On the same files
 2. ``deephealth batch FILES --out A --workers 1`` (1 worker x all cores' threads), fresh RESULTS.
 3. ``deephealth batch FILES --out B --workers 2`` (2 workers x cores/2 threads), fresh RESULTS.
 4. ``deephealth batch FILES --out B --workers 2`` again: must skip every input and write nothing.
+5. With ``--running-ray``: ``deephealth batch FILES --out C --workers 2 --address HOST:PORT`` against
+   a Ray head started before it (``ray start --head --block``, its own process group, a private
+   temp dir and a free port; stopped by its process-group id afterwards): a hospital's standing
+   cluster, where Ray's own start is not part of the job (one small untimed job warms it first, as
+   a standing cluster has run jobs before). ``RAY_AUTH_MODE=token`` is set for it
+   (Ray 2.59+ ``ray start`` clusters use token authentication, docs/scale.md).
 
 Each command runs as a subprocess; wall time is the whole command (Python start, Ray start, model
 load, scoring, writing); for ``batch`` the pipeline rate it reports (Ray start excluded) is shown
@@ -18,7 +24,8 @@ Default files: the 624 official test films (``chest_xray_224/test``) plus one br
 workers loading the model) to matter less and the sustained rate to show.
 
 Usage:
-    nice -n 10 python benchmarks/bench_batch.py [--data-root DIR] [--model DIR] [--limit N] [--json FILE]
+    nice -n 10 python benchmarks/bench_batch.py [--data-root DIR] [--model DIR] [--limit N] [--running-ray]
+                                                [--json FILE]
 """
 
 from __future__ import annotations
@@ -84,6 +91,46 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str
     return wall, peak / 2**20, out, proc.returncode
 
 
+def start_ray_head(work: Path, cpus: int) -> tuple[subprocess.Popen, str]:
+    """Start ``ray start --head --block`` in its own process group; returns (process, "127.0.0.1:PORT")."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ray_bin = Path(sys.executable).with_name("ray")
+    log = open(work / "ray-head.log", "w")
+    proc = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", "--port", str(port), "--num-cpus", str(cpus),
+         "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(work / "ray")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # up when its GCS port answers
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray start --head exited with {proc.returncode}; see {work / 'ray-head.log'}")
+            time.sleep(0.5)
+    time.sleep(3)  # the raylet registers after the GCS answers
+    return proc, f"127.0.0.1:{port}"
+
+
+def stop_ray_head(proc: subprocess.Popen) -> None:
+    """Stop the head started by :func:`start_ray_head`: SIGTERM to its process group, SIGKILL after 60 s."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
 def main() -> int:
     from deephealth.cpu import describe as cpu_describe
     from deephealth.paths import data_root
@@ -94,6 +141,8 @@ def main() -> int:
     ap.add_argument("--split", default="test", choices=("train", "val", "test"),
                     help="films of this official split (default test: 624; train: 5,216 for a steady-state rate)")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N films")
+    ap.add_argument("--running-ray", action="store_true",
+                    help="also time 2 workers against a Ray head started before the command (a standing cluster)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
 
@@ -126,10 +175,29 @@ def main() -> int:
 
     from deephealth.batch import load_results
 
-    for workers, key in ((1, "batch_1_worker"), (2, "batch_2_workers"), (2, "batch_2_workers_rerun")):
-        out_dir = work / (f"out{workers}")
-        wall, peak, out, rc = run_measured(
-            [*cli, "batch", str(manifest), "--out", str(out_dir), "--workers", str(workers), "--no-progress", *model], env)
+    runs = [(1, "batch_1_worker", "out1"), (2, "batch_2_workers", "out2"), (2, "batch_2_workers_rerun", "out2")]
+    if args.running_ray:
+        runs.append((2, "batch_2_workers_running_ray", "out_running"))
+    head = None
+    for workers, key, out_name in runs:
+        out_dir = work / out_name
+        extra: list[str] = []
+        run_env = env
+        if key.endswith("running_ray"):
+            head, address = start_ray_head(work, os.cpu_count() or 1)
+            extra = ["--address", address]
+            run_env = {**env, "RAY_AUTH_MODE": "token"}
+            # A standing cluster has run jobs before: one small warm-up job (4 films, not timed).
+            subprocess.run([*cli, "batch", *films[:4], "--out", str(work / "warmup"), "--workers", str(workers),
+                            "--no-progress", *extra, *model], env=run_env, capture_output=True, check=False)
+        try:
+            wall, peak, out, rc = run_measured(
+                [*cli, "batch", str(manifest), "--out", str(out_dir), "--workers", str(workers), "--no-progress",
+                 *extra, *model], run_env)
+        finally:
+            if head is not None:
+                stop_ray_head(head)
+                head = None
         m = re.search(r"in ([\d.]+) s \(([\d.]+) images/s; Ray start ([\d.]+) s\); (\d+) part", out)
         skipped = re.search(r"(\d+) already in", out)
         table = load_results(str(out_dir))
@@ -148,6 +216,11 @@ def main() -> int:
     b2 = results["batch_2_workers"]
     results["ratio_2_workers_vs_predict_wall"] = b2["images_per_s_wall"] / results["predict"]["images_per_s"]
     print(f"  2 workers vs predict (wall): {100 * results['ratio_2_workers_vs_predict_wall']:.0f} %")
+    if args.running_ray:
+        br = results["batch_2_workers_running_ray"]
+        results["ratio_2_workers_running_ray_vs_predict_wall"] = br["images_per_s_wall"] / results["predict"]["images_per_s"]
+        print(f"  2 workers on a running Ray vs predict (wall; the head's start not counted, its memory not in the "
+              f"peak): {100 * results['ratio_2_workers_running_ray_vs_predict_wall']:.0f} %")
     load = os.getloadavg()
     results["loadavg_1min"] = load[0]
     print(f"  load average during run: {load[0]:.1f} (other processes share these cores: figures are noisy)")

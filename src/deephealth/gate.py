@@ -538,12 +538,23 @@ class FeatureGate:
     lr_coef: np.ndarray
     lr_intercept: np.ndarray
     thresholds: dict[str, float]
+    _f64: dict[str, np.ndarray] = field(init=False, repr=False, compare=False)
+    """float64 copies of the arrays the scores multiply by, made once (not per image)."""
 
     ARRAYS = ("feat_mean", "components", "class_means", "precision", "lr_mean", "lr_scale", "lr_coef", "lr_intercept")
     THRESHOLDS = ("mahalanobis_warn", "mahalanobis_refuse", "residual_warn", "residual_refuse",
                   "p_frontal_warn", "p_frontal_refuse")
     OPTIONAL_THRESHOLDS = ("residual_warn", "residual_refuse")
     """Absent in gates fitted before the residual score existed (model 0.2.0 as released): that check is skipped."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_f64", {
+            "components": self.components.astype(np.float64),  # (k, Cf)
+            "components_t": self.components.T.astype(np.float64),  # (Cf, k), Fortran order like .T
+            "class_means": self.class_means.astype(np.float64),
+            "precision": self.precision.astype(np.float64),
+            "lr_coef_t": self.lr_coef.T.astype(np.float64),
+        })
 
     @property
     def num_features(self) -> int:
@@ -594,9 +605,10 @@ class FeatureGate:
             ``(N,)`` float64 distances ``min_c sqrt((z - mu_c)^T P (z - mu_c))`` with
             ``z = (f - mean) @ components.T`` (PCA space) and ``P`` the shrunk precision.
         """
-        z = (np.asarray(features, dtype=np.float64) - self.feat_mean) @ self.components.T.astype(np.float64)
-        d = z[:, None, :] - self.class_means[None].astype(np.float64)  # (N, C, k)
-        m2 = np.einsum("nck,kl,ncl->nc", d, self.precision.astype(np.float64), d)
+        f64 = self._f64
+        z = (np.asarray(features, dtype=np.float64) - self.feat_mean) @ f64["components_t"]
+        d = z[:, None, :] - f64["class_means"][None]  # (N, C, k)
+        m2 = np.einsum("nck,kl,ncl->nc", d, f64["precision"], d)
         return np.sqrt(np.maximum(m2.min(axis=1), 0.0))
 
     def residual(self, features: np.ndarray) -> np.ndarray:
@@ -609,13 +621,13 @@ class FeatureGate:
             ``(N,)`` float64 ``|c - c V^T V|`` with ``c = f - mean`` and ``V`` the ``(k, Cf)`` PCA axes.
         """
         c = np.asarray(features, dtype=np.float64) - self.feat_mean
-        v = self.components.astype(np.float64)
+        v = self._f64["components"]
         return np.linalg.norm(c - (c @ v.T) @ v, axis=1)
 
     def lr_probabilities(self, features: np.ndarray) -> np.ndarray:
         """``(N, K)`` float64 probabilities of the classes :data:`LR_CLASSES` (softmax of the logistic regression)."""
         x = (np.asarray(features, dtype=np.float64) - self.lr_mean) / self.lr_scale
-        z = x @ self.lr_coef.T.astype(np.float64) + self.lr_intercept
+        z = x @ self._f64["lr_coef_t"] + self.lr_intercept
         z = z - z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)

@@ -550,7 +550,6 @@ class FeatureGate:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_f64", {
             "components": self.components.astype(np.float64),  # (k, Cf)
-            "components_t": self.components.T.astype(np.float64),  # (Cf, k), Fortran order like .T
             "class_means": self.class_means.astype(np.float64),
             "precision": self.precision.astype(np.float64),
             "lr_coef_t": self.lr_coef.T.astype(np.float64),
@@ -605,11 +604,7 @@ class FeatureGate:
             ``(N,)`` float64 distances ``min_c sqrt((z - mu_c)^T P (z - mu_c))`` with
             ``z = (f - mean) @ components.T`` (PCA space) and ``P`` the shrunk precision.
         """
-        f64 = self._f64
-        z = (np.asarray(features, dtype=np.float64) - self.feat_mean) @ f64["components_t"]
-        d = z[:, None, :] - f64["class_means"][None]  # (N, C, k)
-        m2 = np.einsum("nck,kl,ncl->nc", d, f64["precision"], d)
-        return np.sqrt(np.maximum(m2.min(axis=1), 0.0))
+        return self._mahalanobis_pca(self._pca(features)[1])
 
     def residual(self, features: np.ndarray) -> np.ndarray:
         """Norm of the features' part outside the principal subspace (PCA reconstruction error; Wang et al., 2022).
@@ -620,9 +615,23 @@ class FeatureGate:
         Returns:
             ``(N,)`` float64 ``|c - c V^T V|`` with ``c = f - mean`` and ``V`` the ``(k, Cf)`` PCA axes.
         """
+        return self._residual_pca(*self._pca(features))
+
+    def _pca(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(c, z)``: the centred ``(N, Cf)`` float64 features ``f - mean`` and their ``(N, k)``
+        PCA coordinates ``c @ V^T``, which the distance and the residual share."""
         c = np.asarray(features, dtype=np.float64) - self.feat_mean
-        v = self._f64["components"]
-        return np.linalg.norm(c - (c @ v.T) @ v, axis=1)
+        return c, c @ self._f64["components"].T
+
+    def _mahalanobis_pca(self, z: np.ndarray) -> np.ndarray:
+        """:meth:`mahalanobis` from the ``(N, k)`` PCA coordinates."""
+        d = z[:, None, :] - self._f64["class_means"][None]  # (N, C, k)
+        m2 = np.einsum("nck,kl,ncl->nc", d, self._f64["precision"], d)
+        return np.sqrt(np.maximum(m2.min(axis=1), 0.0))
+
+    def _residual_pca(self, c: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """:meth:`residual` from the centred features and their PCA coordinates."""
+        return np.linalg.norm(c - z @ self._f64["components"], axis=1)
 
     def lr_probabilities(self, features: np.ndarray) -> np.ndarray:
         """``(N, K)`` float64 probabilities of the classes :data:`LR_CLASSES` (softmax of the logistic regression)."""
@@ -643,9 +652,10 @@ class FeatureGate:
             "p_rotated_90": (N,), "p_rotated_270": (N,), "energy": (N,)}``.
         """
         p = self.lr_probabilities(features)
+        c, z = self._pca(features)  # one projection for both scores
         return {
-            "mahalanobis": self.mahalanobis(features),
-            "residual": self.residual(features),
+            "mahalanobis": self._mahalanobis_pca(z),
+            "residual": self._residual_pca(c, z),
             "p_frontal": p[:, 0],
             "lr_class": p[:, 1:].argmax(axis=1) + 1,  # the most likely problem, if any
             "p_rotated_90": p[:, LR_CLASSES.index("rotated_90")],

@@ -80,6 +80,9 @@ COLOR_PIXEL_LEVELS: int = 48
 #: blocks a side (a local judgement: a small red arrow fills a block, not the image).
 COLOR_GRID: int = 8
 
+_COLORED_LUT = [255 if v >= COLOR_PIXEL_LEVELS else 0 for v in range(256)]
+"""Lookup table marking a pixel as coloured from its channel spread (built once, not per image)."""
+
 _EXIF_ORIENTATION = 0x0112
 _TIFF_PHOTOMETRIC = {0: "MinIsWhite", 1: "MinIsBlack", 2: "RGB", 3: "Palette", 5: "CMYK", 6: "YCbCr"}
 _BIT_DEPTH = {"1": 1, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
@@ -318,7 +321,7 @@ def _from_color(im: Image.Image, warnings: list[str], color: dict[str, float] | 
     )
     mean_spread = float(ImageStat.Stat(spread).mean[0])
     if color is not None:
-        colored = spread.point(lambda v: 255 if v >= COLOR_PIXEL_LEVELS else 0)  # (H, W) mode L
+        colored = spread.point(_COLORED_LUT)  # (H, W) mode L: 255 where coloured, else 0
         color["fraction"] = float(ImageStat.Stat(colored).mean[0]) / 255.0
         grid = colored.resize((COLOR_GRID, COLOR_GRID), Image.Resampling.BOX)  # block means
         color["block_fraction"] = float(np.asarray(grid, dtype=np.float32).max()) / 255.0

@@ -174,7 +174,9 @@ def resize_to_input(
         pil = Image.fromarray(np.ascontiguousarray(img), mode="F")
         pil = pil.resize((size, size), resample=_INTERPOLATIONS[config.interpolation])
         img = np.asarray(pil, dtype=np.float32)
-    return np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+    x = np.clip(img, 0.0, 1.0)  # a new array: scaled and rounded in place, no further temporaries
+    x *= 255.0
+    return np.rint(x, out=x).astype(np.uint8)
 
 
 def normalize(quantized: np.ndarray, config: PreprocessConfig) -> np.ndarray:

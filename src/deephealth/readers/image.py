@@ -80,6 +80,9 @@ COLOR_PIXEL_LEVELS: int = 48
 #: blocks a side (a local judgement: a small red arrow fills a block, not the image).
 COLOR_GRID: int = 8
 
+_COLORED_LUT = [255 if v >= COLOR_PIXEL_LEVELS else 0 for v in range(256)]
+"""Lookup table marking a pixel as coloured from its channel spread (built once, not per image)."""
+
 _EXIF_ORIENTATION = 0x0112
 _TIFF_PHOTOMETRIC = {0: "MinIsWhite", 1: "MinIsBlack", 2: "RGB", 3: "Palette", 5: "CMYK", 6: "YCbCr"}
 _BIT_DEPTH = {"1": 1, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
@@ -311,6 +314,16 @@ def _from_color(im: Image.Image, warnings: list[str], color: dict[str, float] | 
     mark gets one message, the gate's). Without ``color`` a tinted image gets a warning here.
     """
     r, g, b = im.split()
+    grey = r.tobytes()
+    if grey == g.tobytes() and grey == b.tobytes():
+        # A grey picture stored as RGB (every JPEG of the dataset): no pixel is coloured and the
+        # luma of three equal channels is that channel, exactly what the general path below
+        # computes, in a fraction of its time.
+        if color is not None:
+            color.update(fraction=0.0, block_fraction=0.0, spread=0.0)
+        arr = np.frombuffer(grey, dtype=np.uint8).reshape(im.height, im.width).astype(np.float32)
+        arr /= 255.0
+        return arr
     # max - min over the three channels == the largest pairwise difference (Pillow: ~0.1 ms at 224x224).
     spread = ImageChops.lighter(
         ImageChops.lighter(ImageChops.difference(r, g), ImageChops.difference(g, b)),
@@ -318,7 +331,7 @@ def _from_color(im: Image.Image, warnings: list[str], color: dict[str, float] | 
     )
     mean_spread = float(ImageStat.Stat(spread).mean[0])
     if color is not None:
-        colored = spread.point(lambda v: 255 if v >= COLOR_PIXEL_LEVELS else 0)  # (H, W) mode L
+        colored = spread.point(_COLORED_LUT)  # (H, W) mode L: 255 where coloured, else 0
         color["fraction"] = float(ImageStat.Stat(colored).mean[0]) / 255.0
         grid = colored.resize((COLOR_GRID, COLOR_GRID), Image.Resampling.BOX)  # block means
         color["block_fraction"] = float(np.asarray(grid, dtype=np.float32).max()) / 255.0

@@ -14,8 +14,9 @@ Prints figures; asserts nothing. Everything runs in this one process on the CPU:
    speed matters), in PyTorch eager mode on the same files: single-image latency (read with Pillow,
    resize to 299, normalise, forward, softmax) and batch throughput; our speed as a ratio to it.
 
-Goals (2-core CPU): p50 <= 15 ms (224x224 JPEG), <= 25 ms (2,000x1,600 JPEG), >= 8x faster than
-the prototype, >= 150 images/s in batches.
+Goals (2-core CPU). Issue 16: p50 <= 8 ms per 224x224 JPEG in-process, and >= 20x the prototype in
+the same run (the 224x224 JPEG and batches; the 2,000x1,600 ratio is printed for information). Earlier
+goals, kept: p50 <= 25 ms per 2,000x1,600 JPEG, >= 150 images/s in batches.
 
 Usage:
     python benchmarks/bench_inference.py [--model DIR] [--data-root DIR] [--repeats 100]
@@ -37,7 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-GOALS = {"p50_224_ms": 15.0, "p50_2000x1600_ms": 25.0, "speedup_vs_prototype": 8.0, "batch_images_per_s": 150.0}
+GOALS = {"p50_224_ms": 8.0, "p50_2000x1600_ms": 25.0, "speedup_vs_prototype": 20.0, "batch_images_per_s": 150.0}
 
 
 def _percentiles(times_s: list[float]) -> dict[str, float]:
@@ -84,7 +85,7 @@ def bench_ours(args: argparse.Namespace, inputs: dict[str, Path], batch_files: l
     load_s = time.perf_counter() - t0
     pre = p.artifact.preprocessing
     print(f"model: {p.artifact.name} {p.artifact.version} ({p.artifact.directory}), input {pre.input_size}px, "
-          f"{p.num_threads} ONNX Runtime thread(s), spinning {'on' if p.spinning else 'off'}; loaded in {load_s * 1000:.0f} ms")
+          f"{p.num_threads} ONNX Runtime thread(s), spinning {p.spin_description}; loaded in {load_s * 1000:.0f} ms")
     res: dict[str, Any] = {"model": f"{p.artifact.name} {p.artifact.version}", "input_size": pre.input_size,
                            "load_ms": load_s * 1000, "single": {}}
 
@@ -228,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         r_large = proto["single"]["2000x1600 JPEG"]["p50_ms"] / slarge
         r_batch = thr / proto["batch"]["end_to_end_images_per_s"]
         results["speedup_vs_prototype"] = {"single_224": r_single, "single_2000x1600": r_large, "batch": r_batch}
-        print(f"  speed vs prototype:     {r_single:5.1f}x (224 JPEG), {r_large:5.1f}x (2000x1600 JPEG), "
-              f"{r_batch:5.1f}x (batch)  (goal >= {GOALS['speedup_vs_prototype']:.0f}x: "
-              f"{_status(min(r_single, r_large, r_batch), GOALS['speedup_vs_prototype'], True)})")
+        print(f"  speed vs prototype:     {r_single:5.1f}x (224 JPEG), {r_batch:5.1f}x (batch)  "
+              f"(goal >= {GOALS['speedup_vs_prototype']:.0f}x: "
+              f"{_status(min(r_single, r_batch), GOALS['speedup_vs_prototype'], True)}); "
+              f"{r_large:.1f}x (2000x1600 JPEG, no goal)")
     print(f"  peak memory:            {ours['peak_rss_mb']:7.0f} MB (before PyTorch was imported)")
     try:
         load = os.getloadavg()

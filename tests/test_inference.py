@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -445,18 +446,41 @@ def test_border_crop_model_ignores_padding_and_zeroes_heatmap_there(known_model_
     assert abs(plain.probs[0] - a.probs[0]) > 0.05
 
 
-def test_spinning_is_off_by_default_and_does_not_change_outputs(monkeypatch):
-    """ONNX Runtime's idle threads do not busy-wait unless asked (shared CPUs); probabilities are identical."""
-    from deephealth.inference import Predictor
+def test_spinning_is_bounded_by_default_and_does_not_change_outputs(monkeypatch, caplog):
+    """Idle ONNX Runtime threads spin at most DEFAULT_SPIN_US by default; every mode gives identical probabilities."""
+    from deephealth.inference import DEFAULT_SPIN_US, Predictor
+
+    key, dur = "session.intra_op.allow_spinning", "session.intra_op.spin_duration_us"
+
+    def entries(p):
+        o = p.session.get_session_options()
+        try:
+            duration = o.get_session_config_entry(dur)
+        except RuntimeError:  # not set: ONNX Runtime's own
+            duration = None
+        return o.get_session_config_entry(key), duration
 
     monkeypatch.delenv("DEEPHEALTH_ORT_SPINNING", raising=False)
-    off = Predictor(num_threads=2)
-    on = Predictor(num_threads=2, spinning=True)
-    assert off.spinning is False and on.spinning is True
-    key = "session.intra_op.allow_spinning"
-    assert off.session.get_session_options().get_session_config_entry(key) == "0"
-    assert on.session.get_session_options().get_session_config_entry(key) == "1"
-    monkeypatch.setenv("DEEPHEALTH_ORT_SPINNING", "1")
-    assert Predictor(num_threads=1).spinning is True
+    default = Predictor(num_threads=2)
+    assert DEFAULT_SPIN_US == 50
+    assert (default.spinning, default.spin_us, default.spin_description) == (True, 50, "up to 50 us")
+    assert entries(default) == ("1", "50")
+    off, own, longer = (Predictor(num_threads=2, spinning=v) for v in (False, True, 200))
+    assert (off.spinning, off.spin_us, entries(off)) == (False, 0, ("0", None))
+    assert (own.spinning, own.spin_us, entries(own)) == (True, None, ("1", None))
+    assert (longer.spin_us, entries(longer)) == (200, ("1", "200"))
+    assert Predictor(num_threads=1, spinning=0).spinning is False
+    for bad in (-1, 2.5, "50"):
+        with pytest.raises(ValueError, match="spinning must be"):
+            Predictor(num_threads=1, spinning=bad)
+    for env, expected in (("0", 0), ("1", None), ("120", 120)):
+        monkeypatch.setenv("DEEPHEALTH_ORT_SPINNING", env)
+        assert Predictor(num_threads=1).spin_us == expected
+    monkeypatch.setenv("DEEPHEALTH_ORT_SPINNING", "fast")
+    with caplog.at_level(logging.WARNING, logger="deephealth.inference"):
+        assert Predictor(num_threads=1).spin_us == 50
+    assert "DEEPHEALTH_ORT_SPINNING='fast'" in caplog.text
     x = np.random.default_rng(0).standard_normal((3, 1, off.input_size, off.input_size)).astype(np.float32)
-    assert np.array_equal(off.infer(x)[0], on.infer(x)[0])
+    ref = off.infer(x)[0]
+    for p in (default, own, longer):
+        assert np.array_equal(p.infer(x)[0], ref)

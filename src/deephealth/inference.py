@@ -49,6 +49,10 @@ from deephealth.readers import ImageInfo, ImageReadError, read_image
 
 _logger = logging.getLogger(__name__)
 
+DEFAULT_SPIN_US = 50
+"""Default longest busy-wait, in microseconds, of an idle ONNX Runtime intra-op thread before it
+sleeps (see :class:`Predictor`, argument ``spinning``)."""
+
 Box = tuple[int, int, int, int]
 """``(top, bottom, left, right)`` half-open pixel box of a decoded image."""
 
@@ -249,13 +253,18 @@ class Predictor:
         model_dir: model folder with ``model.onnx`` and ``metadata.json``; ``None`` means
             :func:`deephealth.paths.default_model_dir` (``DEEPHEALTH_MODEL_DIR`` or the bundled model).
         num_threads: ONNX Runtime intra-op threads; ``None`` means ``os.cpu_count()``.
-        spinning: let ONNX Runtime's idle intra-op threads busy-wait for the next piece of work
-            (``session.intra_op.allow_spinning``). ``None`` reads ``DEEPHEALTH_ORT_SPINNING``
-            (``1`` on, ``0`` off) and defaults to **off**: on a CPU shared with anything else
-            (the web server's own threads, another job) spinning threads steal the cores the next
-            operator needs; with 2 threads on the project's loaded 2-core machine, off gave a p50 of
-            9.8 ms per 224 px JPEG against 29 ms on, and 58 against 48 images/s in batches. Turn it
-            on only where the cores are otherwise idle. Probabilities are identical either way.
+        spinning: how long ONNX Runtime's idle intra-op threads busy-wait for the next operator
+            before they sleep (``session.intra_op.allow_spinning`` and
+            ``session.intra_op.spin_duration_us``): ``False`` or ``0`` never; a positive ``int``
+            at most that many microseconds; ``True`` ONNX Runtime's own, much longer, spin.
+            ``None`` reads ``DEEPHEALTH_ORT_SPINNING`` (``0``, ``1`` for ``True``, or a number of
+            microseconds) and defaults to :data:`DEFAULT_SPIN_US`. Waking a sleeping thread costs
+            more than the gap between two operators, so a short spin speeds up a single film on
+            otherwise idle cores; on a CPU that something else keeps busy, spinning threads take
+            the cores that work needs. Interleaved runs of ``predict`` on the project's 2-core
+            machine (AMD EPYC, 2 threads, 224 px JPEGs, p50): idle, 6.6-8.5 ms at 50 us against
+            8.5-9.0 ms off; beside a busy process, 11.3-12.0 ms at 50 us, 10.0-10.4 ms off and
+            17-18 ms with ONNX Runtime's own spin. Probabilities are identical in every mode.
         verify: check the ONNX file's (and ``gate.npz``'s) SHA-256 against ``metadata.json``
             (default, recommended).
 
@@ -300,10 +309,11 @@ class Predictor:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
-        if spinning is None:
-            spinning = os.environ.get("DEEPHEALTH_ORT_SPINNING", "0").strip() == "1"
-        self.spinning = bool(spinning)
+        self.spin_us: int | None = _spin_setting(spinning)
+        self.spinning = self.spin_us != 0
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        if self.spin_us:  # None: ONNX Runtime's own duration
+            opts.add_session_config_entry("session.intra_op.spin_duration_us", str(self.spin_us))
         try:
             self.session = ort.InferenceSession(
                 str(self.artifact.onnx_path), opts, providers=["CPUExecutionProvider"]
@@ -330,10 +340,17 @@ class Predictor:
             )
         _logger.info(
             "loaded model %s %s from %s (%d threads, spinning %s)",
-            self.artifact.name, self.artifact.version, directory, self.num_threads, "on" if self.spinning else "off",
+            self.artifact.name, self.artifact.version, directory, self.num_threads, self.spin_description,
         )
 
     # -- low level ---------------------------------------------------------------------------------
+
+    @property
+    def spin_description(self) -> str:
+        """The spinning mode in words: ``"off"``, ``"up to 50 us"`` or ``"on (ONNX Runtime's own)"``."""
+        if not self.spinning:
+            return "off"
+        return f"up to {self.spin_us} us" if self.spin_us else "on (ONNX Runtime's own)"
 
     @property
     def heatmap_source(self) -> str:
@@ -605,6 +622,31 @@ class Predictor:
             if bar is not None:
                 bar.close()
         return results
+
+
+def _spin_setting(spinning: bool | int | None) -> int | None:
+    """``Predictor(spinning=...)`` as microseconds: ``0`` off, ``N > 0`` bounded, ``None`` ONNX Runtime's own.
+
+    A ``DEEPHEALTH_ORT_SPINNING`` that is not ``0``, ``1`` or a whole number of microseconds is
+    logged as a warning and the default used: it changes speed only, never a probability.
+
+    Raises:
+        ValueError: if the ``spinning`` argument is negative or neither a bool nor an int.
+    """
+    if spinning is None:
+        raw = os.environ.get("DEEPHEALTH_ORT_SPINNING", "").strip()
+        if not raw:
+            return DEFAULT_SPIN_US
+        if not raw.isdigit():
+            _logger.warning("DEEPHEALTH_ORT_SPINNING=%r is not 0, 1 or a number of microseconds; using the "
+                            "default (spin up to %d us)", raw, DEFAULT_SPIN_US)
+            return DEFAULT_SPIN_US
+        spinning = True if raw == "1" else int(raw)
+    if isinstance(spinning, bool):
+        return None if spinning else 0
+    if not isinstance(spinning, int) or spinning < 0:
+        raise ValueError(f"spinning must be a bool or a number of microseconds >= 0, got {spinning!r}")
+    return spinning
 
 
 def _one_line(exc: BaseException, label: str | None) -> str:

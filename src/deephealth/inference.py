@@ -261,10 +261,10 @@ class Predictor:
             microseconds) and defaults to :data:`DEFAULT_SPIN_US`. Waking a sleeping thread costs
             more than the gap between two operators, so a short spin speeds up a single film on
             otherwise idle cores; on a CPU that something else keeps busy, spinning threads take
-            the cores that work needs. Interleaved runs of ``predict`` on the project's 2-core
-            machine (AMD EPYC, 2 threads, 224 px JPEGs, p50): idle, 6.6-8.5 ms at 50 us against
-            8.5-9.0 ms off; beside a busy process, 11.3-12.0 ms at 50 us, 10.0-10.4 ms off and
-            17-18 ms with ONNX Runtime's own spin. Probabilities are identical in every mode.
+            the cores that work needs. ``benchmarks/bench_spinning.py`` on the project's 2-core
+            machine (AMD EPYC, 2 threads, the 624 test JPEGs, modes interleaved, p50): idle,
+            8.68 ms at 50 us, 9.57 ms off, 8.74 ms with ONNX Runtime's own spin; beside one busy
+            process, 12.05, 10.66 and 16.90 ms. Probabilities are identical in every mode.
         verify: check the ONNX file's (and ``gate.npz``'s) SHA-256 against ``metadata.json``
             (default, recommended).
 

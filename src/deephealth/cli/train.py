@@ -80,6 +80,10 @@ FIELD_HELP: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "consistency_weight": ("weight of the Jensen-Shannon consistency loss between a film and a benign "
                            "perturbation of it (0 = off)", None),
     "consistency_strength": ("scale of the benign perturbations of consistency training", None),
+    "distill_teachers": ("released model folders to distil from, comma-separated (same preprocessing and "
+                         "train/validation split, checked)", None),
+    "distill_weight": ("weight of the distillation loss, KL from the teachers' softened predictions (0 = off)", None),
+    "distill_temperature": ("distillation temperature applied to teacher and student logits", None),
     "device": ("where to train", ("cpu", "cuda")),
     "bf16": ("bf16 autocast: auto = only on CUDA or a CPU with native bf16", ("auto", "true", "false")),
     "channels_last": ("channels-last memory format (faster convolutions on CPU)", None),

@@ -50,6 +50,10 @@ class TrainConfig:
     benign perturbation (:func:`deephealth.training.data.benign_variant`, maxima scaled by
     ``consistency_strength``), and the loss adds ``consistency_weight`` times the Jensen-Shannon
     divergence between the two predicted distributions (as in AugMix, Hendrycks et al., ICLR 2020).
+    Distillation (issue 16): with ``distill_weight`` > 0 the loss adds ``distill_weight * tau^2``
+    times the KL divergence from the averaged softened predictions of the released models in
+    ``distill_teachers`` (comma-separated model folders; same preprocessing and split, checked),
+    ``tau = distill_temperature`` (Hinton et al., 2015; :mod:`deephealth.training.distill`).
     Runtime: ``device`` (cpu|cuda), ``bf16`` autocast (``auto``: only where the CPU has native bf16
     or on CUDA, ``true``, ``false``), ``channels_last``, ``num_threads`` (0 = torch
     default), ``seed``, ``max_train_images`` (0 = all; for smoke tests), ``out_dir``, ``name``.
@@ -98,6 +102,9 @@ class TrainConfig:
     aug_noise: float = 0.0
     consistency_weight: float = 0.0
     consistency_strength: float = 1.0
+    distill_teachers: str = ""
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
     device: str = "cpu"
     bf16: str = "auto"
     channels_last: bool = True
@@ -127,6 +134,10 @@ class TrainConfig:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.consistency_weight < 0 or self.consistency_strength < 0:
             raise ValueError("consistency_weight and consistency_strength must be >= 0")
+        if self.distill_weight < 0 or not self.distill_temperature > 0:
+            raise ValueError("distill_weight must be >= 0 and distill_temperature > 0")
+        if (self.distill_weight > 0) != bool(self.distill_teachers.strip()):
+            raise ValueError("distill_weight > 0 and distill_teachers (model folders) go together")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         self.preprocessing  # validates input_size, interpolation, std

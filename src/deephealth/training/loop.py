@@ -202,6 +202,11 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     split_id = split_identity(train_recs, val_recs)
     if init_from is not None:
         check_same_split(init_from, split_id)
+    if config.distill_weight > 0:
+        from deephealth.training.distill import check_teachers, teacher_dirs
+
+        check_teachers(teacher_dirs(config.distill_teachers), config.preprocessing, config.val_fraction,
+                       config.split_seed, split_id)
     train_recs = _subset(train_recs, config.max_train_images, config.seed)
     val_recs = _subset(val_recs, config.max_train_images // 4 if config.max_train_images else 0, config.seed)
     pre = config.preprocessing
@@ -212,6 +217,17 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     y_val = np.array([r.label_index for r in val_recs])
     _logger.info("decoded %d train + %d validation images at %d px in %.1f s",
                  len(x_train), len(x_val), pre.input_size, time.time() - t0)
+    teacher_t, distill_info = None, None
+    if config.distill_weight > 0:
+        from deephealth.training.distill import teacher_dirs, teacher_targets
+
+        t0 = time.time()
+        targets, distill_info = teacher_targets(
+            teacher_dirs(config.distill_teachers), x_train, y_train, pre, tau=config.distill_temperature,
+            val_fraction=config.val_fraction, split_seed=config.split_seed, split_id=split_id,
+            num_threads=config.num_threads or None)
+        teacher_t = torch.from_numpy(targets)
+        _logger.info("distillation targets from %d teacher(s) in %.1f s", len(distill_info), time.time() - t0)
     x_val_shift = shift_views(x_val)
     x_val_stab = stability_views(x_val)
 
@@ -300,6 +316,9 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
                                    label_smoothing=config.label_smoothing)
             if consistency:
                 loss = loss + config.consistency_weight * js_divergence(logits, logits_all[len(idx):])
+            if teacher_t is not None:  # every view learns its film's soft target
+                loss = loss + config.distill_weight * distill_loss(
+                    logits_all, teacher_t[idx].repeat(len(views), 1).to(device), config.distill_temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -409,6 +428,8 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     }
     if init_from is not None:
         summary["init_checkpoint"] = init_from
+    if distill_info is not None:
+        summary["distill_teachers"] = distill_info
     torch.save(
         {
             "model_state": {k: v.cpu() for k, v in final.state_dict().items()},
@@ -558,6 +579,22 @@ def js_divergence(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tenso
     kl_a = (pa * (torch.log(pa.clamp_min(1e-8)) - log_m)).sum(1)
     kl_b = (pb * (torch.log(pb.clamp_min(1e-8)) - log_m)).sum(1)
     return (0.5 * (kl_a + kl_b)).mean()
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, tau: float) -> torch.Tensor:
+    """Hinton et al. (2015)'s distillation loss: ``tau^2 * KL(p_teacher || softmax(z / tau))``, batch mean.
+
+    Args:
+        student_logits: ``(B, C)`` float raw logits of the student.
+        teacher_probs: ``(B, C)`` float teacher probabilities, already softened by ``tau``
+            (:func:`deephealth.training.distill.teacher_targets`), rows summing to 1.
+        tau: temperature > 0; ``tau^2`` keeps the gradients' scale independent of it.
+
+    Returns:
+        A scalar tensor (nats times ``tau^2``), >= 0, zero when ``softmax(z / tau)`` equals the targets.
+    """
+    log_q = F.log_softmax(student_logits / tau, dim=1)
+    return (tau * tau) * F.kl_div(log_q, teacher_probs, reduction="batchmean")
 
 
 @torch.no_grad()

@@ -261,3 +261,21 @@ def grouped_split(
     train = [r for r in records if r.patient_id not in val_patients]
     val = [r for r in records if r.patient_id in val_patients]
     return train, val
+
+
+SPLIT_IDENTITY_KEYS = ("val_sha256", "n_val", "val_counts")
+"""What a run records of its validation split (``deephealth.training.loop.split_identity``), most specific first."""
+
+
+def split_difference(recorded: dict, split_id: dict) -> str | None:
+    """The first key of :data:`SPLIT_IDENTITY_KEYS` that ``recorded`` holds with another value than ``split_id``.
+
+    Args:
+        recorded: a model's or checkpoint's recorded split (any subset of the keys; older runs
+            recorded only ``n_val`` and ``val_counts``).
+        split_id: this run's split identity (every key).
+
+    Returns:
+        The differing key, or ``None`` when every recorded key agrees (or none is recorded).
+    """
+    return next((k for k in SPLIT_IDENTITY_KEYS if k in recorded and recorded[k] != split_id[k]), None)

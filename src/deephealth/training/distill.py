@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from deephealth.manifest import SPLIT_IDENTITY_KEYS, split_difference
 from deephealth.preprocessing import PreprocessConfig, normalize
 
 _logger = logging.getLogger(__name__)
@@ -53,15 +54,13 @@ def _check_teacher(artifact: Any, preprocessing: PreprocessConfig, val_fraction:
                              "trained on another split may have trained on this run's validation films")
     if split_id is None:
         return
-    prev = data.get("split") or {k: data[k] for k in ("n_val", "val_counts") if k in data}
-    keys = [k for k in ("val_sha256", "n_val", "val_counts") if k in prev]
-    if not keys:
+    prev = data.get("split") or {k: data[k] for k in SPLIT_IDENTITY_KEYS if k in data}
+    if not any(k in prev for k in SPLIT_IDENTITY_KEYS):
         _logger.warning("distill teacher %s records no validation split; cannot check that its validation films "
                         "are this run's", d)
         return
-    diff = [k for k in keys if prev[k] != split_id[k]]
-    if diff:
-        k = diff[0]
+    k = split_difference(prev, split_id)
+    if k is not None:
         raise ValueError(f"distill teacher {d}: its validation split differs from this run's ({k}: {prev[k]!r} there, "
                          f"{split_id[k]!r} here; dataset folder there: {data.get('dataset_dir')})")
 
@@ -114,7 +113,7 @@ def teacher_targets(
 
     Raises:
         ValueError: no teacher, ``tau <= 0``, a teacher folder is missing or incomplete, or its
-            preprocessing or split differs (:func:`check_teachers`).
+            preprocessing or split differs (the checks of :func:`check_teachers`).
     """
     from deephealth.artifact import ModelArtifactError
     from deephealth.calibration import softmax
@@ -122,7 +121,8 @@ def teacher_targets(
 
     if not tau > 0:
         raise ValueError(f"distill_temperature must be > 0, got {tau!r}")
-    check_teachers(teachers, preprocessing, val_fraction, split_seed, split_id)
+    if not teachers:
+        raise ValueError("distillation needs at least one teacher model folder (distill_teachers)")
     total = np.zeros((len(images_u8), 3), np.float64)
     provenance = []
     for d in teachers:
@@ -130,6 +130,7 @@ def teacher_targets(
             p = Predictor(d, num_threads=num_threads)
         except ModelArtifactError as exc:  # e.g. ONNX Runtime cannot load the graph
             raise ValueError(f"distill teacher {d}: {exc}") from exc
+        _check_teacher(p.artifact, preprocessing, val_fraction, split_seed, split_id)
         logits = np.concatenate([
             p.infer(normalize(images_u8[i : i + batch_size], preprocessing)[:, None])[0]
             for i in range(0, len(images_u8), batch_size)

@@ -30,7 +30,7 @@ from deephealth import __version__
 from deephealth.calibration import decide, fit_operating_point, fit_temperature, nll, softmax
 from deephealth.cpu import describe as cpu_description
 from deephealth.labels import CLASS_NAMES
-from deephealth.manifest import Record, grouped_split, scan
+from deephealth.manifest import Record, grouped_split, scan, split_difference
 from deephealth.paths import dataset_dir
 from deephealth.training.config import TrainConfig, save_config
 from deephealth.training.data import (
@@ -550,10 +550,8 @@ def check_same_split(init_from: dict[str, Any], split_id: dict[str, Any]) -> Non
         _logger.warning("%s records no validation split identity; cannot check that its validation films are this "
                         "run's (dataset folder there: %s)", init_from.get("path"), init_from.get("dataset_dir"))
         return
-    keys = [k for k in ("val_sha256", "n_val", "val_counts") if k in prev]
-    diff = [k for k in keys if prev[k] != split_id[k]]
-    if diff:
-        k = diff[0]
+    k = split_difference(prev, split_id)
+    if k is not None:
         raise ValueError(
             f"{init_from.get('path')}: its validation split differs from this run's ({k} {prev[k]!r} there, "
             f"{split_id[k]!r} here; dataset folder there: {init_from.get('dataset_dir')}); continued training needs "

@@ -36,6 +36,8 @@ FIELD_HELP: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "split_seed": ("seed of the patient-grouped train/validation split", None),
     "arch": ("timm architecture name, e.g. resnet18, efficientnet_lite0 (the release)", None),
     "drop_rate": ("dropout before the classifier, 0-1", None),
+    "aa_layer": ("anti-aliased downsampling in the strided blocks (Zhang, ICML 2019): '' = none, blurpc "
+                 "(binomial blur, zero padding), blur (reflect padding)", ("", "blurpc", "blur")),
     "pretrained": ("ImageNet weights through timm's hub download (online only; prefer --init imagenet)", None),
     "pretrained_file": ("local weights file to start from ('' = none)", None),
     "init_checkpoint": ("start from the weights of a finished run's best.pt (same arch and train/validation "

@@ -21,6 +21,7 @@ class TrainConfig:
 
     Data: ``data_dir`` (Kermany layout; empty = ``paths.dataset_dir()``), ``val_fraction`` of train
     patients held out per class, ``split_seed``. Model: timm ``arch``, ``drop_rate``,
+    ``aa_layer`` (anti-aliased downsampling, :data:`deephealth.training.model.AA_LAYERS`),
     ``pretrained`` (ImageNet through timm, online only) or ``pretrained_file`` (local weights);
     ``init_checkpoint``: continue from a finished run's ``best.pt`` (same ``arch``, same
     train/validation split, checked; e.g. a low-learning-rate consistency fine-tune of a release).
@@ -64,6 +65,7 @@ class TrainConfig:
     split_seed: int = 0
     arch: str = "resnet18"
     drop_rate: float = 0.2
+    aa_layer: str = ""
     pretrained: bool = False
     pretrained_file: str = ""
     init: str = "random"
@@ -119,6 +121,8 @@ class TrainConfig:
             raise ValueError(f"class_weighting must be 'balanced' or 'none', got {self.class_weighting!r}")
         if self.init not in ("random", "imagenet"):
             raise ValueError(f"init must be 'random' or 'imagenet', got {self.init!r}")
+        if self.aa_layer not in ("", "blurpc", "blur"):
+            raise ValueError(f"aa_layer must be '', 'blurpc' or 'blur', got {self.aa_layer!r}")
         if self.mode not in ("finetune", "linear_probe"):
             raise ValueError(f"mode must be 'finetune' or 'linear_probe', got {self.mode!r}")
         if self.bf16 not in ("auto", "true", "false"):

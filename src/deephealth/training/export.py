@@ -59,7 +59,7 @@ from deephealth.labels import CLASS_NAMES, INTENDED_USE
 from deephealth.paths import DEFAULT_MODEL_NAME, dataset_dir, portable_path
 from deephealth.preprocessing import PreprocessConfig
 from deephealth.artifact import WEIGHTS_FILE
-from deephealth.training.model import CamModel, build_model
+from deephealth.training.model import CamModel, architecture_args, build_model
 from deephealth.training.model_summary import format_summary, model_summary
 from deephealth.training.onnx_graph import (
     CAM_NAME,
@@ -137,7 +137,7 @@ def export_model(
             is still checked against PyTorch first.
         calibration: ``(m, 1, S, S)`` float32 inputs for int8 calibration; default
             :func:`calibration_inputs` (64 training images).
-        model_args: ``build_model`` arguments (``arch``, ``num_classes``, ``in_chans``); when given,
+        model_args: ``build_model`` arguments (``arch``, ``num_classes``, ``in_chans``, ``aa_layer``); when given,
             the PyTorch weights are shipped beside the ONNX file as :data:`WEIGHTS_FILE` (float32
             state dict), because ONNX Runtime folds BatchNorm into the convolutions and
             ``deephealth adapt`` needs the BatchNorm layers to re-estimate their statistics.
@@ -387,8 +387,7 @@ def export_run(
     arch = model_args.get("arch")
     if not arch:
         raise ExportError(f"{ckpt_path}: model_args has no 'arch'")
-    allowed = {"arch", "num_classes", "in_chans", "drop_rate"}
-    model = build_model(**{k: v for k, v in model_args.items() if k in allowed})
+    model = build_model(**architecture_args(model_args))
     try:
         model.load_state_dict(ckpt["model_state"], strict=True)
     except RuntimeError as exc:
@@ -438,7 +437,7 @@ def export_run(
         temperature=float(ckpt["temperature"]),
         metadata_extra=_jsonable(extra),
         quantize=quantize,
-        model_args={k: v for k, v in model_args.items() if k in ("arch", "num_classes", "in_chans")},
+        model_args=architecture_args(model_args),
         evidence=evidence,
     )
     if gate:

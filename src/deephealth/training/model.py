@@ -17,15 +17,10 @@ import torch
 from torch import nn
 
 from deephealth.labels import CLASS_NAMES
+from deephealth.training.config import AA_LAYERS
 from deephealth.training.imagenet import PretrainedWeightsUnavailable, imagenet_state_dict, weights_source
 
 _logger = logging.getLogger(__name__)
-
-#: Anti-aliasing layers timm can put in the strided blocks (``aa_layer``): "" = none (plain strided
-#: convolutions), ``blurpc``: a 3x3 binomial blur with zero padding before subsampling, ``blur``: the
-#: same with reflect padding (BlurPool, Zhang, "Making Convolutional Networks Shift-Invariant Again",
-#: ICML 2019). The blur has no weights, so ImageNet weights load unchanged.
-AA_LAYERS = ("", "blurpc", "blur")
 
 #: The keys of a checkpoint's ``model_args`` that define the architecture (``aa_layer`` only when set).
 ARCH_KEYS = ("arch", "num_classes", "in_chans", "aa_layer")
@@ -61,9 +56,10 @@ def build_model(
             the ImageNet weights installed with pip (:mod:`deephealth.training.imagenet`, SHA-256
             checked, every tensor's shape checked; EfficientNet-Lite0/1/2 only). The classifier
             starts at zero.
-        aa_layer: anti-aliased downsampling in the strided blocks, one of :data:`AA_LAYERS`
-            ("" = none; Zhang, ICML 2019). timm places it after the depthwise convolution of each
-            stride-2 block, which then runs at stride 1 (about 20 % more compute for Lite0).
+        aa_layer: anti-aliased downsampling in the strided blocks, one of
+            :data:`deephealth.training.config.AA_LAYERS` ("" = none; Zhang, ICML 2019). timm places
+            it after the depthwise convolution of each stride-2 block, which then runs at stride 1
+            (about a quarter more network time for Lite0).
 
     Returns:
         The model, in training mode, on the CPU. Input ``(N, in_chans, S, S)`` float32,
@@ -72,7 +68,7 @@ def build_model(
     Raises:
         PretrainedWeightsUnavailable: if pretrained weights cannot be downloaded or loaded.
         ValueError: if ``arch`` is unknown to timm, ``init`` is not ``random``/``imagenet`` or
-            ``aa_layer`` is not in :data:`AA_LAYERS`.
+            ``aa_layer`` is not in :data:`deephealth.training.config.AA_LAYERS`.
         deephealth.training.imagenet.ImagenetWeightsError: for ``init="imagenet"`` when the weights
             package is missing, the file's SHA-256 differs or a tensor does not fit.
     """

@@ -91,7 +91,8 @@ FIELD_HELP: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "channels_last": ("channels-last memory format (faster convolutions on CPU)", None),
     "num_threads": ("PyTorch CPU threads (0 = PyTorch's default)", None),
     "seed": ("seed of initialisation, augmentation and batch order", None),
-    "max_train_images": ("use at most this many training films (0 = all; for smoke tests)", None),
+    "max_train_images": ("use at most this many training films, and a quarter as many validation films "
+                         "(0 = all; for smoke tests)", None),
     "out_dir": ("folder that receives the run folder", None),
     "name": ("run folder name under --out-dir ('' = <date>-<time>-<arch>-<input size>)", None),
 }

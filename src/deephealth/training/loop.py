@@ -191,10 +191,6 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         drop_rate=config.drop_rate, init=config.init, aa_layer=config.aa_layer,
     )
     init_from = load_init_checkpoint(model, config) if config.init_checkpoint else None
-    name = config.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.arch}-{config.input_size}"
-    run_dir = Path(config.out_dir) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
 
     data_dir = Path(config.data_dir) if config.data_dir else dataset_dir()
     manifest = scan(data_dir)
@@ -207,6 +203,11 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
 
         check_teachers(teacher_dirs(config.distill_teachers), config.preprocessing, config.val_fraction,
                        config.split_seed, split_id)
+    # The run folder only once every check passed: a refused run leaves nothing behind.
+    name = config.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.arch}-{config.input_size}"
+    run_dir = Path(config.out_dir) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
     train_recs = _subset(train_recs, config.max_train_images, config.seed)
     val_recs = _subset(val_recs, config.max_train_images // 4 if config.max_train_images else 0, config.seed)
     pre = config.preprocessing

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -280,6 +281,13 @@ def export_model(
 
 # ------------------------------------------------------------------------------------ from a checkpoint
 
+def run_version(run_name: str) -> str:
+    """The default version of an exported run: ``<package version>+<run name>`` (a PEP 440 local label:
+    every character other than a letter, digit or dot becomes a dot), e.g. ``0.3.0+lite0.aa``."""
+    label = ".".join(p for p in re.split(r"[^A-Za-z0-9]+", run_name) if p) or "run"
+    return f"{__version__}+{label}"
+
+
 _REQUIRED_KEYS = ("model_state", "model_args", "preprocessing", "temperature")
 
 
@@ -355,7 +363,9 @@ def export_run(
         source: a run folder ``runs/<name>/`` (its ``best.pt`` is used) or a checkpoint file.
         out_dir: model folder to write, e.g. ``src/deephealth/models/deephealth-cxr3``.
         name: model name (default :data:`deephealth.paths.DEFAULT_MODEL_NAME`).
-        version: model version (default: the package version).
+        version: model version (default: the package version with the run's name as a local label,
+            e.g. ``0.3.0+lite0.aa`` for ``runs/lite0-aa``, so an exported run is never mistaken
+            for the released model of that version; the release passes ``--version`` explicitly).
         checkpoint: checkpoint file to use instead of ``<source>/best.pt``.
         quantize: ship an int8 model (see :func:`export_model`).
         gate: fit the input gate on the exported graph (:func:`fit_run_gate`); skipped with a
@@ -433,7 +443,7 @@ def export_run(
         pre,
         out_dir,
         name=name or DEFAULT_MODEL_NAME,
-        version=version or __version__,
+        version=version or run_version(run_dir.name),
         temperature=float(ckpt["temperature"]),
         metadata_extra=_jsonable(extra),
         quantize=quantize,

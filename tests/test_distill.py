@@ -130,3 +130,4 @@ def test_distilled_smoke_run_records_its_teacher_and_refuses_another_split(tmp_p
     assert main(args + ["--name", "kd-other", "--split-seed", "1"]) == 2
     err = capsys.readouterr().err
     assert "distill teacher" in err and "split_seed is 0 there but 1 here" in err and "Traceback" not in err
+    assert not (tmp_path / "kd-other").exists()  # a refused run leaves no folder behind

@@ -297,3 +297,36 @@ def test_evaluate_faithfulness_adds_deletion_curves_to_the_report(evidence_model
         assert f"`{src}`" in md.split("**Too few films to tell:**")[1].split("\n")[0]
     assert (out / "deletion_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "heatmap deletion curves (4 images)" in stdout
+
+
+def test_an_anti_aliased_network_exports_with_its_blur_and_an_evidence_map(tmp_path: Path):
+    """aa_layer travels in model_args: the ONNX graph, weights.pt and the dilated evidence network all
+    carry the blur, and ONNX Runtime gives PyTorch's logits."""
+    import torch
+
+    from deephealth.inference import Predictor
+    from deephealth.preprocessing import PreprocessConfig
+    from deephealth.training.evidence import dilated_model
+    from deephealth.training.export import export_model
+    from deephealth.training.model import build_model
+
+    torch.manual_seed(0)
+    net = build_model("test_efficientnet", aa_layer="blurpc").eval()
+    args = {"arch": "test_efficientnet", "num_classes": 3, "in_chans": 1, "aa_layer": "blurpc"}
+    out = export_model(net, PreprocessConfig(input_size=96), tmp_path / "m", name="tiny-aa", version="0.0.0-test",
+                       temperature=1.0, model_args=args)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["evidence"]["check"]["shipped_outputs_bit_identical"] is True
+    assert torch.load(out / "weights.pt", weights_only=True)["model_args"]["aa_layer"] == "blurpc"
+    assert sum(type(m).__name__ == "BlurPool2d" for m in net.modules()) >= 2
+    # The dilated last stage drops its stride (and so its blur); the earlier blurs stay.
+    assert sum(type(m).__name__ == "BlurPool2d" for m in dilated_model(args, net.state_dict()).modules()) >= 1
+    x = np.random.default_rng(2).standard_normal((2, 1, 96, 96)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+        plain = build_model("test_efficientnet")
+        plain.load_state_dict(net.state_dict())
+        without = plain.eval()(torch.from_numpy(x)).numpy()
+    logits, _ = Predictor(out).infer(x)
+    np.testing.assert_allclose(logits, ref, atol=1e-4)
+    assert np.abs(without - ref).max() > 1e-3  # the blur is in the graph, not dropped on the way

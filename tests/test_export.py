@@ -224,7 +224,15 @@ def test_int8_export(run_dir: Path, tmp_path, capsys):
     ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     fp32 = export_run(run_dir, tmp_path / "fp32", gate=False)
-    assert json.loads((fp32 / "metadata.json").read_text())["onnx"]["precision"] == "float32"
+    fp32_meta = json.loads((fp32 / "metadata.json").read_text())
+    assert fp32_meta["onnx"]["precision"] == "float32"
+    # Without --version an exported run is labelled with its run's name, never as a release.
+    from deephealth import __version__
+    from deephealth.training.export import run_version
+
+    assert fp32_meta["version"] == meta["version"] == f"{__version__}+tiny.run"
+    assert run_version("20261203-100853-efficientnet_lite0-192") == f"{__version__}+20261203.100853.efficientnet.lite0.192"
+    assert run_version("--") == f"{__version__}+run"
     x = np.random.default_rng(0).random((64, 80)).astype(np.float32)
     a = Predictor(tmp_path / "int8").predict(x, allow_unsuitable=True)  # noise: the input gate refuses it
     b = Predictor(fp32).predict(x, allow_unsuitable=True)

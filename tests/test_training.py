@@ -46,7 +46,7 @@ def test_release_recipe_is_a_valid_config() -> None:
     assert (c.arch, c.init, c.input_size, c.crop_border) == ("efficientnet_lite0", "imagenet", 192, True)
     assert c.target_sensitivity == 0.95 and c.select_metric == "shift_balanced_accuracy"
     for other in ("release-0.2.0.yaml", "explore/lite0-cons-a.yaml", "explore/lite0-fov-a.yaml", "baselines/prototype-linear-probe.yaml", "explore/resnet18-224.yaml",
-                  "explore/lite0-cons-ft.yaml", "explore/lite0-cons-ft224.yaml"):
+                  "explore/lite0-cons-ft.yaml", "explore/lite0-cons-ft224.yaml", "explore/lite0-aa.yaml"):
         assert load_config(Path(__file__).parents[1] / "configs" / other).epochs >= 1
 
 
@@ -156,6 +156,9 @@ def test_init_checkpoint_loads_weights_and_refuses_another_split(tmp_path: Path)
         load_init_checkpoint(m, cfg.replace(init_checkpoint=str(path), split_seed=3))
     with pytest.raises(ValueError, match="arch is 'resnet18' there but 'resnet34'"):
         load_init_checkpoint(build_model("resnet34"), cfg.replace(arch="resnet34", init_checkpoint=str(path)))
+    # BlurPool has no weights, so the state dict would load silently into another network.
+    with pytest.raises(ValueError, match="aa_layer is '' there but 'blurpc'"):
+        load_init_checkpoint(m, cfg.replace(aa_layer="blurpc", init_checkpoint=str(path)))
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_init_checkpoint(m, cfg.replace(init_checkpoint=str(tmp_path / "missing.pt")))
     garbage = tmp_path / "garbage.pt"

@@ -222,3 +222,44 @@ def test_train_cli_names_an_unsupported_imagenet_arch_without_traceback(tmp_path
     assert "no installable ImageNet weights for 'resnet18'" in err and "efficientnet_lite0" in err
     rc = main(["train", "--arch", "no_such_net", "--epochs", "1", "--out-dir", str(tmp_path)])
     assert rc == 2 and "unknown timm architecture 'no_such_net'" in capsys.readouterr().err
+
+
+def test_anti_aliased_lite0_loads_the_same_imagenet_weights_and_blurs_before_subsampling() -> None:
+    """aa_layer='blurpc' (Zhang, ICML 2019): no new weights, the blur in the 4 stride-2 blocks, and it
+    removes the highest frequency that plain subsampling aliases into a sign flip under a 1 px shift."""
+    plain = build_model("efficientnet_lite0", init="imagenet")
+    aa = build_model("efficientnet_lite0", init="imagenet", aa_layer="blurpc")
+    sp, sa = plain.state_dict(), aa.state_dict()
+    assert sa.keys() == sp.keys() and all(torch.equal(sa[k], sp[k]) for k in sp)
+    blurs = [n for n, m in aa.named_modules() if type(m).__name__ == "BlurPool2d"]
+    assert blurs == ["blocks.1.0.aa", "blocks.2.0.aa", "blocks.3.0.aa", "blocks.5.0.aa"]
+    assert aa.blocks[1][0].conv_dw.stride == (1, 1) and plain.blocks[1][0].conv_dw.stride == (2, 2)
+
+    pool = aa.blocks[1][0].aa
+    c = pool.filt.shape[0]
+    assert c == 96  # Lite0's second stage expands 16 channels 6 times
+    checker = torch.tensor([[(-1.0) ** (i + j) for j in range(8)] for i in range(8)]).expand(1, c, 8, 8)
+    with torch.no_grad():
+        y = pool(checker)
+        ones = pool(torch.ones(1, c, 8, 8))
+    assert y.shape == (1, c, 4, 4)
+    # Plain subsampling keeps +1 everywhere, and -1 after a one-pixel shift; the blur gives 0 inside.
+    assert torch.all(checker[..., ::2, ::2] == 1) and torch.all(checker[..., 1::2, ::2] == -1)
+    torch.testing.assert_close(y[..., 1:, 1:], torch.zeros(1, c, 3, 3), rtol=0, atol=1e-6)
+    # A constant passes unchanged away from the border; the zero padding leaves (3/4)^2 in the corner.
+    torch.testing.assert_close(ones[..., 1:, 1:], torch.ones(1, c, 3, 3), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ones[0, :, 0, 0], torch.full((c,), 9 / 16), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="aa_layer must be one of"):
+        build_model("efficientnet_lite0", aa_layer="max")
+    with pytest.raises(ValueError, match="resnet18 does not take aa_layer='blurpc'"):
+        build_model("resnet18", aa_layer="blurpc")
+
+
+def test_architecture_args_keep_what_defines_the_network() -> None:
+    from deephealth.training.model import architecture_args
+
+    args = {"arch": "efficientnet_lite0", "num_classes": 3, "in_chans": 1, "drop_rate": 0.3}
+    assert architecture_args(args) == {"arch": "efficientnet_lite0", "num_classes": 3, "in_chans": 1}
+    assert architecture_args({**args, "aa_layer": ""}) == architecture_args(args)  # "" = none, as before
+    assert architecture_args({**args, "aa_layer": "blurpc"})["aa_layer"] == "blurpc"
+    assert load_config(Path(__file__).parents[1] / "configs" / "explore" / "lite0-aa.yaml").aa_layer == "blurpc"

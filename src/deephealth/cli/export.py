@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
     parser.add_argument("--name", default=None, help="model name (default: deephealth-cxr3)")
     parser.add_argument("--version", dest="model_version", default=None, metavar="V",
-                        help="model version (default: the package version)")
+                        help="model version (default: the package version + the run's name, e.g. 0.3.0+lite0.aa)")
     parser.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint to use instead of RUN/best.pt")
     parser.add_argument("--quantize", action="store_true",
                         help="ship an int8 model (ONNX Runtime static quantization, calibrated on 64 training "

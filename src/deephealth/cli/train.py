@@ -36,6 +36,8 @@ FIELD_HELP: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "split_seed": ("seed of the patient-grouped train/validation split", None),
     "arch": ("timm architecture name, e.g. resnet18, efficientnet_lite0 (the release)", None),
     "drop_rate": ("dropout before the classifier, 0-1", None),
+    "aa_layer": ("anti-aliased downsampling in the strided blocks (Zhang, ICML 2019): '' = none, blurpc "
+                 "(binomial blur, zero padding), blur (reflect padding)", ("", "blurpc", "blur")),
     "pretrained": ("ImageNet weights through timm's hub download (online only; prefer --init imagenet)", None),
     "pretrained_file": ("local weights file to start from ('' = none)", None),
     "init_checkpoint": ("start from the weights of a finished run's best.pt (same arch and train/validation "
@@ -89,7 +91,8 @@ FIELD_HELP: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "channels_last": ("channels-last memory format (faster convolutions on CPU)", None),
     "num_threads": ("PyTorch CPU threads (0 = PyTorch's default)", None),
     "seed": ("seed of initialisation, augmentation and batch order", None),
-    "max_train_images": ("use at most this many training films (0 = all; for smoke tests)", None),
+    "max_train_images": ("use at most this many training films, and a quarter as many validation films "
+                         "(0 = all; for smoke tests)", None),
     "out_dir": ("folder that receives the run folder", None),
     "name": ("run folder name under --out-dir ('' = <date>-<time>-<arch>-<input size>)", None),
 }

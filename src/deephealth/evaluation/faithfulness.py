@@ -424,8 +424,8 @@ def _randomisation_check(model_args: dict[str, Any], state: dict[str, Any], x: n
 
 
 def _plain(model_args: dict[str, Any], state: dict[str, Any]) -> Any:
-    from deephealth.training.model import build_model
+    from deephealth.training.model import architecture_args, build_model
 
-    m = build_model(**{k: v for k, v in model_args.items() if k in ("arch", "num_classes", "in_chans")})
+    m = build_model(**architecture_args(model_args))
     m.load_state_dict(state, strict=True)
     return m.eval()

@@ -31,7 +31,7 @@ from deephealth.artifact import ModelArtifact
 from deephealth.preprocessing import normalize, resize_to_input
 from deephealth.readers import ImageReadError, read_image
 from deephealth.training.export import WEIGHTS_FILE, export_model, fit_run_gate
-from deephealth.training.model import build_model
+from deephealth.training.model import architecture_args, build_model
 
 _logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def load_weights(art: ModelArtifact) -> nn.Module:
     if sha256_file(path) != meta["sha256"]:
         raise AdaptError(f"{path}: SHA-256 does not match metadata.json (corrupted or replaced)")
     ck = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(**ck["model_args"])
+    model = build_model(**architecture_args(ck["model_args"]))
     model.load_state_dict(ck["model_state"], strict=True)
     return model.eval()
 

@@ -14,6 +14,12 @@ from typing import Any
 
 from deephealth.preprocessing import PreprocessConfig
 
+#: Anti-aliasing layers timm can put in the strided blocks (``aa_layer``): "" = none (plain strided
+#: convolutions), ``blurpc``: a 3x3 binomial blur with zero padding before subsampling, ``blur``: the
+#: same with reflect padding (BlurPool, Zhang, "Making Convolutional Networks Shift-Invariant Again",
+#: ICML 2019). The blur has no weights, so ImageNet weights load unchanged.
+AA_LAYERS = ("", "blurpc", "blur")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -21,6 +27,7 @@ class TrainConfig:
 
     Data: ``data_dir`` (Kermany layout; empty = ``paths.dataset_dir()``), ``val_fraction`` of train
     patients held out per class, ``split_seed``. Model: timm ``arch``, ``drop_rate``,
+    ``aa_layer`` (anti-aliased downsampling, :data:`AA_LAYERS`),
     ``pretrained`` (ImageNet through timm, online only) or ``pretrained_file`` (local weights);
     ``init_checkpoint``: continue from a finished run's ``best.pt`` (same ``arch``, same
     train/validation split, checked; e.g. a low-learning-rate consistency fine-tune of a release).
@@ -64,6 +71,7 @@ class TrainConfig:
     split_seed: int = 0
     arch: str = "resnet18"
     drop_rate: float = 0.2
+    aa_layer: str = ""
     pretrained: bool = False
     pretrained_file: str = ""
     init: str = "random"
@@ -119,6 +127,8 @@ class TrainConfig:
             raise ValueError(f"class_weighting must be 'balanced' or 'none', got {self.class_weighting!r}")
         if self.init not in ("random", "imagenet"):
             raise ValueError(f"init must be 'random' or 'imagenet', got {self.init!r}")
+        if self.aa_layer not in AA_LAYERS:
+            raise ValueError(f"aa_layer must be one of {AA_LAYERS}, got {self.aa_layer!r}")
         if self.mode not in ("finetune", "linear_probe"):
             raise ValueError(f"mode must be 'finetune' or 'linear_probe', got {self.mode!r}")
         if self.bf16 not in ("auto", "true", "false"):

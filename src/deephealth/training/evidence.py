@@ -82,7 +82,7 @@ def dilated_model(model_args: dict[str, Any], state: dict[str, torch.Tensor],
     """The trained network rebuilt with a smaller output stride (dilated last stage), same weights.
 
     Args:
-        model_args: ``arch``, ``num_classes``, ``in_chans`` as in ``weights.pt``.
+        model_args: ``arch``, ``num_classes``, ``in_chans`` (and ``aa_layer`` when set) as in ``weights.pt``.
         state: the trained state dict.
         output_stride: 16 halves the stride of the last feature map (8 quarters it).
 
@@ -94,7 +94,9 @@ def dilated_model(model_args: dict[str, Any], state: dict[str, torch.Tensor],
     """
     import timm
 
-    args = {k: v for k, v in model_args.items() if k in ("arch", "num_classes", "in_chans")}
+    from deephealth.training.model import architecture_args
+
+    args = architecture_args(model_args)
     arch = args.pop("arch")
     try:
         model = timm.create_model(arch, output_stride=output_stride, **args)
@@ -359,7 +361,7 @@ def add_evidence_to_dir(model_dir: str | Path, inputs: np.ndarray | None = None)
     from deephealth.artifact import ModelArtifact, sha256_file, write_metadata
     from deephealth.artifact import WEIGHTS_FILE
     from deephealth.training.parity import dataset_parity_inputs
-    from deephealth.training.model import build_model
+    from deephealth.training.model import architecture_args, build_model
 
     model_dir = Path(model_dir)
     art = ModelArtifact.load(model_dir)
@@ -373,7 +375,7 @@ def add_evidence_to_dir(model_dir: str | Path, inputs: np.ndarray | None = None)
         state = ckpt["model_state"]
     except Exception as exc:
         raise EvidenceError(f"{wpath}: cannot load ({type(exc).__name__}: {exc})") from exc
-    shipped = build_model(**{k: v for k, v in args.items() if k in ("arch", "num_classes", "in_chans")})
+    shipped = build_model(**architecture_args(args))
     shipped.load_state_dict(state, strict=True)
     onnx_meta = dict(meta["onnx"])
     if onnx_meta.get(EVIDENCE_NAME):  # rebuild: drop the old branch first

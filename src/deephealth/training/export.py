@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -59,7 +60,7 @@ from deephealth.labels import CLASS_NAMES, INTENDED_USE
 from deephealth.paths import DEFAULT_MODEL_NAME, dataset_dir, portable_path
 from deephealth.preprocessing import PreprocessConfig
 from deephealth.artifact import WEIGHTS_FILE
-from deephealth.training.model import CamModel, build_model
+from deephealth.training.model import CamModel, architecture_args, build_model
 from deephealth.training.model_summary import format_summary, model_summary
 from deephealth.training.onnx_graph import (
     CAM_NAME,
@@ -137,7 +138,7 @@ def export_model(
             is still checked against PyTorch first.
         calibration: ``(m, 1, S, S)`` float32 inputs for int8 calibration; default
             :func:`calibration_inputs` (64 training images).
-        model_args: ``build_model`` arguments (``arch``, ``num_classes``, ``in_chans``); when given,
+        model_args: ``build_model`` arguments (``arch``, ``num_classes``, ``in_chans``, ``aa_layer``); when given,
             the PyTorch weights are shipped beside the ONNX file as :data:`WEIGHTS_FILE` (float32
             state dict), because ONNX Runtime folds BatchNorm into the convolutions and
             ``deephealth adapt`` needs the BatchNorm layers to re-estimate their statistics.
@@ -280,6 +281,13 @@ def export_model(
 
 # ------------------------------------------------------------------------------------ from a checkpoint
 
+def run_version(run_name: str) -> str:
+    """The default version of an exported run: ``<package version>+<run name>`` (a PEP 440 local label:
+    every character other than a letter, digit or dot becomes a dot), e.g. ``0.3.0+lite0.aa``."""
+    label = ".".join(p for p in re.split(r"[^A-Za-z0-9]+", run_name) if p) or "run"
+    return f"{__version__}+{label}"
+
+
 _REQUIRED_KEYS = ("model_state", "model_args", "preprocessing", "temperature")
 
 
@@ -355,7 +363,9 @@ def export_run(
         source: a run folder ``runs/<name>/`` (its ``best.pt`` is used) or a checkpoint file.
         out_dir: model folder to write, e.g. ``src/deephealth/models/deephealth-cxr3``.
         name: model name (default :data:`deephealth.paths.DEFAULT_MODEL_NAME`).
-        version: model version (default: the package version).
+        version: model version (default: the package version with the run's name as a local label,
+            e.g. ``0.3.0+lite0.aa`` for ``runs/lite0-aa``, so an exported run is never mistaken
+            for the released model of that version; the release passes ``--version`` explicitly).
         checkpoint: checkpoint file to use instead of ``<source>/best.pt``.
         quantize: ship an int8 model (see :func:`export_model`).
         gate: fit the input gate on the exported graph (:func:`fit_run_gate`); skipped with a
@@ -387,8 +397,7 @@ def export_run(
     arch = model_args.get("arch")
     if not arch:
         raise ExportError(f"{ckpt_path}: model_args has no 'arch'")
-    allowed = {"arch", "num_classes", "in_chans", "drop_rate"}
-    model = build_model(**{k: v for k, v in model_args.items() if k in allowed})
+    model = build_model(**architecture_args(model_args))
     try:
         model.load_state_dict(ckpt["model_state"], strict=True)
     except RuntimeError as exc:
@@ -434,11 +443,11 @@ def export_run(
         pre,
         out_dir,
         name=name or DEFAULT_MODEL_NAME,
-        version=version or __version__,
+        version=version or run_version(run_dir.name),
         temperature=float(ckpt["temperature"]),
         metadata_extra=_jsonable(extra),
         quantize=quantize,
-        model_args={k: v for k, v in model_args.items() if k in ("arch", "num_classes", "in_chans")},
+        model_args=architecture_args(model_args),
         evidence=evidence,
     )
     if gate:

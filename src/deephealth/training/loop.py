@@ -188,13 +188,9 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     # Model first: a pretrained-weights failure must come before minutes of decoding.
     model = build_model(
         config.arch, pretrained=config.pretrained, pretrained_file=config.pretrained_file or None,
-        drop_rate=config.drop_rate, init=config.init,
+        drop_rate=config.drop_rate, init=config.init, aa_layer=config.aa_layer,
     )
     init_from = load_init_checkpoint(model, config) if config.init_checkpoint else None
-    name = config.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.arch}-{config.input_size}"
-    run_dir = Path(config.out_dir) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
 
     data_dir = Path(config.data_dir) if config.data_dir else dataset_dir()
     manifest = scan(data_dir)
@@ -207,6 +203,11 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
 
         check_teachers(teacher_dirs(config.distill_teachers), config.preprocessing, config.val_fraction,
                        config.split_seed, split_id)
+    # The run folder only once every check passed: a refused run leaves nothing behind.
+    name = config.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.arch}-{config.input_size}"
+    run_dir = Path(config.out_dir) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
     train_recs = _subset(train_recs, config.max_train_images, config.seed)
     val_recs = _subset(val_recs, config.max_train_images // 4 if config.max_train_images else 0, config.seed)
     pre = config.preprocessing
@@ -371,7 +372,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
             break
 
     assert best_state is not None
-    final = build_model(config.arch, drop_rate=config.drop_rate)  # architecture only; weights below
+    final = build_model(config.arch, drop_rate=config.drop_rate, aa_layer=config.aa_layer)  # weights below
     final.load_state_dict(best_state)
     final.to(device)
     if config.channels_last:
@@ -433,7 +434,8 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     torch.save(
         {
             "model_state": {k: v.cpu() for k, v in final.state_dict().items()},
-            "model_args": {"arch": config.arch, "num_classes": len(CLASS_NAMES), "in_chans": 1},
+            "model_args": {"arch": config.arch, "num_classes": len(CLASS_NAMES), "in_chans": 1,
+                           **({"aa_layer": config.aa_layer} if config.aa_layer else {})},
             "config": recipe.to_dict(),
             "preprocessing": pre.to_dict(),
             "temperature": temperature,
@@ -485,8 +487,8 @@ def load_init_checkpoint(model: nn.Module, config: TrainConfig) -> dict[str, Any
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path}: not a training checkpoint (best.pt written by deephealth train)")
     prev = ckpt["config"]
-    for key in ("arch", "val_fraction", "split_seed"):
-        if prev.get(key) != getattr(config, key):
+    for key in ("arch", "aa_layer", "val_fraction", "split_seed"):
+        if prev.get(key, "") != getattr(config, key):
             raise ValueError(f"{path}: {key} is {prev.get(key)!r} there but {getattr(config, key)!r} in this run; "
                              "continued training needs the same architecture and train/validation split")
     if ckpt.get("preprocessing") != config.preprocessing.to_dict():

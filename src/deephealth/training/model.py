@@ -17,10 +17,18 @@ import torch
 from torch import nn
 
 from deephealth.labels import CLASS_NAMES
+from deephealth.training.config import AA_LAYERS
 from deephealth.training.imagenet import PretrainedWeightsUnavailable, imagenet_state_dict, weights_source
 
 _logger = logging.getLogger(__name__)
 
+#: The keys of a checkpoint's ``model_args`` that define the architecture (``aa_layer`` only when set).
+ARCH_KEYS = ("arch", "num_classes", "in_chans", "aa_layer")
+
+
+def architecture_args(model_args: dict) -> dict:
+    """The architecture-defining subset of a checkpoint's ``model_args`` (keys in :data:`ARCH_KEYS`)."""
+    return {k: v for k, v in model_args.items() if k in ARCH_KEYS and (k != "aa_layer" or v)}
 
 
 def build_model(
@@ -31,6 +39,7 @@ def build_model(
     pretrained_file: str | Path | None = None,
     drop_rate: float = 0.0,
     init: str = "random",
+    aa_layer: str = "",
 ) -> nn.Module:
     """Create a timm classifier with ``in_chans`` input channels and ``num_classes`` logits.
 
@@ -47,6 +56,10 @@ def build_model(
             the ImageNet weights installed with pip (:mod:`deephealth.training.imagenet`, SHA-256
             checked, every tensor's shape checked; EfficientNet-Lite0/1/2 only). The classifier
             starts at zero.
+        aa_layer: anti-aliased downsampling in the strided blocks, one of
+            :data:`deephealth.training.config.AA_LAYERS` ("" = none; Zhang, ICML 2019). timm places
+            it after the depthwise convolution of each stride-2 block, which then runs at stride 1
+            (about a quarter more network time for Lite0).
 
     Returns:
         The model, in training mode, on the CPU. Input ``(N, in_chans, S, S)`` float32,
@@ -54,7 +67,8 @@ def build_model(
 
     Raises:
         PretrainedWeightsUnavailable: if pretrained weights cannot be downloaded or loaded.
-        ValueError: if ``arch`` is unknown to timm or ``init`` is not ``random``/``imagenet``.
+        ValueError: if ``arch`` is unknown to timm, ``init`` is not ``random``/``imagenet`` or
+            ``aa_layer`` is not in :data:`deephealth.training.config.AA_LAYERS`.
         deephealth.training.imagenet.ImagenetWeightsError: for ``init="imagenet"`` when the weights
             package is missing, the file's SHA-256 differs or a tensor does not fit.
     """
@@ -62,9 +76,13 @@ def build_model(
 
     if init not in ("random", "imagenet"):
         raise ValueError(f"init must be 'random' or 'imagenet', got {init!r}")
+    if aa_layer not in AA_LAYERS:
+        raise ValueError(f"aa_layer must be one of {AA_LAYERS}, got {aa_layer!r}")
+    aa_kwargs: dict = {"aa_layer": aa_layer} if aa_layer else {}
     if init == "imagenet":
         weights_source(arch)  # clear error for an unsupported architecture, before building
-        model = timm.create_model(arch, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
+        model = timm.create_model(arch, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
+                                  **aa_kwargs)
         missing, unexpected = model.load_state_dict(imagenet_state_dict(arch, model.state_dict()), strict=False)
         if unexpected or any(not k.startswith("classifier.") for k in missing):
             raise ValueError(f"ImageNet weights left {missing} missing and {unexpected} unexpected")
@@ -78,7 +96,7 @@ def build_model(
 
     if arch not in timm.list_models():
         raise ValueError(f"unknown timm architecture {arch!r}")
-    kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
+    kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate, **aa_kwargs}
     if pretrained_file is not None:
         path = Path(pretrained_file)
         if not path.is_file():
@@ -95,6 +113,9 @@ def build_model(
     try:
         return timm.create_model(arch, pretrained=pretrained, **kwargs)
     except Exception as exc:  # network errors come in many types (OSError, HF hub errors...)
+        if aa_layer and isinstance(exc, TypeError):  # e.g. timm's ResNet takes only a layer class
+            raise ValueError(f"{arch} does not take aa_layer={aa_layer!r}; EfficientNet-family networks "
+                             "(efficientnet_lite0/1/2) do") from exc
         if not pretrained:
             raise
         raise PretrainedWeightsUnavailable(

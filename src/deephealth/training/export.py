@@ -283,7 +283,7 @@ def export_model(
 
 def run_version(run_name: str) -> str:
     """The default version of an exported run: ``<package version>+<run name>`` (a PEP 440 local label:
-    every character other than a letter, digit or dot becomes a dot), e.g. ``0.3.0+lite0.aa``."""
+    each run of characters other than letters and digits becomes one dot), e.g. ``0.3.0+lite0.aa``."""
     label = ".".join(p for p in re.split(r"[^A-Za-z0-9]+", run_name) if p) or "run"
     return f"{__version__}+{label}"
 

@@ -134,19 +134,24 @@ def describe_decision(probs: np.ndarray, operating_point: dict | None = None) ->
         operating_point: the model's operating point, or ``None`` (arg-max).
 
     Returns:
-        ``{"rule", "pneumonia_probability", "threshold", "target_sensitivity"}`` (the last two
-        ``None`` without an operating point).
+        ``{"rule", "pneumonia_probability", "threshold", "target_sensitivity", "review",
+        "review_reason"}``: the threshold and target are ``None`` without an operating point;
+        ``review`` is ``True`` when the film lies in the operating point's review band
+        (:func:`review_flags`; always ``False`` without one) and ``review_reason`` then says
+        which decision is borderline, in words (``None`` otherwise).
     """
     p = float(pneumonia_score(probs))
+    flag = int(review_flags(np.asarray(probs, dtype=np.float64)[None], operating_point)[0])
+    review = {"review": flag != REVIEW_NONE, "review_reason": review_reason(probs, operating_point, flag)}
     if not operating_point:
         return {"rule": "the most probable class", "pneumonia_probability": p, "threshold": None,
-                "target_sensitivity": None}
+                "target_sensitivity": None, **review}
     tau = float(operating_point["threshold"])
     target = operating_point.get("target_sensitivity")
     why = f", set on validation films for {100 * float(target):.0f} % sensitivity" if target else ""
     return {"rule": f"pneumonia when P(pneumonia) >= {tau:.3f}{why}; then the likelier of bacterial and viral",
             "pneumonia_probability": p, "threshold": tau,
-            "target_sensitivity": float(target) if target is not None else None}
+            "target_sensitivity": float(target) if target is not None else None, **review}
 
 
 def decide(probs: np.ndarray, operating_point: dict | None = None) -> np.ndarray:
@@ -167,3 +172,144 @@ def decide(probs: np.ndarray, operating_point: dict | None = None) -> np.ndarray
     tau = float(operating_point["threshold"])
     kind = np.where(p[..., 2] > p[..., 1], 2, 1)
     return np.where(pneumonia_score(p) >= tau, kind, NORMAL_INDEX).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------- review band
+
+REVIEW_QUANTILE = 0.9
+"""Default quantile of the benign-perturbation score changes that sets the review band's half-widths."""
+REVIEW_NONE, REVIEW_PNEUMONIA, REVIEW_TYPE = 0, 1, 2
+"""Codes of :func:`review_flags`: not borderline; pneumonia vs normal borderline; bacterial vs viral borderline."""
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1.0 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
+def decision_margins(probs: np.ndarray, operating_point: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Where films lie against the two decisions of the operating point, in logit units.
+
+    Args:
+        probs: ``(..., 3)`` calibrated probabilities (normal, bacterial, viral).
+        operating_point: ``metadata.json``'s ``operating_point`` (needs ``threshold`` in (0, 1)).
+
+    Returns:
+        ``(s, t)``, float64 arrays of shape ``probs.shape[:-1]``: ``s = logit(1 - P(normal)) -
+        logit(threshold)`` (>= 0: called pneumonia) and ``t = ln(P(bacterial) / P(viral))``
+        (> 0: bacterial is the likelier kind; ``t = 0`` is decided for bacterial, as :func:`decide`).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    s = _logit(pneumonia_score(p)) - _logit(float(operating_point["threshold"]))
+    t = np.log(np.clip(p[..., 1], 1e-300, None)) - np.log(np.clip(p[..., 2], 1e-300, None))
+    return s, t
+
+
+def fit_review_band(base_probs: np.ndarray, perturbed_probs: np.ndarray, operating_point: dict,
+                    quantile: float = REVIEW_QUANTILE) -> dict:
+    """The review band: how far a benign change of the film moves its scores, measured on validation.
+
+    An "indeterminate, review" band around the operating point (issue 16): a film whose pneumonia
+    score lies within ``m_p`` logits of the threshold, or which is called pneumonia with its
+    bacterial-vs-viral log-odds within ``m_t`` of 0, is flagged for review, because a change of the
+    film that does not change the diagnosis (re-encoding, a grey level of noise, a 3° rotation, a
+    4 px shift...; :mod:`deephealth.evaluation.stability`) can move it across the decision. The
+    half-widths are the ``quantile`` of the absolute score changes those perturbations cause on the
+    validation films: ``m_p`` over every (film, perturbation) pair, ``m_t`` over the pairs called
+    pneumonia both before and after. Two films on opposite sides outside the band would need a
+    change of more than ``2 m`` to contradict each other. The label itself is unchanged (still the
+    best guess); the band only adds the flag.
+
+    Args:
+        base_probs: ``(N, 3)`` calibrated probabilities of the unchanged validation films.
+        perturbed_probs: ``(V, N, 3)`` the same films after each of ``V`` perturbations.
+        operating_point: the model's operating point (:func:`fit_operating_point`).
+        quantile: in (0, 1), default :data:`REVIEW_QUANTILE`.
+
+    Returns:
+        ``{"rule", "quantile", "pneumonia_logit_margin", "type_logit_margin",
+        "pneumonia_probability_range", "bacterial_share_range", "n_films", "n_views"}``: the form
+        stored under ``operating_point["review_band"]`` in ``metadata.json``; the two ranges give
+        the band in probabilities (``P(pneumonia)``, and ``P(bacterial) / (P(bacterial) + P(viral))``).
+
+    Raises:
+        ValueError: if the shapes disagree, there are no films, no film is called pneumonia both
+            before and after a perturbation, or ``quantile`` is outside (0, 1).
+    """
+    base = np.asarray(base_probs, dtype=np.float64)
+    pert = np.asarray(perturbed_probs, dtype=np.float64)
+    if base.ndim != 2 or base.shape[1] != 3 or pert.ndim != 3 or pert.shape[1:] != base.shape or not len(base):
+        raise ValueError(f"need (N, 3) base and (V, N, 3) perturbed probabilities, got {base.shape} and {pert.shape}")
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    s0, t0 = decision_margins(base, operating_point)
+    s1, t1 = decision_margins(pert, operating_point)
+    both = (s0 >= 0)[None] & (s1 >= 0)
+    if not both.any():
+        raise ValueError("no validation film is called pneumonia before and after a perturbation")
+    m_p = float(np.quantile(np.abs(s1 - s0[None]), quantile))
+    m_t = float(np.quantile(np.abs(t1 - t0[None])[both], quantile))
+    z = _logit(float(operating_point["threshold"]))
+    sig = lambda x: float(1.0 / (1.0 + np.exp(-x)))  # noqa: E731
+    return {
+        "rule": "review when |logit P(pneumonia) - logit threshold| < pneumonia_logit_margin, or when called "
+                "pneumonia and |ln(P(bacterial) / P(viral))| < type_logit_margin",
+        "quantile": float(quantile),
+        "pneumonia_logit_margin": m_p,
+        "type_logit_margin": m_t,
+        "pneumonia_probability_range": [sig(z - m_p), sig(z + m_p)],
+        "bacterial_share_range": [sig(-m_t), sig(m_t)],
+        "n_films": int(base.shape[0]),
+        "n_views": int(pert.shape[0]),
+    }
+
+
+def review_flags(probs: np.ndarray, operating_point: dict | None) -> np.ndarray:
+    """Which films lie in the operating point's review band (see :func:`fit_review_band`).
+
+    Args:
+        probs: ``(N, 3)`` calibrated probabilities.
+        operating_point: the model's operating point; without one, or without a ``review_band``
+            in it, no film is flagged.
+
+    Returns:
+        ``(N,)`` int8 codes: :data:`REVIEW_NONE`, :data:`REVIEW_PNEUMONIA` (pneumonia vs normal
+        is borderline; takes precedence) or :data:`REVIEW_TYPE` (called pneumonia, bacterial vs
+        viral is borderline).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    band = (operating_point or {}).get("review_band")
+    out = np.zeros(p.shape[:-1], dtype=np.int8)
+    if not band:
+        return out
+    s, t = decision_margins(p, operating_point)
+    out[(s >= 0) & (np.abs(t) < float(band["type_logit_margin"]))] = REVIEW_TYPE
+    out[np.abs(s) < float(band["pneumonia_logit_margin"])] = REVIEW_PNEUMONIA
+    return out
+
+
+def review_reason(probs: np.ndarray, operating_point: dict | None, flag: int | None = None) -> str | None:
+    """Why one film is flagged for review, in words; ``None`` when it is not.
+
+    Args:
+        probs: ``(3,)`` calibrated probabilities.
+        operating_point: the model's operating point (with its ``review_band``).
+        flag: the film's :func:`review_flags` code, if already known.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if flag is None:
+        flag = int(review_flags(p[None], operating_point)[0])
+    if flag == REVIEW_NONE:
+        return None
+    band = operating_point["review_band"]
+    if flag == REVIEW_PNEUMONIA:
+        lo, hi = band["pneumonia_probability_range"]
+        return (f"borderline: P(pneumonia) {float(pneumonia_score(p)):.2f} is within the review band "
+                f"{lo:.2f}-{hi:.2f} around the threshold {float(operating_point['threshold']):.3f}; a change of "
+                "the film that does not change the diagnosis (re-export, slight rotation) can change the label: "
+                "have it reviewed")
+    share = float(p[1] / max(p[1] + p[2], 1e-300))
+    lo, hi = band["bacterial_share_range"]
+    return (f"borderline: bacterial vs viral is uncertain (bacterial share {share:.2f} of P(pneumonia), "
+            f"review band {lo:.2f}-{hi:.2f}); the kind of pneumonia can change with a benign change of the "
+            "film: have it reviewed")

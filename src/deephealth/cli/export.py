@@ -18,6 +18,12 @@ skips it). --evidence-only adds or rebuilds it in the existing model folder --ou
 weights.pt (model.onnx's shipped outputs are checked bit-identical, metadata.json updated):
 deephealth export --evidence-only --out src/deephealth/models/deephealth-cxr3
 
+The review band (docs/stability.md) is fitted last, on the run's validation films and their benign
+perturbations scored through the exported model: films this close to the operating point are
+flagged "review" (operating_point.review_band in metadata.json); --no-review-band skips it, and
+--review-band-only fits it for the existing model folder --out:
+deephealth export --review-band-only --out src/deephealth/models/deephealth-cxr3
+
 Example: deephealth export runs/resnet18 --out src/deephealth/models/deephealth-cxr3 --version 1.0.0
 """
 
@@ -44,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gate-only", action="store_true",
                         help="refit only the input gate of the existing model folder --out, on the split its "
                         "metadata.json records (about 1-2 minutes)")
+    parser.add_argument("--no-review-band", action="store_true",
+                        help="do not fit the review band (borderline films flagged for review; docs/stability.md)")
+    parser.add_argument("--review-band-only", action="store_true",
+                        help="fit only the review band of the existing model folder --out, on the validation split "
+                        "its metadata.json records (about 1-2 minutes)")
     parser.add_argument("--no-evidence", action="store_true",
                         help="do not add the evidence map (the finer heatmap, docs/evidence.md)")
     parser.add_argument("--evidence-only", action="store_true",
@@ -62,9 +73,11 @@ def run(args: argparse.Namespace) -> int:
 
     from deephealth.artifact import METADATA_FILE
 
-    if args.gate_only and args.evidence_only:
-        print("export failed: give --gate-only or --evidence-only, not both", file=sys.stderr)
+    if sum(map(bool, (args.gate_only, args.evidence_only, args.review_band_only))) > 1:
+        print("export failed: give only one of --gate-only, --evidence-only and --review-band-only", file=sys.stderr)
         return 2
+    if args.review_band_only:
+        return _refit_review_band(args)
     if args.gate_only:
         return _refit_gate(args)
     if args.evidence_only:
@@ -74,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         out = export_run(args.run, args.out, name=args.name, version=args.model_version, checkpoint=args.checkpoint,
-                         quantize=args.quantize, gate=not args.no_gate, evidence=not args.no_evidence)
+                         quantize=args.quantize, gate=not args.no_gate, evidence=not args.no_evidence,
+                         review_band=not args.no_review_band)
     except (ExportError, ValueError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 2
@@ -93,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
         _print_evidence(meta["evidence"])
     elif not args.no_evidence:
         print("  evidence map: not added (see the warning above); heatmaps use the class activation map")
+    band = (meta.get("operating_point") or {}).get("review_band")
+    if band:
+        _print_review_band(band)
+    elif not args.no_review_band:
+        print("  review band: not fitted (no dataset or no operating point); no film is flagged for review")
     gate = meta.get("gate")
     if gate:
         _print_gate(gate)
@@ -134,6 +153,40 @@ def _refit_gate(args: argparse.Namespace) -> int:
         return 2
     print(f"refitted the input gate of {art.name} {art.version} in {args.out}")
     _print_gate(gate)
+    return 0
+
+
+def _print_review_band(band: dict) -> None:
+    v = band.get("validation") or {}
+    lo, hi = band["pneumonia_probability_range"]
+    blo, bhi = band["bacterial_share_range"]
+    print(f"  review band: P(pneumonia) {lo:.3f}-{hi:.3f}, bacterial share {blo:.3f}-{bhi:.3f} "
+          f"(quantile {band['quantile']:g} of the benign-change shifts); "
+          + (f"{100 * v['review_rate']:.1f} % of {v['films']} validation films flagged, contradicting flips at most "
+             f"{100 * v['max_contradicting_rate']:.1f} % (label flips without the band: at most "
+             f"{100 * v['max_label_flip_rate']:.1f} %)" if v else ""))
+
+
+def _refit_review_band(args: argparse.Namespace) -> int:
+    """``--review-band-only``: fit the review band of the model folder ``--out`` on its recorded split."""
+    from deephealth.artifact import ModelArtifact, ModelArtifactError
+    from deephealth.training.export import ExportError, fit_run_review_band
+
+    if args.run is not None or args.quantize or args.no_gate or args.checkpoint or args.no_review_band:
+        print("export failed: --review-band-only takes only --out (the model folder)", file=sys.stderr)
+        return 2
+    try:
+        art = ModelArtifact.load(args.out)
+        config = (art.metadata.get("training") or {}).get("config") or {}
+        band = fit_run_review_band(args.out, config)
+    except (ModelArtifactError, ExportError, ValueError) as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 2
+    if band is None:
+        print("export failed: no dataset or no operating point to fit the review band on", file=sys.stderr)
+        return 2
+    print(f"fitted the review band of {art.name} {art.version} in {args.out}")
+    _print_review_band(band)
     return 0
 
 

@@ -467,6 +467,54 @@ def flip_figures(base_labels: np.ndarray, labels: np.ndarray, base_probs: np.nda
     return out
 
 
+def review_band_figures(base_probs: np.ndarray, probs: np.ndarray, operating_point: dict[str, Any] | None
+                        ) -> dict[str, Any] | None:
+    """Flips once the operating point's review band flags borderline films (issue 16's allowed band).
+
+    With the band, each answer is either a definite label or "review"
+    (:func:`deephealth.calibration.review_flags`). Two ways a benign change can alter it:
+
+    * a **contradicting flip**: a definite label before and a *different* definite label after
+      (the clinician gets two different answers, neither flagged);
+    * an **outcome change**: any change of the answer, into or out of "review" included
+      (never fewer than the plain label flips' films that leave the band).
+
+    Args:
+        base_probs: ``(M, 3)`` calibrated probabilities of the unchanged films.
+        probs: ``(V, M, 3)`` the same films after each of ``V`` perturbations.
+        operating_point: the model's operating point; ``None`` is returned without a ``review_band``.
+
+    Returns:
+        ``None``, or ``{"review_rate", "n_review", "contradicting_rate": (V,) list,
+        "n_contradicting": (V,) list, "outcome_change_rate": (V,) list, "any_contradicting_rate"}``
+        (``review_rate``: share of unchanged films flagged; ``any_contradicting_rate``: share of
+        films contradicted by at least one perturbation).
+
+    Raises:
+        ValueError: if the shapes disagree.
+    """
+    from deephealth.calibration import REVIEW_NONE, decide, review_flags
+
+    if not operating_point or not operating_point.get("review_band"):
+        return None
+    base, pert = np.asarray(base_probs, dtype=np.float64), np.asarray(probs, dtype=np.float64)
+    if base.ndim != 2 or pert.ndim != 3 or pert.shape[1:] != base.shape:
+        raise ValueError(f"need (M, 3) and (V, M, 3) probabilities, got {base.shape} and {pert.shape}")
+    l0, l1 = decide(base, operating_point), decide(pert, operating_point)
+    r0, r1 = review_flags(base, operating_point) != REVIEW_NONE, review_flags(pert, operating_point) != REVIEW_NONE
+    contra = ~r0[None] & ~r1 & (l1 != l0[None])
+    outcome = np.where(r1, -1, l1) != np.where(r0, -1, l0)[None]
+    m = max(base.shape[0], 1)
+    return {
+        "review_rate": float(r0.sum() / m),
+        "n_review": int(r0.sum()),
+        "contradicting_rate": [float(c) for c in contra.sum(axis=1) / m],
+        "n_contradicting": [int(c) for c in contra.sum(axis=1)],
+        "outcome_change_rate": [float(c) for c in outcome.sum(axis=1) / m],
+        "any_contradicting_rate": float(contra.any(axis=0).sum() / m),
+    }
+
+
 def flip_rate_ci(flips: np.ndarray, patient_ids: Sequence[str], *, n_resamples: int = 1000, seed: int = 0,
                  alpha: float = 0.05) -> list[float]:
     """Percentile bootstrap interval of the flip rate, resampling patients (all their films come along).

@@ -195,6 +195,8 @@ def test_export_cli(run_dir: Path, tmp_path, capsys):
     meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
     assert meta["version"] == "2.0" and meta["onnx"]["sha256"] in out
     assert "input gate: gate.npz" in out and "of 30 validation films flagged" in out
+    # the review band needs an operating point: this fake run has none, so none was fitted
+    assert "review band: not fitted" in out and "review_band" not in (meta.get("operating_point") or {})
     # --gate-only refits the gate of the folder (same split, same seed: the same gate), nothing else
     onnx_before = (tmp_path / "m" / "model.onnx").read_bytes()
     rc = main(["export", "--gate-only", "--out", str(tmp_path / "m")])
@@ -205,6 +207,30 @@ def test_export_cli(run_dir: Path, tmp_path, capsys):
     assert (tmp_path / "m" / "model.onnx").read_bytes() == onnx_before
     rc = main(["export", str(run_dir), "--gate-only", "--out", str(tmp_path / "m")])
     assert rc == 2 and "--gate-only takes only --out" in capsys.readouterr().err
+    rc = main(["export", "--review-band-only", "--out", str(tmp_path / "m")])
+    assert rc == 2 and "no dataset or no operating point" in capsys.readouterr().err
+    # with an operating point (every film called pneumonia), --review-band-only fits it on the 30 films
+    from deephealth.artifact import write_metadata
+
+    write_metadata(tmp_path / "m", {**again, "operating_point": {"threshold": 0.01, "target_sensitivity": 0.95}})
+    rc = main(["export", "--review-band-only", "--out", str(tmp_path / "m")])
+    out = capsys.readouterr().out
+    band = json.loads((tmp_path / "m" / "metadata.json").read_text())["operating_point"]["review_band"]
+    assert rc == 0 and out.startswith("fitted the review band of ") and "% of 30 validation films flagged" in out
+    assert (band["n_films"], band["n_views"], band["quantile"]) == (30, 15, 0.9)
+    assert band["validation"]["films"] == 30 and len(band["validation"]["perturbations"]) == 15
+    assert band["pneumonia_logit_margin"] > 0 and band["type_logit_margin"] > 0
+    lo, hi = band["pneumonia_probability_range"]
+    assert lo < 0.01 < hi
+    assert (tmp_path / "m" / "model.onnx").read_bytes() == onnx_before
+    rc = main(["export", "--review-band-only", "--out", str(tmp_path / "m")])  # deterministic: the same band
+    capsys.readouterr()
+    again_band = json.loads((tmp_path / "m" / "metadata.json").read_text())["operating_point"]["review_band"]
+    assert rc == 0 and again_band["pneumonia_logit_margin"] == band["pneumonia_logit_margin"]
+    rc = main(["export", str(run_dir), "--review-band-only", "--out", str(tmp_path / "m")])
+    assert rc == 2 and "--review-band-only takes only --out" in capsys.readouterr().err
+    rc = main(["export", "--gate-only", "--review-band-only", "--out", str(tmp_path / "m")])
+    assert rc == 2 and "only one of" in capsys.readouterr().err
     rc = main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "m2")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("export failed:") and "nothing" in err and "Traceback" not in err

@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             c_over = [n for n in names if results[lb]["perturbations"][n]["contradicting_rate"] > target]
             print(f"{lb}: review band flags {100 * band['review_rate']:.1f} % ({band['n_review']}) of the films; "
                   f"contradicting flips at most {100 * band['max_contradicting_rate']:.1f} % "
-                  f"({band['worst_contradicting']}), any {100 * band['any_contradicting_rate']:.1f} %; "
+                  f"({band['worst_contradicting'] or 'none contradicts'}), "
+                  f"any {100 * band['any_contradicting_rate']:.1f} %; "
                   f"target <= {100 * target:g} % " + (f"missed for {', '.join(c_over)}" if c_over else "met"))
 
     out = Path(args.out)

@@ -218,3 +218,18 @@ def test_stability_summary_table_and_report_with_the_band(tmp_path):
            "rate: `blur`, 50.0 %, against the target ≤ 1.0 % for every perturbation: missed for `gamma_0.9`, " \
            "`blur`." in md
     assert "Films whose label changes under at least one perturbation: 100.0 %." in md  # the headline flips stay
+
+
+def test_no_contradicting_flip_names_no_worst_perturbation():
+    from deephealth.calibration import decide
+
+    same = np.stack([BASE, BASE])
+    scores = st.StabilityScores(["gamma_0.9", "blur"], ["A", "B", "C", "D"], [0, 1, 2, 3], BASE, decide(BASE, OP),
+                                same, decide(same, OP), [])
+    s = st.summarize_stability(scores, operating_point=OP)
+    assert s["review_band"]["max_contradicting_rate"] == 0.0 and s["review_band"]["worst_contradicting"] is None
+    from deephealth.evaluation.report import _stability_markdown
+
+    md = "\n".join(_stability_markdown(s))
+    assert "Worst contradicting rate: 0.0 % (no perturbation contradicts any film), against the target ≤ 1.0 % " \
+           "for every perturbation: met." in md

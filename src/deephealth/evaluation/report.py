@@ -1037,12 +1037,13 @@ def _stability_markdown(st: dict[str, Any]) -> list[str]:
             summary += (f" Target ≤ {_pct(target)} for every perturbation: "
                         + (f"missed for {', '.join(f'`{k}`' for k in over)}." if over else "met."))
         out += [summary, ""]
-    if band and band.get("worst_contradicting"):
+    if band and band.get("max_contradicting_rate") is not None:
         c_over = [k for k, v in st["perturbations"].items()
                   if target is not None and (v.get("contradicting_rate") or 0) > target]
+        worst = (f"`{band['worst_contradicting']}`, {_pct(band['max_contradicting_rate'])}"
+                 if band.get("worst_contradicting") else "0.0 % (no perturbation contradicts any film)")
         line = (f"With the review band: films contradicted by at least one perturbation: "
-                f"{_pct(band['any_contradicting_rate'])}. Worst contradicting rate: `{band['worst_contradicting']}`, "
-                f"{_pct(band['max_contradicting_rate'])}")
+                f"{_pct(band['any_contradicting_rate'])}. Worst contradicting rate: {worst}")
         if target is not None:
             line += (f", against the target ≤ {_pct(target)} for every perturbation: "
                      + (f"missed for {', '.join(f'`{k}`' for k in c_over)}." if c_over else "met."))

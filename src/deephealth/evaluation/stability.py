@@ -579,8 +579,8 @@ def summarize_stability(
         ``n_contradicting``, ``contradicting_rate``, ``n_outcome_changes`` and
         ``outcome_change_rate``, and a ``review_band`` entry holds ``review_rate``, ``n_review``
         (unchanged films flagged), ``any_contradicting_rate`` (films contradicted by at least one
-        perturbation), ``max_contradicting_rate`` and ``worst_contradicting`` (``None`` without
-        a band or without films).
+        perturbation), ``max_contradicting_rate`` and ``worst_contradicting`` (the perturbation
+        with the most contradicting flips; ``None`` when none contradicts any film).
     """
     n = int(scores.base_labels.shape[0])
     desc = {p.name: p.description for p in PERTURBATIONS}
@@ -607,12 +607,13 @@ def summarize_stability(
                 outcome_change_rate=band["outcome_change_rate"][i],
             )
         worst_c = max(scores.perturbations, key=lambda k: per[k]["contradicting_rate"]) if scores.perturbations else None
+        max_c = per[worst_c]["contradicting_rate"] if worst_c else None
         band_summary = {
             "review_rate": band["review_rate"],
             "n_review": band["n_review"],
             "any_contradicting_rate": band["any_contradicting_rate"],
-            "max_contradicting_rate": per[worst_c]["contradicting_rate"] if worst_c else None,
-            "worst_contradicting": worst_c,
+            "max_contradicting_rate": max_c,
+            "worst_contradicting": worst_c if max_c else None,
         }
     return {
         "n_images": n,

@@ -311,7 +311,7 @@ def review_band_ci(
     Raises:
         ValueError: on malformed inputs or ``len(patient_ids) != N``.
     """
-    from deephealth.calibration import REVIEW_NONE, review_flags
+    from deephealth.calibration import REVIEW_NONE, REVIEW_PNEUMONIA, review_flags
 
     if not decision or not decision.get("review_band"):
         return None
@@ -321,8 +321,10 @@ def review_band_ci(
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     w = patient_resample_weights(patient_ids, n_resamples, seed).astype(np.float64)
-    flagged = review_flags(p, decision) != REVIEW_NONE
+    flags = review_flags(p, decision)
+    flagged = flags != REVIEW_NONE
     kept = (~flagged).astype(np.float64)
+    pn_def = (flags != REVIEW_PNEUMONIA).astype(np.float64)  # only these flags make the pneumonia call indeterminate
     pred = decide(p, decision)
     correct = (pred == y).astype(np.float64)
     pos = (y != 0).astype(np.float64)
@@ -333,8 +335,8 @@ def review_band_ci(
     values = {
         "review_rate": _div(w @ flagged.astype(np.float64), total),
         "review_as_error.accuracy": _div(w @ (kept * correct), total),
-        "review_as_error.sensitivity": _div(tp, w @ pos),
-        "review_as_error.specificity": _div(tn, w @ neg),
+        "review_as_error.sensitivity": _div(w @ (pn_def * pos * called), w @ pos),
+        "review_as_error.specificity": _div(w @ (pn_def * neg * (1.0 - called)), w @ neg),
         "not_flagged.accuracy": _div(w @ (kept * correct), w @ kept),
         "not_flagged.sensitivity": _div(tp, w @ (kept * pos)),
         "not_flagged.specificity": _div(tn, w @ (kept * neg)),

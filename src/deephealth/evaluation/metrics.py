@@ -363,7 +363,9 @@ def review_band_metrics(y_true: Any, probs: Any, decision: dict[str, Any] | None
       pneumonia and bacterial vs viral borderline);
     - **with flagged films counted as errors**, on all ``N`` films: 3-class accuracy (correct and
       not flagged, over ``N``), pneumonia-vs-normal sensitivity (true pneumonias called pneumonia
-      and not flagged, over all true pneumonias) and specificity (likewise for normals);
+      and not flagged pneumonia-vs-normal borderline, over all true pneumonias) and specificity
+      (likewise for normals). A bacterial-vs-viral flag leaves the pneumonia call definite, so only
+      the pneumonia-vs-normal flags count as errors of the binary decision;
     - **among the films not flagged**: 3-class accuracy, and pneumonia-vs-normal sensitivity and
       specificity at the operating point, with their counts;
     - the 3-class accuracy of the labels of the flagged films, and how many of the ``N`` films'
@@ -400,6 +402,7 @@ def review_band_metrics(y_true: Any, probs: Any, decision: dict[str, Any] | None
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     k_pos, k_neg = int((kept & pos).sum()), int((kept & ~pos).sum())
     tp_kept, tn_kept = int((kept & pos & called).sum()), int((kept & ~pos & ~called).sum())
+    pn_def = flags != REVIEW_PNEUMONIA  # the pneumonia-vs-normal answer is definite
     return {
         "rule": band.get("rule"),
         "pneumonia_probability_range": band.get("pneumonia_probability_range"),
@@ -414,8 +417,8 @@ def review_band_metrics(y_true: Any, probs: Any, decision: dict[str, Any] | None
         },
         "review_as_error": {
             "accuracy": _ratio(int((correct & kept).sum()), n),
-            "sensitivity": _ratio(tp_kept, n_pos),
-            "specificity": _ratio(tn_kept, n_neg),
+            "sensitivity": _ratio(int((pn_def & pos & called).sum()), n_pos),
+            "specificity": _ratio(int((pn_def & ~pos & ~called).sum()), n_neg),
         },
         "not_flagged": {
             "n": int(kept.sum()),

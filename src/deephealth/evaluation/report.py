@@ -939,6 +939,8 @@ def _review_band_markdown(report: dict[str, Any]) -> list[str]:
         return f"{rng[0]:.2f}–{rng[1]:.2f}" if rng else "n/a"
 
     out = [f"## Review band: borderline films flagged for review ({n} images)", ""]
+    fitted_on = (f" The band was fitted on the model's {spec['n_films']} validation films: evaluated on those "
+                 "same films, these figures are in-sample (optimistic)." if spec.get("n_films") else "")
     fitted = (f" Its half-widths are the {spec['quantile']:g} quantile of the score changes that the benign "
               f"perturbations of the stability section cause on {spec.get('n_films', '?')} validation films."
               if spec.get("quantile") is not None else "")
@@ -950,14 +952,16 @@ def _review_band_markdown(report: dict[str, Any]) -> list[str]:
         f"(**bacterial vs viral borderline**).{fitted} A flagged film keeps its label (the best guess); the flag "
         "asks for a reader's decision. The band is reported here at its cost: accuracy **with every flagged film "
         "counted as an error**, and the figures among the films not flagged, next to the headline figures without "
-        "the band. Intervals: the same patient bootstrap as the headline.")
+        "the band; a bacterial-vs-viral flag leaves the pneumonia call definite, so the pneumonia-vs-normal rows "
+        "count only the pneumonia-vs-normal flags as errors." + fitted_on + " Intervals: the same patient bootstrap "
+        "as the headline.")
     out.append("")
     by = rb["by_reason"]
     out += [
         f"| | without the band: all {n} films | with the band, flagged counted as errors | "
         f"with the band: the {kept['n']} films not flagged |",
         "|---|---|---|---|",
-        f"| films flagged for review | — | {band('review_rate')} ({rb['n_review']}) | — |",
+        f"| films flagged for review | — | {band('review_rate')}, {rb['n_review']} films | — |",
         f"| … pneumonia vs normal borderline | — | {_pct(by['pneumonia_vs_normal']['rate'])} "
         f"({by['pneumonia_vs_normal']['n']}) | — |",
         f"| … bacterial vs viral borderline | — | {_pct(by['bacterial_vs_viral']['rate'])} "

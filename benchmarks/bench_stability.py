@@ -7,7 +7,10 @@ scored again through the shipped :class:`deephealth.inference.Predictor` (ONNX R
 temperature and operating point). Figures per perturbation: the share of films whose 3-class label
 changes (95 % patient-bootstrap interval), the normal <-> pneumonia flips, and the 50th / 95th
 percentile and maximum of |ΔP(pneumonia)|, P(pneumonia) = 1 − P(normal). Target (issue 16): at
-most 1 % label flips for every perturbation.
+most 1 % label flips for every perturbation. For a model whose operating point has a review band
+(issue 16), the contradicting-flip rate (a definite label changed into a different definite label,
+neither flagged for review) and the outcome-change rate are printed beside the flip rate and
+written into stability.json (``review_band_figures``); the label-flip rate stays the headline.
 
 Splits: ``val`` is the development validation split, i.e. the patient-grouped hold-out of the
 official train folder that training used (``grouped_split`` with the ``val_fraction`` and
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         for _, err in scores.errors:
             print(f"not scored: {err}", file=sys.stderr)
         summary = st.summarize_stability(scores, patient_ids=[records[i].patient_id for i in scores.source_index],
-                                         n_resamples=args.bootstrap, seed=args.seed)
+                                         n_resamples=args.bootstrap, seed=args.seed,
+                                         operating_point=pred.artifact.operating_point)
         summary["model"] = {"name": pred.artifact.name, "version": pred.artifact.version, "dir": str(d),
                             "sha256": pred.artifact.sha256, "input_size": pred.input_size,
                             "operating_point": pred.artifact.operating_point}
@@ -129,9 +133,12 @@ def main(argv: list[str] | None = None) -> int:
 
     labels = list(results)
     names = [p.name for p in perts]
-    head = f"{'perturbation':<14}" + "".join(f" | {lb[:30]:>30}" for lb in labels)
+    banded = [lb for lb in labels if results[lb].get("review_band")]
+    wd = 41 if banded else 30  # column width: the contradicting flips take 11 more characters
+    head = f"{'perturbation':<14}" + "".join(f" | {lb[:wd]:>{wd}}" for lb in labels)
     print()
-    print("label flips % (n) [95 % CI] / |ΔP(pneumonia)| p95, max")
+    print("label flips % (n) [95 % CI]" + (" c contradicting flips % (n) with the review band" if banded else "")
+          + " / |ΔP(pneumonia)| p95, max")
     print(head)
     print("-" * len(head))
     for n in names:
@@ -140,18 +147,28 @@ def main(argv: list[str] | None = None) -> int:
             v = results[lb]["perturbations"][n]
             ci = v.get("flip_rate_ci")
             ci_s = f"[{100 * ci[0]:.1f}-{100 * ci[1]:.1f}]" if ci else ""
-            cells.append(f"{100 * v['flip_rate']:4.1f} ({v['n_flips']:>2}) {ci_s:>11} "
+            contra = (f" c{100 * v['contradicting_rate']:4.1f} ({v['n_contradicting']:>2})"
+                      if "contradicting_rate" in v else "")
+            cells.append(f"{100 * v['flip_rate']:4.1f} ({v['n_flips']:>2}) {ci_s:>11}{contra} "
                          f"{v['abs_dp_p95']:.3f} {v['abs_dp_max']:.2f}")
-        print(f"{n:<14}" + "".join(f" | {c:>30}" for c in cells))
+        print(f"{n:<14}" + "".join(f" | {c:>{wd}}" for c in cells))
     print("-" * len(head))
-    print(f"{'any flip':<14}" + "".join(f" | {100 * results[lb]['any_flip_rate']:28.1f} %" for lb in labels))
+    print(f"{'any flip':<14}" + "".join(f" | {100 * results[lb]['any_flip_rate']:{wd - 2}.1f} %" for lb in labels))
     print(f"{'worst':<14}" + "".join(
-        f" | {results[lb]['worst'] + ' ' + format(100 * results[lb]['max_flip_rate'], '.1f') + ' %':>30}"
+        f" | {results[lb]['worst'] + ' ' + format(100 * results[lb]['max_flip_rate'], '.1f') + ' %':>{wd}}"
         for lb in labels))
     target = st.FLIP_TARGET
     for lb in labels:
         over = [n for n in names if results[lb]["perturbations"][n]["flip_rate"] > target]
         print(f"{lb}: target <= {100 * target:g} % flips " + (f"missed for {', '.join(over)}" if over else "met"))
+        band = results[lb].get("review_band")
+        if band:
+            c_over = [n for n in names if results[lb]["perturbations"][n]["contradicting_rate"] > target]
+            print(f"{lb}: review band flags {100 * band['review_rate']:.1f} % ({band['n_review']}) of the films; "
+                  f"contradicting flips at most {100 * band['max_contradicting_rate']:.1f} % "
+                  f"({band['worst_contradicting'] or 'none contradicts'}), "
+                  f"any {100 * band['any_contradicting_rate']:.1f} %; "
+                  f"target <= {100 * target:g} % " + (f"missed for {', '.join(c_over)}" if c_over else "met"))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

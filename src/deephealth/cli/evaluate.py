@@ -12,10 +12,13 @@ labelled row of the comparison table (--compare-adapted for a model that used th
 site's unlabelled films, e.g. site-adapted BatchNorm statistics). --stability also scores every
 film under the benign-perturbation family of deephealth.evaluation.stability (JPEG q90, +-1 grey
 level, gamma, rescale, rotate, shift, crop, blur, sharpen; about 16x the scoring time) and adds the
-label-flip table and stability.png to the report. --faithfulness adds the heatmap's deletion
-curves (Petsiuk et al., 2018; deephealth.evaluation.faithfulness): the predicted class's probability
-as the most highlighted pixels are deleted first, against random deletion (about 50x the scoring
-time, no labels used), with deletion_curves.png.
+label-flip table and stability.png to the report (with the model's review band, if it has one, also
+the contradicting flips: a definite label changed into a different definite label). A model whose
+operating point has a review band also gets a "Review band" section: the share of films flagged for
+review and the accuracy with them counted as errors, next to the headline figures. --faithfulness
+adds the heatmap's deletion curves (Petsiuk et al., 2018; deephealth.evaluation.faithfulness): the
+predicted class's probability as the most highlighted pixels are deleted first, against random
+deletion (about 50x the scoring time, no labels used), with deletion_curves.png.
 
 Data: a Kermany-layout folder ({train,val,test}/{NORMAL,PNEUMONIA}/...; default: the shared
 chest_xray_224, official test split) or a CSV with columns path,label[,patient_id,split].
@@ -213,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"stability: not scored: {err}", file=sys.stderr)
         stability = summarize_stability(
             st_scores, patient_ids=[scored[i]["patient_id"] for i in st_scores.source_index],
-            n_resamples=args.bootstrap, seed=args.seed,
+            n_resamples=args.bootstrap, seed=args.seed, operating_point=predictor.artifact.operating_point,
         )
         stability_seconds = round(time.monotonic() - t1, 1)
     faithfulness = None
@@ -321,6 +324,15 @@ def run(args: argparse.Namespace) -> int:
             show(f"{title} {metric}", b[metric], f"{proto}.{metric}")
         show(f"{title} AUROC", b["auroc"], f"{proto}.auroc", pct=False)
     show("ECE (15 bins)", m["calibration"]["ece"], "ece", pct=False)
+    band = report.get("review_band")
+    if band:
+        kept = band["not_flagged"]
+        print(f"review band: {band['n_review']} films flagged for review ({100 * band['review_rate']:.1f} %: "
+              f"{band['by_reason']['pneumonia_vs_normal']['n']} pneumonia vs normal, "
+              f"{band['by_reason']['bacterial_vs_viral']['n']} bacterial vs viral borderline)")
+        for label, value in (("3-class accuracy, flagged = error", band["review_as_error"]["accuracy"]),
+                             (f"3-class accuracy, {kept['n']} not flagged", kept["accuracy"])):
+            print(f"  {label:<36} " + ("n/a" if value is None else f"{100 * value:5.1f} %"))
     dd = report["deduplicated"]
     if dd["n_duplicate_groups"]:
         m, iv = dd["metrics"], dd["confidence_intervals"]["intervals"]
@@ -337,8 +349,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"stability under {len(stability['perturbations'])} benign perturbations "
               f"({stability['n_images']} images): label flips, |ΔP(pneumonia)| p95")
         for name, v in stability["perturbations"].items():
-            print(f"  {name:<14} {100 * v['flip_rate']:5.1f} % ({v['n_flips']})   {v['abs_dp_p95']:.3f}")
+            extra = (f"   contradicting {100 * v['contradicting_rate']:4.1f} % ({v['n_contradicting']})"
+                     if "contradicting_rate" in v else "")
+            print(f"  {name:<14} {100 * v['flip_rate']:5.1f} % ({v['n_flips']})   {v['abs_dp_p95']:.3f}{extra}")
         print(f"  any of them      {100 * stability['any_flip_rate']:5.1f} %")
+        if stability.get("review_band"):
+            any_c = stability["review_band"]["any_contradicting_rate"]
+            print(f"  contradicted by any of them (review band) {100 * any_c:5.1f} %")
     if faithfulness is not None:
         print(f"heatmap deletion curves ({faithfulness['films']} images): AUC, lower = more faithful")
         for src, e in faithfulness["maps"].items():

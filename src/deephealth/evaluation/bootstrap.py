@@ -269,3 +269,88 @@ def bootstrap_ci(
             lo, hi = np.quantile(ok, [alpha / 2.0, 1.0 - alpha / 2.0])
             result[name] = (float(lo), float(hi))
     return result
+
+
+REVIEW_BAND_METRICS: tuple[str, ...] = (
+    "review_rate",
+    "review_as_error.accuracy",
+    "review_as_error.sensitivity",
+    "review_as_error.specificity",
+    "not_flagged.accuracy",
+    "not_flagged.sensitivity",
+    "not_flagged.specificity",
+)
+"""Figures of :func:`deephealth.evaluation.metrics.review_band_metrics` that get an interval."""
+
+
+def review_band_ci(
+    y_true: Any,
+    probs: Any,
+    patient_ids: Any,
+    decision: dict[str, Any] | None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any] | None:
+    """Percentile intervals of the review band's figures, resampling patients as :func:`bootstrap_ci`.
+
+    The same ``patient_ids``, ``n_resamples`` and ``seed`` draw the same resamples as
+    :func:`bootstrap_ci`, so these intervals and the headline ones come from the same draws.
+
+    Args:
+        y_true: ``(N,)`` int labels in ``{0, 1, 2}``.
+        probs: ``(N, 3)`` calibrated probabilities.
+        patient_ids: ``(N,)`` patient of each image.
+        decision: the model's operating point; ``None`` is returned without a ``review_band``.
+        n_resamples, seed, alpha: as :func:`bootstrap_ci`.
+
+    Returns:
+        ``None`` or ``{"intervals": {metric: [low, high]}, "skipped": {metric: resamples}}`` over
+        :data:`REVIEW_BAND_METRICS` (``nan`` bounds where no resample defined the metric).
+
+    Raises:
+        ValueError: on malformed inputs or ``len(patient_ids) != N``.
+    """
+    from deephealth.calibration import REVIEW_NONE, REVIEW_PNEUMONIA, review_flags
+
+    if not decision or not decision.get("review_band"):
+        return None
+    y, p = check_inputs(y_true, probs)
+    if len(patient_ids) != len(y):
+        raise ValueError(f"need one patient id per image: {len(patient_ids)} ids for {len(y)} images")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    w = patient_resample_weights(patient_ids, n_resamples, seed).astype(np.float64)
+    flags = review_flags(p, decision)
+    flagged = flags != REVIEW_NONE
+    kept = (~flagged).astype(np.float64)
+    pn_def = (flags != REVIEW_PNEUMONIA).astype(np.float64)  # only these flags make the pneumonia call indeterminate
+    pred = decide(p, decision)
+    correct = (pred == y).astype(np.float64)
+    pos = (y != 0).astype(np.float64)
+    neg = 1.0 - pos
+    called = (pred != 0).astype(np.float64)
+    total = w.sum(axis=1)
+    tp, tn = w @ (kept * pos * called), w @ (kept * neg * (1.0 - called))
+    values = {
+        "review_rate": _div(w @ flagged.astype(np.float64), total),
+        "review_as_error.accuracy": _div(w @ (kept * correct), total),
+        "review_as_error.sensitivity": _div(w @ (pn_def * pos * called), w @ pos),
+        "review_as_error.specificity": _div(w @ (pn_def * neg * (1.0 - called)), w @ neg),
+        "not_flagged.accuracy": _div(w @ (kept * correct), w @ kept),
+        "not_flagged.sensitivity": _div(tp, w @ (kept * pos)),
+        "not_flagged.specificity": _div(tn, w @ (kept * neg)),
+    }
+    intervals: dict[str, list[float]] = {}
+    skipped: dict[str, int] = {}
+    for name in REVIEW_BAND_METRICS:
+        v = values[name]
+        ok = v[~np.isnan(v)]
+        if len(v) - len(ok):
+            skipped[name] = int(len(v) - len(ok))
+        if len(ok) == 0:
+            intervals[name] = [float("nan"), float("nan")]
+        else:
+            lo, hi = np.quantile(ok, [alpha / 2.0, 1.0 - alpha / 2.0])
+            intervals[name] = [float(lo), float(hi)]
+    return {"intervals": intervals, "skipped": skipped}

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from deephealth.calibration import decide
+from deephealth.calibration import REVIEW_NONE, REVIEW_PNEUMONIA, REVIEW_TYPE, decide, review_flags
 from deephealth.labels import CLASS_NAMES
 
 _logger = logging.getLogger(__name__)
@@ -349,6 +349,91 @@ def compute_metrics(
         "three_class": three,
         "binary": binary,
         "calibration": calibration_metrics(y, p),
+    }
+
+
+def review_band_metrics(y_true: Any, probs: Any, decision: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the operating point's review band costs and buys (issue 16: reported honestly).
+
+    With a ``review_band`` in the operating point, each film gets a definite label or, when it
+    lies in the band (:func:`deephealth.calibration.review_flags`), "indeterminate, review"; its
+    label is unchanged by the band. Figures, next to the headline ones without the band:
+
+    - the share of films flagged, split by reason (pneumonia vs normal borderline; called
+      pneumonia and bacterial vs viral borderline);
+    - **with flagged films counted as errors**, on all ``N`` films: 3-class accuracy (correct and
+      not flagged, over ``N``), pneumonia-vs-normal sensitivity (true pneumonias called pneumonia
+      and not flagged pneumonia-vs-normal borderline, over all true pneumonias) and specificity
+      (likewise for normals). A bacterial-vs-viral flag leaves the pneumonia call definite, so only
+      the pneumonia-vs-normal flags count as errors of the binary decision;
+    - **among the films not flagged**: 3-class accuracy, and pneumonia-vs-normal sensitivity and
+      specificity at the operating point, with their counts;
+    - the 3-class accuracy of the labels of the flagged films, and how many of the ``N`` films'
+      errors the band flags.
+
+    Args:
+        y_true: ``(N,)`` int labels in ``{0, 1, 2}``.
+        probs: ``(N, 3)`` calibrated probabilities.
+        decision: the model's shipped operating point; ``None`` is returned without a
+            ``review_band`` in it.
+
+    Returns:
+        ``None``, or ``{"rule", "pneumonia_probability_range", "bacterial_share_range", "n",
+        "n_review", "review_rate", "by_reason": {"pneumonia_vs_normal" | "bacterial_vs_viral":
+        {"n", "rate"}}, "review_as_error": {"accuracy", "sensitivity", "specificity"},
+        "not_flagged": {"n", "n_positive", "n_negative", "accuracy", "sensitivity",
+        "specificity"}, "flagged": {"n", "accuracy", "n_errors"}, "n_errors"}``; a ratio whose
+        denominator is 0 is ``None``.
+
+    Raises:
+        ValueError: on malformed inputs (see :func:`check_inputs`).
+    """
+    if not decision or not decision.get("review_band"):
+        return None
+    y, p = check_inputs(y_true, probs)
+    band = decision["review_band"]
+    flags = review_flags(p, decision)
+    pred = decide(p, decision)
+    flagged = flags != REVIEW_NONE
+    kept = ~flagged
+    correct = pred == y
+    pos, called = y != 0, pred != 0
+    n = len(y)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    k_pos, k_neg = int((kept & pos).sum()), int((kept & ~pos).sum())
+    tp_kept, tn_kept = int((kept & pos & called).sum()), int((kept & ~pos & ~called).sum())
+    pn_def = flags != REVIEW_PNEUMONIA  # the pneumonia-vs-normal answer is definite
+    return {
+        "rule": band.get("rule"),
+        "pneumonia_probability_range": band.get("pneumonia_probability_range"),
+        "bacterial_share_range": band.get("bacterial_share_range"),
+        "n": n,
+        "n_review": int(flagged.sum()),
+        "review_rate": float(flagged.mean()),
+        "by_reason": {
+            "pneumonia_vs_normal": {"n": int((flags == REVIEW_PNEUMONIA).sum()),
+                                    "rate": float((flags == REVIEW_PNEUMONIA).mean())},
+            "bacterial_vs_viral": {"n": int((flags == REVIEW_TYPE).sum()), "rate": float((flags == REVIEW_TYPE).mean())},
+        },
+        "review_as_error": {
+            "accuracy": _ratio(int((correct & kept).sum()), n),
+            "sensitivity": _ratio(int((pn_def & pos & called).sum()), n_pos),
+            "specificity": _ratio(int((pn_def & ~pos & ~called).sum()), n_neg),
+        },
+        "not_flagged": {
+            "n": int(kept.sum()),
+            "n_positive": k_pos,
+            "n_negative": k_neg,
+            "accuracy": _ratio(int((correct & kept).sum()), int(kept.sum())),
+            "sensitivity": _ratio(tp_kept, k_pos),
+            "specificity": _ratio(tn_kept, k_neg),
+        },
+        "flagged": {
+            "n": int(flagged.sum()),
+            "accuracy": _ratio(int((correct & flagged).sum()), int(flagged.sum())),
+            "n_errors": int((~correct & flagged).sum()),
+        },
+        "n_errors": int((~correct).sum()),
     }
 
 

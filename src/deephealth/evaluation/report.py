@@ -15,6 +15,10 @@ Folder contents (written by :func:`write_report`):
 - ``confusion_matrix.png``, ``roc_one_vs_rest.png``, ``roc_binary.png``, ``reliability.png``.
 - with a ``stability`` section (``deephealth evaluate --stability``,
   :mod:`deephealth.evaluation.stability`): ``stability.png`` and a stability table in report.md.
+- with a ``review_band`` section (the model's operating point has a review band, issue 16;
+  :func:`deephealth.evaluation.metrics.review_band_metrics`): the share of films flagged for
+  review, accuracy with them counted as errors and the figures among the films not flagged, next
+  to the headline ones, in report.md's "Review band" section.
 - with a ``faithfulness`` section (``deephealth evaluate --faithfulness``,
   :func:`deephealth.evaluation.faithfulness.deletion_report`): ``deletion_curves.png`` and a table
   of deletion-curve areas, heatmap against random deletion, in report.md.
@@ -33,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from deephealth.duplicates import file_digests
-from deephealth.evaluation.bootstrap import bootstrap_ci
+from deephealth.evaluation.bootstrap import bootstrap_ci, review_band_ci
 from deephealth.evaluation.dedup import deduplicate
-from deephealth.evaluation.metrics import PROTOCOLS, compute_metrics, decision_threshold
+from deephealth.evaluation.metrics import PROTOCOLS, compute_metrics, decision_threshold, review_band_metrics
 from deephealth.labels import CLASS_NAMES, INTENDED_USE
 from deephealth.manifest import relative_path
 
@@ -45,7 +49,7 @@ SCHEMA = "deephealth-evaluation/1"
 ROUND_DIGITS = 6
 REPRODUCIBLE_SECTIONS = (
     "schema", "model", "data", "headline", "metrics", "confidence_intervals", "anchors", "misclassified",
-    "failures", "deduplicated", "comparisons", "stability", "faithfulness",
+    "failures", "deduplicated", "comparisons", "review_band", "stability", "faithfulness",
 )
 """Sections of ``metrics.json`` that a rerun on the same model and data reproduces exactly."""
 
@@ -248,7 +252,11 @@ def build_report(
         alpha: 1 - confidence level.
         decision: the model's shipped operating point (``metadata.json`` -> ``operating_point``):
             labels, 3-class and pneumonia-vs-normal figures are at it (see
-            :func:`deephealth.evaluation.metrics.compute_metrics`); ``None``: arg-max.
+            :func:`deephealth.evaluation.metrics.compute_metrics`); ``None``: arg-max. With a
+            ``review_band`` in it, the report gets a ``review_band`` section
+            (:func:`deephealth.evaluation.metrics.review_band_metrics` plus
+            ``confidence_intervals`` from :func:`deephealth.evaluation.bootstrap.review_band_ci`,
+            same resamples as the headline intervals).
         comparisons: other models for the comparison table, each ``(label, its metrics.json
             dict, uses unlabelled target images: True, False or None to read it from the file)``;
             see :func:`comparison_entry`.
@@ -295,6 +303,10 @@ def build_report(
     dedup = deduplicated_section(y_true, probs, rows, digests, data, root, operating_points,
                                  n_resamples=n_resamples, seed=seed, alpha=alpha, decision=decision)
     failures = [{"file": relative_path(r["path"], root), "error": r["error"]} for r in rows if r["error"]]
+    band = review_band_metrics(y_true, probs, decision)
+    if band is not None:
+        band["confidence_intervals"] = review_band_ci(y_true, probs, patient_ids, decision,
+                                                      n_resamples=n_resamples, seed=seed, alpha=alpha)
     return _clean(
         {
             "schema": SCHEMA,
@@ -310,6 +322,7 @@ def build_report(
             "deduplicated": dedup,
             "comparisons": [comparison_entry(name, other, uses, data["files_sha256"])
                             for name, other, uses in (comparisons or [])],
+            **({"review_band": band} if band is not None else {}),
             **({"stability": stability} if stability else {}),
             **({"faithfulness": faithfulness} if faithfulness else {}),
             "run": run,
@@ -394,7 +407,9 @@ def comparison_entry(name: str, other: dict[str, Any], uses_unlabelled_target_im
     Returns:
         ``{"name", "model", "uses_unlabelled_target_images", "data": {"dataset", "split",
         "n_images", "same_images"}, "all": {metric: {"value", "ci_low", "ci_high"}},
-        "deduplicated": {...} or None}`` over :data:`COMPARED_METRICS`.
+        "deduplicated": {...} or None, "review_band": {...} or None}`` over
+        :data:`COMPARED_METRICS`; ``review_band`` holds the other report's band figures
+        (:data:`COMPARED_REVIEW_BAND`), ``None`` when it has none.
 
     Raises:
         ValueError: if ``other`` has no ``headline.metrics`` section.
@@ -420,7 +435,27 @@ def comparison_entry(name: str, other: dict[str, Any], uses_unlabelled_target_im
         },
         "all": pick(head),
         "deduplicated": {"n_images": dedup.get("n_images"), "metrics": pick(dedup["metrics"])} if dedup else None,
+        "review_band": compared_review_band(other.get("review_band")),
     }
+
+
+COMPARED_REVIEW_BAND: tuple[str, ...] = (
+    "review_rate", "n_review", "review_as_error.accuracy", "not_flagged.accuracy", "not_flagged.n",
+)
+"""Review-band figures shown for every model of the comparison (keys into the ``review_band`` section)."""
+
+
+def compared_review_band(band: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The :data:`COMPARED_REVIEW_BAND` figures of a report's ``review_band`` section (``None`` without one)."""
+    if not isinstance(band, dict):
+        return None
+    out = {}
+    for key in COMPARED_REVIEW_BAND:
+        v: Any = band
+        for part in key.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        out[key] = v
+    return out
 
 
 def gate_summary(rows: list[dict[str, Any]], root: str | Path | None) -> dict[str, Any]:
@@ -730,6 +765,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     add("")
     if dd:
         L.extend(_deduplicated_section(report, dd))
+    if report.get("review_band"):
+        L.extend(_review_band_markdown(report))
     cal = m["calibration"]
     # 3-class
     add("## 3-class metrics")
@@ -883,6 +920,95 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(L)
 
 
+def _review_band_markdown(report: dict[str, Any]) -> list[str]:
+    """The "Review band" section of report.md: the band's share and what it costs, next to the headline."""
+    rb, m = report["review_band"], report["metrics"]
+    op = report["model"].get("operating_point") or {}
+    spec = op.get("review_band") or {}
+    rci = (rb.get("confidence_intervals") or {}).get("intervals") or {}
+    n, kept = rb["n"], rb["not_flagged"]
+    pn = m["binary"]["pneumonia_vs_normal"]
+
+    def band(key: str) -> str:
+        value = rb
+        for part in key.split("."):
+            value = value.get(part)
+        return _with_ci(value, rci.get(key), "pct")
+
+    def pr(rng: Any) -> str:
+        return f"{rng[0]:.2f}–{rng[1]:.2f}" if rng else "n/a"
+
+    out = [f"## Review band: borderline films flagged for review ({n} images)", ""]
+    fitted_on = (f" The band was fitted on the model's {spec['n_films']} validation films: evaluated on those "
+                 "same films, these figures are in-sample (optimistic)." if spec.get("n_films") else "")
+    fitted = (f" Its half-widths are the {spec['quantile']:g} quantile of the score changes that the benign "
+              f"perturbations of the stability section cause on {spec.get('n_films', '?')} validation films."
+              if spec.get("quantile") is not None else "")
+    out.append(
+        "The model's operating point has an *indeterminate, review* band (issue 16): a film is flagged for review "
+        f"when P(pneumonia) = 1 − P(normal) lies in {pr(rb.get('pneumonia_probability_range'))} around the threshold "
+        f"{_num(op.get('threshold'), 4)} (**pneumonia vs normal borderline**), or when it is called pneumonia and "
+        f"its bacterial share P(bacterial) / (P(bacterial) + P(viral)) lies in {pr(rb.get('bacterial_share_range'))} "
+        f"(**bacterial vs viral borderline**).{fitted} A flagged film keeps its label (the best guess); the flag "
+        "asks for a reader's decision. The band is reported here at its cost: accuracy **with every flagged film "
+        "counted as an error**, and the figures among the films not flagged, next to the headline figures without "
+        "the band; a bacterial-vs-viral flag leaves the pneumonia call definite, so the pneumonia-vs-normal rows "
+        "count only the pneumonia-vs-normal flags as errors." + fitted_on + " Intervals: the same patient bootstrap "
+        "as the headline.")
+    out.append("")
+    by = rb["by_reason"]
+    out += [
+        f"| | without the band: all {n} films | with the band, flagged counted as errors | "
+        f"with the band: the {kept['n']} films not flagged |",
+        "|---|---|---|---|",
+        f"| films flagged for review | — | {band('review_rate')}, {rb['n_review']} films | — |",
+        f"| … pneumonia vs normal borderline | — | {_pct(by['pneumonia_vs_normal']['rate'])} "
+        f"({by['pneumonia_vs_normal']['n']}) | — |",
+        f"| … bacterial vs viral borderline | — | {_pct(by['bacterial_vs_viral']['rate'])} "
+        f"({by['bacterial_vs_viral']['n']}) | — |",
+        f"| 3-class accuracy | {_ours(report, 'three_class', 'accuracy')} | {band('review_as_error.accuracy')} | "
+        f"{band('not_flagged.accuracy')} |",
+    ]
+    if pn.get("n"):
+        out += [
+            f"| pneumonia vs normal: sensitivity | {_ours(report, 'pneumonia_vs_normal', 'sensitivity')} | "
+            f"{band('review_as_error.sensitivity')} | {band('not_flagged.sensitivity')} "
+            f"(n = {kept['n_positive']} pneumonia) |",
+            f"| pneumonia vs normal: specificity | {_ours(report, 'pneumonia_vs_normal', 'specificity')} | "
+            f"{band('review_as_error.specificity')} | {band('not_flagged.specificity')} "
+            f"(n = {kept['n_negative']} normal) |",
+        ]
+    out.append("")
+    fl = rb["flagged"]
+    if fl["n"]:
+        out.append(f"The model's label was right on {_pct(fl['accuracy'])} of the {fl['n']} flagged films; the band "
+                   f"flags {fl['n_errors']} of the {rb['n_errors']} films the model gets wrong. Accuracy among the "
+                   "films not flagged is measured on a selected, easier subset: read it together with the share "
+                   "flagged.")
+    else:
+        out.append("No film of this set lies in the band.")
+    out.append("")
+    comps = report.get("comparisons") or []
+    if comps:
+        out += ["Compared models (— : no review band in that report):", "",
+                "| model | films flagged for review | 3-class accuracy, flagged counted as errors | "
+                "3-class accuracy, films not flagged |",
+                "|---|---|---|---|"]
+        title = f"{report['model'].get('name', '?')} {report['model'].get('version', '')}".rstrip()
+        out.append(f"| **this model**: {title} | {_pct(rb['review_rate'])} ({rb['n_review']}) | "
+                   f"{_pct(rb['review_as_error']['accuracy'])} | {_pct(kept['accuracy'])} (n = {kept['n']}) |")
+        for c in comps:
+            o = c.get("review_band")
+            if not o:
+                out.append(f"| {c['name']} | — | — | — |")
+                continue
+            out.append(f"| {c['name']} | {_pct(o.get('review_rate'))} ({o.get('n_review')}) | "
+                       f"{_pct(o.get('review_as_error.accuracy'))} | {_pct(o.get('not_flagged.accuracy'))} "
+                       f"(n = {o.get('not_flagged.n')}) |")
+        out.append("")
+    return out
+
+
 def _stability_markdown(st: dict[str, Any]) -> list[str]:
     """The "Stability" section of report.md."""
     from deephealth.evaluation.stability import format_table
@@ -897,6 +1023,15 @@ def _stability_markdown(st: dict[str, Any]) -> list[str]:
                + (f" Intervals: 95 % bootstrap over patients ({st['bootstrap']['n_resamples']:,} resamples)."
                   if st.get("bootstrap") else ""))
     out.append("")
+    band = st.get("review_band")
+    if band:
+        out.append(f"With the model's review band, {_pct(band['review_rate'])} ({band['n_review']}) of the unchanged "
+                   "films are flagged for review and every answer is a definite label or *review*. The last two "
+                   "columns count, per perturbation, the **contradicting flips** (a definite label before and a "
+                   "different definite label after: two answers, neither flagged) and the **outcome changes** "
+                   "(any change of the answer, into or out of review included). The label-flip columns are "
+                   "unchanged: they remain the headline flip figure.")
+        out.append("")
     out.extend(format_table(st))
     out.append("")
     if st.get("any_flip_rate") is not None:
@@ -906,6 +1041,19 @@ def _stability_markdown(st: dict[str, Any]) -> list[str]:
             summary += (f" Target ≤ {_pct(target)} for every perturbation: "
                         + (f"missed for {', '.join(f'`{k}`' for k in over)}." if over else "met."))
         out += [summary, ""]
+    if band and band.get("max_contradicting_rate") is not None:
+        c_over = [k for k, v in st["perturbations"].items()
+                  if target is not None and (v.get("contradicting_rate") or 0) > target]
+        worst = (f"`{band['worst_contradicting']}`, {_pct(band['max_contradicting_rate'])}"
+                 if band.get("worst_contradicting") else "0.0 % (no perturbation contradicts any film)")
+        line = (f"With the review band: films contradicted by at least one perturbation: "
+                f"{_pct(band['any_contradicting_rate'])}. Worst contradicting rate: {worst}")
+        if target is not None:
+            line += (f", against the target ≤ {_pct(target)} for every perturbation: "
+                     + (f"missed for {', '.join(f'`{k}`' for k in c_over)}." if c_over else "met."))
+        else:
+            line += "."
+        out += [line, ""]
     out += [f"![Label-flip rate per perturbation]({STABILITY_PLOT})", ""]
     return out
 

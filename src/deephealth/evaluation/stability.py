@@ -36,7 +36,12 @@ name                change of the decoded ``(H, W)`` uint8 film
 Figures (:func:`summarize_stability`) per perturbation: the **label-flip rate** (share of films
 whose 3-class label changes), the pneumonia-vs-normal flip rate, and the 50th / 95th percentile
 and maximum of ``|delta P(pneumonia)|``; optionally a 95 % patient-bootstrap interval of the flip
-rate. Training's per-epoch validation flips
+rate. When the model's operating point has a review band (issue 16;
+:func:`deephealth.calibration.review_flags`), each answer is a definite label or "review", and
+:func:`review_band_figures` adds per perturbation the **contradicting-flip rate** (a definite label
+before, a different definite label after) and the **outcome-change rate** (any change of the
+answer, into or out of review included); the plain label-flip rate stays the headline figure.
+Training's per-epoch validation flips
 (:data:`deephealth.training.data.STABILITY_VIEWS`) use the same constants, applied to the cached
 224 px input in PyTorch.
 
@@ -553,6 +558,7 @@ def summarize_stability(
     patient_ids: Sequence[str] | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
+    operating_point: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-able stability section (``stability.json``, ``metrics.json`` -> ``stability``).
 
@@ -562,12 +568,19 @@ def summarize_stability(
             intervals of the flip rates; ``None`` or ``n_resamples = 0``: no intervals.
         n_resamples: bootstrap resamples.
         seed: bootstrap seed.
+        operating_point: the model's operating point (the one ``scores`` were labelled at); with a
+            ``review_band`` in it, the band's figures (:func:`review_band_figures`) are added.
 
     Returns:
         ``{"n_images", "n_failed", "target_flip_rate", "family": [{name, description}],
         "perturbations": {name: flip_figures(...) [+ "flip_rate_ci"]}, "max_flip_rate",
         "worst", "any_flip_rate"}``; ``any_flip_rate`` is the share of films whose label changes
-        under at least one perturbation.
+        under at least one perturbation. With a review band, each perturbation also has
+        ``n_contradicting``, ``contradicting_rate``, ``n_outcome_changes`` and
+        ``outcome_change_rate``, and a ``review_band`` entry holds ``review_rate``, ``n_review``
+        (unchanged films flagged), ``any_contradicting_rate`` (films contradicted by at least one
+        perturbation), ``max_contradicting_rate`` and ``worst_contradicting`` (the perturbation
+        with the most contradicting flips; ``None`` when none contradicts any film).
     """
     n = int(scores.base_labels.shape[0])
     desc = {p.name: p.description for p in PERTURBATIONS}
@@ -583,6 +596,25 @@ def summarize_stability(
             per[name]["flip_rate_ci"] = ci
     rates = {k: v["flip_rate"] for k, v in per.items() if v["flip_rate"] is not None}
     worst = max(rates, key=lambda k: rates[k]) if rates else None
+    band = review_band_figures(scores.base_probs, scores.probs, operating_point) if n else None
+    band_summary = None
+    if band is not None:
+        for i, name in enumerate(scores.perturbations):
+            per[name].update(
+                n_contradicting=band["n_contradicting"][i],
+                contradicting_rate=band["contradicting_rate"][i],
+                n_outcome_changes=int(round(band["outcome_change_rate"][i] * n)),
+                outcome_change_rate=band["outcome_change_rate"][i],
+            )
+        worst_c = max(scores.perturbations, key=lambda k: per[k]["contradicting_rate"]) if scores.perturbations else None
+        max_c = per[worst_c]["contradicting_rate"] if worst_c else None
+        band_summary = {
+            "review_rate": band["review_rate"],
+            "n_review": band["n_review"],
+            "any_contradicting_rate": band["any_contradicting_rate"],
+            "max_contradicting_rate": max_c,
+            "worst_contradicting": worst_c if max_c else None,
+        }
     return {
         "n_images": n,
         "n_failed": len(scores.errors),
@@ -594,6 +626,7 @@ def summarize_stability(
         "max_flip_rate": rates[worst] if worst else None,
         "worst": worst,
         "any_flip_rate": float(flips.any(axis=0).mean()) if n else None,
+        **({"review_band": band_summary} if band_summary is not None else {}),
     }
 
 
@@ -607,9 +640,11 @@ def format_table(summary: dict[str, Any]) -> list[str]:
 
     desc = {f["name"]: f["description"] for f in summary.get("family", [])}
     has_ci = any("flip_rate_ci" in v for v in summary["perturbations"].values())
+    has_band = any("contradicting_rate" in v for v in summary["perturbations"].values())
     head = "| perturbation | change | label flips | " + ("95 % CI | " if has_ci else "") + \
-        "normal↔pneumonia flips | \\|ΔP\\| p50 | \\|ΔP\\| p95 | \\|ΔP\\| max |"
-    rule = "|---|---|---:|" + ("---:|" if has_ci else "") + "---:|---:|---:|---:|"
+        "normal↔pneumonia flips | \\|ΔP\\| p50 | \\|ΔP\\| p95 | \\|ΔP\\| max |" + \
+        (" contradicting flips, with the review band | outcome changes, with the review band |" if has_band else "")
+    rule = "|---|---|---:|" + ("---:|" if has_ci else "") + "---:|---:|---:|---:|" + ("---:|---:|" if has_band else "")
     out = [head, rule]
     for name, v in summary["perturbations"].items():
         ci = v.get("flip_rate_ci")
@@ -618,6 +653,9 @@ def format_table(summary: dict[str, Any]) -> list[str]:
             cells.append(f"{pct(ci[0])}–{pct(ci[1])}" if ci else "")
         cells += [f"{pct(v['pneumonia_flip_rate'])} ({v['n_pneumonia_flips']})", num(v["abs_dp_p50"]),
                   num(v["abs_dp_p95"]), num(v["abs_dp_max"])]
+        if has_band:
+            cells += [f"{pct(v.get('contradicting_rate'))} ({v.get('n_contradicting')})",
+                      f"{pct(v.get('outcome_change_rate'))} ({v.get('n_outcome_changes')})"]
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -650,6 +688,7 @@ __all__ = [
     "jpeg_reencode",
     "perturbation",
     "rescale",
+    "review_band_figures",
     "rotate",
     "score_stability",
     "shift",

@@ -175,12 +175,13 @@ def test_batch_rows_equal_predict_and_second_run_recomputes_nothing(ray_local, f
             assert (r["label"], r["label_index"]) == (e["label"], e["label_index"])
             assert r["probabilities"] == pytest.approx(e["probabilities"], abs=1e-9)
             assert json.loads(r["decision"]) == e["decision"]
+            assert r["review"] is e["decision"]["review"] is False  # the tiny model has no review band
             assert r["warnings"] == e["warnings"]
             assert r["suitability_status"] == e["suitability"]["status"]
             assert r["suitability_reasons"] == e["suitability"]["reasons"]
         else:
             assert r["error"] == e["error"].replace(e["source"], src)
-            assert r["label"] is None and r["probabilities"] is None
+            assert r["label"] is None and r["probabilities"] is None and r["review"] is None
     assert dict(s.labels) == dict(Counter(e["label"] for e in expected.values() if e["ok"]))
     assert sum(s.labels.values()) == 8 and set(s.labels) <= set(CLASS_NAMES)
     parts = sorted(out.glob("part-*.parquet"))
@@ -278,6 +279,50 @@ def test_done_hashes_per_model_newest_row_and_retry_errors(tmp_path: Path):
     assert not list((tmp_path / "res").glob(".*"))  # no temporary file left
 
 
+def test_flat_record_has_a_review_column_from_the_decision() -> None:
+    from deephealth.results import FLAT_FIELDS, flat_record
+
+    def rec(**decision):
+        return {"source": "/a.jpeg", "ok": True, "label": "viral", "label_index": 2,
+                "probabilities": {"normal": 0.09, "bacterial": 0.02, "viral": 0.89},
+                "decision": {"rule": "r", "pneumonia_probability": 0.91, "threshold": 0.883, **decision}}
+
+    reason = "borderline: P(pneumonia) 0.91 is within the review band ..."
+    flagged = flat_record(rec(review=True, review_reason=reason))
+    assert list(flagged) == list(FLAT_FIELDS) and FLAT_FIELDS.index("review") == FLAT_FIELDS.index("decision") + 1
+    assert flagged["review"] is True and json.loads(flagged["decision"])["review_reason"] == reason
+    assert flat_record(rec(review=False, review_reason=None))["review"] is False
+    assert flat_record(rec())["review"] is False  # a decision made before the review band existed
+    assert flat_record({"source": "/b.jpeg", "ok": False, "error": "/b.jpeg: broken"})["review"] is None
+
+
+def test_a_part_written_before_the_review_column_reads_as_null(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from deephealth.batch import PartWriter, load_results, result_schema
+
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    new = result_schema()
+    old = pa.schema([f for f in new if f.name != "review"])
+
+    def row(src, minutes, **extra):
+        return {"source": src, "ok": True, "label": "normal", "label_index": 0, "suitability_reasons": [],
+                "warnings": [], "model_sha256": "A", "content_sha256": "h", "scored_at": t0 + dt.timedelta(minutes=minutes),
+                **extra}
+
+    w = PartWriter(str(tmp_path / "res"), "run1")
+    w.write(pa.Table.from_pylist([row("/old", 0), row("/both", 0)], schema=old))
+    w.write(pa.Table.from_pylist([row("/new", 1, review=True), row("/both", 2, review=False)], schema=new))
+    rows = {r["source"]: r for r in load_results(str(tmp_path / "res")).to_pylist()}
+    assert {s: r["review"] for s, r in rows.items()} == {"/old": None, "/new": True, "/both": False}
+    assert load_results(str(tmp_path / "res"), latest=False, columns=["source", "review"]).column(
+        "review").to_pylist() == [None, None, True, False]
+    assert load_results(str(tmp_path / "res")).schema == new
+
+
 def test_summary_counts_labels_gate_outcomes_and_errors() -> None:
     import pyarrow as pa
 
@@ -291,6 +336,10 @@ def test_summary_counts_labels_gate_outcomes_and_errors() -> None:
     assert dict(s.labels) == {"viral": 1, "normal": 1}
     assert dict(s.gate) == {"accept": 1, "warn": 1, "refuse": 1, "not read": 1}
     assert s.error_messages == ["b.png: refused", "c.jpg: truncated or corrupt JPEG file"]
+    assert s.review == 0  # a table without the column (written before it existed)
+    s.add(pa.table({"ok": [True, True, False], "label": ["viral", "bacterial", None], "review": [True, False, None],
+                    "suitability_status": ["accept", "accept", None], "error": [None, None, "d.png: broken"]}))
+    assert s.review == 1 and s.scored == 7 and dict(s.labels) == {"viral": 2, "normal": 1, "bacterial": 1}
 
 
 def test_missing_ray_is_said_first_in_one_line(tmp_path, monkeypatch, capsys) -> None:

@@ -203,3 +203,33 @@ def test_the_input_gate_outcome_is_recorded_in_the_sr(dicom_dir: Path):
     assert summary["gate"] == "warn: adult patient; unusual exposure" and summary["comments"] == []
     pred.suitability = None
     assert read_sr(build_dicom_result(pred, a.name, a.version, a.sha256, read_source_header(path)).sr)["gate"] is None
+
+
+def test_a_borderline_film_has_the_review_reason_in_the_sr_and_a_line_in_the_capture(dataset_root: Path):
+    """A film in the released model's review band: the SR carries its reason, the Secondary Capture a fourth line."""
+    from deephealth.dicom_output import build_dicom_result
+    from deephealth.rendering import REVIEW_LINE
+
+    p = Predictor()
+    a = p.artifact
+    film = dataset_root / "test" / "PNEUMONIA" / "person134_bacteria_641.jpeg"  # bacterial 0.494 vs viral 0.485
+    pred = p.predict(film, heatmap=True)
+    if not pred.decision.get("review"):
+        pytest.skip("the bundled model has no review band")
+    reason = ("borderline: bacterial vs viral is uncertain (bacterial share 0.50 of P(pneumonia), review band "
+              "0.42-0.58); the kind of pneumonia can change with a benign change of the film: have it reviewed")
+    assert pred.decision["review_reason"] == reason
+    result = build_dicom_result(pred, a.name, a.version, a.sha256, None)
+    summary = read_sr(result.sr)
+    assert summary["review"] == reason and summary["comments"] == [NO_SOURCE_NOTE]
+    assert summary["label"] == pred.label == "bacterial"  # the label stands
+    # the capture's band has one more line of text than the same film's without the flag
+    flagged = annotated_overlay(pred)
+    pred.decision = {**pred.decision, "review": False, "review_reason": None}
+    plain = annotated_overlay(pred)
+    size = 10  # the band's font size for a 224 px wide film: max(10, 224 // 48)
+    assert flagged.shape[0] - plain.shape[0] == size + size // 2 and plain.shape[1] == flagged.shape[1] == 224
+    np.testing.assert_array_equal(flagged[:224], plain[:224])  # the image part is the same
+    assert read_sr(build_dicom_result(pred, a.name, a.version, a.sha256, None).sr)["review"] is None
+    assert "have it reviewed" in REVIEW_LINE
+

@@ -133,7 +133,9 @@ def test_decision_rule_in_spanish(client, dicom_dir: Path):
     data = (dicom_dir / "cr_chest_pa_rsna.dcm").read_bytes()
     e = client.post(URL, files={"file": ("cr.dcm", data)}).json()["decision"]
     s = client.post(URL, files={"file": ("cr.dcm", data)}, headers={"Accept-Language": "es"}).json()["decision"]
-    assert {k: v for k, v in s.items() if k != "rule"} == {k: v for k, v in e.items() if k != "rule"}
+    texts = ("rule", "review_reason")
+    assert {k: v for k, v in s.items() if k not in texts} == {k: v for k, v in e.items() if k not in texts}
+    assert s["review_reason"] == (translate_text(e["review_reason"], "es") if e["review"] else None)
     if e["threshold"] is None:
         assert (e["rule"], s["rule"]) == ("the most probable class", "la clase más probable")
     else:
@@ -154,3 +156,56 @@ def test_every_decision_rule_has_a_spanish_form():
         assert es != rule and "pneumonia" not in es and "then" not in es, rule
     assert translate_text("pneumonia when P(pneumonia) >= 0.842; then the likelier of bacterial and viral", "es") == (
         "neumonía cuando P(neumonía) >= 0.842; después, la más probable de bacteriana y vírica")
+
+
+# A review band with the bundled 0.3.0's values, written out (no fit): P(pneumonia) 0.841-0.916
+# around the threshold 0.8835, bacterial share 0.423-0.577.
+REVIEW_OP = {"threshold": 0.8835, "target_sensitivity": 0.95,
+             "review_band": {"pneumonia_logit_margin": 0.358, "type_logit_margin": 0.312,
+                             "pneumonia_probability_range": [0.841, 0.916], "bacterial_share_range": [0.423, 0.577],
+                             "quantile": 0.9}}
+
+
+def test_both_review_reasons_in_spanish_keep_their_numbers():
+    from deephealth.calibration import describe_decision
+
+    # P(pneumonia) 0.87: |logit 0.87 - logit 0.8835| = 0.13 < 0.358, pneumonia vs normal is borderline
+    # (0.8835 is printed 0.883: its float lies just below)
+    near = describe_decision(np.array([0.13, 0.52, 0.35]), REVIEW_OP)
+    assert near["review"] is True
+    assert near["review_reason"] == (
+        "borderline: P(pneumonia) 0.87 is within the review band 0.84-0.92 around the threshold 0.883; a change of "
+        "the film that does not change the diagnosis (re-export, slight rotation) can change the label: have it reviewed")
+    assert translate_text(near["review_reason"], "es") == (
+        "caso límite: P(neumonía) 0.87 está dentro de la banda de revisión 0.84-0.92 en torno al umbral 0.883; un "
+        "cambio de la radiografía que no cambia el diagnóstico (reexportarla, girarla ligeramente) puede cambiar la "
+        "etiqueta: solicite su revisión")
+    # called pneumonia (0.98), |ln(0.50 / 0.48)| = 0.04 < 0.312: bacterial vs viral is borderline
+    kind = describe_decision(np.array([0.02, 0.50, 0.48]), REVIEW_OP)
+    assert kind["review"] is True
+    assert kind["review_reason"] == (
+        "borderline: bacterial vs viral is uncertain (bacterial share 0.51 of P(pneumonia), review band 0.42-0.58); "
+        "the kind of pneumonia can change with a benign change of the film: have it reviewed")
+    assert translate_text(kind["review_reason"], "es") == (
+        "caso límite: no está claro si es bacteriana o vírica (fracción bacteriana 0.51 de P(neumonía), banda de "
+        "revisión 0.42-0.58); el tipo de neumonía puede cambiar con un cambio inocuo de la radiografía: solicite su "
+        "revisión")
+    clear = describe_decision(np.array([0.02, 0.90, 0.08]), REVIEW_OP)
+    assert (clear["review"], clear["review_reason"]) == (False, None)
+
+
+def test_localize_prediction_translates_the_review_reason_only():
+    from deephealth.calibration import describe_decision
+    from deephealth.web.i18n import localize_prediction
+
+    decision = describe_decision(np.array([0.02, 0.50, 0.48]), REVIEW_OP)
+    body = {"label": "bacterial", "label_description": "x", "classes": [], "warnings": [], "decision": decision,
+            "intended_use": INTENDED_USE}
+    es = localize_prediction(body, "es")["decision"]
+    assert es["review"] is True and es["review_reason"].startswith("caso límite: no está claro si es bacteriana")
+    assert es["rule"].startswith("neumonía cuando P(neumonía) >= 0.883")
+    assert {k: v for k, v in es.items() if k not in ("rule", "review_reason")} == {
+        k: v for k, v in decision.items() if k not in ("rule", "review_reason")}
+    assert body["decision"] is decision and decision["review_reason"].startswith("borderline:")  # not changed in place
+    none = localize_prediction({**body, "decision": describe_decision(np.array([0.9, 0.05, 0.05]), REVIEW_OP)}, "es")
+    assert none["decision"]["review"] is False and none["decision"]["review_reason"] is None

@@ -87,6 +87,7 @@ def test_pacs_classifies_stores_the_sr_and_is_idempotent(orthanc: str, dicom_dir
     ok = by_sop[src.SOPInstanceUID]  # ... and the real one was still classified and stored
     assert ok["status"] == "stored" and ok["label"] == expected.label
     assert ok["probabilities"] == pytest.approx(expected.probabilities, abs=1e-9)
+    assert (ok["review"], ok["review_reason"]) == (expected.decision["review"], expected.decision["review_reason"])
     assert report["counts"] == {"stored": 1, "skipped": 0, "refused": 0, "failed": 1}
     con = sqlite3.connect(db)
     audit = sorted(con.execute("SELECT interface, client, label, status_code, input_format FROM audit_log"),
@@ -108,6 +109,7 @@ def test_pacs_classifies_stores_the_sr_and_is_idempotent(orthanc: str, dicom_dir
     assert finding["probabilities"] == pytest.approx(expected.probabilities, abs=1e-9)
     assert src.SOPInstanceUID in finding["source_sop_instance_uids"]
     assert finding["model_version"] == Predictor().artifact.version
+    assert finding["review"] == expected.decision["review_reason"]  # None unless the film is borderline
     scs = client.search_for_series(study_instance_uid=src.StudyInstanceUID, search_filters={"Modality": "OT"})
     assert len(scs) == 1  # the Secondary Capture (highdicom writes Modality OT)
 
@@ -171,6 +173,18 @@ def test_unreachable_pacs_exits_2_with_a_message(capsys):
     out, err = capsys.readouterr()
     assert rc == 2
     assert "cannot query the PACS at http://127.0.0.1:9/dicom-web" in err and "Traceback" not in err
+
+
+def test_a_borderline_instance_is_marked_in_the_table_line():
+    from deephealth.cli.pacs import _line
+    from deephealth.pacs import InstanceOutcome
+
+    o = InstanceOutcome("1.2", "1.2.3", "1.2.3.4", "stored", label="viral", sr_uid="9.9",
+                        probabilities={"normal": 0.09, "bacterial": 0.02, "viral": 0.89})
+    assert _line(o) == "stored   1.2.3.4  viral  P=0.890  SR 9.9"
+    o.review, o.review_reason = True, "borderline: P(pneumonia) 0.91 is within the review band ..."
+    assert _line(o) == "stored   1.2.3.4  viral  P=0.890  SR 9.9  REVIEW: borderline, have it reviewed (reason in the SR)"
+    assert o.to_dict()["review_reason"].startswith("borderline: ")
 
 
 def test_parse_since():

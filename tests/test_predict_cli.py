@@ -101,8 +101,8 @@ def test_csv_output_parses(folder: Path, tiny_model_dir: Path, capsys):
     assert rc == 1
     reader = csv.DictReader(io.StringIO(out))
     assert reader.fieldnames == ["source", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral",
-                                 "pneumonia_probability", "threshold", "target_sensitivity", "rule", "warnings",
-                                 "gate", "gate_reasons", "error", "skipped", "model"]
+                                 "pneumonia_probability", "threshold", "target_sensitivity", "rule", "review",
+                                 "review_reason", "warnings", "gate", "gate_reasons", "error", "skipped", "model"]
     rows = list(reader)
     art = ModelArtifact.load(tiny_model_dir)
     assert {r["model"] for r in rows} == {f"{art.name} {art.version}"}
@@ -115,9 +115,10 @@ def test_csv_output_parses(folder: Path, tiny_model_dir: Path, capsys):
         # the tiny model has no operating point: arg-max, no threshold
         assert float(r["pneumonia_probability"]) == pytest.approx(1 - float(r["p_normal"]), abs=2e-6)
         assert (r["threshold"], r["target_sensitivity"], r["rule"]) == ("", "", "the most probable class")
+        assert (r["review"], r["review_reason"]) == ("false", "")  # no operating point, no review band
     bad, skipped = [r for r in rows if r["ok"] == "false"]
     assert bad["source"].endswith("broken.jpeg") and bad["error"].startswith(bad["source"]) and bad["label"] == ""
-    assert bad["skipped"] == ""
+    assert bad["skipped"] == "" and bad["review"] == ""
     assert skipped["source"] == str(folder / "notes.txt") and skipped["error"] == ""
     assert skipped["skipped"] == "not an image file suffix (name the file itself to read it anyway)"
     assert INTENDED_USE in err
@@ -216,6 +217,7 @@ def test_table_csv_and_json_carry_the_same_decision(folder: Path, capsys):
         for k in ("pneumonia_probability", "threshold", "target_sensitivity"):
             assert float(c[k]) == pytest.approx(d[k], abs=5e-7), k
         assert c["rule"] == d["rule"] and c["rule"].startswith(f"pneumonia when P(pneumonia) >= {d['threshold']:.3f}")
+        assert c["review"] == ("true" if d["review"] else "false") and c["review_reason"] == (d["review_reason"] or "")
         (row,) = [line for line in lines if line.startswith(p + " ")]
         cells = dict(zip(head, row.split()))
         assert cells["label"] == res.label and cells["label_index"] == str(res.label_index)
@@ -227,6 +229,47 @@ def test_table_csv_and_json_carry_the_same_decision(folder: Path, capsys):
     broken = paths[2]
     assert js[broken]["ok"] is False and cs[broken]["ok"] == "false"
     assert js[broken]["error"] == cs[broken]["error"] and cs[broken]["pneumonia_probability"] == ""
+
+
+# Test films the released model (0.3.0) puts in its review band, found once by running the bundled
+# Predictor over the test folder, and one far from every decision.
+BORDERLINE_PNEUMONIA = "PNEUMONIA/person100_bacteria_475.jpeg"  # P(pneumonia) 0.887, threshold 0.883
+BORDERLINE_TYPE = "PNEUMONIA/person134_bacteria_641.jpeg"  # P(pneumonia) 0.980, bacterial 0.494 vs viral 0.485
+CLEAR_NORMAL = "NORMAL/IM-0001-0001.jpeg"  # P(pneumonia) 0.003
+
+
+def test_borderline_films_are_flagged_for_review_in_every_format(dataset_root: Path, capsys):
+    """The released model's review band: CSV and JSON carry review and review_reason, the table shows the reason."""
+    from deephealth.cli.predict import WARNINGS_WIDTH
+    from deephealth.paths import default_model_dir
+
+    model = default_model_dir()
+    if not (ModelArtifact.load(model).operating_point or {}).get("review_band"):
+        pytest.skip("the bundled model has no review band")
+    paths = [str(dataset_root / "test" / n) for n in (BORDERLINE_PNEUMONIA, BORDERLINE_TYPE, CLEAR_NORMAL)]
+    near = ("borderline: P(pneumonia) 0.89 is within the review band 0.84-0.92 around the threshold 0.883; a change "
+            "of the film that does not change the diagnosis (re-export, slight rotation) can change the label: have "
+            "it reviewed")
+    kind = ("borderline: bacterial vs viral is uncertain (bacterial share 0.50 of P(pneumonia), review band "
+            "0.42-0.58); the kind of pneumonia can change with a benign change of the film: have it reviewed")
+
+    assert main(["predict", *paths, "--model", str(model), "--format", "csv"]) == 0
+    cs = {r["source"]: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert [(cs[p]["review"], cs[p]["review_reason"]) for p in paths] == [("true", near), ("true", kind), ("false", "")]
+    assert [cs[p]["label"] for p in paths] == ["bacterial", "bacterial", "normal"]  # the label is still given
+    assert main(["predict", *paths, "--model", str(model), "--format", "json"]) == 0
+    js = {r["source"]: r["decision"] for r in json.loads(capsys.readouterr().out)}
+    assert [(js[p]["review"], js[p]["review_reason"]) for p in paths] == [(True, near), (True, kind), (False, None)]
+
+    assert main(["predict", *paths, "--model", str(model)]) == 0
+    out = capsys.readouterr().out
+    lines = out.split("\n\n")[0].splitlines()
+    start = lines[0].index("notes")
+    assert all(len(line) - start <= WARNINGS_WIDTH for line in lines)
+    rows = [i for i, line in enumerate(lines) if line.startswith(tuple(paths))]
+    notes = [" ".join(line[start:] for line in lines[i:j]).strip() for i, j in zip(rows, [*rows[1:], len(lines)])]
+    assert notes == [near, kind, ""]  # each flagged row's notes are its reason (these films have no warnings)
+    assert "3 input(s): 3 classified, 0 failed; 2 borderline, flagged for review (see notes)" in out
 
 
 def test_table_wraps_long_warnings(tmp_path: Path, dicom_dir: Path, tiny_model_dir: Path, capsys):

@@ -721,6 +721,38 @@ def test_model_card_of_the_released_model_states_operating_point_and_initialisat
     assert body["decision"]["pneumonia_probability"] == pytest.approx(1 - body["probabilities"]["normal"], abs=1e-9)
 
 
+# Test films the released model (0.3.0) puts in its review band, found once by running the bundled
+# Predictor over the test folder; and one far from every decision.
+BORDERLINE_PNEUMONIA = "PNEUMONIA/person100_bacteria_475.jpeg"  # P(pneumonia) 0.887, threshold 0.883
+BORDERLINE_TYPE = "PNEUMONIA/person134_bacteria_641.jpeg"  # P(pneumonia) 0.980, bacterial 0.494 vs viral 0.485
+CLEAR_NORMAL = "NORMAL/IM-0001-0001.jpeg"  # P(pneumonia) 0.003
+
+
+def test_the_review_flag_of_the_released_model_reaches_the_api(dataset_root):
+    """decision.review and review_reason are in the response (the response model used to drop them) and the schema."""
+    from deephealth.paths import default_model_dir
+
+    predictor = Predictor(default_model_dir())
+    with TestClient(create_app(Settings(model_dir=default_model_dir()), predictor=predictor)) as c:
+        spec = c.get("/openapi.json").json()
+        got = {name: _post(c, name, (dataset_root / "test" / name).read_bytes()).json()["decision"]
+               for name in (BORDERLINE_PNEUMONIA, BORDERLINE_TYPE, CLEAR_NORMAL)}
+    props = spec["components"]["schemas"]["DecisionPublic"]["properties"]
+    assert props["review"]["type"] == "boolean" and props["review"]["default"] is False
+    assert "review band" in props["review"]["description"] and "review_reason" in props
+    for name, d in got.items():
+        assert d == predictor.predict(dataset_root / "test" / name).decision, name
+    assert got[CLEAR_NORMAL]["review"] is False and got[CLEAR_NORMAL]["review_reason"] is None
+    assert got[BORDERLINE_PNEUMONIA]["review"] is True
+    assert got[BORDERLINE_PNEUMONIA]["review_reason"] == (
+        "borderline: P(pneumonia) 0.89 is within the review band 0.84-0.92 around the threshold 0.883; a change of "
+        "the film that does not change the diagnosis (re-export, slight rotation) can change the label: have it reviewed")
+    assert got[BORDERLINE_TYPE]["review"] is True
+    assert got[BORDERLINE_TYPE]["review_reason"] == (
+        "borderline: bacterial vs viral is uncertain (bacterial share 0.50 of P(pneumonia), review band 0.42-0.58); "
+        "the kind of pneumonia can change with a benign change of the film: have it reviewed")
+
+
 def _released_film_bytes() -> bytes:
     from deephealth.paths import dataset_dir
 

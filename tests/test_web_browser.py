@@ -155,6 +155,11 @@ def _expect_result(pg, expected, filename: str) -> None:
             f"The model calls pneumonia from {100 * d['threshold']:.1f} %")
     else:
         expect(pg.locator("#decision")).to_be_hidden()
+    if d.get("review"):  # in the review band: the notice with the reason, next to the decision
+        expect(pg.locator("#review")).to_be_visible()
+        expect(pg.locator("#review")).to_have_text(f"Borderline result — have it reviewed: {d['review_reason']}")
+    else:
+        expect(pg.locator("#review")).to_be_hidden()
     # the preview and the heatmap overlay are decoded images on screen
     for sel in ("#preview", "#overlay"):
         assert pg.locator(sel).evaluate("img => img.complete && img.naturalWidth") > 0, sel
@@ -379,6 +384,30 @@ def test_spanish_from_accept_language_and_the_language_toggle(browser, server, x
         # the choice is remembered over a reload
         pg.reload()
         expect(pg.locator("[data-i18n=notice_title]")).to_have_text("Apoyo a la decisión, no un diagnóstico.")
+    finally:
+        context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def test_a_borderline_film_shows_the_review_notice_in_both_languages(browser, server, dataset_root, model_dir):
+    """A film in the released model's review band (bacterial vs viral balanced): the notice and its reason."""
+    from deephealth.web.i18n import translate_text
+
+    film = dataset_root / "test" / "PNEUMONIA" / "person134_bacteria_641.jpeg"  # bacterial 0.494 vs viral 0.485
+    expected = Predictor(model_dir).predict(film.read_bytes(), name=film.name)
+    if not expected.decision.get("review"):
+        pytest.skip("the served model has no review band (the tiny test model)")
+    expect = sync_api.expect
+    context, pg, errors = _open(browser, server)
+    try:
+        pg.set_input_files("#file", str(film))
+        _expect_result(pg, expected, film.name)
+        reason = expected.decision["review_reason"]
+        assert reason.startswith("borderline: bacterial vs viral is uncertain (bacterial share 0.50 of P(pneumonia)")
+        pg.click(".lang-toggle button[data-lang=es]")
+        expect(pg.locator("#review")).to_have_text(
+            "Resultado límite — solicite su revisión: " + translate_text(reason, "es"), timeout=30_000)
+        expect(pg.locator("#review-reason")).to_contain_text("caso límite: no está claro si es bacteriana o vírica")
     finally:
         context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"

@@ -26,7 +26,8 @@ loses at most the rows not yet flushed. When a file's content or the model chang
 is added and :func:`load_results` returns, per source, the newest row.
 
 Columns: :data:`deephealth.results.FLAT_FIELDS` plus ``content_sha256`` (hex, "" when the file
-could not be read) and ``scored_at`` (UTC timestamp).
+could not be read) and ``scored_at`` (UTC timestamp). ``review`` (the film is in the model's review
+band) came later: parts written before it read as null there (:data:`LATER_COLUMNS`).
 
 Needs the ``[scale]`` extra (``ray[data]``, which brings pyarrow); nothing here is imported by
 serving (``deephealth serve``, :mod:`deephealth.inference`).
@@ -64,6 +65,9 @@ NOT_DONE = "-"
 KEY_COLUMNS = ("source", "content_sha256", "model_sha256")
 """The columns that identify a result (resume key)."""
 
+LATER_COLUMNS = ("review",)
+"""Columns added after results were first written: a part without one reads as null in it."""
+
 
 class BatchError(RuntimeError):
     """The batch cannot run (no Ray, unreadable RESULTS, model cannot load); one line for the user."""
@@ -91,6 +95,7 @@ def result_schema(with_skipped: bool = False):
         "probabilities": pa.struct([(c, pa.float64()) for c in CLASS_NAMES]),
         "logits": pa.list_(pa.float32()),
         "decision": pa.string(),
+        "review": pa.bool_(),
         "suitability_status": pa.string(),
         "suitability_reasons": pa.list_(pa.string()),
         "suitability": pa.string(),
@@ -270,9 +275,14 @@ def load_results(out: str, *, latest: bool = True, columns: Iterable[str] | None
     tables = []
     for part in _list_parts(out):
         try:
-            tables.append(pq.read_table(part, columns=cols_read, filesystem=fs))
+            have = set(pq.read_schema(part, filesystem=fs).names)
+            absent = [c for c in cols_read if c in LATER_COLUMNS and c not in have]
+            table = pq.read_table(part, columns=[c for c in cols_read if c not in absent], filesystem=fs)
         except (OSError, ValueError) as exc:
             raise BatchError(f"{part}: cannot read this results part ({' '.join(str(exc).split())})") from exc
+        for c in absent:  # an older part: null, not False (it was never decided)
+            table = table.append_column(schema.field(c), pa.nulls(table.num_rows, schema.field(c).type))
+        tables.append(table.select(cols_read))
     if not tables:
         return pa.Table.from_pylist([], schema=pa.schema([schema.field(c) for c in cols]))
     table = pa.concat_tables(tables)
@@ -364,6 +374,7 @@ class BatchSummary:
         scored: inputs classified or reported as errors by this run (rows written).
         skipped: inputs whose result was already stored (same content, same model).
         labels: ``{label: count}`` of this run's classified rows.
+        review: this run's classified rows flagged for review (in the model's review band).
         gate: ``{status: count}`` of this run's rows (accept / warn / refuse / unavailable / "none").
         errors: this run's rows that are errors (including gate refusals).
         seconds: wall time of the pipeline, from its start (workers loading the model included)
@@ -379,6 +390,7 @@ class BatchSummary:
     scored: int = 0
     skipped: int = 0
     labels: Counter = field(default_factory=Counter)
+    review: int = 0
     gate: Counter = field(default_factory=Counter)
     errors: int = 0
     seconds: float = 0.0
@@ -407,6 +419,8 @@ class BatchSummary:
                 self.errors += 1
                 if len(self.error_messages) < 20 and err:
                     self.error_messages.append(err)
+        if "review" in table.column_names:
+            self.review += sum(bool(v) for v in table.column("review").to_pylist())
 
 
 # ----------------------------------------------------------------------------------------- driver

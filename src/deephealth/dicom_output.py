@@ -16,13 +16,16 @@ Built with highdicom (https://highdicom.readthedocs.io), never by hand:
   - the algorithm (TID 4019): the model's name and version, with its ONNX SHA-256 as the
     parameter ``model_sha256``;
   - the source image (the classified radiograph) as the group's source image;
-  - when the service has an input gate, its outcome as a comment ``Input gate: <status>[: reasons]``.
+  - when the service has an input gate, its outcome as a comment ``Input gate: <status>[: reasons]``;
+  - when the film lies in the model's review band (``decision.review``), the reason as a comment
+    ``Review: borderline: ...`` (the label stands; the film needs a reader).
 
   The SR's evidence (Current Requested Procedure Evidence Sequence) lists the source study,
   series and SOP instance and the Secondary Capture below.
 - **Secondary Capture** (``1.2.840.10008.5.1.4.1.1.7``): the heatmap overlay in RGB with a band
   at the bottom in which the result and the notice :data:`NOTICE` are burned in (Burned In
-  Annotation ``YES``); it refers to the source image by Source Image Sequence.
+  Annotation ``YES``), with the line :data:`~deephealth.rendering.REVIEW_LINE` for a borderline
+  film; it refers to the source image by Source Image Sequence.
 
 Both copy the patient and study modules from the source and get new Series and SOP Instance UIDs.
 Input that is not DICOM (JPEG, PNG...) gets a generated study with an empty patient; its SR then
@@ -89,6 +92,8 @@ def _codes():  # imported lazily: highdicom is the optional [pacs] extra
 
 GATE_PREFIX = "Input gate: "
 """Start of the SR comment that records the input gate's outcome (``Input gate: accept``...)."""
+REVIEW_PREFIX = "Review: "
+"""Start of the SR comment that carries ``decision.review_reason`` of a borderline film."""
 
 
 def finding_code(label: str) -> tuple[str, str, str]:
@@ -336,6 +341,9 @@ def _build(
     if gate is not None:
         reasons = "; ".join(gate.get("reasons") or [])
         comments.append(f"{GATE_PREFIX}{gate.get('status')}" + (f": {reasons}" if reasons else ""))
+    decision = prediction.decision or {}
+    if decision.get("review"):
+        comments.append(f"{REVIEW_PREFIX}{decision.get('review_reason') or 'borderline: have it reviewed'}")
     for text in comments:
         report[0].ContentSequence.append(
             hd.sr.TextContentItem(
@@ -411,14 +419,15 @@ def read_sr(sr: Dataset) -> dict:
     Returns:
         ``{"label": "normal"|"bacterial"|"viral"|None, "pneumonia": "Present"|"Absent"|None,
         "probabilities": {class: float}, "model_name", "model_version", "model_sha256" (str or
-        None), "gate": the input gate's comment after ``Input gate: `` or None,
+        None), "gate": the input gate's comment after ``Input gate: `` or None, "review": the review
+        reason after ``Review: `` (a borderline film) or None,
         "source_sop_instance_uids": [UIDs of the evidence], "comments": [other comments]}``.
     """
     _, class_codes, prob_codes = _codes()
     by_code = {c.value: name for name, c in class_codes.items()}
     prob_by_code = {c.value: name for name, c in prob_codes.items()}
     out: dict = {"label": None, "pneumonia": None, "probabilities": {}, "model_name": None,
-                 "model_version": None, "model_sha256": None, "gate": None, "comments": []}
+                 "model_version": None, "model_sha256": None, "gate": None, "review": None, "comments": []}
     for item in _walk(sr.get("ContentSequence")):
         name = item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else None
         vtype = item.get("ValueType")
@@ -440,6 +449,8 @@ def read_sr(sr: Dataset) -> dict:
             text = str(item.TextValue)
             if text.startswith(GATE_PREFIX):
                 out["gate"] = text[len(GATE_PREFIX):]
+            elif text.startswith(REVIEW_PREFIX):
+                out["review"] = text[len(REVIEW_PREFIX):]
             else:
                 out["comments"].append(text)
     out["source_sop_instance_uids"] = [

@@ -65,6 +65,8 @@ class InstanceOutcome:
         warnings: the reader's warnings about the image.
         gate: the input gate's outcome (:func:`deephealth.audit.gate_outcome`), when the
             service has a gate.
+        review, review_reason: the film lies in the model's review band (``decision.review``:
+            borderline, have it reviewed) and why; the stored SR carries the reason too.
     """
 
     study_uid: str
@@ -79,6 +81,8 @@ class InstanceOutcome:
     reason: str | None = None
     warnings: list[str] = field(default_factory=list)
     gate: dict | None = None
+    review: bool = False
+    review_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of every attribute."""
@@ -207,6 +211,8 @@ class PacsWorker:
             pred = self.predictor.predict(data, name=f"instance {sop_uid}", heatmap=True)
             outcome.label, outcome.probabilities = pred.label, dict(pred.probabilities)
             outcome.warnings, outcome.gate = list(pred.warnings), gate_outcome(pred)
+            decision = pred.decision or {}
+            outcome.review, outcome.review_reason = bool(decision.get("review")), decision.get("review_reason")
             art = self.predictor.artifact
             result = build_dicom_result(pred, art.name, art.version, art.sha256, ds, alpha=self.alpha)
             self.client.store_instances([result.sr, result.sc], study_instance_uid=study_uid)

@@ -16,6 +16,8 @@ from deephealth.inference import Prediction
 
 NOTICE = "Decision support, not a diagnosis. Every result must be reviewed by a qualified clinician."
 """The decision-support notice burned into every rendered result that leaves the product as an image."""
+REVIEW_LINE = "Borderline result: have it reviewed (the reason is in the SR)."
+"""Burned in under the result of a film in the model's review band (``decision.review``)."""
 SC_MAX_SIDE = 2048
 """Longest side, in pixels, of the annotated overlay (the DICOM Secondary Capture)."""
 PREVIEW_MAX_SIDE = 1024
@@ -106,7 +108,8 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def annotated_overlay(prediction: Prediction, alpha: float = 0.4, max_side: int = SC_MAX_SIDE) -> np.ndarray:
-    """The heatmap overlay with the result and :data:`NOTICE` burned into a band below the image.
+    """The heatmap overlay with the result and :data:`NOTICE` burned into a band below the image
+    (and :data:`REVIEW_LINE` for a film in the model's review band).
 
     Args:
         prediction: a prediction made with ``heatmap=True``.
@@ -115,7 +118,7 @@ def annotated_overlay(prediction: Prediction, alpha: float = 0.4, max_side: int 
 
     Returns:
         ``(H', W', 3)`` uint8 RGB: the overlay (``H x W`` at most ``max_side``) on top of a black
-        band with three lines of white text.
+        band with three lines of white text (four for a borderline film).
 
     Raises:
         ValueError: if the prediction has no heatmap.
@@ -140,6 +143,8 @@ def annotated_overlay(prediction: Prediction, alpha: float = 0.4, max_side: int 
         f"P(no pneumonia) {p['normal']:.2f}  P(bacterial) {p['bacterial']:.2f}  P(viral) {p['viral']:.2f}",
         NOTICE,
     ]
+    if (prediction.decision or {}).get("review"):
+        lines.insert(2, REVIEW_LINE)
     pad = size // 2
     band_h = len(lines) * (size + pad) + pad
     canvas = Image.new("RGB", (w, img.height + band_h), (0, 0, 0))

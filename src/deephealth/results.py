@@ -7,7 +7,9 @@
 :func:`flat_record` turns that row into one flat row of a results table (Parquet) with fixed
 columns (:data:`FLAT_FIELDS`): nested objects whose keys vary between models (``decision``,
 ``image``, the gate's ``scores``) are kept as JSON text, the rest as plain columns. Nothing is
-dropped, so :func:`flat_record` rows carry the same information as the JSON rows.
+dropped, so :func:`flat_record` rows carry the same information as the JSON rows. One field of the
+decision is also a column of its own, ``review`` (the film lies in the model's review band), so
+that flagged films can be filtered without parsing JSON.
 
 Serving path: standard library only.
 """
@@ -27,6 +29,7 @@ FLAT_FIELDS: tuple[str, ...] = (
     "probabilities",  # {class name: float} | None: calibrated probabilities (a struct column)
     "logits",  # list[float] | None
     "decision",  # str | None: JSON of the operating-point decision
+    "review",  # bool | None: decision.review, the film is borderline (in the review band): have it reviewed
     "suitability_status",  # str | None: accept / warn / refuse / unavailable (None: no verdict)
     "suitability_reasons",  # list[str]
     "suitability",  # str | None: JSON of the gate's full verdict (status, reasons, scores)
@@ -89,6 +92,7 @@ def flat_record(record: dict[str, Any]) -> dict[str, Any]:
         "probabilities": {c: float(probs[c]) for c in CLASS_NAMES} if ok else None,
         "logits": [float(v) for v in logits] if ok and logits is not None else None,
         "decision": _json(record.get("decision")) if ok else None,
+        "review": bool((record.get("decision") or {}).get("review")) if ok else None,
         "suitability_status": suit["status"] if suit else None,
         "suitability_reasons": list(suit["reasons"]) if suit else [],
         "suitability": _json(suit),

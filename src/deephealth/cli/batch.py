@@ -9,7 +9,9 @@ RESULTS: a folder of Parquet parts (read it with pandas.read_parquet(RESULTS) or
 deephealth.batch.load_results), one row per input with the fields of "predict --format json"
 (source, ok, label, label_index, probabilities, logits, decision, suitability status, reasons and
 scores, warnings, image, error, model name, version and SHA-256) plus content_sha256 and
-scored_at. A file that cannot be read is a row with its error; the others still finish.
+scored_at. The boolean column "review" marks borderline films (in the model's review band: so
+close to a decision that a benign change of the film could change the label; have them reviewed),
+for filtering without parsing the decision JSON. A file that cannot be read is a row with its error; the others still finish.
 
 Resume: run the same command again. Inputs whose result is already in RESULTS for the same content
 (SHA-256 of the file) and the same model are skipped; only what is missing is scored. An
@@ -123,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
           f"{s.errors} error(s) or refusal(s)")
     if s.scored:
         print(f"labels: {_counts(s.labels)}")
+        if s.review:
+            print(f"flagged for review (borderline): {s.review}")
         print(f"input gate: {_counts(s.gate)}")
     if s.workers:
         print(f"{s.workers} worker(s) x {s.threads} thread(s): {s.scored + s.skipped} inputs in {s.seconds:.1f} s "

@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _line(o) -> str:
     if o.status == "stored":
         p = o.probabilities or {}
-        return f"stored   {o.sop_uid}  {o.label}  P={p.get(o.label, 0.0):.3f}  SR {o.sr_uid}"
+        review = "  REVIEW: borderline, have it reviewed (reason in the SR)" if o.review else ""
+        return f"stored   {o.sop_uid}  {o.label}  P={p.get(o.label, 0.0):.3f}  SR {o.sr_uid}{review}"
     if o.status == "skipped":
         return f"skipped  {o.sop_uid}  (our SR for this model version exists)"
     if o.status == "refused":

@@ -13,11 +13,15 @@ The three formats carry the same fields under the same names (JSON nests some, C
 flattens them): source (the file, as in the API); label and label_index; p_normal, p_bacterial,
 p_viral (JSON probabilities.*); pneumonia_probability, threshold, target_sensitivity and rule (JSON
 decision.*: how the label was decided, which is not simply the largest probability when the model
-has an operating point; the table states the rule once, under the rows); gate and gate_reasons
+has an operating point; the table states the rule once, under the rows); review and review_reason
+(JSON decision.*: true when the film lies in the model's review band, so close to a decision that a
+benign change of the film could change the label; the label is still the best guess, have it
+reviewed); gate and gate_reasons
 (JSON suitability.status and .reasons); warnings; error or skipped (why a file was not classified,
 or not read); model (JSON: name, version, sha256). The table's last column, "notes", holds what a
-reader should see next to a row: the gate's reasons and the warnings of a classified film, the
-reasons of a refused one, or the error of a file that could not be read.
+reader should see next to a row: the review reason of a borderline film, the gate's reasons and the
+warnings of a classified film, the reasons of a refused one, or the error of a file that could not
+be read; the summary counts the films flagged for review.
 
 Files inside folders with another suffix (notes.txt, report.pdf) are skipped, and said so: a
 "skipped ..." line on stderr, a record with "skipped" in JSON and CSV, a count in the table's
@@ -104,10 +108,10 @@ def _gate(r: dict) -> tuple[str, list[str]]:
 TABLE_HEADERS = ["source", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "pneumonia_probability",
                  "threshold", "gate", "notes"]
 CSV_HEADERS = ["source", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "pneumonia_probability",
-               "threshold", "target_sensitivity", "rule", "warnings", "gate", "gate_reasons", "error", "skipped",
-               "model"]
+               "threshold", "target_sensitivity", "rule", "review", "review_reason", "warnings", "gate", "gate_reasons",
+               "error", "skipped", "model"]
 WARNINGS_WIDTH = 72
-"""The table's last column (notes: gate reasons, warnings, errors) wraps at this many characters,
+"""The table's last column (notes: review reason, gate reasons, warnings, errors) wraps at this many characters,
 one note a line."""
 
 
@@ -148,7 +152,8 @@ def _fmt_table(rows: list[dict]) -> str:
             cells = [r["source"], r["label"], str(r["label_index"]), f"{p['normal']:.3f}", f"{p['bacterial']:.3f}",
                      f"{p['viral']:.3f}", "-" if pp is None else f"{pp:.3f}", "-" if tau is None else f"{tau:.3f}",
                      status]
-            notes = reasons + r["warnings"]
+            review = [d["review_reason"]] if d.get("review") and d.get("review_reason") else []
+            notes = review + reasons + r["warnings"]
         else:
             cells = [r["source"], "REFUSED" if status == "refuse" else "ERROR", *["-"] * 6, status]
             notes = reasons if status == "refuse" else [_without_source(r["error"], r["source"])]
@@ -188,10 +193,11 @@ def _fmt_csv(rows: list[dict], model: str) -> str:
             d = _decision(r)
             w.writerow([r["source"], "true", r["label"], r["label_index"], num(p["normal"]), num(p["bacterial"]),
                         num(p["viral"]), num(d.get("pneumonia_probability")), num(d.get("threshold")),
-                        num(d.get("target_sensitivity")), d.get("rule", ""), "; ".join(r["warnings"]), status,
-                        "; ".join(reasons), "", "", model])
+                        num(d.get("target_sensitivity")), d.get("rule", ""), "true" if d.get("review") else "false",
+                        d.get("review_reason") or "", "; ".join(r["warnings"]), status, "; ".join(reasons), "", "",
+                        model])
         else:
-            w.writerow([r["source"], "false", *[""] * 10, status, "; ".join(reasons), r.get("error", ""),
+            w.writerow([r["source"], "false", *[""] * 12, status, "; ".join(reasons), r.get("error", ""),
                         r.get("skipped", ""), model])
     return buf.getvalue()
 
@@ -329,6 +335,7 @@ def run(args: argparse.Namespace) -> int:
     n_bad = sum(not r["ok"] for r in rows) - n_skipped
     n_refused = sum(_gate(r)[0] == "refuse" and not r["ok"] for r in rows)
     n_warned = sum(_gate(r)[0] in ("warn", "refuse") and r["ok"] for r in rows)
+    n_review = sum(bool(_decision(r).get("review")) for r in rows if r["ok"])
     art = predictor.artifact
     model_id = f"{art.name} {art.version}"
     notice = f"Model {model_id}. {INTENDED_USE}"
@@ -351,7 +358,8 @@ def run(args: argparse.Namespace) -> int:
         if n_refused or n_warned:
             gate_note = f" (input gate: {n_refused} refused, {n_warned} classified with a warning)"
         skip_note = f"; {n_skipped} other file(s) in the folders skipped (not image suffixes)" if n_skipped else ""
-        print(f"{n_in} input(s): {n_in - n_bad} classified, {n_bad} failed" + gate_note + skip_note
+        review_note = f"; {n_review} borderline, flagged for review (see notes)" if n_review else ""
+        print(f"{n_in} input(s): {n_in - n_bad} classified, {n_bad} failed" + gate_note + review_note + skip_note
               + (f"; heatmaps in {heat_dir}" if heat_dir is not None and len(rows) > n_bad else "")
               + (f"; DICOM SR and Secondary Capture in {dicom_dir}" if dicom_dir is not None and len(rows) > n_bad else ""))
         if not predictor.gate.available:

@@ -1,9 +1,10 @@
 """English and Spanish for the API's human-readable texts; the language comes from ``Accept-Language``.
 
 Translated: ``detail`` of errors, ``warnings``, the input gate's ``suitability.reasons``,
-``decision.rule``, ``label_description``, class ``description`` and ``intended_use``. Machine-readable fields (``label``, ``label_index``, probabilities' keys, codes)
-stay English whatever the language. The page (``static/app.js``) has its own strings for the same
-two languages and sends the chosen language as ``Accept-Language``.
+``decision.rule`` and ``decision.review_reason``, ``label_description``, class ``description`` and
+``intended_use``. Machine-readable fields (``label``, ``label_index``, probabilities' keys, codes,
+``decision.review``) stay English whatever the language. The page (``static/app.js``) has its own
+strings for the same two languages and sends the chosen language as ``Accept-Language``.
 
 Texts that come from the readers (warnings, unreadable-file errors) are written in English there;
 :func:`translate_text` translates the known ones by pattern (:data:`_PATTERNS`) and leaves any
@@ -104,6 +105,19 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
          r"del \g<s> %; después, la más probable de bacteriana y vírica"),
         (r"^pneumonia when P\(pneumonia\) >= (?P<t>[\d.]+); then the likelier of bacterial and viral$",
          r"neumonía cuando P(neumonía) >= \g<t>; después, la más probable de bacteriana y vírica"),
+        # decision.review_reason (deephealth.calibration.review_reason)
+        (r"^borderline: P\(pneumonia\) (?P<p>[\d.]+) is within the review band (?P<lo>[\d.]+)-(?P<hi>[\d.]+) around "
+         r"the threshold (?P<t>[\d.]+); a change of the film that does not change the diagnosis \(re-export, slight "
+         r"rotation\) can change the label: have it reviewed$",
+         r"caso límite: P(neumonía) \g<p> está dentro de la banda de revisión \g<lo>-\g<hi> en torno al umbral "
+         r"\g<t>; un cambio de la radiografía que no cambia el diagnóstico (reexportarla, girarla ligeramente) puede "
+         r"cambiar la etiqueta: solicite su revisión"),
+        (r"^borderline: bacterial vs viral is uncertain \(bacterial share (?P<s>[\d.]+) of P\(pneumonia\), review "
+         r"band (?P<lo>[\d.]+)-(?P<hi>[\d.]+)\); the kind of pneumonia can change with a benign change of the film: "
+         r"have it reviewed$",
+         r"caso límite: no está claro si es bacteriana o vírica (fracción bacteriana \g<s> de P(neumonía), banda de "
+         r"revisión \g<lo>-\g<hi>); el tipo de neumonía puede cambiar con un cambio inocuo de la radiografía: "
+         r"solicite su revisión"),
         (r"^(?P<f>.+): image too small to diagnose: (?P<s>\S+) px \(the shorter side must be at least (?P<m>\d+) px\)$",
          r"\g<f>: imagen demasiado pequeña para diagnosticar: \g<s> px (el lado menor debe tener al menos \g<m> px)"),
         (r"^(?P<f>.+): truncated or corrupt JPEG file \(no end-of-image marker after the image data\)$",
@@ -298,8 +312,8 @@ def localize_prediction(body: dict[str, Any], lang: str) -> dict[str, Any]:
     """The prediction response with its human-readable texts in ``lang`` (machine fields unchanged).
 
     Changes ``label_description``, each ``classes[].description``, ``warnings``,
-    ``suitability.reasons``, ``decision.rule`` and ``intended_use``; returns ``body`` itself for
-    English.
+    ``suitability.reasons``, ``decision.rule``, ``decision.review_reason`` and ``intended_use``;
+    returns ``body`` itself for English.
     """
     if lang == "en":
         return body
@@ -311,7 +325,11 @@ def localize_prediction(body: dict[str, Any], lang: str) -> dict[str, Any]:
     if isinstance(body.get("suitability"), dict):
         gate = body["suitability"]
         body["suitability"] = {**gate, "reasons": [translate_text(r, lang) for r in gate.get("reasons") or []]}
-    if isinstance(body.get("decision"), dict) and isinstance(body["decision"].get("rule"), str):
-        body["decision"] = {**body["decision"], "rule": translate_text(body["decision"]["rule"], lang)}
+    if isinstance(body.get("decision"), dict):
+        d = dict(body["decision"])
+        for key in ("rule", "review_reason"):  # review_reason is None unless the film is borderline
+            if isinstance(d.get(key), str):
+                d[key] = translate_text(d[key], lang)
+        body["decision"] = d
     body["intended_use"] = INTENDED_USE[lang]
     return body

@@ -44,7 +44,7 @@ class ImageInfoPublic(BaseModel):
 
 
 class DecisionPublic(BaseModel):
-    """How the label follows from the probabilities: the model's operating point."""
+    """How the label follows from the probabilities (the model's operating point), and whether the film is borderline."""
 
     rule: str = Field(description="the decision rule in words")
     pneumonia_probability: float = Field(description="1 - P(normal): calibrated probability of pneumonia, in [0, 1]")
@@ -54,6 +54,16 @@ class DecisionPublic(BaseModel):
         "target_sensitivity); null: the label is the most probable class",
     )
     target_sensitivity: float | None = Field(default=None, description="sensitivity the threshold was chosen for")
+    review: bool = Field(
+        default=False,
+        description="true: the film lies in the operating point's review band (P(pneumonia) this close to the "
+        "threshold, or called pneumonia with bacterial vs viral this balanced), so a change of the film that does "
+        "not change the diagnosis (re-export, slight rotation) can change the label; the label is still the best "
+        "guess, have it reviewed. Always false for a model without a review band",
+    )
+    review_reason: str | None = Field(
+        default=None, description="with review=true: which decision is borderline, in words (null otherwise)"
+    )
 
 
 class SuitabilityPublic(BaseModel):

@@ -59,6 +59,7 @@
       decision: (p, thr, sens) => "Probability of pneumonia " + p + " %. The model calls pneumonia from " + thr +
         " % (its operating point, set on validation films for " + sens + " % sensitivity), so the label can " +
         "differ from the largest bar.",
+      review_title: "Borderline result — have it reviewed: ",
     },
     es: {
       title: "Deep Health — apoyo a la decisión en radiografías de tórax pediátricas",
@@ -102,6 +103,7 @@
       decision: (p, thr, sens) => "Probabilidad de neumonía " + p + " %. El modelo indica neumonía a partir de " +
         thr + " % (su punto de operación, fijado en radiografías de validación para una sensibilidad del " + sens +
         " %), así que la etiqueta puede no coincidir con la barra más larga.",
+      review_title: "Resultado límite — solicite su revisión: ",
     },
   };
   const LANG_KEY = "deephealth.lang";
@@ -203,6 +205,10 @@
       decisionEl.textContent = t("decision")(pct(d.pneumonia_probability), pct(d.threshold),
         d.target_sensitivity != null ? (100 * d.target_sensitivity).toFixed(0) : "?");
     }
+    // Review band: the label stands, but the film is so close to a decision that it needs a reader.
+    // The reason comes translated from the server.
+    $("review").hidden = !(d && d.review);
+    $("review-reason").textContent = d && d.review ? d.review_reason || "" : "";
 
     const bars = $("bars");
     bars.replaceChildren();

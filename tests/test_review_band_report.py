@@ -141,6 +141,10 @@ def test_report_has_a_review_band_section_next_to_the_headline(tmp_path):
     assert "| films flagged for review | — | 50.0 % (" in md and "), 4 films | — |" in md
     assert "fitted on the model's 100 validation films: evaluated on those same films, these figures are " \
            "in-sample (optimistic)." in md
+    # on the official test split the band's figures are held out, and the report says so instead
+    held_out = render_markdown({**report, "data": {**report["data"], "split": "test"}})
+    assert "fitted on the model's 100 validation films only; these test films played no part in it." in held_out
+    assert "in-sample" not in held_out
     assert "| … pneumonia vs normal borderline | — | 25.0 % (2) | — |" in md
     assert "| … bacterial vs viral borderline | — | 25.0 % (2) | — |" in md
     assert "| 3-class accuracy | 62.5 % (" in md and "| 37.5 % (" in md and "| 75.0 % (" in md

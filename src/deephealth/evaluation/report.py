@@ -939,8 +939,12 @@ def _review_band_markdown(report: dict[str, Any]) -> list[str]:
         return f"{rng[0]:.2f}–{rng[1]:.2f}" if rng else "n/a"
 
     out = [f"## Review band: borderline films flagged for review ({n} images)", ""]
-    fitted_on = (f" The band was fitted on the model's {spec['n_films']} validation films: evaluated on those "
-                 "same films, these figures are in-sample (optimistic)." if spec.get("n_films") else "")
+    held_out = (report.get("data") or {}).get("split") == "test"  # the official test split: never used to fit it
+    fitted_on = "" if not spec.get("n_films") else (
+        f" The band was fitted on the model's {spec['n_films']} validation films only; these test films played "
+        "no part in it." if held_out else
+        f" The band was fitted on the model's {spec['n_films']} validation films: evaluated on those "
+        "same films, these figures are in-sample (optimistic).")
     fitted = (f" Its half-widths are the {spec['quantile']:g} quantile of the score changes that the benign "
               f"perturbations of the stability section cause on {spec.get('n_films', '?')} validation films."
               if spec.get("quantile") is not None else "")

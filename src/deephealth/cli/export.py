@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,27 +134,39 @@ def _print_gate(gate: dict) -> None:
           f"{100 * v['flagged_fraction']:.1f} % of {v['films']} validation films flagged")
 
 
-def _refit_gate(args: argparse.Namespace) -> int:
-    """``--gate-only``: refit the gate of the model folder ``--out`` on the split its metadata records."""
-    from deephealth.artifact import ModelArtifact, ModelArtifactError
-    from deephealth.training.export import ExportError, fit_run_gate
+def _refit_in_place(args: argparse.Namespace, option: str, conflicts: bool, fit: Any, what: str,
+                    missing: str, show: Any) -> int:
+    """``--gate-only`` / ``--review-band-only``: fit ``what`` of the model folder ``--out`` on its recorded split.
 
-    if args.run is not None or args.quantize or args.no_gate or args.checkpoint:
-        print("export failed: --gate-only takes only --out (the model folder)", file=sys.stderr)
+    ``fit(model_dir, training_config)`` returns the new metadata entry, or ``None`` when ``missing``
+    (a reason) applies; ``show`` prints the entry. Exit 0 on success, 2 with one line on failure.
+    """
+    from deephealth.artifact import ModelArtifact, ModelArtifactError
+    from deephealth.training.export import ExportError
+
+    if args.run is not None or conflicts:
+        print(f"export failed: {option} takes only --out (the model folder)", file=sys.stderr)
         return 2
     try:
         art = ModelArtifact.load(args.out)
-        config = (art.metadata.get("training") or {}).get("config") or {}
-        gate = fit_run_gate(args.out, config)
+        entry = fit(args.out, (art.metadata.get("training") or {}).get("config") or {})
     except (ModelArtifactError, ExportError, ValueError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 2
-    if gate is None:
-        print("export failed: no dataset found to fit the input gate on", file=sys.stderr)
+    if entry is None:
+        print(f"export failed: {missing}", file=sys.stderr)
         return 2
-    print(f"refitted the input gate of {art.name} {art.version} in {args.out}")
-    _print_gate(gate)
+    print(f"{what} of {art.name} {art.version} in {args.out}")
+    show(entry)
     return 0
+
+
+def _refit_gate(args: argparse.Namespace) -> int:
+    """``--gate-only``: refit the gate of the model folder ``--out`` on the split its metadata records."""
+    from deephealth.training.export import fit_run_gate
+
+    return _refit_in_place(args, "--gate-only", bool(args.quantize or args.no_gate or args.checkpoint), fit_run_gate,
+                           "refitted the input gate", "no dataset found to fit the input gate on", _print_gate)
 
 
 def _print_review_band(band: dict) -> None:
@@ -169,25 +182,12 @@ def _print_review_band(band: dict) -> None:
 
 def _refit_review_band(args: argparse.Namespace) -> int:
     """``--review-band-only``: fit the review band of the model folder ``--out`` on its recorded split."""
-    from deephealth.artifact import ModelArtifact, ModelArtifactError
-    from deephealth.training.export import ExportError, fit_run_review_band
+    from deephealth.training.export import fit_run_review_band
 
-    if args.run is not None or args.quantize or args.no_gate or args.checkpoint or args.no_review_band:
-        print("export failed: --review-band-only takes only --out (the model folder)", file=sys.stderr)
-        return 2
-    try:
-        art = ModelArtifact.load(args.out)
-        config = (art.metadata.get("training") or {}).get("config") or {}
-        band = fit_run_review_band(args.out, config)
-    except (ModelArtifactError, ExportError, ValueError) as exc:
-        print(f"export failed: {exc}", file=sys.stderr)
-        return 2
-    if band is None:
-        print("export failed: no dataset or no operating point to fit the review band on", file=sys.stderr)
-        return 2
-    print(f"fitted the review band of {art.name} {art.version} in {args.out}")
-    _print_review_band(band)
-    return 0
+    return _refit_in_place(args, "--review-band-only",
+                           bool(args.quantize or args.no_gate or args.checkpoint or args.no_review_band),
+                           fit_run_review_band, "fitted the review band",
+                           "no dataset or no operating point to fit the review band on", _print_review_band)
 
 
 def _print_evidence(ev: dict) -> None:

@@ -460,6 +460,38 @@ def export_run(
     return out
 
 
+def run_split(config: dict[str, Any], data_dir: str | Path | None = None) -> tuple[Path, list, list] | None:
+    """The patient-grouped train / validation records a training run used, re-created from its config.
+
+    :func:`deephealth.manifest.grouped_split` of the official ``train`` folder with the config's
+    ``val_fraction`` and ``split_seed`` (defaults 0.1 and 0), then the same ``max_train_images``
+    subsets the training loop took (smoke runs; all of it for a release run).
+
+    Args:
+        config: the checkpoint's training config (``data_dir``, ``val_fraction``, ``split_seed``,
+            ``max_train_images``, ``seed``).
+        data_dir: dataset folder overriding the config's (default: the config's, else
+            :func:`deephealth.paths.dataset_dir`).
+
+    Returns:
+        ``(root, train_records, val_records)``, or ``None`` when ``root`` has no ``train`` folder.
+    """
+    from deephealth.manifest import grouped_split, scan
+
+    root = Path(data_dir or config.get("data_dir") or dataset_dir())
+    if not (root / "train").is_dir():
+        _logger.warning("no dataset at %s", root)
+        return None
+    val_fraction, split_seed = float(config.get("val_fraction", 0.1)), int(config.get("split_seed", 0))
+    train_recs, val_recs = grouped_split(scan(root).split("train"), val_fraction, split_seed)
+    n_max, seed = int(config.get("max_train_images", 0) or 0), int(config.get("seed", 0))
+    if n_max:  # the same subsets the training loop used (smoke runs)
+        from deephealth.training.loop import _subset
+
+        train_recs, val_recs = _subset(train_recs, n_max, seed), _subset(val_recs, n_max // 4, seed)
+    return root, train_recs, val_recs
+
+
 def fit_run_review_band(model_dir: str | Path, config: dict[str, Any], data_dir: str | Path | None = None,
                         quantile: float | None = None, progress: bool = False) -> dict[str, Any] | None:
     """Fit the review band of an exported model on its run's validation split and record it.
@@ -490,24 +522,19 @@ def fit_run_review_band(model_dir: str | Path, config: dict[str, Any], data_dir:
     from deephealth.calibration import REVIEW_QUANTILE, fit_review_band
     from deephealth.evaluation.stability import PERTURBATIONS, review_band_figures, score_stability
     from deephealth.inference import Predictor
-    from deephealth.manifest import grouped_split, scan
 
     art = ModelArtifact.load(model_dir, verify=False)
     op = dict(art.metadata.get("operating_point") or {})
     if not op:
         _logger.warning("%s has no operating point: no review band", model_dir)
         return None
-    root = Path(data_dir or config.get("data_dir") or dataset_dir())
-    if not (root / "train").is_dir():
-        _logger.warning("no dataset at %s: %s ships without a review band", root, model_dir)
+    split = run_split(config, data_dir)
+    if split is None:
+        _logger.warning("no dataset found: %s ships without a review band", model_dir)
         return None
+    root, _, val_recs = split
     val_fraction, split_seed = float(config.get("val_fraction", 0.1)), int(config.get("split_seed", 0))
-    _, val_recs = grouped_split(scan(root).split("train"), val_fraction, split_seed)
     n_max = int(config.get("max_train_images", 0) or 0)
-    if n_max:
-        from deephealth.training.loop import _subset
-
-        val_recs = _subset(val_recs, n_max // 4, int(config.get("seed", 0)))
     op.pop("review_band", None)
     t0 = time.time()
     try:
@@ -559,21 +586,16 @@ def fit_run_gate(model_dir: str | Path, config: dict[str, Any], data_dir: str | 
         ExportError: if fitting fails.
     """
     from deephealth.artifact import ModelArtifact
-    from deephealth.manifest import grouped_split, scan
     from deephealth.training.data import decode_records
     from deephealth.training.gate_fit import fit_gate
 
-    root = Path(data_dir or config.get("data_dir") or dataset_dir())
-    if not (root / "train").is_dir():
-        _logger.warning("no dataset at %s: %s ships without the feature-space input gate", root, model_dir)
+    split = run_split(config, data_dir)
+    if split is None:
+        _logger.warning("no dataset found: %s ships without the feature-space input gate", model_dir)
         return None
+    root, train_recs, val_recs = split
     val_fraction, split_seed = float(config.get("val_fraction", 0.1)), int(config.get("split_seed", 0))
-    train_recs, val_recs = grouped_split(scan(root).split("train"), val_fraction, split_seed)
     n_max, seed = int(config.get("max_train_images", 0) or 0), int(config.get("seed", 0))
-    if n_max:  # the same subsets the training loop used (smoke runs)
-        from deephealth.training.loop import _subset
-
-        train_recs, val_recs = _subset(train_recs, n_max, seed), _subset(val_recs, n_max // 4, seed)
     pre = ModelArtifact.load(model_dir, verify=False).preprocessing
     t0 = time.time()
     train_films, val_films = decode_records(train_recs, pre), decode_records(val_recs, pre)

@@ -6,6 +6,7 @@ use the tiny test model; they are marked ``slow`` (Ray's start takes 10-40 s on 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -248,6 +249,59 @@ def test_cli_manifest_input_writes_one_row_per_input(ray_local, films, tiny_mode
 
 
 
+@pytest.mark.slow
+def test_a_new_operating_point_in_metadata_scores_the_films_again(ray_local, films, tmp_path, capsys):
+    """Only metadata.json changes (the threshold): resuming scores again, with the new rule; then nothing."""
+    from deephealth.artifact import ModelArtifact
+    from deephealth.batch import PartWriter, load_results, run_batch
+
+    model = tmp_path / "model"
+    shutil.copytree(ROOT / "src" / "deephealth" / "models" / "deephealth-cxr3", model,
+                    ignore=shutil.ignore_patterns("weights.pt", "report"))
+    paths = [str(f) for f in films[:2] + films[-3:-1]]  # 2 normal, 2 pneumonia films
+    out = tmp_path / "results"
+    first = run_batch(paths, str(out), model_dir=str(model), workers=1, batch_size=4)
+    assert (first.scored, first.skipped, first.other_rule, first.errors) == (4, 0, 0, 0)
+    before = _rows(out)
+    old = ModelArtifact.load(model)
+    assert {r["decision_sha256"] for r in before.values()} == {old.decision_fingerprint}
+    assert {json.loads(r["decision"])["threshold"] for r in before.values()} == {old.operating_point["threshold"]}
+
+    meta = json.loads((model / "metadata.json").read_text())
+    meta["operating_point"]["threshold"] = 0.5
+    (model / "metadata.json").write_text(json.dumps(meta, indent=2))
+    new = ModelArtifact.load(model)  # still verifies: the ONNX file and gate.npz are unchanged
+    assert new.sha256 == old.sha256 and new.decision_fingerprint != old.decision_fingerprint
+
+    rc = main(["batch", *paths, "--out", str(out), "--model", str(model), "--workers", "1", "--no-progress"])
+    o = capsys.readouterr().out
+    assert rc == 0
+    assert "4 input(s): 4 scored by this run, 0 already in" in o
+    assert (f"4 result(s) in {out} were made with another decision rule (operating point, review band or "
+            "temperature in metadata.json) and are scored again") in o
+    after = _rows(out)
+    assert sorted(after) == sorted(before)
+    for src, r in after.items():
+        assert r["decision_sha256"] == new.decision_fingerprint and r["model_sha256"] == old.sha256
+        assert json.loads(r["decision"])["threshold"] == 0.5
+        assert r["scored_at"] > before[src]["scored_at"]
+        assert r["probabilities"] == pytest.approx(before[src]["probabilities"], abs=1e-9)  # same network
+        assert r["review"] is not None
+    assert load_results(str(out), latest=False).num_rows == 8
+
+    again = run_batch(paths, str(out), model_dir=str(model), workers=1, batch_size=4)
+    assert (again.scored, again.skipped, again.other_rule, again.parts) == (0, 4, 0, 0)
+
+    # A folder written before results recorded the rule: its rows are read (null rule) and scored again.
+    legacy = tmp_path / "legacy"
+    table = load_results(str(out), latest=True)
+    PartWriter(str(legacy), "old").write(table.drop_columns(["review", "decision_sha256"]))
+    assert load_results(str(legacy)).column("decision_sha256").to_pylist() == [None] * 4
+    resumed = run_batch(paths, str(legacy), model_dir=str(model), workers=1, batch_size=4)
+    assert (resumed.scored, resumed.skipped, resumed.other_rule) == (4, 0, 4)
+    assert {r["decision_sha256"] for r in _rows(legacy).values()} == {new.decision_fingerprint}
+
+
 def test_done_hashes_per_model_newest_row_and_retry_errors(tmp_path: Path):
     pytest.importorskip("pyarrow")
     import datetime as dt
@@ -261,22 +315,86 @@ def test_done_hashes_per_model_newest_row_and_retry_errors(tmp_path: Path):
     def row(src, sha, model, ok=True, minutes=0, status="accept"):
         return {"source": src, "ok": ok, "label": "normal" if ok else None, "label_index": 0 if ok else None,
                 "suitability_status": status, "suitability_reasons": [], "warnings": [],
-                "error": None if ok else f"{src}: broken", "model_sha256": model, "content_sha256": sha,
-                "scored_at": t0 + dt.timedelta(minutes=minutes)}
+                "error": None if ok else f"{src}: broken", "model_sha256": model, "decision_sha256": "R",
+                "content_sha256": sha, "scored_at": t0 + dt.timedelta(minutes=minutes)}
 
     w = PartWriter(str(tmp_path / "res"), "run1")
     w.write(pa.Table.from_pylist([row("/a", "h1", "A"), row("/b", "h2", "A", ok=False, status=None),
                                   row("/c", "h3", "A", ok=False, status="refuse")], schema=result_schema()))
     w.write(pa.Table.from_pylist([row("/a", "h1new", "A", minutes=5), row("/a", "h1", "B", minutes=9)],
                                  schema=result_schema()))
-    assert done_hashes(str(tmp_path / "res"), "A") == {"/a": "h1new", "/b": "h2", "/c": "h3"}
-    assert done_hashes(str(tmp_path / "res"), "A", retry_errors=True) == {"/a": "h1new", "/c": "h3"}
-    assert done_hashes(str(tmp_path / "res"), "B") == {"/a": "h1"}
+    assert done_hashes(str(tmp_path / "res"), "A", "R") == {"/a": "h1new", "/b": "h2", "/c": "h3"}
+    assert done_hashes(str(tmp_path / "res"), "A", "R", retry_errors=True) == {"/a": "h1new", "/c": "h3"}
+    assert done_hashes(str(tmp_path / "res"), "B", "R") == {"/a": "h1"}
     latest = load_results(str(tmp_path / "res"))
     assert dict(zip(latest.column("source").to_pylist(), latest.column("model_sha256").to_pylist())) == {
         "/a": "B", "/b": "A", "/c": "A"}
     assert load_results(str(tmp_path / "res"), latest=False).num_rows == 5
     assert not list((tmp_path / "res").glob(".*"))  # no temporary file left
+
+
+def test_decision_fingerprint_follows_temperature_and_operating_point_only(tmp_path: Path) -> None:
+    from deephealth.artifact import ModelArtifact
+
+    bundled = ROOT / "src" / "deephealth" / "models" / "deephealth-cxr3"
+    base = ModelArtifact.load(bundled, verify=False)
+    meta = json.loads((bundled / "metadata.json").read_text())
+    assert base.operating_point["review_band"]  # the bundled model has a review band
+    canonical = json.dumps({"temperature": meta["temperature"], "operating_point": meta["operating_point"]},
+                           sort_keys=True, separators=(",", ":"))
+    assert base.decision_fingerprint == hashlib.sha256(canonical.encode()).hexdigest()
+
+    def variant(name: str, edit) -> str:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "model.onnx").symlink_to(bundled / "model.onnx")
+        m = json.loads(json.dumps(meta))
+        edit(m)
+        (d / "metadata.json").write_text(json.dumps(m, indent=4))  # other formatting, same content
+        return ModelArtifact.load(d, verify=False).decision_fingerprint
+
+    assert variant("same", lambda m: m.update(summary="re-described", version="9.9.9")) == base.decision_fingerprint
+    changed = {
+        variant("threshold", lambda m: m["operating_point"].update(threshold=0.5)),
+        variant("band", lambda m: m["operating_point"]["review_band"].update(pneumonia_logit_margin=0.5)),
+        variant("no_band", lambda m: m["operating_point"].pop("review_band")),
+        variant("temperature", lambda m: m.update(temperature=1.0)),
+        variant("argmax", lambda m: m.pop("operating_point")),
+    }
+    assert len(changed) == 5 and base.decision_fingerprint not in changed
+
+
+def test_resume_plan_needs_the_same_decision_rule_and_reads_older_parts(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from deephealth.batch import PartWriter, load_results, result_schema, resume_plan
+
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    new = result_schema()
+    older = pa.schema([f for f in new if f.name not in ("review", "decision_sha256")])
+
+    def row(src, minutes, model="A", **extra):
+        return {"source": src, "ok": True, "label": "normal", "label_index": 0, "suitability_status": "accept",
+                "suitability_reasons": [], "warnings": [], "model_sha256": model, "content_sha256": "h" + src,
+                "scored_at": t0 + dt.timedelta(minutes=minutes), **extra}
+
+    out = str(tmp_path / "res")
+    w = PartWriter(out, "run1")
+    w.write(pa.Table.from_pylist([row("/old", 0), row("/other", 0, model="B")], schema=older))  # before the column
+    w.write(pa.Table.from_pylist([row("/x", 1, decision_sha256="X"), row("/y", 1, decision_sha256="Y"),
+                                  row("/back", 1, decision_sha256="X"), row("/back", 2, decision_sha256="Y")],
+                                 schema=new))
+    plan = resume_plan(out, "A", "X")
+    assert plan.done == {"/x": "h/x"}
+    assert plan.other_rule == {"/old", "/y", "/back"}  # null rule; another rule; X superseded by a newer Y row
+    assert plan.other_model == {"/other"}
+    assert resume_plan(out, "A", "Y").done == {"/y": "h/y", "/back": "h/back"}
+    assert resume_plan(out, "B", "X").other_model == {"/old", "/x", "/y", "/back"}
+    rows = {r["source"]: r for r in load_results(out).to_pylist()}
+    assert rows["/old"]["decision_sha256"] is None and rows["/back"]["decision_sha256"] == "Y"
 
 
 def test_flat_record_has_a_review_column_from_the_decision() -> None:

@@ -91,6 +91,22 @@ class ModelArtifact:
         """SHA-256 of the ONNX file, as recorded in the metadata."""
         return str(self.metadata["onnx"]["sha256"])
 
+    @property
+    def decision_fingerprint(self) -> str:
+        """SHA-256 (hex) of the decision rule: what turns this model's logits into a label and a review flag.
+
+        The rule lives in ``metadata.json``, not in the ONNX file, so :attr:`sha256` does not see it
+        change: the calibration ``temperature`` and the whole ``operating_point`` (threshold, and
+        ``review_band`` when present). The digest is taken over the canonical JSON (``sort_keys``,
+        no whitespace) of ``{"temperature": ..., "operating_point": ...}`` (``null`` for an
+        arg-max model). Any edit inside ``operating_point`` changes it, including its bookkeeping
+        (validation figures, fit time): a conservative fingerprint, never a stale one.
+        ``deephealth batch`` keys its results by it as well as by :attr:`sha256`.
+        """
+        rule = {"temperature": self.temperature, "operating_point": self.operating_point}
+        canonical = json.dumps(rule, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
     @classmethod
     def load(cls, directory: str | Path, verify: bool = True) -> ModelArtifact:
         """Read and check a model folder.

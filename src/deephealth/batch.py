@@ -15,19 +15,28 @@ num_cpus=threads)`` -> the driver iterates the scored blocks as they finish and 
 ``Scorer`` loads the model once per worker; ONNX Runtime gets ``threads`` intra-op threads and Ray
 reserves as many CPUs for the worker, so workers x threads never exceeds the cores.
 
-Resume (idempotent): a result is keyed by ``(source, content_sha256, model_sha256)``. Before a
-run, the parts already in RESULTS give, for the current model, the content hash each source was
-scored with; a worker reads the file's bytes, hashes them (SHA-256) and skips the file when the
-hash matches (nothing recomputed, nothing written), otherwise classifies it. A file that cannot be
+Resume (idempotent): a result is keyed by ``(source, content_sha256, model_sha256,
+decision_sha256)``, the last being the fingerprint of the model's decision rule (temperature and
+operating point with its review band, from ``metadata.json``:
+:attr:`deephealth.artifact.ModelArtifact.decision_fingerprint`), since a label depends on it as
+much as on the ONNX file. Before a run, the parts already in RESULTS give, for the current model
+and decision rule, the content hash each source was scored with; a worker reads the file's bytes,
+hashes them (SHA-256) and skips the file when the hash matches (nothing recomputed, nothing
+written), otherwise classifies it. A file that cannot be
 read at all is stored with an empty hash and is also done, until it becomes readable. Parts are
 written to a hidden temporary name and renamed (atomic on a local disk; an object store ``PUT`` is
 atomic), so an interrupted run (Ctrl-C, a killed worker or driver) leaves only complete parts and
-loses at most the rows not yet flushed. When a file's content or the model changes, the new row
-is added and :func:`load_results` returns, per source, the newest row.
+loses at most the rows not yet flushed. When a file's content, the model or its decision rule
+changes (a new operating point, review band or temperature in ``metadata.json``), the film is
+scored again, the new row is added and :func:`load_results` returns, per source, the newest row;
+the run counts the inputs re-scored for another model or another decision rule
+(:class:`BatchSummary`) and logs them.
 
-Columns: :data:`deephealth.results.FLAT_FIELDS` plus ``content_sha256`` (hex, "" when the file
-could not be read) and ``scored_at`` (UTC timestamp). ``review`` (the film is in the model's review
-band) came later: parts written before it read as null there (:data:`LATER_COLUMNS`).
+Columns: :data:`deephealth.results.FLAT_FIELDS` plus ``decision_sha256`` (the decision rule's
+fingerprint), ``content_sha256`` (hex, "" when the file could not be read) and ``scored_at`` (UTC
+timestamp). ``review`` (the film is in the model's review band) and ``decision_sha256`` came later:
+parts written before them read as null there (:data:`LATER_COLUMNS`), so their rows match no
+decision rule and are scored again on resume.
 
 Needs the ``[scale]`` extra (``ray[data]``, which brings pyarrow); nothing here is imported by
 serving (``deephealth serve``, :mod:`deephealth.inference`).
@@ -62,10 +71,10 @@ FLUSH_SECONDS = 10.0
 NOT_DONE = "-"
 """``done_sha256`` of an input with no result yet (never equal to a hash or to "")."""
 
-KEY_COLUMNS = ("source", "content_sha256", "model_sha256")
+KEY_COLUMNS = ("source", "content_sha256", "model_sha256", "decision_sha256")
 """The columns that identify a result (resume key)."""
 
-LATER_COLUMNS = ("review",)
+LATER_COLUMNS = ("review", "decision_sha256")
 """Columns added after results were first written: a part without one reads as null in it."""
 
 
@@ -81,7 +90,7 @@ def result_schema(with_skipped: bool = False):
 
     Returns:
         ``pyarrow.Schema`` with the columns of :data:`deephealth.results.FLAT_FIELDS`,
-        ``content_sha256`` and ``scored_at``.
+        ``decision_sha256``, ``content_sha256`` and ``scored_at``.
     """
     import pyarrow as pa
 
@@ -107,7 +116,8 @@ def result_schema(with_skipped: bool = False):
         "model_sha256": pa.string(),
     }
     fields = [pa.field(name, types[name]) for name in FLAT_FIELDS]
-    fields += [pa.field("content_sha256", pa.string()), pa.field("scored_at", pa.timestamp("ms", tz="UTC"))]
+    fields += [pa.field("decision_sha256", pa.string()), pa.field("content_sha256", pa.string()),
+               pa.field("scored_at", pa.timestamp("ms", tz="UTC"))]
     if with_skipped:
         fields.append(pa.field("skipped", pa.bool_()))
     return pa.schema(fields)
@@ -170,6 +180,7 @@ def score_items(
         and only ``source`` / ``content_sha256`` meaningful for an input skipped as done).
     """
     now = _dt.datetime.now(_dt.timezone.utc)
+    rule = predictor.artifact.decision_fingerprint
     rows: list[dict[str, Any] | None] = [None] * len(sources)
     todo_idx: list[int] = []
     todo_src: list[str | bytes] = []
@@ -187,8 +198,8 @@ def score_items(
             continue
         if data is None and is_uri(src):
             rec = {"source": src, "ok": False, "error": f"{src}: cannot read ({read_error})"}
-            rows[i] = {**flat_record(result_record(rec, predictor.artifact)), "content_sha256": "",
-                       "scored_at": now, "skipped": False}
+            rows[i] = {**flat_record(result_record(rec, predictor.artifact)), "decision_sha256": rule,
+                       "content_sha256": "", "scored_at": now, "skipped": False}
             continue
         todo_idx.append(i)
         # Local file that could not be opened: hand the path to the reader, whose message is predict's.
@@ -198,8 +209,8 @@ def score_items(
             todo_src, batch_size=batch_size, names=[sources[i] for i in todo_idx], allow_unsuitable=allow_unsuitable
         )
         for i, res in zip(todo_idx, results):
-            rows[i] = {**flat_record(result_record(res, predictor.artifact)), "content_sha256": hashes[i],
-                       "scored_at": now, "skipped": False}
+            rows[i] = {**flat_record(result_record(res, predictor.artifact)), "decision_sha256": rule,
+                       "content_sha256": hashes[i], "scored_at": now, "skipped": False}
     return rows  # type: ignore[return-value]
 
 
@@ -298,31 +309,80 @@ def load_results(out: str, *, latest: bool = True, columns: Iterable[str] | None
     return table.select(cols)
 
 
-def done_hashes(out: str, model_sha256: str, *, retry_errors: bool = False) -> dict[str, str]:
-    """``{source: content_sha256}`` of the newest stored result of each source made by this model.
+@dataclass
+class ResumePlan:
+    """What RESULTS already holds for one model and decision rule (see :func:`resume_plan`).
+
+    Attributes:
+        done: ``{source: content_sha256}`` of each source whose newest stored result made by this
+            model was made with this decision rule ("" for an unreadable file); these inputs are
+            skipped when their content is unchanged.
+        other_model: sources whose stored results were all made by other models (another
+            ``model.onnx``): scored again.
+        other_rule: sources whose newest stored result made by this model was made with another
+            decision rule (operating point, review band or temperature in ``metadata.json``), or
+            before results recorded the rule (``decision_sha256`` null): scored again.
+    """
+
+    done: dict[str, str] = field(default_factory=dict)
+    other_model: set[str] = field(default_factory=set)
+    other_rule: set[str] = field(default_factory=set)
+
+
+def resume_plan(out: str, model_sha256: str, decision_sha256: str, *, retry_errors: bool = False) -> ResumePlan:
+    """Which stored results still hold for this model and decision rule, and why the others do not.
+
+    A stored row counts as done only if both its ``model_sha256`` and its ``decision_sha256`` match;
+    a row from a part written before ``decision_sha256`` existed (null) matches no rule. Among one
+    model's rows of a source the newest decides: a rule changed and then changed back scores the
+    film again (its newest row, the one :func:`load_results` returns, is the other rule's).
+
+    Args:
+        out: the RESULTS folder.
+        model_sha256: SHA-256 of the model's ONNX file (:attr:`~deephealth.artifact.ModelArtifact.sha256`).
+        decision_sha256: the model's decision-rule fingerprint
+            (:attr:`~deephealth.artifact.ModelArtifact.decision_fingerprint`).
+        retry_errors: leave out results that are errors (other than gate refusals), so they are retried.
+    """
+    table = load_results(out, latest=False,
+                         columns=["source", "content_sha256", "model_sha256", "decision_sha256", "ok",
+                                  "suitability_status", "scored_at"])
+    src = table.column("source").to_pylist()
+    sha = table.column("content_sha256").to_pylist()
+    model = table.column("model_sha256").to_pylist()
+    rule = table.column("decision_sha256").to_pylist()
+    ok = table.column("ok").to_pylist()
+    status = table.column("suitability_status").to_pylist()
+    at = table.column("scored_at").to_pylist()
+    plan = ResumePlan()
+    done = plan.done
+    newest_here: dict[str, int] = {}  # per source, its newest row made by this model
+    for i in sorted(range(table.num_rows), key=at.__getitem__):  # oldest first: the newest row wins
+        if model[i] != model_sha256:
+            plan.other_model.add(src[i])
+            continue
+        newest_here[src[i]] = i
+        if rule[i] != decision_sha256 or (retry_errors and not ok[i] and status[i] != "refuse"):
+            done.pop(src[i], None)  # a newer result with another rule (or an error to retry) supersedes it
+            continue
+        done[src[i]] = sha[i] or ""
+    plan.other_model.difference_update(newest_here)
+    plan.other_rule.update(s for s, i in newest_here.items() if s not in done and rule[i] != decision_sha256)
+    return plan
+
+
+def done_hashes(out: str, model_sha256: str, decision_sha256: str, *, retry_errors: bool = False) -> dict[str, str]:
+    """``{source: content_sha256}`` of the sources whose newest result by this model has this decision rule.
 
     Args:
         out: the RESULTS folder.
         model_sha256: SHA-256 of the model's ONNX file; results of other models do not count.
+        decision_sha256: fingerprint of the model's decision rule
+            (:attr:`~deephealth.artifact.ModelArtifact.decision_fingerprint`); results made with
+            another rule, or before the rule was recorded, do not count.
         retry_errors: leave out results that are errors (other than gate refusals), so they are retried.
     """
-    table = load_results(out, latest=False,
-                         columns=["source", "content_sha256", "model_sha256", "ok", "suitability_status", "scored_at"])
-    src = table.column("source").to_pylist()
-    sha = table.column("content_sha256").to_pylist()
-    model = table.column("model_sha256").to_pylist()
-    ok = table.column("ok").to_pylist()
-    status = table.column("suitability_status").to_pylist()
-    at = table.column("scored_at").to_pylist()
-    done: dict[str, str] = {}
-    for i in sorted(range(table.num_rows), key=at.__getitem__):  # oldest first: the newest row wins
-        if model[i] != model_sha256:
-            continue
-        if retry_errors and not ok[i] and status[i] != "refuse":
-            done.pop(src[i], None)
-            continue
-        done[src[i]] = sha[i] or ""
-    return done
+    return resume_plan(out, model_sha256, decision_sha256, retry_errors=retry_errors).done
 
 
 class PartWriter:
@@ -372,7 +432,12 @@ class BatchSummary:
     Attributes:
         total: inputs listed.
         scored: inputs classified or reported as errors by this run (rows written).
-        skipped: inputs whose result was already stored (same content, same model).
+        skipped: inputs whose result was already stored (same content, same model, same decision rule).
+        other_model: inputs listed whose stored results were all made by another model (another
+            ``model.onnx``), so they were scored again (:class:`ResumePlan`).
+        other_rule: inputs listed whose stored result was made by this model with another decision
+            rule (operating point, review band or temperature in ``metadata.json``, or results
+            written before the rule was recorded), so they were scored again.
         labels: ``{label: count}`` of this run's classified rows.
         review: this run's classified rows flagged for review (in the model's review band).
         gate: ``{status: count}`` of this run's rows (accept / warn / refuse / unavailable / "none").
@@ -389,6 +454,8 @@ class BatchSummary:
     total: int = 0
     scored: int = 0
     skipped: int = 0
+    other_model: int = 0
+    other_rule: int = 0
     labels: Counter = field(default_factory=Counter)
     review: int = 0
     gate: Counter = field(default_factory=Counter)
@@ -566,8 +633,16 @@ def run_batch(
     except (ModelArtifactError, OSError) as exc:
         raise BatchError(f"cannot load the model: {exc}") from exc
     sources = list(dict.fromkeys(normalise_source(s) for s in inputs))
-    done = done_hashes(out, artifact.sha256, retry_errors=retry_errors)
-    summary = BatchSummary(total=len(sources))
+    plan = resume_plan(out, artifact.sha256, artifact.decision_fingerprint, retry_errors=retry_errors)
+    done = plan.done
+    summary = BatchSummary(total=len(sources), other_model=sum(s in plan.other_model for s in sources),
+                           other_rule=sum(s in plan.other_rule for s in sources))
+    if summary.other_model:
+        _logger.info("%d result(s) in %s were made by another model (another model.onnx) and are scored again",
+                     summary.other_model, out)
+    if summary.other_rule:
+        _logger.info("%d result(s) in %s were made with another decision rule (operating point, review band or "
+                     "temperature in metadata.json) and are scored again", summary.other_rule, out)
     writer = PartWriter(out, _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
     if not sources:
         return summary

@@ -8,13 +8,16 @@ operating point as "deephealth predict"; each worker loads the model once.
 RESULTS: a folder of Parquet parts (read it with pandas.read_parquet(RESULTS) or
 deephealth.batch.load_results), one row per input with the fields of "predict --format json"
 (source, ok, label, label_index, probabilities, logits, decision, suitability status, reasons and
-scores, warnings, image, error, model name, version and SHA-256) plus content_sha256 and
-scored_at. The boolean column "review" marks borderline films (in the model's review band: so
-close to a decision that a benign change of the film could change the label; have them reviewed),
-for filtering without parsing the decision JSON. A file that cannot be read is a row with its error; the others still finish.
+scores, warnings, image, error, model name, version and SHA-256) plus decision_sha256 (the
+fingerprint of the decision rule), content_sha256 and scored_at. The boolean column "review" marks
+borderline films (in the model's review band: so close to a decision that a benign change of the
+film could change the label; have them reviewed), for filtering without parsing the decision JSON.
+A file that cannot be read is a row with its error; the others still finish.
 
 Resume: run the same command again. Inputs whose result is already in RESULTS for the same content
-(SHA-256 of the file) and the same model are skipped; only what is missing is scored. An
+(SHA-256 of the file), the same model and the same decision rule (temperature and operating point,
+review band included, from the model's metadata.json) are skipped; only what is missing or was made
+otherwise is scored, and the summary says how many were scored again for another model or rule. An
 interrupted run (Ctrl-C, a killed worker) keeps every part already written.
 
 Engine: without --address a local Ray instance is started (or the one RAY_ADDRESS names);
@@ -123,6 +126,12 @@ def run(args: argparse.Namespace) -> int:
     s = summary
     print(f"{s.total} input(s): {s.scored} scored by this run, {s.skipped} already in {args.out} (skipped), "
           f"{s.errors} error(s) or refusal(s)")
+    if s.other_model:
+        print(f"{s.other_model} result(s) in {args.out} were made by another model (another model.onnx) "
+              "and are scored again")
+    if s.other_rule:
+        print(f"{s.other_rule} result(s) in {args.out} were made with another decision rule (operating point, "
+              "review band or temperature in metadata.json) and are scored again")
     if s.scored:
         print(f"labels: {_counts(s.labels)}")
         if s.review:

@@ -277,8 +277,8 @@ def test_a_new_operating_point_in_metadata_scores_the_films_again(ray_local, fil
     o = capsys.readouterr().out
     assert rc == 0
     assert "4 input(s): 4 scored by this run, 0 already in" in o
-    assert (f"4 result(s) in {out} were made with another decision rule (operating point, review band or "
-            "temperature in metadata.json) and are scored again") in o
+    assert (f"4 result(s) in {out} were made with another decision rule (operating point, review band, "
+            "temperature or input-gate thresholds in metadata.json) and are scored again") in o
     after = _rows(out)
     assert sorted(after) == sorted(before)
     for src, r in after.items():
@@ -333,15 +333,16 @@ def test_done_hashes_per_model_newest_row_and_retry_errors(tmp_path: Path):
     assert not list((tmp_path / "res").glob(".*"))  # no temporary file left
 
 
-def test_decision_fingerprint_follows_temperature_and_operating_point_only(tmp_path: Path) -> None:
+def test_decision_fingerprint_follows_temperature_operating_point_and_gate_only(tmp_path: Path) -> None:
     from deephealth.artifact import ModelArtifact
 
     bundled = ROOT / "src" / "deephealth" / "models" / "deephealth-cxr3"
     base = ModelArtifact.load(bundled, verify=False)
     meta = json.loads((bundled / "metadata.json").read_text())
     assert base.operating_point["review_band"]  # the bundled model has a review band
-    canonical = json.dumps({"temperature": meta["temperature"], "operating_point": meta["operating_point"]},
-                           sort_keys=True, separators=(",", ":"))
+    gate = {"sha256": meta["gate"]["sha256"], "thresholds": meta["gate"]["thresholds"]}
+    canonical = json.dumps({"temperature": meta["temperature"], "operating_point": meta["operating_point"],
+                            "gate": gate}, sort_keys=True, separators=(",", ":"))
     assert base.decision_fingerprint == hashlib.sha256(canonical.encode()).hexdigest()
 
     def variant(name: str, edit) -> str:
@@ -360,8 +361,10 @@ def test_decision_fingerprint_follows_temperature_and_operating_point_only(tmp_p
         variant("no_band", lambda m: m["operating_point"].pop("review_band")),
         variant("temperature", lambda m: m.update(temperature=1.0)),
         variant("argmax", lambda m: m.pop("operating_point")),
+        variant("gate_threshold", lambda m: m["gate"]["thresholds"].update(p_frontal_refuse=0.5)),
+        variant("no_gate", lambda m: m.pop("gate")),
     }
-    assert len(changed) == 5 and base.decision_fingerprint not in changed
+    assert len(changed) == 7 and base.decision_fingerprint not in changed
 
 
 def test_resume_plan_needs_the_same_decision_rule_and_reads_older_parts(tmp_path: Path) -> None:

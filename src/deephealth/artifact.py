@@ -96,14 +96,17 @@ class ModelArtifact:
         """SHA-256 (hex) of the decision rule: what turns this model's logits into a label and a review flag.
 
         The rule lives in ``metadata.json``, not in the ONNX file, so :attr:`sha256` does not see it
-        change: the calibration ``temperature`` and the whole ``operating_point`` (threshold, and
-        ``review_band`` when present). The digest is taken over the canonical JSON (``sort_keys``,
-        no whitespace) of ``{"temperature": ..., "operating_point": ...}`` (``null`` for an
-        arg-max model). Any edit inside ``operating_point`` changes it, including its bookkeeping
+        change: the calibration ``temperature``, the whole ``operating_point`` (threshold, and
+        ``review_band`` when present) and the input gate's file checksum and thresholds (its
+        verdict is part of the answer). The digest is taken over the canonical JSON (``sort_keys``,
+        no whitespace) of ``{"temperature": ..., "operating_point": ..., "gate": {"sha256": ...,
+        "thresholds": ...}}`` (``null`` for an arg-max model or a model without a gate). Any edit inside ``operating_point`` changes it, including its bookkeeping
         (validation figures, fit time): a conservative fingerprint, never a stale one.
         ``deephealth batch`` keys its results by it as well as by :attr:`sha256`.
         """
-        rule = {"temperature": self.temperature, "operating_point": self.operating_point}
+        gate = self.metadata.get("gate") or None  # its verdict (accept / warn / refuse) is part of the answer
+        rule = {"temperature": self.temperature, "operating_point": self.operating_point,
+                "gate": {"sha256": gate.get("sha256"), "thresholds": gate.get("thresholds")} if gate else None}
         canonical = json.dumps(rule, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 

@@ -27,7 +27,7 @@ read at all is stored with an empty hash and is also done, until it becomes read
 written to a hidden temporary name and renamed (atomic on a local disk; an object store ``PUT`` is
 atomic), so an interrupted run (Ctrl-C, a killed worker or driver) leaves only complete parts and
 loses at most the rows not yet flushed. When a file's content, the model or its decision rule
-changes (a new operating point, review band or temperature in ``metadata.json``), the film is
+changes (a new operating point, review band, temperature or input-gate thresholds in ``metadata.json``), the film is
 scored again, the new row is added and :func:`load_results` returns, per source, the newest row;
 the run counts the inputs re-scored for another model or another decision rule
 (:class:`BatchSummary`) and logs them.
@@ -320,7 +320,7 @@ class ResumePlan:
         other_model: sources whose stored results were all made by other models (another
             ``model.onnx``): scored again.
         other_rule: sources whose newest stored result made by this model was made with another
-            decision rule (operating point, review band or temperature in ``metadata.json``), or
+            decision rule (operating point, review band, temperature or input-gate thresholds in ``metadata.json``), or
             before results recorded the rule (``decision_sha256`` null): scored again.
     """
 
@@ -436,7 +436,7 @@ class BatchSummary:
         other_model: inputs listed whose stored results were all made by another model (another
             ``model.onnx``), so they were scored again (:class:`ResumePlan`).
         other_rule: inputs listed whose stored result was made by this model with another decision
-            rule (operating point, review band or temperature in ``metadata.json``, or results
+            rule (operating point, review band, temperature or input-gate thresholds in ``metadata.json``, or results
             written before the rule was recorded), so they were scored again.
         labels: ``{label: count}`` of this run's classified rows.
         review: this run's classified rows flagged for review (in the model's review band).

@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
               "and are scored again")
     if s.other_rule:
         print(f"{s.other_rule} result(s) in {args.out} were made with another decision rule (operating point, "
-              "review band or temperature in metadata.json) and are scored again")
+              "review band, temperature or input-gate thresholds in metadata.json) and are scored again")
     if s.scored:
         print(f"labels: {_counts(s.labels)}")
         if s.review:

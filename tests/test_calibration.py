@@ -120,15 +120,18 @@ def test_review_flags_and_reasons_known_films() -> None:
     assert decide(films, OP_BAND).tolist() == [0, 1, 1, 1, 0, 1]  # the label is unchanged by the band
     assert review_flags(films, {"threshold": 0.8835}).tolist() == [0] * 6 and review_flags(films, None).sum() == 0
     assert review_reason(films[0], OP_BAND) == (
-        "borderline: P(pneumonia) 0.87 is within the review band 0.84-0.92 around the threshold 0.883; a change "
+        "borderline: P(pneumonia) 0.870 is within the review band 0.841-0.916 around the threshold 0.883; a change "
         "of the film that does not change the diagnosis (re-export, slight rotation) can change the label: "
         "have it reviewed")
     assert review_reason(films[2], OP_BAND) == (
-        "borderline: bacterial vs viral is uncertain (bacterial share 0.55 of P(pneumonia), review band "
-        "0.42-0.58); the kind of pneumonia can change with a benign change of the film: have it reviewed")
+        "borderline: bacterial vs viral is uncertain (bacterial share 0.550 of P(pneumonia), review band "
+        "0.423-0.577); the kind of pneumonia can change with a benign change of the film: have it reviewed")
     assert review_reason(films[3], OP_BAND) is None
     d = describe_decision(films[2], OP_BAND)
     assert d["review"] is True and d["review_reason"].startswith("borderline: bacterial vs viral")
-    assert describe_decision(films[3], OP_BAND)["review"] is False
+    assert d["review_kind"] == "bacterial_vs_viral"
+    assert describe_decision(films[0], OP_BAND)["review_kind"] == "pneumonia_vs_normal"
+    clear = describe_decision(films[3], OP_BAND)
+    assert (clear["review"], clear["review_kind"], clear["review_reason"]) == (False, None, None)
     plain = describe_decision(films[0], None)
-    assert plain["review"] is False and plain["review_reason"] is None
+    assert (plain["review"], plain["review_kind"], plain["review_reason"]) == (False, None, None)

@@ -174,21 +174,21 @@ def test_both_review_reasons_in_spanish_keep_their_numbers():
     near = describe_decision(np.array([0.13, 0.52, 0.35]), REVIEW_OP)
     assert near["review"] is True
     assert near["review_reason"] == (
-        "borderline: P(pneumonia) 0.87 is within the review band 0.84-0.92 around the threshold 0.883; a change of "
+        "borderline: P(pneumonia) 0.870 is within the review band 0.841-0.916 around the threshold 0.883; a change of "
         "the film that does not change the diagnosis (re-export, slight rotation) can change the label: have it reviewed")
     assert translate_text(near["review_reason"], "es") == (
-        "caso límite: P(neumonía) 0.87 está dentro de la banda de revisión 0.84-0.92 en torno al umbral 0.883; un "
+        "caso límite: P(neumonía) 0.870 está dentro de la banda de revisión 0.841-0.916 en torno al umbral 0.883; un "
         "cambio de la radiografía que no cambia el diagnóstico (reexportarla, girarla ligeramente) puede cambiar la "
         "etiqueta: solicite su revisión")
     # called pneumonia (0.98), |ln(0.50 / 0.48)| = 0.04 < 0.312: bacterial vs viral is borderline
     kind = describe_decision(np.array([0.02, 0.50, 0.48]), REVIEW_OP)
     assert kind["review"] is True
     assert kind["review_reason"] == (
-        "borderline: bacterial vs viral is uncertain (bacterial share 0.51 of P(pneumonia), review band 0.42-0.58); "
+        "borderline: bacterial vs viral is uncertain (bacterial share 0.510 of P(pneumonia), review band 0.423-0.577); "
         "the kind of pneumonia can change with a benign change of the film: have it reviewed")
     assert translate_text(kind["review_reason"], "es") == (
-        "caso límite: no está claro si es bacteriana o vírica (fracción bacteriana 0.51 de P(neumonía), banda de "
-        "revisión 0.42-0.58); el tipo de neumonía puede cambiar con un cambio inocuo de la radiografía: solicite su "
+        "caso límite: no está claro si es bacteriana o vírica (fracción bacteriana 0.510 de P(neumonía), banda de "
+        "revisión 0.423-0.577); el tipo de neumonía puede cambiar con un cambio inocuo de la radiografía: solicite su "
         "revisión")
     clear = describe_decision(np.array([0.02, 0.90, 0.08]), REVIEW_OP)
     assert (clear["review"], clear["review_reason"]) == (False, None)

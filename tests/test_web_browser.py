@@ -157,7 +157,7 @@ def _expect_result(pg, expected, filename: str) -> None:
         expect(pg.locator("#decision")).to_be_hidden()
     if d.get("review"):  # in the review band: the notice with the reason, next to the decision
         expect(pg.locator("#review")).to_be_visible()
-        expect(pg.locator("#review")).to_have_text(f"Have this result reviewed — {d['review_reason']}")
+        expect(pg.locator("#review")).to_have_text(f"Flagged for review — {d['review_reason']}")
     else:
         expect(pg.locator("#review")).to_be_hidden()
     # the preview and the heatmap overlay are decoded images on screen
@@ -403,10 +403,10 @@ def test_a_borderline_film_shows_the_review_notice_in_both_languages(browser, se
         pg.set_input_files("#file", str(film))
         _expect_result(pg, expected, film.name)
         reason = expected.decision["review_reason"]
-        assert reason.startswith("borderline: bacterial vs viral is uncertain (bacterial share 0.50 of P(pneumonia)")
+        assert reason.startswith("borderline: bacterial vs viral is uncertain (bacterial share 0.505 of P(pneumonia)")
         pg.click(".lang-toggle button[data-lang=es]")
         expect(pg.locator("#review")).to_have_text(
-            "Solicite la revisión de este resultado — " + translate_text(reason, "es"), timeout=30_000)
+            "Marcado para revisión — " + translate_text(reason, "es"), timeout=30_000)
         expect(pg.locator("#review-reason")).to_contain_text("caso límite: no está claro si es bacteriana o vírica")
     finally:
         context.close()

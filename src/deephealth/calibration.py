@@ -135,14 +135,16 @@ def describe_decision(probs: np.ndarray, operating_point: dict | None = None) ->
 
     Returns:
         ``{"rule", "pneumonia_probability", "threshold", "target_sensitivity", "review",
-        "review_reason"}``: the threshold and target are ``None`` without an operating point;
-        ``review`` is ``True`` when the film lies in the operating point's review band
-        (:func:`review_flags`; always ``False`` without one) and ``review_reason`` then says
-        which decision is borderline, in words (``None`` otherwise).
+        "review_kind", "review_reason"}``: the threshold and target are ``None`` without an
+        operating point; ``review`` is ``True`` when the film lies in the operating point's review
+        band (:func:`review_flags`; always ``False`` without one), ``review_kind`` then names the
+        borderline decision (``"pneumonia_vs_normal"`` or ``"bacterial_vs_viral"``,
+        :data:`REVIEW_KINDS`) and ``review_reason`` says it in words (both ``None`` otherwise).
     """
     p = float(pneumonia_score(probs))
     flag = int(review_flags(np.asarray(probs, dtype=np.float64)[None], operating_point)[0])
-    review = {"review": flag != REVIEW_NONE, "review_reason": review_reason(probs, operating_point, flag)}
+    review = {"review": flag != REVIEW_NONE, "review_kind": REVIEW_KINDS[flag],
+              "review_reason": review_reason(probs, operating_point, flag)}
     if not operating_point:
         return {"rule": "the most probable class", "pneumonia_probability": p, "threshold": None,
                 "target_sensitivity": None, **review}
@@ -180,6 +182,8 @@ REVIEW_QUANTILE = 0.9
 """Default quantile of the benign-perturbation score changes that sets the review band's half-widths."""
 REVIEW_NONE, REVIEW_PNEUMONIA, REVIEW_TYPE = 0, 1, 2
 """Codes of :func:`review_flags`: not borderline; pneumonia vs normal borderline; bacterial vs viral borderline."""
+REVIEW_KINDS = {REVIEW_NONE: None, REVIEW_PNEUMONIA: "pneumonia_vs_normal", REVIEW_TYPE: "bacterial_vs_viral"}
+"""Machine-readable names of the :func:`review_flags` codes (``decision.review_kind``; never translated)."""
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -304,12 +308,12 @@ def review_reason(probs: np.ndarray, operating_point: dict | None, flag: int | N
     band = operating_point["review_band"]
     if flag == REVIEW_PNEUMONIA:
         lo, hi = band["pneumonia_probability_range"]
-        return (f"borderline: P(pneumonia) {float(pneumonia_score(p)):.2f} is within the review band "
-                f"{lo:.2f}-{hi:.2f} around the threshold {float(operating_point['threshold']):.3f}; a change of "
+        return (f"borderline: P(pneumonia) {float(pneumonia_score(p)):.3f} is within the review band "
+                f"{lo:.3f}-{hi:.3f} around the threshold {float(operating_point['threshold']):.3f}; a change of "
                 "the film that does not change the diagnosis (re-export, slight rotation) can change the label: "
                 "have it reviewed")
     share = float(p[1] / max(p[1] + p[2], 1e-300))
     lo, hi = band["bacterial_share_range"]
-    return (f"borderline: bacterial vs viral is uncertain (bacterial share {share:.2f} of P(pneumonia), "
-            f"review band {lo:.2f}-{hi:.2f}); the kind of pneumonia can change with a benign change of the "
+    return (f"borderline: bacterial vs viral is uncertain (bacterial share {share:.3f} of P(pneumonia), "
+            f"review band {lo:.3f}-{hi:.3f}); the kind of pneumonia can change with a benign change of the "
             "film: have it reviewed")

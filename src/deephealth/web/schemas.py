@@ -61,6 +61,10 @@ class DecisionPublic(BaseModel):
         "not change the diagnosis (re-export, slight rotation) can change the label; the label is still the best "
         "guess, have it reviewed. Always false for a model without a review band",
     )
+    review_kind: str | None = Field(
+        default=None, description="with review=true: the borderline decision, machine-readable and never translated: "
+        "'pneumonia_vs_normal' or 'bacterial_vs_viral' (null otherwise)"
+    )
     review_reason: str | None = Field(
         default=None, description="with review=true: which decision is borderline, in words (null otherwise)"
     )

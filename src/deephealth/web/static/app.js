@@ -59,7 +59,7 @@
       decision: (p, thr, sens) => "Probability of pneumonia " + p + " %. The model calls pneumonia from " + thr +
         " % (its operating point, set on validation films for " + sens + " % sensitivity), so the label can " +
         "differ from the largest bar.",
-      review_title: "Have this result reviewed — ",
+      review_title: "Flagged for review — ",
     },
     es: {
       title: "Deep Health — apoyo a la decisión en radiografías de tórax pediátricas",
@@ -103,7 +103,7 @@
       decision: (p, thr, sens) => "Probabilidad de neumonía " + p + " %. El modelo indica neumonía a partir de " +
         thr + " % (su punto de operación, fijado en radiografías de validación para una sensibilidad del " + sens +
         " %), así que la etiqueta puede no coincidir con la barra más larga.",
-      review_title: "Solicite la revisión de este resultado — ",
+      review_title: "Marcado para revisión — ",
     },
   };
   const LANG_KEY = "deephealth.lang";

@@ -240,3 +240,56 @@ def test_no_contradicting_flip_names_no_worst_perturbation():
     md = "\n".join(_stability_markdown(s))
     assert "Worst contradicting rate: 0.0 % (no perturbation contradicts any film), against the target ≤ 1.0 % " \
            "for every perturbation: met." in md
+
+
+def test_stability_plot_draws_contradicting_flips_beside_label_flips(tmp_path, monkeypatch):
+    from matplotlib.container import BarContainer
+    from PIL import Image
+
+    from deephealth.evaluation import plots
+
+    figs = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figs.append(fig), save(fig, path))[1])
+    banded = st.summarize_stability(_scores(), patient_ids=["a", "b", "c", "d"], n_resamples=100, operating_point=OP)
+    plain = st.summarize_stability(_scores(), patient_ids=["a", "b", "c", "d"], n_resamples=100)
+
+    def bars(fig):
+        ax = fig.axes[0]
+        return ax, [c for c in ax.containers if isinstance(c, BarContainer)]
+
+    # without the band: one bar per perturbation, labelled with the model, as before
+    out = plots.plot_stability({"toy 1.0": plain}, tmp_path / "plain.png", title="flips")
+    ax, cs = bars(figs[-1])
+    assert len(cs) == 1 and [round(r.get_height(), 6) for r in cs[0]] == [50.0, 50.0]
+    assert len(ax.patches) == 2 and not ax.texts
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["target ≤ 1 %", "toy 1.0"]
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[1] > 300
+        plain_width = im.size[0]
+
+    # with the band: a contradicting-flip bar beside each label-flip bar, its film count written above it
+    out = plots.plot_stability({"toy 1.0": banded}, tmp_path / "banded.png", title="flips")
+    ax, cs = bars(figs[-1])
+    assert len(ax.patches) == 2 * 2 and len(cs) == 2
+    assert [round(r.get_height(), 6) for r in cs[0]] == [50.0, 50.0]  # gamma_0.9, blur: label flips
+    assert [round(r.get_height(), 6) for r in cs[1]] == [25.0, 50.0]  # contradicting flips
+    assert all(r.get_hatch() for r in cs[1]) and not any(r.get_hatch() for r in cs[0])
+    assert cs[0][0].get_x() + cs[0][0].get_width() == pytest.approx(cs[1][0].get_x())  # side by side
+    assert [t.get_text() for t in ax.texts] == ["1", "2"]
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "target ≤ 1 %", "label flips", "contradicting flips (review band: 25.0 % of films flagged)"]
+    assert legend.get_title().get_text() == "toy 1.0"
+    target = [ln for ln in ax.lines if ln.get_label() == "target ≤ 1 %"]
+    assert len(target) == 1 and target[0].get_linestyle() == "--" and list(target[0].get_ydata()) == [1.0, 1.0]
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[1] > 300 and im.size[0] >= plain_width  # 7 in at least, both
+
+    # a comparison: only the model with the band gets the second bar; legend entries name the model
+    plots.plot_stability({"toy 1.0": banded, "older": plain}, tmp_path / "both.png")
+    ax, cs = bars(figs[-1])
+    assert len(cs) == 3 and len(ax.patches) == 6
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "target ≤ 1 %", "toy 1.0: label flips",
+        "toy 1.0: contradicting flips (review band: 25.0 % of films flagged)", "older"]

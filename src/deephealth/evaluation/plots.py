@@ -5,7 +5,8 @@
 - ROC curves of the two binary protocols of Kermany et al. (2018), with the 0.5 operating point
   and the operating point Kermany et al. report, for comparison;
 - reliability diagram (DeGroot & Fienberg, 1983; as drawn by Guo et al., 2017) over the 15 ECE bins;
-- label-flip rates under benign perturbations (:mod:`deephealth.evaluation.stability`);
+- label-flip rates under benign perturbations, and the contradicting flips left with the review band
+  when the figures have them (:mod:`deephealth.evaluation.stability`);
 - heatmap deletion curves (Petsiuk et al., 2018) and the model-randomisation cascade (Adebayo et al.,
   2018), :mod:`deephealth.evaluation.faithfulness`.
 
@@ -221,13 +222,38 @@ def plot_reliability(calibration: dict[str, Any], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def _band_share(summary: dict[str, Any]) -> float | None:
+    """The share of films the review band flags, or ``None`` when the summary has no band figures."""
+    band = summary.get("review_band")
+    if isinstance(band, dict):
+        return band.get("review_rate")
+    return None
+
+
+def _has_band(summary: dict[str, Any]) -> bool:
+    return isinstance(summary.get("review_band"), dict) or any(
+        "contradicting_rate" in v for v in summary.get("perturbations", {}).values())
+
+
 def plot_stability(summaries: dict[str, dict[str, Any]], path: str | Path,
                    title: str = "Label flips under benign perturbations") -> Path:
     """Grouped bar chart of the label-flip rate per perturbation, one bar colour per model.
 
+    For a model whose summary carries the review band's figures (``review_band`` and per perturbation
+    ``contradicting_rate``, :func:`deephealth.evaluation.stability.summarize_stability` with an
+    operating point that has a band), a second, darker hatched bar beside each label-flip bar shows
+    the **contradicting flips** (a definite label before, a different definite label after, neither
+    flagged for review; always a subset of the label flips), with its number of films written above
+    it. The legend then reads "label flips" and "contradicting flips (review band: x % of films
+    flagged)", the share read from ``review_band.review_rate`` (prefixed with the model's label when
+    several models are drawn; with one model, the label is the legend's title). Models without band
+    figures (older reports, compare rows) keep the single label-flip bar, labelled with the model.
+    The target flip rate is drawn as a horizontal dashed line.
+
     Args:
         summaries: ``{model label: summarize_stability dict}`` (:mod:`deephealth.evaluation.stability`);
-            bars follow the first model's perturbation order; 95 % intervals are drawn when present.
+            bars follow the first model's perturbation order; 95 % intervals of the label-flip rate
+            are drawn when present.
         path: output PNG path (parent folders are created).
         title: figure title.
 
@@ -240,11 +266,18 @@ def plot_stability(summaries: dict[str, dict[str, Any]], path: str | Path,
     if not summaries:
         raise ValueError("no stability figures to plot")
     plt = _pyplot()
+    from matplotlib.colors import to_rgb
+
     labels = list(summaries)
     names = list(next(iter(summaries.values()))["perturbations"])
-    width = 0.8 / len(labels)
+    band = {label: _has_band(summaries[label]) for label in labels}
+    n_slots = sum(2 if band[label] else 1 for label in labels)
+    width = 0.8 / n_slots
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.55 * len(names) * max(1, len(labels)) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.55 * len(names) * max(1, len(labels)) + 2
+                                        + 0.25 * len(names) * sum(band.values())), 4.2))
+    single = len(labels) == 1
+    slot = 0
     for i, label in enumerate(labels):
         per = summaries[label]["perturbations"]
         rates = np.array([100 * (per.get(n, {}).get("flip_rate") or 0.0) for n in names])
@@ -254,7 +287,28 @@ def plot_stability(summaries: dict[str, dict[str, Any]], path: str | Path,
             lo = np.array([100 * c[0] for c in cis])
             hi = np.array([100 * c[1] for c in cis])
             yerr = np.vstack([np.maximum(rates - lo, 0), np.maximum(hi - rates, 0)])
-        ax.bar(x + (i - (len(labels) - 1) / 2) * width, rates, width, yerr=yerr, capsize=2, label=label)
+        colour = f"C{i}"
+        flips_label = label
+        if band[label]:
+            flips_label = "label flips" if single else f"{label}: label flips"
+        ax.bar(x + (slot - (n_slots - 1) / 2) * width, rates, width, yerr=yerr, capsize=2, color=colour,
+               label=flips_label)
+        slot += 1
+        if band[label]:
+            contra = np.array([100 * (per.get(n, {}).get("contradicting_rate") or 0.0) for n in names])
+            counts = [per.get(n, {}).get("n_contradicting") for n in names]
+            share = _band_share(summaries[label])
+            what = "contradicting flips (review band" + (
+                f": {100 * share:.1f} % of films flagged)" if share is not None else ")")
+            dark = tuple(0.55 * c for c in to_rgb(colour))
+            xs = x + (slot - (n_slots - 1) / 2) * width
+            ax.bar(xs, contra, width, color=dark, hatch="///", edgecolor="white", linewidth=0,
+                   label=what if single else f"{label}: {what}")
+            for xi, yi, k in zip(xs, contra, counts):
+                if k is not None:
+                    ax.annotate(str(k), (xi, yi), xytext=(0, 2), textcoords="offset points", ha="center",
+                                va="bottom", fontsize=7, color=dark)
+            slot += 1
     target = next(iter(summaries.values())).get("target_flip_rate")
     if target is not None:
         ax.axhline(100 * target, color="black", linestyle="--", linewidth=1, label=f"target ≤ {100 * target:g} %")
@@ -263,7 +317,8 @@ def plot_stability(summaries: dict[str, dict[str, Any]], path: str | Path,
     ax.set_ylabel("films whose label changes (%)")
     ax.set_title(title)
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", title=labels[0] if single and band[labels[0]] else None,
+              title_fontsize="small")
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 

@@ -240,6 +240,44 @@ def _alembic_config():
     return cfg
 
 
+@pytest.mark.needs_data
+def test_a_flagged_prediction_is_recorded_with_its_review_and_can_be_filtered(client, db_url, dataset_root: Path):
+    flagged = client.post(URL, files={"file": ("a.jpeg", (dataset_root / FLAGGED).read_bytes())})
+    clear = client.post(URL, files={"file": ("b.jpeg", (dataset_root / CLEAR).read_bytes())})
+    refused = client.post(URL, files={"file": ("c.txt", b"not an image")})
+    assert (flagged.status_code, clear.status_code, refused.status_code) == (200, 200, 415)
+    fd, cd = flagged.json()["decision"], clear.json()["decision"]
+    assert fd["review"] is True and fd["review_reason"].startswith("borderline: P(pneumonia) 0.89")
+    assert cd["review"] is False and cd["review_reason"] is None
+
+    first, second, third = _audit(client)["records"]
+    assert first["label"] == "bacterial" and first["review"] is True and first["review_reason"] == fd["review_reason"]
+    assert second["label"] == "normal" and second["review"] is False and second["review_reason"] is None
+    assert third["status_code"] == 415 and third["review"] is None and third["review_reason"] is None
+    # Stored as a real boolean column (SQLite 1/0/NULL), filterable in SQL too.
+    assert [(r["review"], r["review_reason"]) for r in _rows(db_url)] == [
+        (1, fd["review_reason"]), (0, None), (None, None)]
+    # GET /api/v1/audit?review=true lists only the flagged answers; false only the unflagged ones.
+    assert [r["id"] for r in _audit(client, review="true")["records"]] == [first["id"]]
+    assert [r["id"] for r in _audit(client, review="false")["records"]] == [second["id"]]
+    assert _audit(client, review="true", since=second["created_at"])["records"] == []
+
+
+@pytest.mark.needs_data
+def test_predict_cli_audit_records_the_review_flag(tmp_path: Path, dataset_root: Path, monkeypatch, capsys):
+    url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+    monkeypatch.setenv("DEEPHEALTH_DATABASE_URL", url)
+    assert main(["predict", str(dataset_root / FLAGGED), str(dataset_root / CLEAR), "--audit", "--format", "json"]) == 0
+    capsys.readouterr()
+    expected = Predictor().predict(dataset_root / FLAGGED).decision
+    rows = {r["input_sha256"]: r for r in _rows(url)}
+    flagged = rows[hashlib.sha256((dataset_root / FLAGGED).read_bytes()).hexdigest()]
+    clear = rows[hashlib.sha256((dataset_root / CLEAR).read_bytes()).hexdigest()]
+    assert flagged["review"] == 1 and flagged["review_reason"] == expected["review_reason"]
+    assert flagged["review_reason"].startswith("borderline")
+    assert clear["review"] == 0 and clear["review_reason"] is None
+
+
 def test_models_match_the_migrations(tmp_path: Path):
     """The declarative model and the migrations at head describe the same table (autogenerate finds nothing)."""
     from alembic.autogenerate import compare_metadata

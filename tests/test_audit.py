@@ -166,7 +166,7 @@ def test_migrations_create_the_schema_and_downgrade(tmp_path: Path):
     cols = {c["name"] for c in inspect(engine).get_columns("audit_log")}
     assert cols == {"id", "created_at", "interface", "client", "input_sha256", "input_format", "input_bytes",
                     "model_name", "model_version", "model_sha256", "label", "probabilities", "gate",
-                    "latency_ms", "status_code"}
+                    "review", "review_reason", "latency_ms", "status_code"}
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("deephealth.audit") / "migrations"))
     with engine.begin() as conn:
@@ -222,3 +222,136 @@ def test_a_gate_refusal_is_recorded_with_its_outcome(client):
     assert rec["status_code"] == 422 and rec["label"] is None and rec["probabilities"] is None
     assert rec["gate"]["status"] == "refuse" and rec["gate"]["reasons"] == r.json()["suitability"]["reasons"]
     assert rec["input_format"] == "PNG"
+
+
+# -- the review band (decision.review) -------------------------------------------------------------
+
+FLAGGED = "test/PNEUMONIA/person100_bacteria_475.jpeg"  # bundled model: P(pneumonia) 0.887 vs threshold 0.883
+CLEAR = "test/NORMAL/IM-0001-0001.jpeg"  # bundled model: P(pneumonia) 0.003, not flagged
+
+
+def _alembic_config():
+    from importlib import resources
+
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("deephealth.audit") / "migrations"))
+    return cfg
+
+
+@pytest.mark.needs_data
+def test_a_flagged_prediction_is_recorded_with_its_review_and_can_be_filtered(client, db_url, dataset_root: Path):
+    flagged = client.post(URL, files={"file": ("a.jpeg", (dataset_root / FLAGGED).read_bytes())})
+    clear = client.post(URL, files={"file": ("b.jpeg", (dataset_root / CLEAR).read_bytes())})
+    refused = client.post(URL, files={"file": ("c.txt", b"not an image")})
+    assert (flagged.status_code, clear.status_code, refused.status_code) == (200, 200, 415)
+    fd, cd = flagged.json()["decision"], clear.json()["decision"]
+    assert fd["review"] is True and fd["review_reason"].startswith("borderline: P(pneumonia) 0.89")
+    assert cd["review"] is False and cd["review_reason"] is None
+
+    first, second, third = _audit(client)["records"]
+    assert first["label"] == "bacterial" and first["review"] is True and first["review_reason"] == fd["review_reason"]
+    assert second["label"] == "normal" and second["review"] is False and second["review_reason"] is None
+    assert third["status_code"] == 415 and third["review"] is None and third["review_reason"] is None
+    # Stored as a real boolean column (SQLite 1/0/NULL), filterable in SQL too.
+    assert [(r["review"], r["review_reason"]) for r in _rows(db_url)] == [
+        (1, fd["review_reason"]), (0, None), (None, None)]
+    # GET /api/v1/audit?review=true lists only the flagged answers; false only the unflagged ones.
+    assert [r["id"] for r in _audit(client, review="true")["records"]] == [first["id"]]
+    assert [r["id"] for r in _audit(client, review="false")["records"]] == [second["id"]]
+    assert _audit(client, review="true", since=second["created_at"])["records"] == []
+
+
+@pytest.mark.needs_data
+def test_predict_cli_audit_records_the_review_flag(tmp_path: Path, dataset_root: Path, monkeypatch, capsys):
+    url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+    monkeypatch.setenv("DEEPHEALTH_DATABASE_URL", url)
+    assert main(["predict", str(dataset_root / FLAGGED), str(dataset_root / CLEAR), "--audit", "--format", "json"]) == 0
+    capsys.readouterr()
+    expected = Predictor().predict(dataset_root / FLAGGED).decision
+    rows = {r["input_sha256"]: r for r in _rows(url)}
+    flagged = rows[hashlib.sha256((dataset_root / FLAGGED).read_bytes()).hexdigest()]
+    clear = rows[hashlib.sha256((dataset_root / CLEAR).read_bytes()).hexdigest()]
+    assert flagged["review"] == 1 and flagged["review_reason"] == expected["review_reason"]
+    assert flagged["review_reason"].startswith("borderline")
+    assert clear["review"] == 0 and clear["review_reason"] is None
+
+
+def test_models_match_the_migrations(tmp_path: Path):
+    """The declarative model and the migrations at head describe the same table (autogenerate finds nothing)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from deephealth.audit.models import Base
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'm.sqlite3'}")
+    upgrade_database(engine)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    engine.dispose()
+
+
+def test_a_database_at_0001_upgrades_and_its_rows_read_null(tmp_path: Path):
+    """A database made before the review column (revision 0001, with rows) upgrades when the log opens;
+    its old rows read review null, new ones carry the flag, and the review filter skips the old ones."""
+    from alembic import command
+    from sqlalchemy import create_engine, inspect
+
+    path = tmp_path / "old.sqlite3"
+    url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    assert "review" not in {c["name"] for c in inspect(engine).get_columns("audit_log")}
+    engine.dispose()
+    con = sqlite3.connect(path)
+    con.execute(
+        "INSERT INTO audit_log (created_at, interface, client, model_name, model_version, model_sha256, label, "
+        "probabilities, gate, latency_ms, status_code) VALUES "
+        "('2026-12-01 10:00:00.000000', 'api', '10.0.0.7', 'deephealth-cxr3', '0.2.0', 'abc', 'viral', "
+        "'{\"normal\": 0.1, \"bacterial\": 0.2, \"viral\": 0.7}', NULL, 12.5, 200)")
+    con.commit()
+    con.close()
+
+    log = AuditLog(url)
+    try:
+        assert log.error is None
+        reason = "borderline: P(pneumonia) 0.89 is within the review band"
+        log.record(interface="cli", model_name="m", model_version="1", model_sha256="x", label="bacterial",
+                   review=True, review_reason=reason, latency_ms=1.0, status_code=200)
+        old, new = log.query()
+        assert old["label"] == "viral" and old["probabilities"] == {"normal": 0.1, "bacterial": 0.2, "viral": 0.7}
+        assert old["review"] is None and old["review_reason"] is None
+        assert new["review"] is True and new["review_reason"] == reason
+        assert [r["id"] for r in log.query(review=True)] == [new["id"]]
+        assert log.query(review=False) == []  # an old row is not "not flagged": it is unknown
+    finally:
+        log.close()
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+    con.close()
+
+
+def test_downgrade_to_0001_drops_the_review_columns_and_keeps_the_rows(tmp_path: Path):
+    from alembic import command
+    from sqlalchemy import create_engine, inspect
+
+    url = f"sqlite:///{tmp_path / 'd.sqlite3'}"
+    log = AuditLog(url)
+    log.record(interface="cli", model_name="m", model_version="1", model_sha256="x", label="normal",
+               review=False, latency_ms=1.0, status_code=200)
+    log.close()
+    engine = create_engine(url)
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    cols = {c["name"] for c in inspect(engine).get_columns("audit_log")}
+    assert "review" not in cols and "review_reason" not in cols
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT label FROM audit_log").fetchall() == [("normal",)]
+    engine.dispose()

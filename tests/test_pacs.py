@@ -90,10 +90,11 @@ def test_pacs_classifies_stores_the_sr_and_is_idempotent(orthanc: str, dicom_dir
     assert (ok["review"], ok["review_reason"]) == (expected.decision["review"], expected.decision["review_reason"])
     assert report["counts"] == {"stored": 1, "skipped": 0, "refused": 0, "failed": 1}
     con = sqlite3.connect(db)
-    audit = sorted(con.execute("SELECT interface, client, label, status_code, input_format FROM audit_log"),
-                   key=lambda r: r[3])
+    audit = sorted(con.execute("SELECT interface, client, label, status_code, input_format, review, review_reason "
+                               "FROM audit_log"), key=lambda r: r[3])
     con.close()
-    assert audit == [("pacs", url, expected.label, 200, "DICOM"), ("pacs", url, None, 422, "DICOM")]
+    review = (int(expected.decision["review"]), expected.decision["review_reason"])
+    assert audit == [("pacs", url, expected.label, 200, "DICOM", *review), ("pacs", url, None, 422, "DICOM", None, None)]
 
     # Query Orthanc (QIDO-RS) for our SR in the source study and read its finding back.
     client = make_client(url)

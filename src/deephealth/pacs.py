@@ -250,6 +250,8 @@ class PacsWorker:
                 label=outcome.label,
                 probabilities=outcome.probabilities,
                 gate=outcome.gate,
+                review=outcome.review if outcome.label is not None else None,
+                review_reason=outcome.review_reason if outcome.label is not None else None,
                 latency_ms=(time.perf_counter() - start) * 1000.0,
                 status_code=status_code,
             )

@@ -2,8 +2,9 @@
 
 What is recorded is :class:`deephealth.audit.models.AuditRecord`: time, interface, client address,
 the input's SHA-256, format and size, the model's name, version and SHA-256, the label, the
-calibrated probabilities, the input gate's outcome, the latency and the status code. Never the
-pixels, never a patient's name, never a file name.
+calibrated probabilities, the input gate's outcome, whether the prediction was flagged for review
+(its ``decision.review`` and ``review_reason``: the review band), the latency and the status code.
+Never the pixels, never a patient's name, never a file name.
 
 Database: ``DEEPHEALTH_DATABASE_URL`` (a SQLAlchemy URL), by default the SQLite file
 ``<state dir>/audit.sqlite3`` (:func:`deephealth.paths.state_dir`: ``DEEPHEALTH_STATE_DIR`` or
@@ -38,7 +39,7 @@ DATABASE_FILE = "audit.sqlite3"
 """Name of the default SQLite file inside the state folder."""
 FIELDS = (
     "interface", "client", "input_sha256", "input_format", "input_bytes", "model_name", "model_version",
-    "model_sha256", "label", "probabilities", "gate", "latency_ms", "status_code",
+    "model_sha256", "label", "probabilities", "gate", "review", "review_reason", "latency_ms", "status_code",
 )
 """Keyword fields accepted by :meth:`AuditLog.record` (plus ``input_data`` and ``created_at``)."""
 BATCH_MAX = 256
@@ -56,6 +57,19 @@ def gate_outcome(result: object) -> dict | None:
         return None
     to_dict = getattr(suitability, "to_dict", None)
     return to_dict() if callable(to_dict) else dict(suitability)
+
+
+def review_outcome(decision: dict | None, predicted: bool = True) -> tuple[bool | None, str | None]:
+    """``(review, review_reason)`` of a prediction's ``decision`` dict, for the audit record.
+
+    ``(None, None)`` when no prediction was made (``predicted`` false or no decision dict);
+    otherwise ``decision["review"]`` as a bool (``False`` for a model without a review band) and,
+    when flagged, ``decision["review_reason"]``.
+    """
+    if not predicted or not isinstance(decision, dict):
+        return None, None
+    review = bool(decision.get("review"))
+    return review, (decision.get("review_reason") or None) if review else None
 
 
 def database_url() -> str:
@@ -230,8 +244,12 @@ class AuditLog:
 
     # -- reading -----------------------------------------------------------------------------------
 
-    def query(self, since: _dt.datetime | None = None, limit: int = 100) -> list[dict]:
+    def query(self, since: _dt.datetime | None = None, limit: int = 100, review: bool | None = None) -> list[dict]:
         """Records from ``since`` on (inclusive), oldest first, at most ``limit``.
+
+        ``review=True`` keeps only predictions flagged for review, ``review=False`` only those not
+        flagged (records without a prediction, or written before the column existed, are null and
+        match neither); ``None`` keeps all.
 
         Raises:
             RuntimeError: if the database is unavailable (message says why).
@@ -250,6 +268,8 @@ class AuditLog:
             # stored as UTC; SQLite keeps no zone, so compare in UTC
             since = since.replace(tzinfo=_dt.timezone.utc) if since.tzinfo is None else since.astimezone(_dt.timezone.utc)
             stmt = stmt.where(AuditRecord.created_at >= since)
+        if review is not None:
+            stmt = stmt.where(AuditRecord.review.is_(review))
         with Session(self.engine) as session:
             return [r.to_dict() for r in session.scalars(stmt)]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from sqlalchemy import JSON, DateTime, Float, Integer, String
+from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -31,6 +31,11 @@ class AuditRecord(Base):
         label: ``normal``, ``bacterial`` or ``viral``; null when no prediction was made.
         probabilities: calibrated ``{class: probability}`` (JSON); null when no prediction was made.
         gate: the input gate's outcome (JSON) when the service has one; null otherwise.
+        review: the prediction lies in the model's review band (``decision.review``: borderline,
+            have it reviewed); false when not (or the model has no band); null when no prediction
+            was made and for records written before migration 0002.
+        review_reason: with ``review`` true, which decision is borderline, in words
+            (``decision.review_reason``); null otherwise.
         latency_ms: time from request to answer, in milliseconds.
         status_code: HTTP status of the answer (CLI/pacs: 200 classified, 422 unreadable image,
             502 PACS error, 500 other).
@@ -51,6 +56,8 @@ class AuditRecord(Base):
     label: Mapped[str | None] = mapped_column(String(16), nullable=True)
     probabilities: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     gate: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    review: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    review_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     latency_ms: Mapped[float] = mapped_column(Float)
     status_code: Mapped[int] = mapped_column(Integer)
 

@@ -204,7 +204,7 @@ def _fmt_csv(rows: list[dict], model: str) -> str:
 
 def _audit(audit, results, artifact, latency_ms: float) -> None:
     """Queue one audit record per result (interface ``cli``; the file's bytes are hashed, never stored)."""
-    from deephealth.audit import gate_outcome
+    from deephealth.audit import gate_outcome, review_outcome
 
     for res in results:
         try:
@@ -212,13 +212,15 @@ def _audit(audit, results, artifact, latency_ms: float) -> None:
         except OSError:
             data = None
         info = getattr(res, "info", None)
+        review, review_reason = review_outcome(getattr(res, "decision", None), res.ok)
         audit.record(
             interface="cli", client="local", input_data=data,
             input_format=getattr(info, "format", None),
             model_name=artifact.name, model_version=artifact.version, model_sha256=artifact.sha256,
             label=res.label if res.ok else None,
             probabilities=dict(res.probabilities) if res.ok else None,
-            gate=gate_outcome(res), latency_ms=latency_ms, status_code=200 if res.ok else 422,
+            gate=gate_outcome(res), review=review, review_reason=review_reason,
+            latency_ms=latency_ms, status_code=200 if res.ok else 422,
         )
 
 

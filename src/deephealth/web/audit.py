@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
+from deephealth.audit import review_outcome
 from deephealth.web.i18n import tr
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def record_prediction(request: Request, response: Any, start: float, created_at:
         latency_ms = (time.perf_counter() - start) * 1000.0
         artifact = request.app.state.predictor.artifact
         body = response if isinstance(response, dict) else None
+        review, review_reason = review_outcome(body.get("decision") if body else None, body is not None)
         interface = "page" if request.headers.get(INTERFACE_HEADER, "").lower() == "page" else "api"
         audit.record(
             created_at=created_at,
@@ -56,6 +58,8 @@ def record_prediction(request: Request, response: Any, start: float, created_at:
             label=body.get("label") if body else None,
             probabilities=body.get("probabilities") if body else None,
             gate=body.get("suitability") if body else getattr(request.state, "gate", None),
+            review=review,
+            review_reason=review_reason,
             latency_ms=latency_ms,
             status_code=200 if body is not None else int(getattr(response, "status_code", 500)),
         )
@@ -82,9 +86,13 @@ def get_audit(
     request: Request,
     since: _dt.datetime | None = Query(None, description="only records from this time on (ISO 8601; UTC if no zone)"),
     limit: int = Query(100, ge=1, le=1000, description="most records returned (1-1000)"),
+    review: bool | None = Query(
+        None, description="true: only predictions flagged for review (the review band); false: only those "
+        "not flagged; omitted: all (records without a prediction, or older than the review column, read null)"),
 ) -> Any:
     """Audit records, oldest first: time, interface, client, input SHA-256 and format, model,
-    label, probabilities, gate outcome, latency, status code. Never images or patient names.
+    label, probabilities, gate outcome, review flag and reason, latency, status code. Never images
+    or patient names.
 
     Off (404) unless ``DEEPHEALTH_ADMIN_API_KEY`` is set; then send ``Authorization: Bearer <key>``.
     """
@@ -98,7 +106,7 @@ def get_audit(
     if audit is None:
         return JSONResponse(status_code=503, content={"detail": tr(request, "audit_disabled")})
     try:
-        records = audit.query(since=since, limit=limit)
+        records = audit.query(since=since, limit=limit, review=review)
     except Exception as exc:
         logger.error("audit query failed: %s", exc)
         return JSONResponse(status_code=503, content={"detail": tr(request, "audit_unavailable")})

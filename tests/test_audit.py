@@ -247,7 +247,7 @@ def test_a_flagged_prediction_is_recorded_with_its_review_and_can_be_filtered(cl
     refused = client.post(URL, files={"file": ("c.txt", b"not an image")})
     assert (flagged.status_code, clear.status_code, refused.status_code) == (200, 200, 415)
     fd, cd = flagged.json()["decision"], clear.json()["decision"]
-    assert fd["review"] is True and fd["review_reason"].startswith("borderline: P(pneumonia) 0.89")
+    assert fd["review"] is True and fd["review_reason"].startswith("borderline: P(pneumonia) 0.887 ")
     assert cd["review"] is False and cd["review_reason"] is None
 
     first, second, third = _audit(client)["records"]
@@ -320,7 +320,7 @@ def test_a_database_at_0001_upgrades_and_its_rows_read_null(tmp_path: Path):
     log = AuditLog(url)
     try:
         assert log.error is None
-        reason = "borderline: P(pneumonia) 0.89 is within the review band"
+        reason = "borderline: P(pneumonia) 0.887 is within the review band"
         log.record(interface="cli", model_name="m", model_version="1", model_sha256="x", label="bacterial",
                    review=True, review_reason=reason, latency_ms=1.0, status_code=200)
         old, new = log.query()

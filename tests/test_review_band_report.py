@@ -135,7 +135,8 @@ def test_report_has_a_review_band_section_next_to_the_headline(tmp_path):
     md = (out / "report.md").read_text()
     assert "## Review band: borderline films flagged for review (8 images)" in md
     assert md.index("## Review band") < md.index("## 3-class metrics")
-    assert "0.27–0.73 around the threshold 0.5000" in md and "lies in 0.38–0.62" in md
+    assert "0.269–0.731 around the threshold 0.5000" in md and "lies in 0.378–0.622" in md
+    assert "the model has no reliable answer for it: a clinician reads it without relying on the label." in md
     assert "| | without the band: all 8 films | with the band, flagged counted as errors | " \
            "with the band: the 4 films not flagged |" in md
     assert "| films flagged for review | — | 50.0 % (" in md and "), 4 films | — |" in md

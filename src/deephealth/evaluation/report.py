@@ -936,7 +936,7 @@ def _review_band_markdown(report: dict[str, Any]) -> list[str]:
         return _with_ci(value, rci.get(key), "pct")
 
     def pr(rng: Any) -> str:
-        return f"{rng[0]:.2f}–{rng[1]:.2f}" if rng else "n/a"
+        return f"{rng[0]:.3f}–{rng[1]:.3f}" if rng else "n/a"
 
     out = [f"## Review band: borderline films flagged for review ({n} images)", ""]
     held_out = (report.get("data") or {}).get("split") == "test"  # the official test split: never used to fit it
@@ -953,8 +953,8 @@ def _review_band_markdown(report: dict[str, Any]) -> list[str]:
         f"when P(pneumonia) = 1 − P(normal) lies in {pr(rb.get('pneumonia_probability_range'))} around the threshold "
         f"{_num(op.get('threshold'), 4)} (**pneumonia vs normal borderline**), or when it is called pneumonia and "
         f"its bacterial share P(bacterial) / (P(bacterial) + P(viral)) lies in {pr(rb.get('bacterial_share_range'))} "
-        f"(**bacterial vs viral borderline**).{fitted} A flagged film keeps its label (the best guess); the flag "
-        "asks for a reader's decision. The band is reported here at its cost: accuracy **with every flagged film "
+        f"(**bacterial vs viral borderline**).{fitted} A flagged film keeps its label (the best guess), "
+        "but the model has no reliable answer for it: a clinician reads it without relying on the label. The band is reported here at its cost: accuracy **with every flagged film "
         "counted as an error**, and the figures among the films not flagged, next to the headline figures without "
         "the band; a bacterial-vs-viral flag leaves the pneumonia call definite, so the pneumonia-vs-normal rows "
         "count only the pneumonia-vs-normal flags as errors." + fitted_on + " Intervals: the same patient bootstrap "
@@ -1058,7 +1058,9 @@ def _stability_markdown(st: dict[str, Any]) -> list[str]:
         else:
             line += "."
         out += [line, ""]
-    out += [f"![Label-flip rate per perturbation]({STABILITY_PLOT})", ""]
+    alt = "Label flips and contradicting flips per perturbation" if band else (
+        "Label-flip rate per perturbation")
+    out += [f"![{alt}]({STABILITY_PLOT})", ""]
     return out
 
 

@@ -149,6 +149,8 @@ def _refit_in_place(args: argparse.Namespace, option: str, conflicts: bool, fit:
         return 2
     try:
         art = ModelArtifact.load(args.out)
+        print(f"{option}: fitting {what.split(' ', 1)[1]} of {art.name} {art.version} on the split its "
+              "metadata.json records (1-3 minutes)...", file=sys.stderr, flush=True)
         entry = fit(args.out, (art.metadata.get("training") or {}).get("config") or {})
     except (ModelArtifactError, ExportError, ValueError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
@@ -186,7 +188,7 @@ def _refit_review_band(args: argparse.Namespace) -> int:
 
     return _refit_in_place(args, "--review-band-only",
                            bool(args.quantize or args.no_gate or args.checkpoint or args.no_review_band),
-                           fit_run_review_band, "fitted the review band",
+                           lambda d, c: fit_run_review_band(d, c, progress=True), "fitted the review band",
                            "no dataset or no operating point to fit the review band on", _print_review_band)
 
 

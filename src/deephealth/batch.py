@@ -16,8 +16,8 @@ num_cpus=threads)`` -> the driver iterates the scored blocks as they finish and 
 reserves as many CPUs for the worker, so workers x threads never exceeds the cores.
 
 Resume (idempotent): a result is keyed by ``(source, content_sha256, model_sha256,
-decision_sha256)``, the last being the fingerprint of the model's decision rule (temperature and
-operating point with its review band, from ``metadata.json``:
+decision_sha256)``, the last being the fingerprint of the model's decision rule (temperature,
+operating point with its review band, and input-gate thresholds, from ``metadata.json``:
 :attr:`deephealth.artifact.ModelArtifact.decision_fingerprint`), since a label depends on it as
 much as on the ONNX file. Before a run, the parts already in RESULTS give, for the current model
 and decision rule, the content hash each source was scored with; a worker reads the file's bytes,
@@ -27,10 +27,10 @@ read at all is stored with an empty hash and is also done, until it becomes read
 written to a hidden temporary name and renamed (atomic on a local disk; an object store ``PUT`` is
 atomic), so an interrupted run (Ctrl-C, a killed worker or driver) leaves only complete parts and
 loses at most the rows not yet flushed. When a file's content, the model or its decision rule
-changes (a new operating point, review band, temperature or input-gate thresholds in ``metadata.json``), the film is
-scored again, the new row is added and :func:`load_results` returns, per source, the newest row;
-the run counts the inputs re-scored for another model or another decision rule
-(:class:`BatchSummary`) and logs them.
+changes (a new operating point, review band, temperature or input-gate thresholds in
+``metadata.json``), the film is scored again, the new row is added and :func:`load_results`
+returns, per source, the newest row; the run counts the inputs re-scored for another model or
+another decision rule (:class:`BatchSummary`) and logs them.
 
 Columns: :data:`deephealth.results.FLAT_FIELDS` plus ``decision_sha256`` (the decision rule's
 fingerprint), ``content_sha256`` (hex, "" when the file could not be read) and ``scored_at`` (UTC
@@ -320,8 +320,8 @@ class ResumePlan:
         other_model: sources whose stored results were all made by other models (another
             ``model.onnx``): scored again.
         other_rule: sources whose newest stored result made by this model was made with another
-            decision rule (operating point, review band, temperature or input-gate thresholds in ``metadata.json``), or
-            before results recorded the rule (``decision_sha256`` null): scored again.
+            decision rule (operating point, review band, temperature or input-gate thresholds in
+            ``metadata.json``), or before results recorded the rule (``decision_sha256`` null): scored again.
     """
 
     done: dict[str, str] = field(default_factory=dict)

@@ -46,7 +46,7 @@ def test_folder_with_a_corrupt_file_reports_it_and_exits_1(folder: Path, tiny_mo
     assert rc == 1
     lines = out.splitlines()
     assert lines[0].split() == ["source", "label", "label_index", "p_normal", "p_bacterial", "p_viral",
-                                "pneumonia_probability", "threshold", "gate", "notes"]
+                                "pneumonia_probability", "threshold", "gate", "review", "notes"]
     good = [folder / "a.jpeg", folder / "b.jpeg", folder / "sub" / "c.jpeg"]
     expected = _expected(tiny_model_dir, good)
     for f in good:
@@ -269,6 +269,8 @@ def test_borderline_films_are_flagged_for_review_in_every_format(dataset_root: P
     rows = [i for i, line in enumerate(lines) if line.startswith(tuple(paths))]
     notes = [" ".join(line[start:] for line in lines[i:j]).strip() for i, j in zip(rows, [*rows[1:], len(lines)])]
     assert notes == [near, kind, ""]  # each flagged row's notes are its reason (these films have no warnings)
+    review_at = lines[0].index("review")
+    assert [lines[i][review_at:start].split() for i in rows] == [["yes"], ["yes"], ["no"]]
     assert "3 input(s): 3 classified, 0 failed; 2 borderline, flagged for review (see notes)" in out
 
 

@@ -18,10 +18,11 @@ has an operating point; the table states the rule once, under the rows); review 
 benign change of the film could change the label; the label is still the best guess, have it
 reviewed); gate and gate_reasons
 (JSON suitability.status and .reasons); warnings; error or skipped (why a file was not classified,
-or not read); model (JSON: name, version, sha256). The table's last column, "notes", holds what a
-reader should see next to a row: the review reason of a borderline film, the gate's reasons and the
-warnings of a classified film, the reasons of a refused one, or the error of a file that could not
-be read; the summary counts the films flagged for review.
+or not read); model (JSON: name, version, sha256). The table's "review" column says yes for a
+film in the model's review band (borderline: read it without relying on the label); its last
+column, "notes", holds what a reader should see next to a row: the review reason of a borderline
+film, the gate's reasons and the warnings of a classified film, the reasons of a refused one, or
+the error of a file that could not be read; the summary counts the films flagged for review.
 
 Files inside folders with another suffix (notes.txt, report.pdf) are skipped, and said so: a
 "skipped ..." line on stderr, a record with "skipped" in JSON and CSV, a count in the table's
@@ -106,7 +107,7 @@ def _gate(r: dict) -> tuple[str, list[str]]:
 
 
 TABLE_HEADERS = ["source", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "pneumonia_probability",
-                 "threshold", "gate", "notes"]
+                 "threshold", "gate", "review", "notes"]
 CSV_HEADERS = ["source", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "pneumonia_probability",
                "threshold", "target_sensitivity", "rule", "review", "review_reason", "warnings", "gate", "gate_reasons",
                "error", "skipped", "model"]
@@ -151,11 +152,11 @@ def _fmt_table(rows: list[dict]) -> str:
             pp, tau = d.get("pneumonia_probability"), d.get("threshold")
             cells = [r["source"], r["label"], str(r["label_index"]), f"{p['normal']:.3f}", f"{p['bacterial']:.3f}",
                      f"{p['viral']:.3f}", "-" if pp is None else f"{pp:.3f}", "-" if tau is None else f"{tau:.3f}",
-                     status]
+                     status, "yes" if d.get("review") else "no"]
             review = [d["review_reason"]] if d.get("review") and d.get("review_reason") else []
             notes = review + reasons + r["warnings"]
         else:
-            cells = [r["source"], "REFUSED" if status == "refuse" else "ERROR", *["-"] * 6, status]
+            cells = [r["source"], "REFUSED" if status == "refuse" else "ERROR", *["-"] * 6, status, "-"]
             notes = reasons if status == "refuse" else [_without_source(r["error"], r["source"])]
         body.append((cells, _wrap(notes, WARNINGS_WIDTH)))
     n = len(TABLE_HEADERS) - 1

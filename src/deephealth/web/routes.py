@@ -255,11 +255,16 @@ def _model_card(request: Request) -> dict[str, Any]:
     artifact = request.app.state.predictor.artifact
     meta: dict[str, Any] = dict(artifact.metadata)
     test_metrics = meta.get("test_metrics")
+    test_review_band = None
     report = Path(artifact.directory) / "report" / "metrics.json"
     if report.is_file():
         try:
             data = json.loads(report.read_text())
             test_metrics = data.get("headline", data) if isinstance(data, dict) else data
+            band = data.get("review_band") if isinstance(data, dict) else None
+            if isinstance(band, dict):  # what the band costs on the test split, next to the headline
+                test_review_band = {k: band.get(k) for k in ("n", "n_review", "review_rate", "by_reason",
+                                                             "review_as_error", "not_flagged")}
         except (OSError, json.JSONDecodeError) as exc:
             logger.warning("cannot read %s: %s", report, exc)
     return {
@@ -277,6 +282,7 @@ def _model_card(request: Request) -> dict[str, Any]:
         "data": _no_absolute_paths(meta.get("data"), artifact.directory),
         "validation_metrics": meta.get("validation_metrics"),
         "test_metrics": test_metrics,
+        "test_review_band": test_review_band,
         "summary": meta.get("summary"),
         "gate": _no_absolute_paths(meta.get("gate"), artifact.directory),
         "operating_point": artifact.operating_point,

@@ -150,6 +150,11 @@ class ModelCard(BaseModel):
     test_metrics: Any | None = Field(
         default=None, description="headline metrics on the official test split (from the evaluation report)"
     )
+    test_review_band: Any | None = Field(
+        default=None, description="the review band on the official test split (from the evaluation report): films "
+        "flagged (n_review, review_rate, by_reason), accuracy / sensitivity / specificity with flagged films counted "
+        "as errors (review_as_error) and among the films not flagged (not_flagged); null without a band",
+    )
     summary: Any | None = None
     gate: Any | None = Field(
         default=None, description="the input gate: thresholds, validation false-alarm rate, method (null: not fitted)"

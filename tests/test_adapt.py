@@ -121,3 +121,17 @@ def test_adapted_model_refits_its_input_gate_on_the_labelled_split(site_files: l
     src_gate, new_gate = (json.loads((d / "metadata.json").read_text())["gate"] for d in (src, out))
     assert (out / new_gate["file"]).is_file() and new_gate["sha256"] != src_gate["sha256"]
     assert new_gate["validation"]["flagged_fraction"] <= 0.05  # thresholds set on the labelled validation films
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("0.3.0", "0.3.0+adapted"),
+    ("0.3.0+lite0.aa", "0.3.0+lite0.aa.adapted"),  # an exported run's local label gets one more part
+    ("9.9.9+adapted", "9.9.9+adapted.adapted"),
+])
+def test_adapted_version_is_pep440(source: str, expected: str) -> None:
+    from packaging.version import Version
+
+    from deephealth.training.adapt import adapted_version
+
+    assert adapted_version(source) == expected
+    assert str(Version(expected)) == expected  # valid PEP 440, normalised form unchanged

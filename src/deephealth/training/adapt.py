@@ -126,6 +126,13 @@ def adabn(model: nn.Module, images_u8: np.ndarray, art: ModelArtifact, batch_siz
     return len(bns)
 
 
+def adapted_version(version: str) -> str:
+    """The version of a site-adapted model: the source's with ``adapted`` as (or added to) its PEP 440
+    local label, e.g. ``0.3.0`` -> ``0.3.0+adapted`` and ``0.3.0+lite0.aa`` -> ``0.3.0+lite0.aa.adapted``
+    (a version has at most one ``+``)."""
+    return f"{version}.adapted" if "+" in version else f"{version}+adapted"
+
+
 def adapt_model(
     model_dir: str | Path,
     images: Sequence[str | Path],
@@ -182,7 +189,7 @@ def adapt_model(
     out = export_model(
         model, art.preprocessing, out_dir,
         name=name or f"{art.name}-adapted",
-        version=f"{art.version}+adapted",
+        version=adapted_version(art.version),
         temperature=art.temperature,
         metadata_extra=extra,
         model_args=weights["model_args"],

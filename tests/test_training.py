@@ -271,7 +271,11 @@ def test_train_cli_refuses_a_value_outside_the_choices(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["train", "--init", "imagenet21k"])
     assert exc.value.code == 2
-    assert "argument --init: invalid choice: 'imagenet21k' (choose from" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "argument --init: invalid choice: 'imagenet21k' (choose from" in err
+    # one line naming the command and where to look, not the ~30-line usage block first
+    assert err.startswith("deephealth train: error: argument --init") and err.count("\n") == 1
+    assert err.rstrip().endswith("(see deephealth train --help)") and "usage:" not in err
 
 
 def test_readme_reproduce_command_names_the_bundled_models_run() -> None:

@@ -29,9 +29,16 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line (not after the whole usage block) and where to look."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one sub-parser per command."""
-    parser = argparse.ArgumentParser(
+    """The top-level parser with one sub-parser per command (usage errors: one line, exit status 2)."""
+    parser = _Parser(
         prog="deephealth",
         description="Deep Health: pediatric chest X-ray decision support "
         "(0 no pneumonia, 1 bacterial, 2 viral). Not a diagnosis.",

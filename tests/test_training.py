@@ -191,7 +191,9 @@ def test_init_checkpoint_refuses_another_dataset(tmp_path: Path, caplog: pytest.
                 "epoch": 3, "preprocessing": cfg.preprocessing.to_dict(),
                 "data": {"dataset_dir": "/data/a", "n_val": here["n_val"], "val_counts": here["val_counts"],
                          "split": here}}, path)
-    info = load_init_checkpoint(build_model("resnet18"), cfg.replace(init_checkpoint=str(path)))
+    with caplog.at_level("INFO", logger="deephealth.training.loop"):
+        info = load_init_checkpoint(build_model("resnet18"), cfg.replace(init_checkpoint=str(path)))
+    assert "starting from" not in caplog.text  # fit says so only after the split check passed
     assert info["split"] == here and info["dataset_dir"] == "/data/a"
     check_same_split(info, here)  # same films: accepted
     with pytest.raises(ValueError, match=r"validation split differs.*val_sha256.*dataset folder there: /data/a"):

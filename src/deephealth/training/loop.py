@@ -198,6 +198,9 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     split_id = split_identity(train_recs, val_recs)
     if init_from is not None:
         check_same_split(init_from, split_id)
+        # said only once the split check passed: a refused run never claims to start from it
+        _logger.info("starting from %s (run %s, epoch %s, sha256 %s)", init_from["path"], init_from["name"],
+                     init_from["epoch"], init_from["sha256"][:12])
     if config.distill_weight > 0:
         from deephealth.training.distill import check_teachers, teacher_dirs
 
@@ -496,7 +499,6 @@ def load_init_checkpoint(model: nn.Module, config: TrainConfig) -> dict[str, Any
                         config.preprocessing.to_dict())
     model.load_state_dict(ckpt["model_state"])
     digest = sha256_file(path)
-    _logger.info("starting from %s (run %s, epoch %s, sha256 %s)", path, prev.get("name"), ckpt.get("epoch"), digest[:12])
     data = ckpt.get("data") if isinstance(ckpt.get("data"), dict) else {}
     if data.get("split"):
         split = data["split"]

@@ -84,6 +84,7 @@ def test_pacs_classifies_stores_the_sr_and_is_idempotent(orthanc: str, dicom_dir
     assert rc == 1  # the tiny image failed ...
     by_sop = {o["sop_uid"]: o for o in report["outcomes"]}
     assert by_sop[tiny_sop]["status"] == "failed" and tiny_sop in by_sop[tiny_sop]["error"]
+    assert by_sop[tiny_sop]["review"] is None  # not classified: nothing decided, not "not flagged"
     ok = by_sop[src.SOPInstanceUID]  # ... and the real one was still classified and stored
     assert ok["status"] == "stored" and ok["label"] == expected.label
     assert ok["probabilities"] == pytest.approx(expected.probabilities, abs=1e-9)

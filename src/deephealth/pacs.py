@@ -66,7 +66,8 @@ class InstanceOutcome:
         gate: the input gate's outcome (:func:`deephealth.audit.gate_outcome`), when the
             service has a gate.
         review, review_reason: the film lies in the model's review band (``decision.review``:
-            borderline, have it reviewed) and why; the stored SR carries the reason too.
+            borderline, have it reviewed) and why; the stored SR carries the reason too. ``None``
+            for an instance that was not classified (failed, refused, skipped): nothing was decided.
     """
 
     study_uid: str
@@ -81,7 +82,7 @@ class InstanceOutcome:
     reason: str | None = None
     warnings: list[str] = field(default_factory=list)
     gate: dict | None = None
-    review: bool = False
+    review: bool | None = None
     review_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

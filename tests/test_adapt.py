@@ -105,22 +105,30 @@ def test_adapt_without_weights_is_a_clear_error(tiny_model_dir: Path, site_files
 
 
 @pytest.mark.slow
-def test_adapted_model_refits_its_input_gate_on_the_labelled_split(site_files: list[Path], dataset_root: Path,
+def test_adapted_model_refits_its_input_gate_and_review_band_on_the_labelled_split(site_files: list[Path], dataset_root: Path,
                                                                    tmp_path: Path) -> None:
     """The gate reads the network's features, which adaptation changes: it is refitted on the source's
     training split (never on the site's films), so a gated source gives a gated adapted model."""
-    from deephealth.training.export import fit_run_gate
+    from deephealth.training.export import fit_run_gate, fit_run_review_band
 
     config = {"val_fraction": 0.1, "split_seed": 0, "max_train_images": 160, "seed": 0, "data_dir": str(dataset_root)}
     torch.manual_seed(0)
     src = export_model(build_model("test_resnet"), PreprocessConfig(input_size=SIZE), tmp_path / "src", name="g",
-                       version="1", temperature=1.0, metadata_extra={"training": {"config": config}},
+                       version="1", temperature=1.0, metadata_extra={"training": {"config": config},
+                                                                     "operating_point": {"threshold": 0.5}},
                        model_args={"arch": "test_resnet", "num_classes": 3, "in_chans": 1})
     assert fit_run_gate(src, config) is not None
+    assert fit_run_review_band(src, config) is not None
     out = adapt_model(src, site_files, tmp_path / "adapted", min_images=10, progress=False)
-    src_gate, new_gate = (json.loads((d / "metadata.json").read_text())["gate"] for d in (src, out))
+    src_meta, new_meta = (json.loads((d / "metadata.json").read_text()) for d in (src, out))
+    src_gate, new_gate = src_meta["gate"], new_meta["gate"]
     assert (out / new_gate["file"]).is_file() and new_gate["sha256"] != src_gate["sha256"]
     assert new_gate["validation"]["flagged_fraction"] <= 0.05  # thresholds set on the labelled validation films
+    # the review band too: refitted on the same 40 validation films through the adapted network
+    src_band, new_band = (m["operating_point"]["review_band"] for m in (src_meta, new_meta))
+    assert new_band["validation"]["films"] == src_band["validation"]["films"] == 40
+    assert new_meta["operating_point"]["threshold"] == 0.5  # the operating point itself is the source's
+    assert new_band["pneumonia_logit_margin"] != src_band["pneumonia_logit_margin"]
 
 
 @pytest.mark.parametrize(("source", "expected"), [

@@ -30,7 +30,7 @@ from torch import nn
 from deephealth.artifact import ModelArtifact
 from deephealth.preprocessing import normalize, resize_to_input
 from deephealth.readers import ImageReadError, read_image
-from deephealth.training.export import WEIGHTS_FILE, export_model, fit_run_gate
+from deephealth.training.export import WEIGHTS_FILE, export_model, fit_run_gate, fit_run_review_band
 from deephealth.training.model import architecture_args, build_model
 
 _logger = logging.getLogger(__name__)
@@ -154,7 +154,10 @@ def adapt_model(
         name: model name (default ``<source name>-adapted``).
         on_error: called with ``(path, message)`` for each unreadable file.
         fit_gate: refit the input gate (:func:`deephealth.training.export.fit_run_gate`) on the
-            source model's training split when the source has a gate and the dataset is here.
+            source model's training split when the source has a gate and the dataset is here, and
+            likewise its review band (:func:`deephealth.training.export.fit_run_review_band`, on
+            the validation films) when the source has one; without the dataset the source's band
+            is kept (fitted on the unadapted network) and a warning says so.
 
     Returns:
         ``out_dir``.
@@ -201,4 +204,11 @@ def adapt_model(
         if fit_run_gate(out, config) is None:
             _logger.warning("%s: no training data here to refit the input gate; the adapted model runs with "
                             "image checks only", out)
+    if fit_gate and (meta.get("operating_point") or {}).get("review_band"):
+        # How far benign changes move a film's scores depends on the network: refit the band on the
+        # source's validation films (never on the site's), when that dataset is on this machine.
+        config = (meta.get("training") or {}).get("config") or {}
+        if fit_run_review_band(out, config) is None:
+            _logger.warning("%s: no validation data here to refit the review band; it keeps the source model's, "
+                            "fitted on the unadapted network", out)
     return out

@@ -484,3 +484,26 @@ def test_spinning_is_bounded_by_default_and_does_not_change_outputs(monkeypatch,
     ref = off.infer(x)[0]
     for p in (default, own, longer):
         assert np.array_equal(p.infer(x)[0], ref)
+
+
+@pytest.mark.parametrize(("band", "message"), [
+    ("wide", r"review_band must be an object, got str"),
+    ({"type_logit_margin": 0.3, "pneumonia_probability_range": [0.8, 0.9], "bacterial_share_range": [0.4, 0.6]},
+     r"review_band\.pneumonia_logit_margin must be a number > 0, got None"),
+    ({"pneumonia_logit_margin": 0.3, "type_logit_margin": -1, "pneumonia_probability_range": [0.8, 0.9],
+      "bacterial_share_range": [0.4, 0.6]}, r"review_band\.type_logit_margin must be a number > 0, got -1"),
+    ({"pneumonia_logit_margin": 0.3, "type_logit_margin": 0.3, "pneumonia_probability_range": [0.8],
+      "bacterial_share_range": [0.4, 0.6]}, r"review_band\.pneumonia_probability_range must be \[low, high\]"),
+])
+def test_malformed_review_band_is_refused_at_load(known_model_dir: Path, tmp_path: Path, band, message):
+    """A broken band must stop the model loading with the file named, not fail on the first film scored."""
+    import shutil
+
+    d = tmp_path / "bad-band"
+    shutil.copytree(known_model_dir, d)
+    meta = json.loads((d / "metadata.json").read_text())
+    meta["operating_point"] = {"threshold": 0.5, "review_band": band}
+    (d / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelArtifactError, match=message) as exc:
+        Predictor(d)
+    assert str(d / "metadata.json") in str(exc.value)

@@ -100,8 +100,9 @@ class ModelArtifact:
         ``review_band`` when present) and the input gate's file checksum and thresholds (its
         verdict is part of the answer). The digest is taken over the canonical JSON (``sort_keys``,
         no whitespace) of ``{"temperature": ..., "operating_point": ..., "gate": {"sha256": ...,
-        "thresholds": ...}}`` (``null`` for an arg-max model or a model without a gate). Any edit inside ``operating_point`` changes it, including its bookkeeping
-        (validation figures, fit time): a conservative fingerprint, never a stale one.
+        "thresholds": ...}}`` (``null`` for an arg-max model or a model without a gate). Any edit
+        inside ``operating_point`` changes it, including its bookkeeping (validation figures, fit
+        time): a conservative fingerprint, never a stale one.
         ``deephealth batch`` keys its results by it as well as by :attr:`sha256`.
         """
         gate = self.metadata.get("gate") or None  # its verdict (accept / warn / refuse) is part of the answer
@@ -159,7 +160,26 @@ class ModelArtifact:
             tau = op.get("threshold") if isinstance(op, dict) else None
             if not isinstance(tau, (int, float)) or not 0.0 < float(tau) < 1.0:
                 raise ModelArtifactError(f"{meta_path}: operating_point.threshold must be in (0, 1), got {tau!r}")
+            _check_review_band(op.get("review_band"), meta_path)
         return cls(directory, meta, onnx_path, pre, tuple(meta["class_names"]), temperature)
+
+
+def _check_review_band(band: Any, meta_path: Path) -> None:
+    """Refuse a malformed ``operating_point.review_band`` at load time, not on the first film scored."""
+    if band is None:
+        return
+    where = f"{meta_path}: operating_point.review_band"
+    if not isinstance(band, dict):
+        raise ModelArtifactError(f"{where} must be an object, got {type(band).__name__}")
+    for key in ("pneumonia_logit_margin", "type_logit_margin"):
+        v = band.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) < float("inf"):
+            raise ModelArtifactError(f"{where}.{key} must be a number > 0, got {v!r}")
+    for key in ("pneumonia_probability_range", "bacterial_share_range"):
+        v = band.get(key)
+        if (not isinstance(v, list) or len(v) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 <= x <= 1.0 for x in v)):
+            raise ModelArtifactError(f"{where}.{key} must be [low, high] in [0, 1], got {v!r}")
 
 
 def write_metadata(directory: str | Path, metadata: dict[str, Any]) -> Path:

@@ -460,7 +460,7 @@ def export_run(
     return out
 
 
-def run_split(config: dict[str, Any], data_dir: str | Path | None = None) -> tuple[Path, list, list] | None:
+def run_split(config: dict[str, Any], data_dir: str | Path | None = None) -> tuple[list, list, dict[str, Any]] | None:
     """The patient-grouped train / validation records a training run used, re-created from its config.
 
     :func:`deephealth.manifest.grouped_split` of the official ``train`` folder with the config's
@@ -474,7 +474,9 @@ def run_split(config: dict[str, Any], data_dir: str | Path | None = None) -> tup
             :func:`deephealth.paths.dataset_dir`).
 
     Returns:
-        ``(root, train_records, val_records)``, or ``None`` when ``root`` has no ``train`` folder.
+        ``(train_records, val_records, provenance)`` with ``provenance`` = ``{"dataset_dir"
+        (portable), "val_fraction", "split_seed", "max_train_images"}`` for the metadata; or
+        ``None`` when the dataset folder has no ``train`` folder.
     """
     from deephealth.manifest import grouped_split, scan
 
@@ -489,7 +491,8 @@ def run_split(config: dict[str, Any], data_dir: str | Path | None = None) -> tup
         from deephealth.training.loop import _subset
 
         train_recs, val_recs = _subset(train_recs, n_max, seed), _subset(val_recs, n_max // 4, seed)
-    return root, train_recs, val_recs
+    return train_recs, val_recs, {"dataset_dir": portable_path(root), "val_fraction": val_fraction,
+                                  "split_seed": split_seed, "max_train_images": n_max}
 
 
 def fit_run_review_band(model_dir: str | Path, config: dict[str, Any], data_dir: str | Path | None = None,
@@ -532,9 +535,7 @@ def fit_run_review_band(model_dir: str | Path, config: dict[str, Any], data_dir:
     if split is None:
         _logger.warning("no dataset found: %s ships without a review band", model_dir)
         return None
-    root, _, val_recs = split
-    val_fraction, split_seed = float(config.get("val_fraction", 0.1)), int(config.get("split_seed", 0))
-    n_max = int(config.get("max_train_images", 0) or 0)
+    _, val_recs, provenance = split
     op.pop("review_band", None)
     t0 = time.time()
     try:
@@ -550,8 +551,7 @@ def fit_run_review_band(model_dir: str | Path, config: dict[str, Any], data_dir:
         "review_rate": figs["review_rate"],
         "max_contradicting_rate": max(figs["contradicting_rate"]),
         "max_label_flip_rate": float((scores.labels != scores.base_labels[None]).mean(axis=1).max()),
-        "split": {"dataset_dir": portable_path(root), "val_fraction": val_fraction, "split_seed": split_seed,
-                  "max_train_images": n_max},
+        "split": provenance,
         "fit_seconds": round(time.time() - t0, 1),
     }
     meta = dict(art.metadata)
@@ -593,20 +593,18 @@ def fit_run_gate(model_dir: str | Path, config: dict[str, Any], data_dir: str | 
     if split is None:
         _logger.warning("no dataset found: %s ships without the feature-space input gate", model_dir)
         return None
-    root, train_recs, val_recs = split
-    val_fraction, split_seed = float(config.get("val_fraction", 0.1)), int(config.get("split_seed", 0))
-    n_max, seed = int(config.get("max_train_images", 0) or 0), int(config.get("seed", 0))
+    train_recs, val_recs, provenance = split
     pre = ModelArtifact.load(model_dir, verify=False).preprocessing
     t0 = time.time()
     train_films, val_films = decode_records(train_recs, pre), decode_records(val_recs, pre)
     _logger.info("gate: decoded %d training + %d validation films in %.0f s", len(train_films), len(val_films),
                  time.time() - t0)
-    split = {"dataset_dir": portable_path(root), "val_fraction": val_fraction, "split_seed": split_seed,
+    split = {**provenance,
              "method": "patient-grouped, label-stratified (deephealth.manifest.grouped_split), as in training"}
     try:
         n = len(train_films)
         return fit_gate(model_dir, train_films, np.array([r.label_index for r in train_recs]), val_films,
                         n_lr_films=min(1500, n), n_transformed=min(400, max(20, n // 4)),
-                        n_other=min(1200, max(60, n // 2)), seed=seed, split={**split, "max_train_images": n_max})
+                        n_other=min(1200, max(60, n // 2)), seed=int(config.get("seed", 0)), split=split)
     except (ValueError, RuntimeError) as exc:
         raise ExportError(f"fitting the input gate failed: {exc}") from exc

@@ -326,7 +326,11 @@ def test_done_hashes_per_model_newest_row_and_retry_errors(tmp_path: Path):
     assert done_hashes(str(tmp_path / "res"), "A", "R") == {"/a": "h1new", "/b": "h2", "/c": "h3"}
     assert done_hashes(str(tmp_path / "res"), "A", "R", retry_errors=True) == {"/a": "h1new", "/c": "h3"}
     assert done_hashes(str(tmp_path / "res"), "B", "R") == {"/a": "h1"}
-    latest = load_results(str(tmp_path / "res"))
+    # A run of model A skips /a (done for A), so its results hold A's newest row of /a, not B's newer one.
+    run_a = load_results(str(tmp_path / "res"), model_sha256="A", decision_sha256="R")
+    assert {r["source"]: (r["model_sha256"], r["content_sha256"]) for r in run_a.to_pylist()} == {
+        "/a": ("A", "h1new"), "/b": ("A", "h2"), "/c": ("A", "h3")}
+    latest = load_results(str(tmp_path / "res"))  # the folder's newest row per source, whichever model (warned)
     assert dict(zip(latest.column("source").to_pylist(), latest.column("model_sha256").to_pylist())) == {
         "/a": "B", "/b": "A", "/c": "A"}
     assert load_results(str(tmp_path / "res"), latest=False).num_rows == 5
@@ -494,3 +498,78 @@ def test_unreachable_cluster_address_is_one_line_at_once(films, tmp_path, capsys
     assert "Traceback" not in err
     assert not list((tmp_path / "out").glob("*.parquet"))
 
+
+
+def test_results_of_a_run_are_its_model_and_rule_after_switching_models(tmp_path: Path, caplog) -> None:
+    """Model A, then B, then A again over the same archive: A's third run skips every film (A already
+    scored them), so its results are A's rows, not B's newer ones; the folder-wide newest row per
+    source (B's here) comes with a warning that the folder mixes models."""
+    pytest.importorskip("pyarrow")
+    import datetime as dt
+    import logging
+
+    import pyarrow as pa
+
+    from deephealth.batch import BatchSummary, PartWriter, load_results, result_schema, resume_plan
+
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+    def row(src, minutes, model, rule, label):
+        return {"source": src, "ok": True, "label": label, "label_index": CLASS_NAMES.index(label),
+                "suitability_status": "accept", "suitability_reasons": [], "warnings": [], "model_sha256": model,
+                "decision_sha256": rule, "content_sha256": "h" + src, "scored_at": t0 + dt.timedelta(minutes=minutes)}
+
+    out = str(tmp_path / "res")
+    PartWriter(out, "1-A").write(pa.Table.from_pylist(
+        [row("/a", 0, "A", "RA", "normal"), row("/b", 0, "A", "RA", "viral"),
+         row("/c", 0, "A", "RA-old", "normal"), row("/c", 1, "A", "RA", "bacterial")], schema=result_schema()))
+    PartWriter(out, "2-B").write(pa.Table.from_pylist(
+        [row("/a", 5, "B", "RB", "bacterial"), row("/b", 5, "B", "RB", "normal"), row("/c", 5, "B", "RB", "viral")],
+        schema=result_schema()))
+    # The third run (model A, rule RA) scores nothing: every film is done for A with rule RA.
+    plan = resume_plan(out, "A", "RA")
+    assert plan.done == {"/a": "h/a", "/b": "h/b", "/c": "h/c"}
+    assert plan.newer_elsewhere == {"/a", "/b", "/c"}  # B's rows are newer than A's for each of them
+
+    run_a = load_results(out, model_sha256="A", decision_sha256="RA")
+    assert {r["source"]: (r["model_sha256"], r["decision_sha256"], r["label"]) for r in run_a.to_pylist()} == {
+        "/a": ("A", "RA", "normal"), "/b": ("A", "RA", "viral"), "/c": ("A", "RA", "bacterial")}
+    run_b = load_results(out, model_sha256="B", decision_sha256="RB")
+    assert {r["source"]: r["label"] for r in run_b.to_pylist()} == {"/a": "bacterial", "/b": "normal", "/c": "viral"}
+    # One model, any rule: its newest row per source.
+    assert {r["source"]: r["decision_sha256"] for r in load_results(out, model_sha256="A").to_pylist()} == {
+        "/a": "RA", "/b": "RA", "/c": "RA"}
+    assert load_results(out, model_sha256="A", decision_sha256="RA-old", latest=False).num_rows == 1
+    assert load_results(out, model_sha256="nobody").num_rows == 0
+    assert load_results(out, model_sha256="A", columns=["source", "label"]).column_names == ["source", "label"]
+
+    # The summary of a run names its model and rule, so its results can be read back.
+    summary = BatchSummary(model_sha256="A", decision_sha256="RA")
+    assert summary.results(out).equals(run_a)
+
+    # Without a model: the newest row per source over all models, with a warning naming the mix.
+    with caplog.at_level(logging.WARNING, logger="deephealth.batch"):
+        mixed = load_results(out)
+    assert {r["source"]: r["model_sha256"] for r in mixed.to_pylist()} == {"/a": "B", "/b": "B", "/c": "B"}
+    assert any("2 models" in m and "model_sha256" in m for m in caplog.messages), caplog.messages
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="deephealth.batch"):
+        load_results(out, model_sha256="A", decision_sha256="RA")
+    assert not caplog.messages
+
+
+def test_cli_summary_names_the_run_results_when_another_model_is_newer(tmp_path, monkeypatch, capsys) -> None:
+    """A run that skips films whose newest row is another model's says how to read its own results."""
+    import deephealth.batch as batch
+
+    (tmp_path / "a.jpeg").write_bytes(b"not read")
+    monkeypatch.setattr(batch, "require_ray", lambda: None)
+    monkeypatch.setattr(batch, "run_batch", lambda *a, **k: batch.BatchSummary(
+        total=1, skipped=1, newer_elsewhere=1, model_sha256="a" * 64, decision_sha256="d" * 64))
+    out = tmp_path / "res"
+    rc = main(["batch", str(tmp_path / "a.jpeg"), "--out", str(out), "--no-progress"])
+    o = capsys.readouterr().out
+    assert rc == 0
+    assert (f"1 input(s) skipped by this run have a newer row in {out} made by another model or decision rule; "
+            f"this run's results are its own model's rows: deephealth.batch.load_results({str(out)!r}, "
+            f"model_sha256='{'a' * 64}', decision_sha256='{'d' * 64}')") in o

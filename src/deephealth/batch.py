@@ -28,9 +28,17 @@ written to a hidden temporary name and renamed (atomic on a local disk; an objec
 atomic), so an interrupted run (Ctrl-C, a killed worker or driver) leaves only complete parts and
 loses at most the rows not yet flushed. When a file's content, the model or its decision rule
 changes (a new operating point, review band, temperature or input-gate thresholds in
-``metadata.json``), the film is scored again, the new row is added and :func:`load_results`
-returns, per source, the newest row; the run counts the inputs re-scored for another model or
-another decision rule (:class:`BatchSummary`) and logs them.
+``metadata.json``), the film is scored again, the new row is added (nothing is overwritten); the
+run counts the inputs re-scored for another model or another decision rule (:class:`BatchSummary`)
+and logs them.
+
+Which rows are a run's results: those of the model and decision rule the run used
+(:meth:`BatchSummary.results`, or :func:`load_results` with ``model_sha256`` and
+``decision_sha256``), the newest per source among them. Not the newest row per source over the
+whole folder: after runs with model A, then B, then A again, the third run skips every film (A
+already scored it) and its answers are A's older rows, while the newest rows are B's.
+:func:`load_results` without the filters returns the newest row per source whichever model made
+it, and warns when the folder holds more than one model or rule.
 
 Columns: :data:`deephealth.results.FLAT_FIELDS` plus ``decision_sha256`` (the decision rule's
 fingerprint), ``content_sha256`` (hex, "" when the file could not be read) and ``scored_at`` (UTC
@@ -259,29 +267,51 @@ def _list_parts(out: str) -> list[str]:
                   if f.type == pafs.FileType.File and f.base_name.startswith("part-") and f.base_name.endswith(".parquet"))
 
 
-def load_results(out: str, *, latest: bool = True, columns: Iterable[str] | None = None):
-    """Read a RESULTS folder.
+def load_results(out: str, *, latest: bool = True, columns: Iterable[str] | None = None,
+                 model_sha256: str | None = None, decision_sha256: str | None = None):
+    """Read a RESULTS folder, or one model's (and decision rule's) results in it.
+
+    A folder scored by several models or decision rules holds rows of each (nothing is overwritten).
+    The results of one run are those of the model and decision rule it used: pass its
+    ``model_sha256`` and ``decision_sha256`` (:attr:`BatchSummary.model_sha256`,
+    :attr:`BatchSummary.decision_sha256`, or :meth:`BatchSummary.results`). A run skips the films
+    that its model and rule already scored, so after runs with model A, then B, then A again, the
+    newest row of a film is B's while the third run's answer is A's: only the filters return A's.
+    Without them, ``latest`` takes the newest row per source whichever model or rule made it, and a
+    warning is logged when the folder holds more than one.
 
     Args:
         out: the folder (local path or URI) ``deephealth batch`` wrote.
-        latest: keep only the newest row per source (by ``scored_at``); ``False``: every row.
-        columns: columns to read (default: all).
+        latest: keep only the newest row per source (by ``scored_at``) among the rows kept by the
+            filters; ``False``: every row kept.
+        columns: columns to return (default: all).
+        model_sha256: keep only rows made by this model (SHA-256 of its ``model.onnx``,
+            :attr:`deephealth.artifact.ModelArtifact.sha256`); ``None``: every model.
+        decision_sha256: keep only rows made with this decision rule
+            (:attr:`deephealth.artifact.ModelArtifact.decision_fingerprint`); ``None``: every rule
+            (rows from parts written before the rule was recorded have none and match no rule).
 
     Returns:
-        A ``pyarrow.Table`` with the columns of :func:`result_schema` (empty when there are no parts).
+        A ``pyarrow.Table`` with the requested columns of :func:`result_schema`, in that schema's
+        types (empty when there are no parts or no row matches).
 
     Raises:
         BatchError: ``out`` is a file, or a part cannot be read.
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     schema = result_schema()
     cols = list(columns) if columns is not None else schema.names
+    extra = []
     if latest:
-        cols_read = list(dict.fromkeys([*cols, "source", "scored_at"]))
-    else:
-        cols_read = cols
+        extra += ["source", "scored_at"]
+    if latest or model_sha256 is not None:
+        extra.append("model_sha256")
+    if latest or decision_sha256 is not None:
+        extra.append("decision_sha256")
+    cols_read = list(dict.fromkeys([*cols, *extra]))
     fs, _ = _filesystem(out)
     tables = []
     for part in _list_parts(out):
@@ -297,6 +327,20 @@ def load_results(out: str, *, latest: bool = True, columns: Iterable[str] | None
     if not tables:
         return pa.Table.from_pylist([], schema=pa.schema([schema.field(c) for c in cols]))
     table = pa.concat_tables(tables)
+    if model_sha256 is not None:
+        table = table.filter(pc.equal(table.column("model_sha256"), model_sha256))
+    if decision_sha256 is not None:
+        table = table.filter(pc.equal(table.column("decision_sha256"), decision_sha256))
+    if latest and model_sha256 is None and decision_sha256 is None and table.num_rows:
+        runs = set(zip(table.column("model_sha256").to_pylist(), table.column("decision_sha256").to_pylist()))
+        if len(runs) > 1:
+            n_models = len({m for m, _ in runs})
+            n_rules = len({r for _, r in runs})
+            _logger.warning(
+                "%s holds results of %d model%s and %d decision rule%s: the newest row per source may not be the "
+                "answer of the model and rule of the last run (a run skips films its model already scored); pass "
+                "model_sha256= and decision_sha256= to load_results for one run's results",
+                out, n_models, "s" if n_models != 1 else "", n_rules, "s" if n_rules != 1 else "")
     if latest and table.num_rows:
         src = table.column("source").to_pylist()
         at = table.column("scored_at").to_pylist()
@@ -322,11 +366,15 @@ class ResumePlan:
         other_rule: sources whose newest stored result made by this model was made with another
             decision rule (operating point, review band, temperature or input-gate thresholds in
             ``metadata.json``), or before results recorded the rule (``decision_sha256`` null): scored again.
+        newer_elsewhere: sources in ``done`` whose newest stored row was made by another model or
+            decision rule (model A, then B, then A again): they are skipped, and this run's results
+            are read with :func:`load_results`'s ``model_sha256`` / ``decision_sha256`` filters.
     """
 
     done: dict[str, str] = field(default_factory=dict)
     other_model: set[str] = field(default_factory=set)
     other_rule: set[str] = field(default_factory=set)
+    newer_elsewhere: set[str] = field(default_factory=set)
 
 
 def resume_plan(out: str, model_sha256: str, decision_sha256: str, *, retry_errors: bool = False) -> ResumePlan:
@@ -357,7 +405,9 @@ def resume_plan(out: str, model_sha256: str, decision_sha256: str, *, retry_erro
     plan = ResumePlan()
     done = plan.done
     newest_here: dict[str, int] = {}  # per source, its newest row made by this model
+    newest_any: dict[str, int] = {}  # per source, its newest row made by any model
     for i in sorted(range(table.num_rows), key=at.__getitem__):  # oldest first: the newest row wins
+        newest_any[src[i]] = i
         if model[i] != model_sha256:
             plan.other_model.add(src[i])
             continue
@@ -368,6 +418,7 @@ def resume_plan(out: str, model_sha256: str, decision_sha256: str, *, retry_erro
         done[src[i]] = sha[i] or ""
     plan.other_model.difference_update(newest_here)
     plan.other_rule.update(s for s, i in newest_here.items() if s not in done and rule[i] != decision_sha256)
+    plan.newer_elsewhere.update(s for s in done if (model[newest_any[s]], rule[newest_any[s]]) != (model_sha256, decision_sha256))
     return plan
 
 
@@ -438,6 +489,11 @@ class BatchSummary:
         other_rule: inputs listed whose stored result was made by this model with another decision
             rule (operating point, review band, temperature or input-gate thresholds in ``metadata.json``, or results
             written before the rule was recorded), so they were scored again.
+        newer_elsewhere: inputs skipped whose newest stored row was made by another model or
+            decision rule (model A, then B, then A again): this run's answer for them is the older
+            row of its own model and rule, which :meth:`results` returns.
+        model_sha256, decision_sha256: the model (SHA-256 of ``model.onnx``) and decision-rule
+            fingerprint of this run; its results are the rows with both (:meth:`results`).
         labels: ``{label: count}`` of this run's classified rows.
         review: this run's classified rows flagged for review (in the model's review band).
         gate: ``{status: count}`` of this run's rows (accept / warn / refuse / unavailable / "none").
@@ -456,6 +512,9 @@ class BatchSummary:
     skipped: int = 0
     other_model: int = 0
     other_rule: int = 0
+    newer_elsewhere: int = 0
+    model_sha256: str = ""
+    decision_sha256: str = ""
     labels: Counter = field(default_factory=Counter)
     review: int = 0
     gate: Counter = field(default_factory=Counter)
@@ -472,6 +531,23 @@ class BatchSummary:
     def images_per_second(self) -> float:
         """Inputs handled (scored + skipped) per second of scoring."""
         return (self.scored + self.skipped) / self.seconds if self.seconds > 0 else 0.0
+
+    def results(self, out: str, *, columns: Iterable[str] | None = None):
+        """This run's results in RESULTS ``out``: the newest row per source made by this run's model and rule.
+
+        Every source in ``out`` that this model and rule scored, in this run or earlier (a skipped
+        input's row is the earlier one), never another model's newer row.
+
+        Returns:
+            A ``pyarrow.Table`` as :func:`load_results` returns it.
+
+        Raises:
+            BatchError: as :func:`load_results`; also when the summary names no model (a bare summary).
+        """
+        if not self.model_sha256 or not self.decision_sha256:
+            raise BatchError("this batch summary names no model and decision rule: read RESULTS with load_results")
+        return load_results(out, columns=columns, model_sha256=self.model_sha256,
+                            decision_sha256=self.decision_sha256)
 
     def add(self, table) -> None:
         """Count one written part's rows."""
@@ -636,13 +712,19 @@ def run_batch(
     plan = resume_plan(out, artifact.sha256, artifact.decision_fingerprint, retry_errors=retry_errors)
     done = plan.done
     summary = BatchSummary(total=len(sources), other_model=sum(s in plan.other_model for s in sources),
-                           other_rule=sum(s in plan.other_rule for s in sources))
+                           other_rule=sum(s in plan.other_rule for s in sources),
+                           newer_elsewhere=sum(s in plan.newer_elsewhere for s in sources),
+                           model_sha256=artifact.sha256, decision_sha256=artifact.decision_fingerprint)
     if summary.other_model:
         _logger.info("%d result(s) in %s were made by another model (another model.onnx) and are scored again",
                      summary.other_model, out)
     if summary.other_rule:
         _logger.info("%d result(s) in %s were made with another decision rule (operating point, review band or "
                      "temperature in metadata.json) and are scored again", summary.other_rule, out)
+    if summary.newer_elsewhere:
+        _logger.info("%d input(s) are already scored by this model and rule but have a newer row by another model "
+                     "or rule in %s: they are skipped; this run's results: load_results(out, model_sha256=%r, "
+                     "decision_sha256=%r)", summary.newer_elsewhere, out, artifact.sha256, artifact.decision_fingerprint)
     writer = PartWriter(out, _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
     if not sources:
         return summary

@@ -18,7 +18,11 @@ Resume: run the same command again. Inputs whose result is already in RESULTS fo
 (SHA-256 of the file), the same model and the same decision rule (temperature and operating point,
 review band included, from the model's metadata.json) are skipped; only what is missing or was made
 otherwise is scored, and the summary says how many were scored again for another model or rule. An
-interrupted run (Ctrl-C, a killed worker) keeps every part already written.
+interrupted run (Ctrl-C, a killed worker) keeps every part already written. Rows are never
+overwritten: a run's results are the rows of its own model and decision rule (load_results with
+model_sha256= and decision_sha256=, which the summary prints when the folder holds newer rows of
+another model, e.g. after runs with model A, then B, then A again: the third run skips every film
+and its answers are A's rows, not B's newer ones).
 
 Engine: without --address a local Ray instance is started (or the one RAY_ADDRESS names);
 --address joins a cluster (see docs/scale.md). --workers model replicas with --threads ONNX
@@ -132,6 +136,10 @@ def run(args: argparse.Namespace) -> int:
     if s.other_rule:
         print(f"{s.other_rule} result(s) in {args.out} were made with another decision rule (operating point, "
               "review band, temperature or input-gate thresholds in metadata.json) and are scored again")
+    if s.newer_elsewhere:  # model A, then B, then A: the folder's newest rows are not this run's answers
+        print(f"{s.newer_elsewhere} input(s) skipped by this run have a newer row in {args.out} made by another model "
+              "or decision rule; this run's results are its own model's rows: deephealth.batch.load_results("
+              f"{str(args.out)!r}, model_sha256={s.model_sha256!r}, decision_sha256={s.decision_sha256!r})")
     if s.scored:
         print(f"labels: {_counts(s.labels)}")
         if s.review:

@@ -573,3 +573,47 @@ def test_cli_summary_names_the_run_results_when_another_model_is_newer(tmp_path,
     assert (f"1 input(s) skipped by this run have a newer row in {out} made by another model or decision rule; "
             f"this run's results are its own model's rows: deephealth.batch.load_results({str(out)!r}, "
             f"model_sha256='{'a' * 64}', decision_sha256='{'d' * 64}')") in o
+
+
+def test_review_reason_is_a_column_next_to_review_and_older_parts_read_as_null(tmp_path: Path) -> None:
+    """``review_reason`` (the decision's words for a flagged film) is a column after ``review``; null
+    for a film not flagged and for one not classified; a part written before the column reads as null."""
+    pytest.importorskip("pyarrow")
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from deephealth.batch import LATER_COLUMNS, PartWriter, load_results, result_schema
+    from deephealth.results import FLAT_FIELDS, flat_record
+
+    assert FLAT_FIELDS.index("review_reason") == FLAT_FIELDS.index("review") + 1
+    assert result_schema().field("review_reason").type == pa.string() and "review_reason" in LATER_COLUMNS
+    reason = "borderline: bacterial vs viral is uncertain (bacterial share 0.480 of P(pneumonia), ...)"
+    rec = {"source": "/a.jpeg", "ok": True, "label": "bacterial", "label_index": 1,
+           "probabilities": {"normal": 0.05, "bacterial": 0.48, "viral": 0.47},
+           "decision": {"rule": "r", "review": True, "review_kind": "type", "review_reason": reason}}
+    assert flat_record(rec)["review_reason"] == reason
+    calm = {**rec, "decision": {"rule": "r", "review": False, "review_kind": None, "review_reason": None}}
+    assert flat_record(calm)["review_reason"] is None and flat_record(calm)["review"] is False
+    assert flat_record({"source": "/b.jpeg", "ok": False, "error": "/b.jpeg: broken"})["review_reason"] is None
+
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    new = result_schema()
+    before = pa.schema([f for f in new if f.name != "review_reason"])  # review but no review_reason yet
+
+    def row(src, minutes, **extra):
+        return {"source": src, "ok": True, "label": "bacterial", "label_index": 1, "suitability_reasons": [],
+                "warnings": [], "model_sha256": "A", "decision_sha256": "R", "content_sha256": "h",
+                "scored_at": t0 + dt.timedelta(minutes=minutes), **extra}
+
+    out = str(tmp_path / "res")
+    PartWriter(out, "run1").write(pa.Table.from_pylist([row("/old", 0, review=True), row("/both", 0, review=True)],
+                                                       schema=before))
+    PartWriter(out, "run2").write(pa.Table.from_pylist(
+        [row("/new", 1, review=True, review_reason=reason), row("/both", 2, review=False)], schema=new))
+    rows = {r["source"]: r for r in load_results(out).to_pylist()}
+    assert {s: (r["review"], r["review_reason"]) for s, r in rows.items()} == {
+        "/old": (True, None), "/new": (True, reason), "/both": (False, None)}
+    assert load_results(out, latest=False, columns=["source", "review_reason"]).column(
+        "review_reason").to_pylist() == [None, None, reason, None]
+    assert load_results(out).schema == new

@@ -42,9 +42,10 @@ it, and warns when the folder holds more than one model or rule.
 
 Columns: :data:`deephealth.results.FLAT_FIELDS` plus ``decision_sha256`` (the decision rule's
 fingerprint), ``content_sha256`` (hex, "" when the file could not be read) and ``scored_at`` (UTC
-timestamp). ``review`` (the film is in the model's review band) and ``decision_sha256`` came later:
-parts written before them read as null there (:data:`LATER_COLUMNS`), so their rows match no
-decision rule and are scored again on resume.
+timestamp). ``review`` (the film is in the model's review band), ``review_reason`` (why, in words)
+and ``decision_sha256`` came later: parts written before them read as null there
+(:data:`LATER_COLUMNS`); rows without ``decision_sha256`` match no decision rule and are scored
+again on resume.
 
 Needs the ``[scale]`` extra (``ray[data]``, which brings pyarrow); nothing here is imported by
 serving (``deephealth serve``, :mod:`deephealth.inference`).
@@ -82,7 +83,7 @@ NOT_DONE = "-"
 KEY_COLUMNS = ("source", "content_sha256", "model_sha256", "decision_sha256")
 """The columns that identify a result (resume key)."""
 
-LATER_COLUMNS = ("review", "decision_sha256")
+LATER_COLUMNS = ("review", "review_reason", "decision_sha256")
 """Columns added after results were first written: a part without one reads as null in it."""
 
 
@@ -113,6 +114,7 @@ def result_schema(with_skipped: bool = False):
         "logits": pa.list_(pa.float32()),
         "decision": pa.string(),
         "review": pa.bool_(),
+        "review_reason": pa.string(),
         "suitability_status": pa.string(),
         "suitability_reasons": pa.list_(pa.string()),
         "suitability": pa.string(),

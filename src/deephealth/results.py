@@ -7,9 +7,10 @@
 :func:`flat_record` turns that row into one flat row of a results table (Parquet) with fixed
 columns (:data:`FLAT_FIELDS`): nested objects whose keys vary between models (``decision``,
 ``image``, the gate's ``scores``) are kept as JSON text, the rest as plain columns. Nothing is
-dropped, so :func:`flat_record` rows carry the same information as the JSON rows. One field of the
-decision is also a column of its own, ``review`` (the film lies in the model's review band), so
-that flagged films can be filtered without parsing JSON.
+dropped, so :func:`flat_record` rows carry the same information as the JSON rows. Two fields of
+the decision are also columns of their own, ``review`` (the film lies in the model's review band)
+and ``review_reason`` (why, in words), so that flagged films can be filtered and read without
+parsing JSON.
 
 Serving path: standard library only.
 """
@@ -30,6 +31,7 @@ FLAT_FIELDS: tuple[str, ...] = (
     "logits",  # list[float] | None
     "decision",  # str | None: JSON of the operating-point decision
     "review",  # bool | None: decision.review, the film is borderline (in the review band): have it reviewed
+    "review_reason",  # str | None: decision.review_reason, why it is flagged (None: not flagged or not classified)
     "suitability_status",  # str | None: accept / warn / refuse / unavailable (None: no verdict)
     "suitability_reasons",  # list[str]
     "suitability",  # str | None: JSON of the gate's full verdict (status, reasons, scores)
@@ -77,7 +79,8 @@ def flat_record(record: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``{column: value}`` for every column of :data:`FLAT_FIELDS`; missing values are ``None``
-        (lists: empty).
+        (lists: empty). ``review`` is ``None`` for a film not classified; ``review_reason`` is
+        ``None`` for a film not classified or not flagged.
     """
     ok = bool(record.get("ok"))
     probs = record.get("probabilities") or {}
@@ -93,6 +96,7 @@ def flat_record(record: dict[str, Any]) -> dict[str, Any]:
         "logits": [float(v) for v in logits] if ok and logits is not None else None,
         "decision": _json(record.get("decision")) if ok else None,
         "review": bool((record.get("decision") or {}).get("review")) if ok else None,
+        "review_reason": (record.get("decision") or {}).get("review_reason") if ok else None,
         "suitability_status": suit["status"] if suit else None,
         "suitability_reasons": list(suit["reasons"]) if suit else [],
         "suitability": _json(suit),

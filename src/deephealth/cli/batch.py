@@ -11,7 +11,8 @@ deephealth.batch.load_results), one row per input with the fields of "predict --
 scores, warnings, image, error, model name, version and SHA-256) plus decision_sha256 (the
 fingerprint of the decision rule), content_sha256 and scored_at. The boolean column "review" marks
 borderline films (in the model's review band: so close to a decision that a benign change of the
-film could change the label; have them reviewed), for filtering without parsing the decision JSON.
+film could change the label; have them reviewed), for filtering without parsing the decision JSON,
+and "review_reason" says why (null when the film is not flagged or was not classified).
 A file that cannot be read is a row with its error; the others still finish.
 
 Resume: run the same command again. Inputs whose result is already in RESULTS for the same content

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(head))
     print(f"{'any flip':<14}" + "".join(f" | {100 * results[lb]['any_flip_rate']:{wd - 2}.1f} %" for lb in labels))
     print(f"{'worst':<14}" + "".join(
-        f" | {results[lb]['worst'] + ' ' + format(100 * results[lb]['max_flip_rate'], '.1f') + ' %':>{wd}}"
+        f" | {', '.join(results[lb]['worst_perturbations']) or 'none'} {100 * results[lb]['max_flip_rate']:.1f} %"
         for lb in labels))
     target = st.FLIP_TARGET
     for lb in labels:
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             c_over = [n for n in names if results[lb]["perturbations"][n]["contradicting_rate"] > target]
             print(f"{lb}: review band flags {100 * band['review_rate']:.1f} % ({band['n_review']}) of the films; "
                   f"contradicting flips at most {100 * band['max_contradicting_rate']:.1f} % "
-                  f"({band['worst_contradicting'] or 'none contradicts'}), "
+                  f"({', '.join(band['worst_contradicting_perturbations']) or 'none contradicts'}), "
                   f"any {100 * band['any_contradicting_rate']:.1f} %; "
                   f"target <= {100 * target:g} % " + (f"missed for {', '.join(c_over)}" if c_over else "met"))
 

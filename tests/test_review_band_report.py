@@ -200,7 +200,8 @@ def test_stability_summary_table_and_report_with_the_band(tmp_path):
     assert (b["n_contradicting"], b["contradicting_rate"], b["n_outcome_changes"], b["outcome_change_rate"]) == \
         (2, 0.5, 3, 0.75)
     assert s["review_band"] == {"review_rate": 0.25, "n_review": 1, "any_contradicting_rate": 0.75,
-                                "max_contradicting_rate": 0.5, "worst_contradicting": "blur"}
+                                "max_contradicting_rate": 0.5, "worst_contradicting_perturbations": ["blur"],
+                                "worst_contradicting": "blur"}
     table = st.format_table(s)
     assert table[0].endswith("| \\|ΔP\\| max | contradicting flips, with the review band | "
                              "outcome changes, with the review band |")
@@ -236,11 +237,14 @@ def test_no_contradicting_flip_names_no_worst_perturbation():
                                 same, decide(same, OP), [])
     s = st.summarize_stability(scores, operating_point=OP)
     assert s["review_band"]["max_contradicting_rate"] == 0.0 and s["review_band"]["worst_contradicting"] is None
+    assert s["review_band"]["worst_contradicting_perturbations"] == []
+    assert (s["max_flip_rate"], s["worst_perturbations"], s["worst"]) == (0.0, [], None)  # all tie at 0: none named
     from deephealth.evaluation.report import _stability_markdown
 
     md = "\n".join(_stability_markdown(s))
     assert "Worst contradicting rate: 0.0 % (no perturbation contradicts any film), against the target ≤ 1.0 % " \
            "for every perturbation: met." in md
+    assert "Worst: 0.0 % (no perturbation flips any film's label)." in md
 
 
 def test_stability_plot_draws_contradicting_flips_beside_label_flips(tmp_path, monkeypatch):
@@ -294,3 +298,31 @@ def test_stability_plot_draws_contradicting_flips_beside_label_flips(tmp_path, m
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
         "target ≤ 1 %", "toy 1.0: label flips",
         "toy 1.0: contradicting flips (review band: 25.0 % of films flagged)", "older"]
+
+
+def test_tied_worst_perturbations_are_all_named_in_the_summary_and_the_report():
+    """gamma_0.9 and blur both flip 2 of 4 labels; with the same perturbed films twice, both contradict
+    2 of 4: the summary lists both (family order) and the report names both, not only the first."""
+    from deephealth.calibration import decide
+    from deephealth.evaluation.report import _stability_markdown
+
+    s = st.summarize_stability(_scores(), operating_point=OP)
+    assert s["perturbations"]["gamma_0.9"]["flip_rate"] == s["perturbations"]["blur"]["flip_rate"] == 0.5
+    assert s["worst_perturbations"] == ["gamma_0.9", "blur"] and s["worst"] == "gamma_0.9"
+    assert s["review_band"]["worst_contradicting_perturbations"] == ["blur"]  # 0.5 against 0.25: no tie
+    md = "\n".join(_stability_markdown(s))
+    assert "Worst: `gamma_0.9` and `blur` (tied), 50.0 % each." in md
+    assert "Worst contradicting rate: `blur`, 50.0 %," in md
+
+    twice = np.stack([PERT[1], PERT[1]])
+    tied = st.summarize_stability(st.StabilityScores(["gamma_0.9", "blur"], ["A", "B", "C", "D"], [0, 1, 2, 3],
+                                                     BASE, decide(BASE, OP), twice, decide(twice, OP), []),
+                                  operating_point=OP)
+    assert tied["review_band"]["max_contradicting_rate"] == 0.5
+    assert tied["review_band"]["worst_contradicting_perturbations"] == ["gamma_0.9", "blur"]
+    md = "\n".join(_stability_markdown(tied))
+    assert "Worst contradicting rate: `gamma_0.9` and `blur` (tied), 50.0 % each, against the target" in md
+
+    # A summary written before the tie lists existed (only "worst") still renders its one name.
+    old = {k: v for k, v in s.items() if k != "worst_perturbations"}
+    assert "Worst: `gamma_0.9`, 50.0 %." in "\n".join(_stability_markdown(old))

@@ -1013,6 +1013,14 @@ def _review_band_markdown(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _worst_names(names: list[str] | None, rate: float) -> str:
+    """```a`, 2.4 %`` for one worst perturbation, ```a` and `b` (tied), 2.4 % each`` for a tie."""
+    quoted = [f"`{n}`" for n in names or []]
+    if len(quoted) == 1:
+        return f"{quoted[0]}, {_pct(rate)}"
+    return f"{', '.join(quoted[:-1])} and {quoted[-1]} (tied), {_pct(rate)} each"
+
+
 def _stability_markdown(st: dict[str, Any]) -> list[str]:
     """The "Stability" section of report.md."""
     from deephealth.evaluation.stability import format_table
@@ -1039,8 +1047,11 @@ def _stability_markdown(st: dict[str, Any]) -> list[str]:
     out.extend(format_table(st))
     out.append("")
     if st.get("any_flip_rate") is not None:
+        worst_all = st.get("worst_perturbations", [st["worst"]] if st.get("worst") else [])  # older: one name
+        worst_txt = (_worst_names(worst_all, st["max_flip_rate"]) if worst_all and st.get("max_flip_rate")
+                     else "0.0 % (no perturbation flips any film's label)")
         summary = (f"Films whose label changes under at least one perturbation: {_pct(st['any_flip_rate'])}. "
-                   f"Worst: `{st['worst']}`, {_pct(st['max_flip_rate'])}.")
+                   f"Worst: {worst_txt}.")
         if target is not None:
             summary += (f" Target ≤ {_pct(target)} for every perturbation: "
                         + (f"missed for {', '.join(f'`{k}`' for k in over)}." if over else "met."))
@@ -1048,8 +1059,10 @@ def _stability_markdown(st: dict[str, Any]) -> list[str]:
     if band and band.get("max_contradicting_rate") is not None:
         c_over = [k for k, v in st["perturbations"].items()
                   if target is not None and (v.get("contradicting_rate") or 0) > target]
-        worst = (f"`{band['worst_contradicting']}`, {_pct(band['max_contradicting_rate'])}"
-                 if band.get("worst_contradicting") else "0.0 % (no perturbation contradicts any film)")
+        worst_c = band.get("worst_contradicting_perturbations",
+                           [band["worst_contradicting"]] if band.get("worst_contradicting") else [])
+        worst = (_worst_names(worst_c, band["max_contradicting_rate"])
+                 if worst_c else "0.0 % (no perturbation contradicts any film)")
         line = (f"With the review band: films contradicted by at least one perturbation: "
                 f"{_pct(band['any_contradicting_rate'])}. Worst contradicting rate: {worst}")
         if target is not None:

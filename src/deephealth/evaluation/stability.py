@@ -574,13 +574,17 @@ def summarize_stability(
     Returns:
         ``{"n_images", "n_failed", "target_flip_rate", "family": [{name, description}],
         "perturbations": {name: flip_figures(...) [+ "flip_rate_ci"]}, "max_flip_rate",
-        "worst", "any_flip_rate"}``; ``any_flip_rate`` is the share of films whose label changes
-        under at least one perturbation. With a review band, each perturbation also has
+        "worst_perturbations", "worst", "any_flip_rate"}``. ``worst_perturbations`` lists every
+        perturbation whose flip rate equals ``max_flip_rate`` (ties all named, in family order;
+        empty when no perturbation flips any label); ``worst`` is its first name (``None`` when
+        empty), kept for readers of older summaries. ``any_flip_rate`` is the share of films whose
+        label changes under at least one perturbation. With a review band, each perturbation also has
         ``n_contradicting``, ``contradicting_rate``, ``n_outcome_changes`` and
         ``outcome_change_rate``, and a ``review_band`` entry holds ``review_rate``, ``n_review``
         (unchanged films flagged), ``any_contradicting_rate`` (films contradicted by at least one
-        perturbation), ``max_contradicting_rate`` and ``worst_contradicting`` (the perturbation
-        with the most contradicting flips; ``None`` when none contradicts any film).
+        perturbation), ``max_contradicting_rate``, ``worst_contradicting_perturbations`` (every
+        perturbation at that rate, in family order; empty when none contradicts any film) and
+        ``worst_contradicting`` (its first name, or ``None``).
     """
     n = int(scores.base_labels.shape[0])
     desc = {p.name: p.description for p in PERTURBATIONS}
@@ -595,7 +599,8 @@ def summarize_stability(
                                                                 seed=seed)):
             per[name]["flip_rate_ci"] = ci
     rates = {k: v["flip_rate"] for k, v in per.items() if v["flip_rate"] is not None}
-    worst = max(rates, key=lambda k: rates[k]) if rates else None
+    max_rate = max(rates.values()) if rates else None
+    worst_all = _tied_at(rates, max_rate)
     band = review_band_figures(scores.base_probs, scores.probs, operating_point) if n else None
     band_summary = None
     if band is not None:
@@ -606,14 +611,16 @@ def summarize_stability(
                 n_outcome_changes=int(round(band["outcome_change_rate"][i] * n)),
                 outcome_change_rate=band["outcome_change_rate"][i],
             )
-        worst_c = max(scores.perturbations, key=lambda k: per[k]["contradicting_rate"]) if scores.perturbations else None
-        max_c = per[worst_c]["contradicting_rate"] if worst_c else None
+        c_rates = {k: per[k]["contradicting_rate"] for k in scores.perturbations}
+        max_c = max(c_rates.values()) if c_rates else None
+        worst_c = _tied_at(c_rates, max_c)
         band_summary = {
             "review_rate": band["review_rate"],
             "n_review": band["n_review"],
             "any_contradicting_rate": band["any_contradicting_rate"],
             "max_contradicting_rate": max_c,
-            "worst_contradicting": worst_c if max_c else None,
+            "worst_contradicting_perturbations": worst_c,
+            "worst_contradicting": worst_c[0] if worst_c else None,
         }
     return {
         "n_images": n,
@@ -623,11 +630,23 @@ def summarize_stability(
                       if patient_ids is not None and n_resamples > 0 and n else None),
         "family": [{"name": name, "description": desc.get(name, name)} for name in scores.perturbations],
         "perturbations": per,
-        "max_flip_rate": rates[worst] if worst else None,
-        "worst": worst,
+        "max_flip_rate": max_rate,
+        "worst_perturbations": worst_all,
+        "worst": worst_all[0] if worst_all else None,
         "any_flip_rate": float(flips.any(axis=0).mean()) if n else None,
         **({"review_band": band_summary} if band_summary is not None else {}),
     }
+
+
+def _tied_at(rates: dict[str, float], top: float | None) -> list[str]:
+    """The names whose rate equals ``top`` (a positive maximum), in ``rates``' order; ``[]`` when ``top`` is 0 or None.
+
+    Rates of one family share their denominator (the films scored), so a tie is an equal count;
+    ``math.isclose`` only absorbs the floating-point division.
+    """
+    if not top:
+        return []
+    return [k for k, v in rates.items() if v is not None and math.isclose(v, top, rel_tol=1e-9, abs_tol=0.0)]
 
 
 def format_table(summary: dict[str, Any]) -> list[str]:

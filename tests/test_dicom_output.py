@@ -223,13 +223,56 @@ def test_a_borderline_film_has_the_review_reason_in_the_sr_and_a_line_in_the_cap
     summary = read_sr(result.sr)
     assert summary["review"] == reason and summary["comments"] == [NO_SOURCE_NOTE]
     assert summary["label"] == pred.label == "bacterial"  # the label stands
-    # the capture's band has one more line of text than the same film's without the flag
+    # the capture's band has the review line more than the same film's without the flag
+    from deephealth.rendering import caption_layout, caption_lines
+
     flagged = annotated_overlay(pred)
+    rows = [t for t, _ in caption_layout(caption_lines(pred), 224)[0]]
     pred.decision = {**pred.decision, "review": False, "review_reason": None}
     plain = annotated_overlay(pred)
+    assert REVIEW_LINE not in " ".join(t for t, _ in caption_layout(caption_lines(pred), 224)[0])
     size = 10  # the band's font size for a 224 px wide film: max(10, 224 // 48)
-    assert flagged.shape[0] - plain.shape[0] == size + size // 2 and plain.shape[1] == flagged.shape[1] == 224
+    assert rows[4:6] == ["Borderline result: have it reviewed (the", "reason is in the SR)."]  # wrapped in two rows
+    assert flagged.shape[0] - plain.shape[0] == 2 * (size + size // 2) and plain.shape[1] == flagged.shape[1] == 224
     np.testing.assert_array_equal(flagged[:224], plain[:224])  # the image part is the same
     assert read_sr(build_dicom_result(pred, a.name, a.version, a.sha256, None).sr)["review"] is None
     assert "have it reviewed" in REVIEW_LINE
 
+
+
+def test_caption_is_wrapped_inside_the_image_at_224_px_and_at_2048_px(dataset_root: Path):
+    """The whole notice is drawn on a 224 px film (it was clipped at the right edge) and on a large one;
+    every row's text bounding box (ImageDraw.textbbox) lies inside the image; the result line says which
+    probability it shows."""
+    import dataclasses
+
+    from PIL import Image, ImageDraw
+
+    film = dataset_root / "test" / "PNEUMONIA" / "person134_bacteria_641.jpeg"
+    pred = Predictor().predict(film, heatmap=True)
+    assert pred.image.shape[1] == 224
+    big = dataclasses.replace(pred, image=np.kron(pred.image, np.ones((10, 10), np.float32)),
+                              heatmap=np.kron(pred.heatmap, np.ones((10, 10), np.float32)))
+    for p, width in ((pred, 224), (big, 2048)):
+        arr = annotated_overlay(p)
+        img_h = round(p.image.shape[0] * width / p.image.shape[1])
+        assert arr.shape[1] == width and arr.shape[0] > img_h
+        band = arr[img_h:].max(axis=2)  # white text on black
+        assert band.any() and not band[:, -2:].any(), f"{width} px: text touches the right edge (clipped)"
+        assert not band[-2:].any(), f"{width} px: text touches the bottom edge"
+
+        from deephealth.rendering import _font, caption_layout, caption_lines
+
+        rows, size, band_h = caption_layout(caption_lines(p), width)
+        assert arr.shape[0] == img_h + band_h
+        draw = ImageDraw.Draw(Image.fromarray(arr))
+        for text, (x, y) in rows:
+            left, top, right, bottom = draw.textbbox((x, img_h + y), text, font=_font(size))
+            assert 0 <= left and right <= width and img_h <= top and bottom <= arr.shape[0], (width, text)
+        laid_out = " ".join(text for text, _ in rows)
+        assert NOTICE in laid_out  # every word of the notice, in order
+        # the result line names the probability it shows: the predicted class's (bacterial here)
+        assert p.label == "bacterial"
+        assert f"P(bacterial pneumonia) {p.probabilities['bacterial']:.2f}" in laid_out
+        assert "(P = " not in laid_out
+    assert len(caption_layout(caption_lines(pred), 224)[0]) > len(caption_layout(caption_lines(big), 2048)[0])

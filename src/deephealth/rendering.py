@@ -107,9 +107,109 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+PROBABILITY_NAMES: dict[str, str] = {
+    "normal": "no pneumonia",
+    "bacterial": "bacterial pneumonia",
+    "viral": "viral pneumonia",
+}
+"""What ``P(...)`` is written of, per class, in the caption's result line: ``P(bacterial pneumonia) 0.87``."""
+
+CAPTION_MIN_FONT = 6
+"""Smallest caption font size (pixels) tried before giving up on a word wider than the image."""
+
+
+def caption_lines(prediction: Prediction) -> list[tuple[str, list[str]]]:
+    """The caption burned under the annotated overlay, as ``(separator, atoms)`` per line.
+
+    A line is its atoms joined by the separator; it may wrap only between atoms, so that
+    ``P(bacterial pneumonia) 0.87`` is never split. Lines: the result with the probability of the
+    class it names (``Deep Health: Bacterial pneumonia (e.g. Streptococcus), P(bacterial pneumonia)
+    0.87``; the label comes from the operating point, so this is not always the largest
+    probability), the three calibrated probabilities, :data:`REVIEW_LINE` for a film in the model's
+    review band (``decision.review``), and :data:`NOTICE`.
+    """
+    from deephealth.labels import CLASS_DESCRIPTIONS
+
+    p = prediction.probabilities
+    label = prediction.label
+    result = f"Deep Health: {CLASS_DESCRIPTIONS.get(label, label)},".split(" ")
+    lines = [
+        (" ", [*result, f"P({PROBABILITY_NAMES.get(label, label)}) {p[label]:.2f}"]),
+        ("  ", [f"P(no pneumonia) {p['normal']:.2f}", f"P(bacterial) {p['bacterial']:.2f}",
+                f"P(viral) {p['viral']:.2f}"]),
+        (" ", NOTICE.split(" ")),
+    ]
+    if (prediction.decision or {}).get("review"):
+        lines.insert(2, (" ", REVIEW_LINE.split(" ")))
+    return lines
+
+
+def _wrap(draw: ImageDraw.ImageDraw, sep: str, atoms: list[str], font, width: float) -> list[str] | None:
+    """Greedy wrap of ``atoms`` into rows no wider than ``width``; ``None`` if one atom alone is wider."""
+    rows: list[str] = []
+    row = ""
+    for atom in atoms:
+        if draw.textlength(atom, font=font) > width:
+            return None
+        trial = f"{row}{sep}{atom}" if row else atom
+        if row and draw.textlength(trial, font=font) > width:
+            rows.append(row)
+            row = atom
+        else:
+            row = trial
+    if row:
+        rows.append(row)
+    return rows
+
+
+def caption_layout(lines: list[tuple[str, list[str]]], width: int) -> tuple[list[tuple[str, tuple[int, int]]], int, int]:
+    """Lay the caption out in a band ``width`` pixels wide: wrapped rows, their positions, the font size.
+
+    The font size is ``max(10, width // 48)`` pixels; each line wraps between its atoms to fit
+    ``width`` less a margin of half the font size on each side, and only if a single atom is wider
+    than that is the font made smaller (down to :data:`CAPTION_MIN_FONT`), so the whole text is
+    always drawn, never clipped at the edge (at 224 px, :data:`NOTICE` takes three rows).
+
+    Args:
+        lines: :func:`caption_lines` output.
+        width: band width in pixels (the overlay's width), >= 1.
+
+    Returns:
+        ``(rows, font_size, band_height)``: ``rows`` is ``[(text, (x, y))]`` with ``(x, y)`` the
+        top-left of each row within the band (Pillow's default ``"la"`` anchor), ``band_height``
+        the band's height in pixels, which holds every row's full text bounding box.
+
+    Raises:
+        ValueError: ``width`` is too small for a word of the caption even at the smallest font.
+    """
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    size = max(10, width // 48)
+    while True:
+        font = _font(size)
+        pad = size // 2
+        wrapped = [_wrap(draw, sep, atoms, font, width - 2 * pad) for sep, atoms in lines]
+        if all(w is not None for w in wrapped):
+            break
+        if size <= CAPTION_MIN_FONT:
+            raise ValueError(f"a caption {width} px wide cannot hold a word of the caption at {size} px")
+        size -= 1
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (size, size // 4)
+    step = max(size + pad, ascent + descent + 2)
+    rows: list[tuple[str, tuple[int, int]]] = []
+    y = pad
+    for w in wrapped:
+        for text in w or ():
+            rows.append((text, (pad, y)))
+            y += step
+    return rows, size, y + pad
+
+
 def annotated_overlay(prediction: Prediction, alpha: float = 0.4, max_side: int = SC_MAX_SIDE) -> np.ndarray:
     """The heatmap overlay with the result and :data:`NOTICE` burned into a band below the image
     (and :data:`REVIEW_LINE` for a film in the model's review band).
+
+    The caption (:func:`caption_lines`) is wrapped to the overlay's width (:func:`caption_layout`),
+    so every word is drawn however small the film (224 px) or large.
 
     Args:
         prediction: a prediction made with ``heatmap=True``.
@@ -118,10 +218,11 @@ def annotated_overlay(prediction: Prediction, alpha: float = 0.4, max_side: int 
 
     Returns:
         ``(H', W', 3)`` uint8 RGB: the overlay (``H x W`` at most ``max_side``) on top of a black
-        band with three lines of white text (four for a borderline film).
+        band with the caption in white, one or more rows per line.
 
     Raises:
-        ValueError: if the prediction has no heatmap.
+        ValueError: if the prediction has no heatmap, or the overlay is too narrow for a word of the
+            caption even at the smallest font.
     """
     if prediction.heatmap is None or prediction.image is None:
         raise ValueError(f"{prediction.source}: no heatmap; predict with heatmap=True")
@@ -131,32 +232,14 @@ def annotated_overlay(prediction: Prediction, alpha: float = 0.4, max_side: int 
     scale = max_side / max(img.size)
     if scale < 1.0:
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX)
-    w = img.width
-    size = max(10, w // 48)
+    try:
+        rows, size, band_h = caption_layout(caption_lines(prediction), img.width)
+    except ValueError as exc:
+        raise ValueError(f"{prediction.source}: {exc}") from None
     font = _font(size)
-    from deephealth.labels import CLASS_DESCRIPTIONS
-
-    p = prediction.probabilities
-    lines = [
-        f"Deep Health: {CLASS_DESCRIPTIONS.get(prediction.label, prediction.label)} "
-        f"(P = {p[prediction.label]:.2f})",
-        f"P(no pneumonia) {p['normal']:.2f}  P(bacterial) {p['bacterial']:.2f}  P(viral) {p['viral']:.2f}",
-        NOTICE,
-    ]
-    if (prediction.decision or {}).get("review"):
-        lines.insert(2, REVIEW_LINE)
-    pad = size // 2
-    band_h = len(lines) * (size + pad) + pad
-    canvas = Image.new("RGB", (w, img.height + band_h), (0, 0, 0))
+    canvas = Image.new("RGB", (img.width, img.height + band_h), (0, 0, 0))
     canvas.paste(img, (0, 0))
     draw = ImageDraw.Draw(canvas)
-    y = img.height + pad
-    for line in lines:
-        # shrink the font for a line that would not fit the width
-        f, s = font, size
-        while s > 6 and draw.textlength(line, font=f) > w - 2 * pad:
-            s -= 1
-            f = _font(s)
-        draw.text((pad, y), line, fill=(255, 255, 255), font=f)
-        y += size + pad
+    for text, (x, y) in rows:
+        draw.text((x, img.height + y), text, fill=(255, 255, 255), font=font)
     return np.asarray(canvas, dtype=np.uint8)

@@ -332,7 +332,7 @@ def test_a_database_at_0001_upgrades_and_its_rows_read_null(tmp_path: Path):
     finally:
         log.close()
     con = sqlite3.connect(path)
-    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
     con.close()
 
 
@@ -354,4 +354,35 @@ def test_downgrade_to_0001_drops_the_review_columns_and_keeps_the_rows(tmp_path:
     assert "review" not in cols and "review_reason" not in cols
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT label FROM audit_log").fetchall() == [("normal",)]
+    engine.dispose()
+
+
+def test_a_fresh_database_has_an_index_on_review_and_the_review_filter_uses_it(tmp_path: Path):
+    """Migration 0003 indexes ``review`` (the audit API's ``review`` filter); downgrading to 0002 drops the
+    index and keeps the column and the rows."""
+    from alembic import command
+    from sqlalchemy import create_engine, inspect
+
+    path = tmp_path / "fresh.sqlite3"
+    engine = create_engine(f"sqlite:///{path}")
+    upgrade_database(engine)
+    indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("audit_log")}
+    assert indexes == {"ix_audit_log_created_at": ["created_at"], "ix_audit_log_review": ["review"]}
+    engine.dispose()
+
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+    # the statement AuditLog.query(review=True) runs (SQLAlchemy renders is_(True) as IS 1 on SQLite)
+    plan = " ".join(str(r[-1]) for r in con.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM audit_log WHERE review IS 1 ORDER BY id LIMIT 100"))
+    assert "ix_audit_log_review" in plan, plan
+    con.close()
+
+    engine = create_engine(f"sqlite:///{path}")
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0002")
+    assert [ix["name"] for ix in inspect(engine).get_indexes("audit_log")] == ["ix_audit_log_created_at"]
+    assert "review" in {c["name"] for c in inspect(engine).get_columns("audit_log")}
     engine.dispose()

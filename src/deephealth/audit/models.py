@@ -33,7 +33,8 @@ class AuditRecord(Base):
         gate: the input gate's outcome (JSON) when the service has one; null otherwise.
         review: the prediction lies in the model's review band (``decision.review``: borderline,
             have it reviewed); false when not (or the model has no band); null when no prediction
-            was made and for records written before migration 0002.
+            was made and for records written before migration 0002. Indexed (migration 0003) for
+            the ``review`` filter of :meth:`deephealth.audit.AuditLog.query`.
         review_reason: with ``review`` true, which decision is borderline, in words
             (``decision.review_reason``); null otherwise.
         latency_ms: time from request to answer, in milliseconds.
@@ -56,7 +57,7 @@ class AuditRecord(Base):
     label: Mapped[str | None] = mapped_column(String(16), nullable=True)
     probabilities: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     gate: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
-    review: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    review: Mapped[bool | None] = mapped_column(Boolean, nullable=True, index=True)  # migration 0003
     review_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     latency_ms: Mapped[float] = mapped_column(Float)
     status_code: Mapped[int] = mapped_column(Integer)

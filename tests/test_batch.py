@@ -617,3 +617,36 @@ def test_review_reason_is_a_column_next_to_review_and_older_parts_read_as_null(t
     assert load_results(out, latest=False, columns=["source", "review_reason"]).column(
         "review_reason").to_pylist() == [None, None, reason, None]
     assert load_results(out).schema == new
+
+
+@pytest.mark.slow
+def test_models_a_then_b_then_a_the_third_run_reports_a_results(ray_local, films, tiny_model_dir, tmp_path, capsys):
+    """The archive scored by the tiny model (A), the bundled model (B), then A again: the third run skips
+    every film, says that newer rows are B's, and its results are A's first rows, not B's."""
+    from deephealth.artifact import ModelArtifact
+    from deephealth.batch import load_results, run_batch
+
+    bundled = tmp_path / "bundled"
+    shutil.copytree(ROOT / "src" / "deephealth" / "models" / "deephealth-cxr3", bundled,
+                    ignore=shutil.ignore_patterns("weights.pt", "report"))
+    paths = [str(f) for f in films[:1] + films[-3:-1]]  # 1 normal, 2 pneumonia films
+    out = tmp_path / "results"
+    first = run_batch(paths, str(out), model_dir=str(tiny_model_dir), workers=1, batch_size=4)
+    a_rows = _rows(out)
+    b = run_batch(paths, str(out), model_dir=str(bundled), workers=1, batch_size=4)
+    assert (b.scored, b.other_model, b.newer_elsewhere) == (3, 3, 0)
+    third = run_batch(paths, str(out), model_dir=str(tiny_model_dir), workers=1, batch_size=4)
+    assert (third.scored, third.skipped, third.newer_elsewhere) == (0, 3, 3)
+    a, bm = ModelArtifact.load(tiny_model_dir), ModelArtifact.load(bundled)
+    assert (first.model_sha256, third.model_sha256, b.model_sha256) == (a.sha256, a.sha256, bm.sha256)
+    assert third.decision_sha256 == a.decision_fingerprint
+    mine = {r["source"]: r for r in third.results(str(out)).to_pylist()}
+    assert mine == a_rows  # A's rows, unchanged, not B's newer ones
+    assert {r["model_sha256"] for r in _rows(out).values()} == {bm.sha256}  # the folder's newest rows are B's
+    assert load_results(str(out), latest=False).num_rows == 6
+
+    rc = main(["batch", *paths, "--out", str(out), "--model", str(tiny_model_dir), "--workers", "1", "--no-progress"])
+    o = capsys.readouterr().out
+    assert rc == 0 and "3 input(s): 0 scored by this run, 3 already in" in o
+    assert f"3 input(s) skipped by this run have a newer row in {out} made by another model or decision rule" in o
+    assert f"model_sha256={a.sha256!r}, decision_sha256={a.decision_fingerprint!r})" in o

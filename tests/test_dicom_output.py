@@ -276,3 +276,22 @@ def test_caption_is_wrapped_inside_the_image_at_224_px_and_at_2048_px(dataset_ro
         assert f"P(bacterial pneumonia) {p.probabilities['bacterial']:.2f}" in laid_out
         assert "(P = " not in laid_out
     assert len(caption_layout(caption_lines(pred), 224)[0]) > len(caption_layout(caption_lines(big), 2048)[0])
+
+
+def test_a_narrow_film_gets_a_canvas_wide_enough_for_the_caption(dataset_root: Path):
+    """A 64 px wide film (the readers' smallest side) is centred on a 128 px canvas; the caption fits it."""
+    import dataclasses
+
+    from deephealth.rendering import CAPTION_MIN_WIDTH, caption_layout, caption_lines
+
+    pred = Predictor().predict(dataset_root / "test" / "PNEUMONIA" / "person134_bacteria_641.jpeg", heatmap=True)
+    narrow = dataclasses.replace(pred, image=pred.image[:, 80:144], heatmap=pred.heatmap[:, 80:144])
+    arr = annotated_overlay(narrow)
+    h = narrow.image.shape[0]
+    assert arr.shape[1] == CAPTION_MIN_WIDTH == 128
+    assert not arr[:h, :32].any() and not arr[:h, 96:].any() and arr[:h, 32:96].any()  # centred, black beside
+    band = arr[h:].max(axis=2)
+    assert band.any() and not band[:, -2:].any()
+    assert NOTICE in " ".join(t for t, _ in caption_layout(caption_lines(narrow), 128)[0])
+    with pytest.raises(ValueError, match="40 px wide cannot hold a word of the caption"):
+        caption_layout(caption_lines(narrow), 40)

@@ -117,6 +117,11 @@ PROBABILITY_NAMES: dict[str, str] = {
 CAPTION_MIN_FONT = 6
 """Smallest caption font size (pixels) tried before giving up on a word wider than the image."""
 
+CAPTION_MIN_WIDTH = 128
+"""Narrowest annotated overlay, in pixels: a narrower film (a 64 px wide one, or a very tall one
+reduced to :data:`SC_MAX_SIDE`) is centred on a black canvas this wide, so the caption's longest
+unbreakable item (``P(bacterial pneumonia) 0.87``) still fits."""
+
 
 def caption_lines(prediction: Prediction) -> list[tuple[str, list[str]]]:
     """The caption burned under the annotated overlay, as ``(separator, atoms)`` per line.
@@ -209,7 +214,8 @@ def annotated_overlay(prediction: Prediction, alpha: float = 0.4, max_side: int 
     (and :data:`REVIEW_LINE` for a film in the model's review band).
 
     The caption (:func:`caption_lines`) is wrapped to the overlay's width (:func:`caption_layout`),
-    so every word is drawn however small the film (224 px) or large.
+    so every word is drawn however small the film (224 px) or large; an overlay narrower than
+    :data:`CAPTION_MIN_WIDTH` is centred on a black canvas that wide.
 
     Args:
         prediction: a prediction made with ``heatmap=True``.
@@ -217,12 +223,12 @@ def annotated_overlay(prediction: Prediction, alpha: float = 0.4, max_side: int 
         max_side: the overlay is reduced (area average) so its longest side is at most this.
 
     Returns:
-        ``(H', W', 3)`` uint8 RGB: the overlay (``H x W`` at most ``max_side``) on top of a black
-        band with the caption in white, one or more rows per line.
+        ``(H', W', 3)`` uint8 RGB: the overlay (``H x W`` at most ``max_side``;
+        ``W' = max(W, CAPTION_MIN_WIDTH)``) on top of a black band with the caption in white, one
+        or more rows per line.
 
     Raises:
-        ValueError: if the prediction has no heatmap, or the overlay is too narrow for a word of the
-            caption even at the smallest font.
+        ValueError: if the prediction has no heatmap.
     """
     if prediction.heatmap is None or prediction.image is None:
         raise ValueError(f"{prediction.source}: no heatmap; predict with heatmap=True")
@@ -232,13 +238,14 @@ def annotated_overlay(prediction: Prediction, alpha: float = 0.4, max_side: int 
     scale = max_side / max(img.size)
     if scale < 1.0:
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BOX)
+    width = max(img.width, CAPTION_MIN_WIDTH)
     try:
-        rows, size, band_h = caption_layout(caption_lines(prediction), img.width)
+        rows, size, band_h = caption_layout(caption_lines(prediction), width)
     except ValueError as exc:
         raise ValueError(f"{prediction.source}: {exc}") from None
     font = _font(size)
-    canvas = Image.new("RGB", (img.width, img.height + band_h), (0, 0, 0))
-    canvas.paste(img, (0, 0))
+    canvas = Image.new("RGB", (width, img.height + band_h), (0, 0, 0))
+    canvas.paste(img, ((width - img.width) // 2, 0))
     draw = ImageDraw.Draw(canvas)
     for text, (x, y) in rows:
         draw.text((x, img.height + y), text, fill=(255, 255, 255), font=font)

@@ -148,7 +148,7 @@ def test_annotated_overlay_band_height_and_image_part(dicom_dir: Path):
     assert small.shape[1] == 256 and small.shape[0] > 256
     with pytest.raises(ValueError, match="no heatmap"):
         annotated_overlay(Predictor().predict(dicom_dir / "cr_chest_pa_rsna.dcm"))
-    assert "not a diagnosis" in NOTICE
+    assert "not a diagnosis" in NOTICE and "not a medical device" in NOTICE
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy not installed (Debian dicom3tools; make install-dev)")

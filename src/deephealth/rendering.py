@@ -14,7 +14,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from deephealth.inference import Prediction
 
-NOTICE = "Decision support, not a diagnosis. Every result must be reviewed by a qualified clinician."
+NOTICE = (
+    "Decision support, not a diagnosis and not a medical device. "
+    "Every result must be reviewed by a qualified clinician."
+)
 """The decision-support notice burned into every rendered result that leaves the product as an image."""
 REVIEW_LINE = "Borderline result: have it reviewed (the reason is in the SR)."
 """Burned in under the result of a film in the model's review band (``decision.review``)."""

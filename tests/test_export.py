@@ -227,6 +227,14 @@ def test_export_cli(run_dir: Path, tmp_path, capsys):
     capsys.readouterr()
     again_band = json.loads((tmp_path / "m" / "metadata.json").read_text())["operating_point"]["review_band"]
     assert rc == 0 and again_band["pneumonia_logit_margin"] == band["pneumonia_logit_margin"]
+    # a wider quantile gives a wider band on the same films; it is recorded
+    rc = main(["export", "--review-band-only", "--review-quantile", "0.99", "--out", str(tmp_path / "m")])
+    assert rc == 0 and "(quantile 0.99 of the benign-change shifts)" in capsys.readouterr().out
+    wide = json.loads((tmp_path / "m" / "metadata.json").read_text())["operating_point"]["review_band"]
+    assert wide["quantile"] == 0.99 and wide["pneumonia_logit_margin"] > band["pneumonia_logit_margin"]
+    for args in (["--review-band-only", "--review-quantile", "1.5"], ["--gate-only", "--review-quantile", "0.9"]):
+        rc = main(["export", *args, "--out", str(tmp_path / "m")])
+        assert rc == 2 and "--review-quantile" in capsys.readouterr().err
     rc = main(["export", str(run_dir), "--review-band-only", "--out", str(tmp_path / "m")])
     assert rc == 2 and "--review-band-only takes only --out" in capsys.readouterr().err
     rc = main(["export", "--gate-only", "--review-band-only", "--out", str(tmp_path / "m")])

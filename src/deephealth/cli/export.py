@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--review-band-only", action="store_true",
                         help="fit only the review band of the existing model folder --out, on the validation split "
                         "its metadata.json records (about 1-2 minutes)")
+    parser.add_argument("--review-quantile", type=float, default=None, metavar="Q",
+                        help="quantile of the benign-change score shifts that sets the review band's half-widths, "
+                        "in (0, 1) (default 0.9, chosen on validation: docs/stability.md); with the export or "
+                        "--review-band-only")
     parser.add_argument("--no-evidence", action="store_true",
                         help="do not add the evidence map (the finer heatmap, docs/evidence.md)")
     parser.add_argument("--evidence-only", action="store_true",
@@ -77,6 +81,13 @@ def run(args: argparse.Namespace) -> int:
     if sum(map(bool, (args.gate_only, args.evidence_only, args.review_band_only))) > 1:
         print("export failed: give only one of --gate-only, --evidence-only and --review-band-only", file=sys.stderr)
         return 2
+    if args.review_quantile is not None and not 0.0 < args.review_quantile < 1.0:
+        print(f"export failed: --review-quantile must be in (0, 1), got {args.review_quantile:g}", file=sys.stderr)
+        return 2
+    if args.review_quantile is not None and (args.no_review_band or args.gate_only or args.evidence_only):
+        print("export failed: --review-quantile sets the review band: not with --no-review-band, --gate-only "
+              "or --evidence-only", file=sys.stderr)
+        return 2
     if args.review_band_only:
         return _refit_review_band(args)
     if args.gate_only:
@@ -89,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = export_run(args.run, args.out, name=args.name, version=args.model_version, checkpoint=args.checkpoint,
                          quantize=args.quantize, gate=not args.no_gate, evidence=not args.no_evidence,
-                         review_band=not args.no_review_band)
+                         review_band=not args.no_review_band, review_quantile=args.review_quantile)
     except (ExportError, ValueError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 2
@@ -188,7 +199,7 @@ def _refit_review_band(args: argparse.Namespace) -> int:
 
     return _refit_in_place(args, "--review-band-only",
                            bool(args.quantize or args.no_gate or args.checkpoint or args.no_review_band),
-                           lambda d, c: fit_run_review_band(d, c, progress=True), "fitted the review band",
+                           lambda d, c: fit_run_review_band(d, c, quantile=args.review_quantile, progress=True), "fitted the review band",
                            "no dataset or no operating point to fit the review band on", _print_review_band)
 
 

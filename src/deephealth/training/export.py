@@ -357,6 +357,7 @@ def export_run(
     gate: bool = True,
     evidence: bool = True,
     review_band: bool = True,
+    review_quantile: float | None = None,
 ) -> Path:
     """Export a training run (or one checkpoint file) to a checked model folder, with its input gate.
 
@@ -371,6 +372,8 @@ def export_run(
         quantize: ship an int8 model (see :func:`export_model`).
         review_band: fit the review band on the run's validation split (:func:`fit_run_review_band`;
             skipped with a warning when the dataset is absent).
+        review_quantile: the band's quantile (default
+            :data:`~deephealth.calibration.REVIEW_QUANTILE`).
         gate: fit the input gate on the exported graph (:func:`fit_run_gate`); skipped with a
             warning when the dataset is not found.
         evidence: add the evidence map (see :func:`export_model`).
@@ -456,7 +459,7 @@ def export_run(
     if gate:
         fit_run_gate(out, ckpt.get("config") or {})
     if review_band:
-        fit_run_review_band(out, ckpt.get("config") or {})
+        fit_run_review_band(out, ckpt.get("config") or {}, quantile=review_quantile)
     return out
 
 

@@ -182,6 +182,47 @@ def test_thin_uniform_edges_are_kept_and_blank_images_untouched() -> None:
     assert content_box(np.zeros((50, 50), np.float32)) == (0, 50, 0, 50)
 
 
+def test_content_box_shortcut_agrees_with_the_line_statistics() -> None:
+    # content_box skips the per-line statistics when neither outermost line is flat; the full
+    # computation (every line's range and mean) must give the same box, border or not
+    from deephealth.preprocessing import BORDER_TOLERANCE, MIN_BORDER_FRACTION, content_box
+
+    def full(img: np.ndarray) -> tuple[int, int, int, int]:
+        def run(lo, hi, mean):
+            ok = (hi - lo <= BORDER_TOLERANCE) & (np.abs(mean - mean[0]) <= BORDER_TOLERANCE)
+            bad = np.flatnonzero(~ok)
+            return int(bad[0]) if bad.size else len(ok)
+
+        def trim(lines, n):
+            lo, hi, mean = lines.min(1), lines.max(1), lines.mean(1)
+            a = run(lo, hi, mean)
+            if a >= n:
+                return 0, n
+            b = run(lo[::-1], hi[::-1], mean[::-1])
+            return (0, n) if a + b < MIN_BORDER_FRACTION * n or n - a - b < 0.25 * n else (a, n - b)
+
+        top, bottom = trim(img, img.shape[0])
+        return (top, bottom, *trim(img[top:bottom].T, img.shape[1]))
+
+    rng = np.random.default_rng(3)
+    for k in range(60):
+        img = _film(int(rng.integers(40, 160)), int(rng.integers(40, 160)))
+        h, w = img.shape
+        for _ in range(int(rng.integers(0, 3))):  # flat lines or bands on some sides
+            side, depth, grey = int(rng.integers(4)), int(rng.integers(1, max(2, h // 3))), float(rng.choice([0.0, 1.0, 0.4]))
+            if side == 0:
+                img[:depth] = grey
+            elif side == 1:
+                img[h - depth:] = grey
+            elif side == 2:
+                img[:, :min(depth, w - 1)] = grey
+            else:
+                img[:, w - min(depth, w - 1):] = grey
+        if k % 5 == 0:
+            img[0] = img[0].mean()  # one flat outermost line only
+        assert content_box(img) == full(img)
+
+
 def test_crop_border_contract_makes_padded_and_letterboxed_copies_identical() -> None:
     film = _film()
     canvas = np.zeros((240, 200), np.float32)

@@ -133,6 +133,9 @@ def content_box(image: np.ndarray) -> tuple[int, int, int, int]:
     h, w = img.shape
 
     def trim(lines: np.ndarray, n: int) -> tuple[int, int]:
+        first, last = lines[0], lines[-1]
+        if first.max() - first.min() > BORDER_TOLERANCE and last.max() - last.min() > BORDER_TOLERANCE:
+            return 0, n  # neither outermost line is flat, so no border (most films): no line statistics needed
         lo, hi, mean = lines.min(1), lines.max(1), lines.mean(1)
         a = _uniform_run(lo, hi, mean)
         if a >= n:

@@ -192,8 +192,11 @@ def normalize(quantized: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     Returns:
         float32 array of the same shape, ``(q / 255 - mean) / std``.
     """
-    x = quantized.astype(np.float32) * np.float32(1.0 / 255.0)
-    return (x - np.float32(config.mean)) / np.float32(config.std)
+    x = quantized.astype(np.float32)  # a new array: the three steps below run in place, in this order
+    x *= np.float32(1.0 / 255.0)
+    x -= np.float32(config.mean)
+    x /= np.float32(config.std)
+    return x
 
 
 def preprocess(

@@ -7,6 +7,8 @@ Pure numpy, shared by training (fit) and inference/evaluation (apply).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -204,9 +206,16 @@ def decision_margins(probs: np.ndarray, operating_point: dict) -> tuple[np.ndarr
         (> 0: bacterial is the likelier kind; ``t = 0`` is decided for bacterial, as :func:`decide`).
     """
     p = np.asarray(probs, dtype=np.float64)
-    s = _logit(pneumonia_score(p)) - _logit(float(operating_point["threshold"]))
-    t = np.log(np.clip(p[..., 1], 1e-300, None)) - np.log(np.clip(p[..., 2], 1e-300, None))
+    s = _logit(pneumonia_score(p)) - _threshold_logit(float(operating_point["threshold"]))
+    # np.maximum is what np.clip(x, 1e-300, None) calls, without its wrappers
+    t = np.log(np.maximum(p[..., 1], 1e-300)) - np.log(np.maximum(p[..., 2], 1e-300))
     return s, t
+
+
+@functools.lru_cache(maxsize=64)
+def _threshold_logit(threshold: float) -> np.float64:
+    """``_logit(threshold)``, computed once per threshold (every film of a model shares it)."""
+    return _logit(threshold)
 
 
 def fit_review_band(base_probs: np.ndarray, perturbed_probs: np.ndarray, operating_point: dict,

@@ -464,7 +464,7 @@ def _linear_percentiles(values: np.ndarray, percentiles: tuple[float, ...]) -> n
     or ``b - (b - a) * (1 - g)`` when ``g >= 0.5``, ``b - a`` in the input's dtype), without the
     general function's checks and set-up (about a tenth of its time on the 4,096 block means of
     :func:`lung_layout`). Only for finite values, at least two of them, and percentiles strictly
-    between 0 and 100 (``tests/test_gate_view.py`` checks it against ``np.percentile``).
+    between 0 and 100 (``tests/test_gate.py`` checks it against ``np.percentile``).
 
     Args:
         values: float array of any shape (flattened); percentiles: in (0, 100).

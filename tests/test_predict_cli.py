@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +300,29 @@ def test_missing_model_exits_2(folder: Path, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert err.strip() == f"cannot load the model: model folder not found: {tmp_path / 'no-model'}"
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature + IHDR claiming width x height and an empty IDAT: no pixels are allocated."""
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def test_oversized_images_get_the_projects_limit_and_no_pillow_warning(
+        tmp_path: Path, tiny_model_dir: Path, capsys, recwarn):
+    sizes = {"mp60.png": (10_000, 6_000), "mp150.png": (12_500, 12_000), "mp400.png": (20_000, 20_000)}
+    for name, (w, h) in sizes.items():
+        (tmp_path / name).write_bytes(_png_header_only(w, h))
+    rc = main(["predict", *(str(tmp_path / n) for n in sizes), "--model", str(tiny_model_dir)])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    for name, mp in (("mp60.png", "10000x6000 = 60.0"), ("mp150.png", "12500x12000 = 150.0"),
+                     ("mp400.png", "20000x20000 = 400.0")):
+        assert (f"error: {tmp_path / name}: image too large to decode safely: {mp} megapixels (limit 50)"
+                in err), err
+    assert "DecompressionBomb" not in err and "decompression bomb" not in err and "178956970" not in err
+    assert [str(w.message) for w in recwarn] == []  # pytest records warnings instead of printing them

@@ -326,3 +326,24 @@ def test_oversized_images_get_the_projects_limit_and_no_pillow_warning(
                 in err), err
     assert "DecompressionBomb" not in err and "decompression bomb" not in err and "178956970" not in err
     assert [str(w.message) for w in recwarn] == []  # pytest records warnings instead of printing them
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["predict", "--frmat", "json", "x/"], "deephealth predict: error: unrecognized arguments: --frmat"),
+    (["predict", "--format", "xml", "x/"], "deephealth predict: error: argument --format: invalid choice: 'xml'"),
+])
+def test_usage_errors_under_a_command_name_it_and_its_help(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert err.rstrip().endswith("(see deephealth predict --help)"), err
+
+
+def test_unknown_option_before_the_command_is_the_top_levels(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--frmat", "predict", "x/"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "deephealth: error: unrecognized arguments: --frmat (see deephealth --help)\n"

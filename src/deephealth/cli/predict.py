@@ -116,6 +116,36 @@ WARNINGS_WIDTH = 72
 one note a line."""
 
 
+def summary_counts(rows: list[dict]) -> str:
+    """The table's summary of what became of the inputs (skipped rows are not inputs), e.g.
+    ``"6 input(s): 4 classified (1 with an input-gate warning), 2 not classified (1 refused by the
+    input gate, 1 error)"``.
+
+    Classified films are broken down by the input gate's verdict (``warn``, or ``refuse`` overridden
+    by ``--allow-unsuitable``); films not classified into those the gate refused and errors (a file
+    that cannot be read or found, an output that cannot be written). A breakdown is shown only
+    when it has a non-zero count.
+    """
+    inputs = [r for r in rows if not r.get("skipped")]
+    ok = [r for r in inputs if r["ok"]]
+    n_bad = len(inputs) - len(ok)
+    warned = sum(_gate(r)[0] == "warn" for r in ok)
+    overridden = sum(_gate(r)[0] == "refuse" for r in ok)
+    refused = sum(_gate(r)[0] == "refuse" for r in inputs if not r["ok"])
+    errors = n_bad - refused
+    good, bad = [], []
+    if warned:
+        good.append(f"{warned} with an input-gate warning")
+    if overridden:
+        good.append(f"{overridden} refused by the input gate, classified anyway: --allow-unsuitable")
+    if refused:
+        bad.append(f"{refused} refused by the input gate")
+    if errors:
+        bad.append(f"{errors} error" if errors == 1 else f"{errors} errors")
+    return (f"{len(inputs)} input(s): {len(ok)} classified" + (f" ({', '.join(good)})" if good else "")
+            + f", {n_bad} not classified" + (f" ({', '.join(bad)})" if bad else ""))
+
+
 def _decision(r: dict) -> dict:
     """The row's ``decision`` object, or an empty dict (errors, skipped files)."""
     return r.get("decision") or {}
@@ -336,8 +366,6 @@ def run(args: argparse.Namespace) -> int:
 
     n_skipped = len(skipped)
     n_bad = sum(not r["ok"] for r in rows) - n_skipped
-    n_refused = sum(_gate(r)[0] == "refuse" and not r["ok"] for r in rows)
-    n_warned = sum(_gate(r)[0] in ("warn", "refuse") and r["ok"] for r in rows)
     n_review = sum(bool(_decision(r).get("review")) for r in rows if r["ok"])
     art = predictor.artifact
     model_id = f"{art.name} {art.version}"
@@ -357,12 +385,9 @@ def run(args: argparse.Namespace) -> int:
             for rule in sorted(rules):
                 print(f"rule: {rule}")
             print()
-        gate_note = ""
-        if n_refused or n_warned:
-            gate_note = f" (input gate: {n_refused} refused, {n_warned} classified with a warning)"
         skip_note = f"; {n_skipped} other file(s) in the folders skipped (not image suffixes)" if n_skipped else ""
         review_note = f"; {n_review} borderline, flagged for review (see notes)" if n_review else ""
-        print(f"{n_in} input(s): {n_in - n_bad} classified, {n_bad} failed" + gate_note + review_note + skip_note
+        print(summary_counts(rows) + review_note + skip_note
               + (f"; heatmaps in {heat_dir}" if heat_dir is not None and len(rows) > n_bad else "")
               + (f"; DICOM SR and Secondary Capture in {dicom_dir}" if dicom_dir is not None and len(rows) > n_bad else ""))
         if not predictor.gate.available:

@@ -30,8 +30,11 @@ summary. Name such a file directly to read it anyway.
 
 --heatmap-dir DIR writes, for each image, a PNG of the class activation heatmap of the predicted
 class over the image. --dicom-out DIR writes, for each image, a DICOM Comprehensive SR with the
-coded finding and a Secondary Capture of the heatmap (needs the [pacs] extra); a DICOM input's
-patient and study are copied, any other input gets a generated study marked "no source study".
+coded finding and a Secondary Capture of the heatmap (needs the [pacs] extra), named
+SR_<name>_<UID>.dcm and SC_<name>_<UID>.dcm: <name> is the input's file name without its suffix,
+made filesystem-safe (accents dropped, other characters than letters, digits, - and . become _, at
+most 40 characters), <UID> the object's SOP Instance UID; a DICOM input's patient and study are
+copied, any other input gets a generated study marked "no source study".
 
 Input gate: every image is checked first (is it a frontal chest radiograph the model can be trusted
 on?). The "gate" column says accept, warn (classified, reasons shown) or refuse (not classified,
@@ -75,7 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heatmap-dir", metavar="DIR", default=None,
                         help="write a heatmap overlay PNG per image into DIR")
     parser.add_argument("--dicom-out", metavar="DIR", default=None,
-                        help="write a DICOM SR and a Secondary Capture heatmap per image into DIR (needs deephealth[pacs])")
+                        help="write a DICOM SR and a Secondary Capture heatmap per image into DIR, as "
+                             "SR_<name>_<UID>.dcm and SC_<name>_<UID>.dcm (<name>: the input's file name, "
+                             "filesystem-safe; see above) (needs deephealth[pacs])")
     parser.add_argument("--model", metavar="DIR", default=None,
                         help="model folder (default: $DEEPHEALTH_MODEL_DIR or the bundled model)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per network run (default 32)")
@@ -257,13 +262,13 @@ def _audit(audit, results, artifact, latency_ms: float) -> None:
 
 def _write_dicom(res, row: dict, artifact, out_dir: Path, alpha: float) -> dict:
     """Write the SR and Secondary Capture of one prediction; the row gains ``dicom_files`` or becomes an error."""
-    from deephealth.dicom_output import build_dicom_result, read_source_header
+    from deephealth.dicom_output import build_dicom_result, output_stem, read_source_header
 
     try:
         result = build_dicom_result(
             res, artifact.name, artifact.version, artifact.sha256, read_source_header(res.source), alpha=alpha
         )
-        sr_path, sc_path = result.save(out_dir)
+        sr_path, sc_path = result.save(out_dir, output_stem(res.source))
     except OSError as exc:
         return {"source": res.source, "ok": False,
                 "error": f"{res.source}: cannot write DICOM output to {out_dir} ({exc.strerror or exc})"}

@@ -139,7 +139,7 @@ def test_non_dicom_input_gets_a_generated_study_with_a_note(rows, dataset_root: 
     assert sr.PatientID == ""
     # the SR refers to the generated Secondary Capture
     (sc_uid,) = summary["source_sop_instance_uids"]
-    assert (entry["path"].parent / f"SC_{sc_uid}.dcm").is_file()
+    assert (entry["path"].parent / f"SC_{jpeg.stem}_{sc_uid}.dcm").is_file()
 
 
 def test_annotated_overlay_band_height_and_image_part(dicom_dir: Path):
@@ -166,6 +166,34 @@ def test_dicom_out_json_lists_the_files_and_the_no_source_warning(tmp_path: Path
     assert row["ok"] and len(row["dicom_files"]) == 2
     assert all(Path(f).is_file() for f in row["dicom_files"])
     assert any("no source study" in w for w in row["warnings"])
+
+
+def test_dicom_out_file_names_carry_the_source_stem_and_the_uid(outputs, dicom_dir: Path, dataset_root: Path):
+    jpeg = sorted((dataset_root / "test" / "NORMAL").glob("*.jpeg"))[0]
+    by_stem: dict[str, list[str]] = {}
+    for f in sorted(outputs.glob("*.dcm")):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        kind = "SR" if ds.Modality == "SR" else "SC"
+        for stem in ("cr_chest_pa_rsna", jpeg.stem):
+            if f.name.startswith(f"{kind}_{stem}_"):
+                assert f.name == f"{kind}_{stem}_{ds.SOPInstanceUID}.dcm"
+                by_stem.setdefault(stem, []).append(kind)
+    assert by_stem == {"cr_chest_pa_rsna": ["SC", "SR"], jpeg.stem: ["SC", "SR"]}
+
+
+@pytest.mark.parametrize(("source", "stem"), [
+    ("/scans/IM-0001-0001.jpeg", "IM-0001-0001"),
+    ("C:/PACS export/Tórax PA (2).dcm", "Torax_PA_2"),
+    ("../../etc/passwd", "passwd"),
+    ("/scans/.hidden.png", "hidden"),
+    ("/scans/???.png", ""),
+    ("upload", "upload"),
+    ("/scans/" + "a" * 100 + ".png", "a" * 40),
+])
+def test_output_stem_is_filesystem_safe_and_bounded(source: str, stem: str):
+    from deephealth.dicom_output import output_stem
+
+    assert output_stem(source) == stem
 
 
 def test_a_minimal_source_missing_type2_attributes_still_gives_valid_objects(dicom_dir: Path, tmp_path: Path):

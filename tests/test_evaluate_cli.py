@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from deephealth.cli import main
 from deephealth.evaluation.metrics import compute_metrics
 from deephealth.evaluation.report import load_metrics, reproducible_part
-from deephealth.paths import default_model_dir
+from deephealth.paths import default_model_dir, portable_path
 
 from _golden import assert_close, compare_predictions
 
@@ -94,7 +95,10 @@ def test_evaluate_folder_end_to_end(tiny_model_dir, small_dataset, tmp_path, cap
     assert m["binary"]["bacterial_vs_viral"]["n"] == 13
 
     md = (out / "report.md").read_text()
-    assert f"--data {small_dataset}" in md and report["model"]["sha256"] in md
+    # the data, model and output folders as the export records paths: no absolute path of this machine
+    assert f"--data {shlex.quote(portable_path(small_dataset))}" in md and report["model"]["sha256"] in md
+    assert f"--model {shlex.quote(portable_path(tiny_model_dir))}" in report["run"]["command_resolved"]
+    assert str(small_dataset) not in md and str(tiny_model_dir) not in md and str(out) not in md
 
     # A rerun reproduces everything except the run section, byte for byte.
     out2 = tmp_path / "again"

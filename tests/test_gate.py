@@ -439,7 +439,7 @@ def test_cli_reports_refusals_and_the_override(gated_model_dir: Path, dataset_ro
     (row,) = [line for line in out.splitlines() if line.startswith(str(film))]
     assert " accept" in row
     assert f"error: {noise}: not suitable for this model: " in err
-    assert "2 input(s): 1 classified, 1 failed (input gate: 1 refused, 0 classified with a warning)" in out
+    assert "2 input(s): 1 classified, 1 not classified (1 refused by the input gate)" in out
 
     rc = main(["predict", str(film), str(noise), "--model", str(gated_model_dir), "--format", "json",
                "--allow-unsuitable"])

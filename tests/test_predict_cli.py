@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +60,7 @@ def test_folder_with_a_corrupt_file_reports_it_and_exits_1(folder: Path, tiny_mo
     (row,) = [line for line in lines if line.startswith(broken)]
     assert "ERROR" in row
     assert f"error: {broken}: " in err and "Traceback" not in err
-    assert "4 input(s): 3 classified, 1 failed; 1 other file(s) in the folders skipped (not image suffixes)" in out
+    assert "4 input(s): 3 classified, 1 not classified (1 error); 1 other file(s) in the folders skipped (not image suffixes)" in out
     assert INTENDED_USE in out
     assert "notes.txt" not in out  # the table has no row for it, stderr names it
     assert (f"skipped 1 file(s) in folders, not image suffixes (.txt 1): {folder / 'notes.txt'}; "
@@ -68,7 +70,7 @@ def test_folder_with_a_corrupt_file_reports_it_and_exits_1(folder: Path, tiny_mo
 def test_all_good_exits_0(folder: Path, tiny_model_dir: Path, capsys):
     rc = main(["predict", str(folder / "a.jpeg"), str(folder / "b.jpeg"), "--model", str(tiny_model_dir)])
     assert rc == 0
-    assert "2 input(s): 2 classified, 0 failed" in capsys.readouterr().out
+    assert "2 input(s): 2 classified, 0 not classified" in capsys.readouterr().out
 
 
 def test_json_output_parses(folder: Path, tiny_model_dir: Path, capsys):
@@ -181,7 +183,7 @@ def test_only_skipped_files_exit_1_and_say_so(tmp_path: Path, tiny_model_dir: Pa
     assert rc == 1
     assert f"error: {tmp_path}: folder contains no image files" in err
     assert f"skipped 1 file(s) in folders, not image suffixes (.md 1): {tmp_path / 'readme.md'}" in err
-    assert "1 input(s): 0 classified, 1 failed; 1 other file(s) in the folders skipped" in out
+    assert "1 input(s): 0 classified, 1 not classified (1 error); 1 other file(s) in the folders skipped" in out
 
 
 def test_table_csv_and_json_carry_the_same_decision(folder: Path, capsys):
@@ -271,7 +273,7 @@ def test_borderline_films_are_flagged_for_review_in_every_format(dataset_root: P
     assert notes == [near, kind, ""]  # each flagged row's notes are its reason (these films have no warnings)
     review_at = lines[0].index("review")
     assert [lines[i][review_at:start].split() for i in rows] == [["yes"], ["yes"], ["no"]]
-    assert "3 input(s): 3 classified, 0 failed; 2 borderline, flagged for review (see notes)" in out
+    assert "3 input(s): 3 classified, 0 not classified; 2 borderline, flagged for review (see notes)" in out
 
 
 def test_table_wraps_long_warnings(tmp_path: Path, dicom_dir: Path, tiny_model_dir: Path, capsys):
@@ -298,3 +300,84 @@ def test_missing_model_exits_2(folder: Path, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert err.strip() == f"cannot load the model: model folder not found: {tmp_path / 'no-model'}"
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature + IHDR claiming width x height and an empty IDAT: no pixels are allocated."""
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def test_oversized_images_get_the_projects_limit_and_no_pillow_warning(
+        tmp_path: Path, tiny_model_dir: Path, capsys, recwarn):
+    sizes = {"mp60.png": (10_000, 6_000), "mp150.png": (12_500, 12_000), "mp400.png": (20_000, 20_000)}
+    for name, (w, h) in sizes.items():
+        (tmp_path / name).write_bytes(_png_header_only(w, h))
+    rc = main(["predict", *(str(tmp_path / n) for n in sizes), "--model", str(tiny_model_dir)])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    for name, mp in (("mp60.png", "10000x6000 = 60.0"), ("mp150.png", "12500x12000 = 150.0"),
+                     ("mp400.png", "20000x20000 = 400.0")):
+        assert (f"error: {tmp_path / name}: image too large to decode safely: {mp} megapixels (limit 50)"
+                in err), err
+    assert "DecompressionBomb" not in err and "decompression bomb" not in err and "178956970" not in err
+    assert [str(w.message) for w in recwarn] == []  # pytest records warnings instead of printing them
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["predict", "--frmat", "json", "x/"], "deephealth predict: error: unrecognized arguments: --frmat"),
+    (["predict", "--format", "xml", "x/"], "deephealth predict: error: argument --format: invalid choice: 'xml'"),
+])
+def test_usage_errors_under_a_command_name_it_and_its_help(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert err.rstrip().endswith("(see deephealth predict --help)"), err
+
+
+def test_unknown_option_before_the_command_is_the_top_levels(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--frmat", "predict", "x/"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "deephealth: error: unrecognized arguments: --frmat (see deephealth --help)\n"
+
+
+def _row(ok: bool, gate: str | None = None, skipped: bool = False) -> dict:
+    r: dict = {"source": "x", "ok": ok}
+    if gate:
+        r["suitability"] = {"status": gate, "reasons": ["why"]}
+    if skipped:
+        r["skipped"] = "not an image suffix"
+    elif not ok:
+        r["error"] = "x: why"
+    return r
+
+
+@pytest.mark.parametrize(("rows", "expected"), [
+    ([_row(True), _row(True)], "2 input(s): 2 classified, 0 not classified"),
+    ([_row(True), _row(False)], "2 input(s): 1 classified, 1 not classified (1 error)"),
+    # the fresh-user trial's case: every count says what it counts
+    ([_row(True, "accept"), _row(True, "accept"), _row(True, "accept"), _row(True, "warn"),
+      _row(False, "refuse"), _row(False)],
+     "6 input(s): 4 classified (1 with an input-gate warning), "
+     "2 not classified (1 refused by the input gate, 1 error)"),
+    ([_row(True, "warn"), _row(True, "warn"), _row(False, "refuse"), _row(False, "refuse"), _row(False), _row(False)],
+     "6 input(s): 2 classified (2 with an input-gate warning), "
+     "4 not classified (2 refused by the input gate, 2 errors)"),
+    # --allow-unsuitable: a refused film is classified anyway, and said so
+    ([_row(True, "refuse"), _row(True, "accept")],
+     "2 input(s): 2 classified (1 refused by the input gate, classified anyway: --allow-unsuitable), "
+     "0 not classified"),
+    ([_row(True), _row(False, skipped=True)], "1 input(s): 1 classified, 0 not classified"),
+])
+def test_summary_counts_say_what_each_count_is(rows, expected):
+    from deephealth.cli.predict import summary_counts
+
+    assert summary_counts(rows) == expected

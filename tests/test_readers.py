@@ -341,6 +341,29 @@ def test_refused_with_one_line_message(case: str, data: bytes, message: str) -> 
     assert isinstance(err.value, ValueError)
 
 
+@pytest.mark.parametrize(("width", "height", "megapixels"), [
+    (10_000, 6_000, "60.0"),     # over the project's limit, under Pillow's warning threshold (89 MP)
+    (12_500, 12_000, "150.0"),   # Pillow would warn (DecompressionBombWarning)
+    (20_000, 20_000, "400.0"),   # Pillow would refuse (DecompressionBombError, 179 MP)
+])
+def test_oversized_header_gets_the_projects_message_and_no_pillow_warning(
+        width: int, height: int, megapixels: str, recwarn: pytest.WarningsRecorder) -> None:
+    limit_before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageReadError) as err:
+        read_image(png_header_only(width, height), name="big.png")
+    assert str(err.value) == (f"big.png: image too large to decode safely: {width}x{height} = "
+                              f"{megapixels} megapixels (limit 50)")
+    assert [str(w.message) for w in recwarn] == []
+    assert Image.MAX_IMAGE_PIXELS == limit_before  # Pillow's process-wide setting is left alone
+
+
+def test_pillow_still_warns_for_other_callers() -> None:
+    # The reader skips Pillow's check for its own files only; Image.open elsewhere is unchanged.
+    with pytest.warns(Image.DecompressionBombWarning):
+        with Image.open(io.BytesIO(png_header_only(12_500, 12_000))):
+            pass
+
+
 def test_bomb_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     # With a lower limit, a real (decodable) 200x200 image is refused and load() is never called.
     data = encode(Image.new("L", (200, 200)), "PNG")

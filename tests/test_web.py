@@ -190,6 +190,25 @@ def test_zero_bytes_is_422_naming_the_file(client):
     assert r.json() == {"detail": "empty.jpg: empty file (0 bytes)"}
 
 
+@pytest.mark.parametrize(("width", "height", "megapixels"),
+                         [(10_000, 6_000, "60.0"), (12_500, 12_000, "150.0"), (20_000, 20_000, "400.0")])
+def test_oversized_image_is_422_with_the_projects_limit(client, width, height, megapixels, recwarn):
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    # a PNG header claiming width x height (no pixels allocated)
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
+    r = _post(client, "big.png", png)
+    assert r.status_code == 422
+    assert r.json() == {"detail": f"big.png: image too large to decode safely: {width}x{height} = "
+                                  f"{megapixels} megapixels (limit 50)"}
+    assert [str(w.message) for w in recwarn] == []
+
+
 def test_text_file_is_415(client):
     r = _post(client, "notes.txt", b"Patient notes: cough for 3 days.\n" * 20)
     assert r.status_code == 415

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,6 +131,23 @@ def xray(dataset_root: Path) -> Path:
     return dataset_root / "test" / "PNEUMONIA" / "person101_bacteria_483.jpeg"
 
 
+FLAGGED = re.compile(r"(^|\s)flagged(\s|$)")
+REVIEW_ADVICE = {  # the page's advice on a flagged film (README, "What to do with a flagged film")
+    "en": {
+        "pneumonia_vs_normal": "Give this label no weight: read the film yourself (or ask a radiologist) before "
+                               "acting. A flagged “no pneumonia” is not a negative result.",
+        "bacterial_vs_viral": "The pneumonia call stands; only bacterial vs viral is undecided: give the kind of "
+                              "pneumonia no weight.",
+    },
+    "es": {
+        "pneumonia_vs_normal": "No dé ningún peso a esta etiqueta: lea usted la radiografía (o consulte a un "
+                               "radiólogo) antes de actuar. Un «sin neumonía» marcado no es un resultado negativo.",
+        "bacterial_vs_viral": "La indicación de neumonía se mantiene; solo queda sin decidir si es bacteriana o "
+                              "vírica: no dé peso al tipo de neumonía.",
+    },
+}
+
+
 def _expect_result(pg, expected, filename: str) -> None:
     expect = sync_api.expect
     expect(pg.locator("body")).to_have_attribute("data-state", "result", timeout=30_000)
@@ -155,11 +173,14 @@ def _expect_result(pg, expected, filename: str) -> None:
             f"The model calls pneumonia from {100 * d['threshold']:.1f} %")
     else:
         expect(pg.locator("#decision")).to_be_hidden()
-    if d.get("review"):  # in the review band: the notice with the reason, next to the decision
+    if d.get("review"):  # in the review band: the notice with the reason and what to do, next to the decision
         expect(pg.locator("#review")).to_be_visible()
-        expect(pg.locator("#review")).to_have_text(f"Flagged for review — {d['review_reason']}")
+        advice = REVIEW_ADVICE["en"][d["review_kind"]]
+        expect(pg.locator("#review")).to_have_text(f"Flagged for review — {d['review_reason']} {advice}")
+        expect(pg.locator("#prediction")).to_have_class(FLAGGED)  # the label de-emphasised
     else:
         expect(pg.locator("#review")).to_be_hidden()
+        expect(pg.locator("#prediction")).not_to_have_class(FLAGGED)
     # the preview and the heatmap overlay are decoded images on screen
     for sel in ("#preview", "#overlay"):
         assert pg.locator(sel).evaluate("img => img.complete && img.naturalWidth") > 0, sel
@@ -406,8 +427,55 @@ def test_a_borderline_film_shows_the_review_notice_in_both_languages(browser, se
         assert reason.startswith("borderline: bacterial vs viral is uncertain (bacterial share 0.505 of P(pneumonia)")
         pg.click(".lang-toggle button[data-lang=es]")
         expect(pg.locator("#review")).to_have_text(
-            "Marcado para revisión — " + translate_text(reason, "es"), timeout=30_000)
+            "Marcado para revisión — " + translate_text(reason, "es") + " "
+            + REVIEW_ADVICE["es"]["bacterial_vs_viral"], timeout=30_000)
         expect(pg.locator("#review-reason")).to_contain_text("caso límite: no está claro si es bacteriana o vírica")
+        expect(pg.locator("#prediction")).to_have_class(FLAGGED)
+    finally:
+        context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def test_a_flagged_no_pneumonia_says_its_label_carries_no_weight(browser, server, xray):
+    """A film flagged on pneumonia vs normal (the server's answer edited on its way to the page, so
+    any served model will do): the notice says the label is to be given no weight, in English and in
+    Spanish, and the label is shown smaller and lighter than an unflagged one."""
+    import json
+
+    expect = sync_api.expect
+    context, pg, errors = _open(browser, server)
+    try:
+        with pg.expect_response("**/api/v1/predictions*") as answer:
+            pg.set_input_files("#file", str(xray))
+        body = answer.value.json()
+        expect(pg.locator("body")).to_have_attribute("data-state", "result", timeout=30_000)
+        expect(pg.locator("#prediction")).not_to_have_class(FLAGGED)
+        style = "e => [parseFloat(getComputedStyle(e).fontSize), getComputedStyle(e).fontWeight]"
+        plain_size, plain_weight = pg.locator("#pred-label").evaluate(style)
+
+        # the same answer, now flagged on pneumonia vs normal
+        body["label"], body["label_index"], body["label_description"] = "normal", 0, "No pneumonia"
+        body["decision"] = (body["decision"] or {}) | {
+            "review": True, "review_kind": "pneumonia_vs_normal", "review_reason": "borderline (test)"}
+        pg.route("**/api/v1/predictions*",
+                 lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(body)))
+
+        pg.set_input_files("#file", str(xray))
+        expect(pg.locator("#review")).to_have_text(
+            "Flagged for review — borderline (test) " + REVIEW_ADVICE["en"]["pneumonia_vs_normal"], timeout=30_000)
+        expect(pg.locator("#prediction")).to_have_class(FLAGGED)
+        flagged_size, flagged_weight = pg.locator("#pred-label").evaluate(style)
+        assert flagged_size < plain_size and int(flagged_weight) < int(plain_weight)
+        pg.click(".lang-toggle button[data-lang=es]")
+        expect(pg.locator("#review")).to_have_text(
+            "Marcado para revisión — borderline (test) " + REVIEW_ADVICE["es"]["pneumonia_vs_normal"],
+            timeout=30_000)
+        expect(pg.locator("#prediction")).to_have_class(FLAGGED)
+        # an unflagged result afterwards is shown plainly again
+        pg.unroute("**/api/v1/predictions*")
+        pg.set_input_files("#file", str(xray))
+        expect(pg.locator("#review")).to_be_hidden(timeout=30_000)
+        expect(pg.locator("#prediction")).not_to_have_class(FLAGGED)
     finally:
         context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"

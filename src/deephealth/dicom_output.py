@@ -39,6 +39,7 @@ import datetime as _dt
 import io
 import logging
 import re
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,25 @@ def finding_code(label: str) -> tuple[str, str, str]:
     return c.value, c.scheme_designator, c.meaning
 
 
+OUTPUT_STEM_MAX = 40
+"""Most characters of the source's name kept in an output file name (:func:`output_stem`)."""
+
+
+def output_stem(source: str) -> str:
+    """A filesystem-safe form of ``source``'s file stem, for output file names.
+
+    The last path component (``/`` or ``\\`` separated) without its suffix, accents dropped (``Tórax`` -> ``Torax``), every run
+    of characters other than ASCII letters, digits, ``-`` and ``.`` replaced by one ``_``, leading
+    and trailing ``.``/``_``/``-`` stripped, at most :data:`OUTPUT_STEM_MAX` characters; ``""`` when
+    nothing is left (e.g. ``???.png``). ``"/scans/IM-0001-0001.jpeg"`` -> ``"IM-0001-0001"``.
+    """
+    name = Path(source.replace("\\", "/")).name
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
+    safe = re.sub(r"[^A-Za-z0-9.-]+", "_", ascii_stem).strip("._-")
+    return safe[:OUTPUT_STEM_MAX].rstrip("._-")
+
+
 @dataclass
 class DicomResult:
     """The DICOM objects made for one prediction.
@@ -120,8 +140,15 @@ class DicomResult:
     sc: object
     has_source: bool
 
-    def save(self, directory: str | Path) -> tuple[Path, Path]:
-        """Write both objects as DICOM files ``<SOPInstanceUID>.dcm`` into ``directory``.
+    def save(self, directory: str | Path, stem: str = "") -> tuple[Path, Path]:
+        """Write both objects as DICOM files into ``directory``: ``SR_<stem>_<SOPInstanceUID>.dcm``
+        and ``SC_<stem>_<SOPInstanceUID>.dcm`` (``SR_<SOPInstanceUID>.dcm``... without a stem).
+
+        Args:
+            directory: the output folder (created if missing).
+            stem: names the source in the file names, e.g. :func:`output_stem` of its path; it is
+                passed through :func:`output_stem` again, so any string is safe. The UID keeps the
+                names unique.
 
         Returns:
             ``(sr_path, sc_path)``.
@@ -131,8 +158,10 @@ class DicomResult:
         """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        sr_path = d / f"SR_{self.sr.SOPInstanceUID}.dcm"
-        sc_path = d / f"SC_{self.sc.SOPInstanceUID}.dcm"
+        stem = output_stem(stem)
+        part = f"{stem}_" if stem else ""
+        sr_path = d / f"SR_{part}{self.sr.SOPInstanceUID}.dcm"
+        sc_path = d / f"SC_{part}{self.sc.SOPInstanceUID}.dcm"
         self.sr.save_as(sr_path, enforce_file_format=True)
         self.sc.save_as(sc_path, enforce_file_format=True)
         return sr_path, sc_path

@@ -36,6 +36,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _CommandParser(_Parser):
+    """A command's parser: arguments it does not recognise are its usage error, naming it and its help.
+
+    (argparse hands a sub-parser's leftovers back to the top-level parser, whose error would say
+    ``deephealth: error: ... (see deephealth --help)`` for a mistyped ``predict`` option.)
+    """
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per command (usage errors: one line, exit status 2)."""
     parser = _Parser(
@@ -45,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"deephealth {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for name, module, help_text in COMMANDS:
         mod = importlib.import_module(f"deephealth.cli.{module}")
         # the module docstring is the description, line breaks kept (its examples stay one per line)

@@ -247,10 +247,14 @@ def run(args: argparse.Namespace) -> int:
         model_info["operating_point"] = art.operating_point
     if art.metadata.get("adaptation"):  # a site-adapted model records how (transductive)
         model_info["adaptation"] = art.metadata["adaptation"]
+    # The folders as the model card records paths (paths.portable_path): relative to the current
+    # directory when inside it or beside it, else "<...>/<last two parts>"; never an absolute path
+    # of this machine in the shipped report.
     resolved = shlex.join([
-        "deephealth", "evaluate", "--model", str(model_dir), "--data", str(data_path),
+        "deephealth", "evaluate", "--model", paths.portable_path(model_dir),
+        "--data", paths.portable_path(data_path),
         *(["--split", args.split] if args.split else ([] if is_csv else ["--split", split])),
-        "--out", str(args.out), "--bootstrap", str(args.bootstrap), "--seed", str(args.seed),
+        "--out", paths.portable_path(args.out), "--bootstrap", str(args.bootstrap), "--seed", str(args.seed),
         *(["--stability"] if args.stability else []),
         *(["--faithfulness"] if args.faithfulness else []),
         *(x for spec in args.compare for x in ("--compare", spec)),

@@ -30,8 +30,11 @@ summary. Name such a file directly to read it anyway.
 
 --heatmap-dir DIR writes, for each image, a PNG of the class activation heatmap of the predicted
 class over the image. --dicom-out DIR writes, for each image, a DICOM Comprehensive SR with the
-coded finding and a Secondary Capture of the heatmap (needs the [pacs] extra); a DICOM input's
-patient and study are copied, any other input gets a generated study marked "no source study".
+coded finding and a Secondary Capture of the heatmap (needs the [pacs] extra), named
+SR_<name>_<UID>.dcm and SC_<name>_<UID>.dcm: <name> is the input's file name without its suffix,
+made filesystem-safe (accents dropped, other characters than letters, digits, - and . become _, at
+most 40 characters), <UID> the object's SOP Instance UID; a DICOM input's patient and study are
+copied, any other input gets a generated study marked "no source study".
 
 Input gate: every image is checked first (is it a frontal chest radiograph the model can be trusted
 on?). The "gate" column says accept, warn (classified, reasons shown) or refuse (not classified,
@@ -75,7 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heatmap-dir", metavar="DIR", default=None,
                         help="write a heatmap overlay PNG per image into DIR")
     parser.add_argument("--dicom-out", metavar="DIR", default=None,
-                        help="write a DICOM SR and a Secondary Capture heatmap per image into DIR (needs deephealth[pacs])")
+                        help="write a DICOM SR and a Secondary Capture heatmap per image into DIR, as "
+                             "SR_<name>_<UID>.dcm and SC_<name>_<UID>.dcm (<name>: the input's file name, "
+                             "filesystem-safe; see above) (needs deephealth[pacs])")
     parser.add_argument("--model", metavar="DIR", default=None,
                         help="model folder (default: $DEEPHEALTH_MODEL_DIR or the bundled model)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per network run (default 32)")
@@ -114,6 +119,36 @@ CSV_HEADERS = ["source", "ok", "label", "label_index", "p_normal", "p_bacterial"
 WARNINGS_WIDTH = 72
 """The table's last column (notes: review reason, gate reasons, warnings, errors) wraps at this many characters,
 one note a line."""
+
+
+def summary_counts(rows: list[dict]) -> str:
+    """The table's summary of what became of the inputs (skipped rows are not inputs), e.g.
+    ``"6 input(s): 4 classified (1 with an input-gate warning), 2 not classified (1 refused by the
+    input gate, 1 error)"``.
+
+    Classified films are broken down by the input gate's verdict (``warn``, or ``refuse`` overridden
+    by ``--allow-unsuitable``); films not classified into those the gate refused and errors (a file
+    that cannot be read or found, an output that cannot be written). A breakdown is shown only
+    when it has a non-zero count.
+    """
+    inputs = [r for r in rows if not r.get("skipped")]
+    ok = [r for r in inputs if r["ok"]]
+    n_bad = len(inputs) - len(ok)
+    warned = sum(_gate(r)[0] == "warn" for r in ok)
+    overridden = sum(_gate(r)[0] == "refuse" for r in ok)
+    refused = sum(_gate(r)[0] == "refuse" for r in inputs if not r["ok"])
+    errors = n_bad - refused
+    good, bad = [], []
+    if warned:
+        good.append(f"{warned} with an input-gate warning")
+    if overridden:
+        good.append(f"{overridden} refused by the input gate, classified anyway: --allow-unsuitable")
+    if refused:
+        bad.append(f"{refused} refused by the input gate")
+    if errors:
+        bad.append(f"{errors} error" if errors == 1 else f"{errors} errors")
+    return (f"{len(inputs)} input(s): {len(ok)} classified" + (f" ({', '.join(good)})" if good else "")
+            + f", {n_bad} not classified" + (f" ({', '.join(bad)})" if bad else ""))
 
 
 def _decision(r: dict) -> dict:
@@ -227,13 +262,13 @@ def _audit(audit, results, artifact, latency_ms: float) -> None:
 
 def _write_dicom(res, row: dict, artifact, out_dir: Path, alpha: float) -> dict:
     """Write the SR and Secondary Capture of one prediction; the row gains ``dicom_files`` or becomes an error."""
-    from deephealth.dicom_output import build_dicom_result, read_source_header
+    from deephealth.dicom_output import build_dicom_result, output_stem, read_source_header
 
     try:
         result = build_dicom_result(
             res, artifact.name, artifact.version, artifact.sha256, read_source_header(res.source), alpha=alpha
         )
-        sr_path, sc_path = result.save(out_dir)
+        sr_path, sc_path = result.save(out_dir, output_stem(res.source))
     except OSError as exc:
         return {"source": res.source, "ok": False,
                 "error": f"{res.source}: cannot write DICOM output to {out_dir} ({exc.strerror or exc})"}
@@ -336,8 +371,6 @@ def run(args: argparse.Namespace) -> int:
 
     n_skipped = len(skipped)
     n_bad = sum(not r["ok"] for r in rows) - n_skipped
-    n_refused = sum(_gate(r)[0] == "refuse" and not r["ok"] for r in rows)
-    n_warned = sum(_gate(r)[0] in ("warn", "refuse") and r["ok"] for r in rows)
     n_review = sum(bool(_decision(r).get("review")) for r in rows if r["ok"])
     art = predictor.artifact
     model_id = f"{art.name} {art.version}"
@@ -357,12 +390,9 @@ def run(args: argparse.Namespace) -> int:
             for rule in sorted(rules):
                 print(f"rule: {rule}")
             print()
-        gate_note = ""
-        if n_refused or n_warned:
-            gate_note = f" (input gate: {n_refused} refused, {n_warned} classified with a warning)"
         skip_note = f"; {n_skipped} other file(s) in the folders skipped (not image suffixes)" if n_skipped else ""
         review_note = f"; {n_review} borderline, flagged for review (see notes)" if n_review else ""
-        print(f"{n_in} input(s): {n_in - n_bad} classified, {n_bad} failed" + gate_note + review_note + skip_note
+        print(summary_counts(rows) + review_note + skip_note
               + (f"; heatmaps in {heat_dir}" if heat_dir is not None and len(rows) > n_bad else "")
               + (f"; DICOM SR and Secondary Capture in {dicom_dir}" if dicom_dir is not None and len(rows) > n_bad else ""))
         if not predictor.gate.available:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -179,14 +180,47 @@ def _read_file(path: Path, label: str) -> bytes:
         raise ImageReadError(f"{label}: cannot read file ({exc.strerror or exc})") from None
 
 
+def _open_header(data: bytes, plugins: tuple[str, ...]) -> Image.Image:
+    """Open ``data`` (read its header only) with the first of Pillow's ``plugins`` that accepts it.
+
+    This is :func:`PIL.Image.open` restricted to ``plugins``, less Pillow's own size check: above
+    ``Image.MAX_IMAGE_PIXELS`` (about 89 megapixels) ``Image.open`` prints a
+    ``DecompressionBombWarning`` to stderr, and above twice that it raises
+    ``DecompressionBombError`` with Pillow's wording and limit. The reader's own limit
+    (:data:`MAX_PIXELS`, lower) is checked by the caller from the same header, before any pixel
+    buffer exists, so every oversized image gets one message, the project's. The check is skipped
+    here rather than by changing ``Image.MAX_IMAGE_PIXELS`` or the warnings filters, which are
+    process-wide: other code using Pillow keeps its check, and concurrent requests cannot race.
+
+    Raises:
+        UnidentifiedImageError: no plugin in ``plugins`` accepts the header.
+        Exception: whatever a plugin raises on a corrupt header (besides the types
+            ``Image.open`` treats as "not this format", after which the next plugin is tried).
+    """
+    Image.preinit()
+    fp = io.BytesIO(data)
+    prefix = data[:16]
+    for name in plugins:
+        if name not in Image.OPEN:
+            Image.init()
+        factory, accept = Image.OPEN[name]
+        accepted = not accept or accept(prefix)
+        if not accepted or isinstance(accepted, str):  # a string is the plugin's reason to decline
+            continue
+        fp.seek(0)
+        try:
+            return factory(fp, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):  # as Image.open: not this plugin's
+            continue
+    raise UnidentifiedImageError("cannot identify image file")
+
+
 def _read_pillow(data: bytes, label: str, target_size: int | None, sniffed: str) -> ReadResult:
     try:
         # only the plugin(s) of the sniffed format: one policy, and a smaller attack surface
-        im = Image.open(io.BytesIO(data), formats=PILLOW_PLUGINS[sniffed])
+        im = _open_header(data, PILLOW_PLUGINS[sniffed])
     except UnidentifiedImageError:
         raise ImageReadError(f"{label}: corrupt {sniffed} file (its header cannot be read)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"{label}: image too large to decode safely ({_one_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on corrupt headers
         raise ImageReadError(f"{label}: corrupt image header ({_one_line(exc)})") from None
 

@@ -60,6 +60,11 @@
         " % (its operating point, set on validation films for " + sens + " % sensitivity), so the label can " +
         "differ from the largest bar.",
       review_title: "Flagged for review — ",
+      // What to do with a flagged film (README): by decision.review_kind.
+      review_advice_pneumonia_vs_normal: "Give this label no weight: read the film yourself (or ask a radiologist) " +
+        "before acting. A flagged “no pneumonia” is not a negative result.",
+      review_advice_bacterial_vs_viral: "The pneumonia call stands; only bacterial vs viral is undecided: give the " +
+        "kind of pneumonia no weight.",
     },
     es: {
       title: "Deep Health — apoyo a la decisión en radiografías de tórax pediátricas",
@@ -104,6 +109,10 @@
         thr + " % (su punto de operación, fijado en radiografías de validación para una sensibilidad del " + sens +
         " %), así que la etiqueta puede no coincidir con la barra más larga.",
       review_title: "Marcado para revisión — ",
+      review_advice_pneumonia_vs_normal: "No dé ningún peso a esta etiqueta: lea usted la radiografía (o consulte " +
+        "a un radiólogo) antes de actuar. Un «sin neumonía» marcado no es un resultado negativo.",
+      review_advice_bacterial_vs_viral: "La indicación de neumonía se mantiene; solo queda sin decidir si es " +
+        "bacteriana o vírica: no dé peso al tipo de neumonía.",
     },
   };
   const LANG_KEY = "deephealth.lang";
@@ -205,10 +214,16 @@
       decisionEl.textContent = t("decision")(pct(d.pneumonia_probability), pct(d.threshold),
         d.target_sensitivity != null ? (100 * d.target_sensitivity).toFixed(0) : "?");
     }
-    // Review band: the label stands, but the film is so close to a decision that it needs a reader.
-    // The reason comes translated from the server.
-    $("review").hidden = !(d && d.review);
-    $("review-reason").textContent = d && d.review ? d.review_reason || "" : "";
+    // Review band: the film is so close to a decision that the model has no reliable answer. The
+    // reason comes translated from the server; the advice says what weight the label has (none on
+    // pneumonia vs normal; on bacterial vs viral only the kind is undecided), and the label is shown
+    // smaller and lighter so that it does not read as the answer.
+    const flaggedFilm = Boolean(d && d.review);
+    $("review").hidden = !flaggedFilm;
+    $("review-reason").textContent = flaggedFilm ? d.review_reason || "" : "";
+    const kind = flaggedFilm && d.review_kind === "bacterial_vs_viral" ? "bacterial_vs_viral" : "pneumonia_vs_normal";
+    $("review-advice").textContent = flaggedFilm ? t("review_advice_" + kind) : "";
+    $("prediction").classList.toggle("flagged", flaggedFilm);
 
     const bars = $("bars");
     bars.replaceChildren();

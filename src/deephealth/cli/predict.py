@@ -15,8 +15,8 @@ p_viral (JSON probabilities.*); pneumonia_probability, threshold, target_sensiti
 decision.*: how the label was decided, which is not simply the largest probability when the model
 has an operating point; the table states the rule once, under the rows); review and review_reason
 (JSON decision.*: true when the film lies in the model's review band, so close to a decision that a
-benign change of the film could change the label; the label is still the best guess, have it
-reviewed); gate and gate_reasons
+benign change of the film could change the label; the label is kept but is no reliable answer:
+read the film without relying on it); gate and gate_reasons
 (JSON suitability.status and .reasons); warnings; error or skipped (why a file was not classified,
 or not read); model (JSON: name, version, sha256). The table's "review" column says yes for a
 film in the model's review band (borderline: read it without relying on the label); its last

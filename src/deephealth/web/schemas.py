@@ -58,8 +58,10 @@ class DecisionPublic(BaseModel):
         default=False,
         description="true: the film lies in the operating point's review band (P(pneumonia) this close to the "
         "threshold, or called pneumonia with bacterial vs viral this balanced), so a change of the film that does "
-        "not change the diagnosis (re-export, slight rotation) can change the label; the label is still the best "
-        "guess, have it reviewed. Always false for a model without a review band",
+        "not change the diagnosis (re-export, slight rotation) can change the label. The label is kept but is no "
+        "reliable answer: with review_kind 'pneumonia_vs_normal' give it no weight (a flagged normal is not a "
+        "negative result); with 'bacterial_vs_viral' the pneumonia call stands and only its kind is undecided. "
+        "Always false for a model without a review band",
     )
     review_kind: str | None = Field(
         default=None, description="with review=true: the borderline decision, machine-readable and never translated: "

@@ -206,6 +206,11 @@ def prepare_qat(model: nn.Module, weight_bits: int = 8) -> nn.Module:
     return m.train()
 
 
+def is_qat_model(model: nn.Module) -> bool:
+    """Whether ``model`` holds fake quantisers (made by :func:`prepare_qat`)."""
+    return any(isinstance(m, FakeQuantize) for m in model.modules())
+
+
 def fake_quantizers(model: nn.Module) -> Iterable[tuple[str, FakeQuantize]]:
     """``(name, module)`` of every fake quantiser in ``model`` (weights and activations)."""
     return ((n, mod) for n, mod in model.named_modules() if isinstance(mod, FakeQuantize))
@@ -296,7 +301,10 @@ def export_qdq_onnx(model: nn.Module, path: str | Path, input_size: int, opset: 
     The graph has the names of :mod:`deephealth.training.onnx_graph` (input ``image`` ``(N, 1, S, S)``
     float32; outputs ``logits`` ``(N, 3)``, ``cam`` ``(N, 3, h, w)``, ``features`` ``(N, Cf)``,
     float32) and a dynamic batch axis. Weight ``QuantizeLinear`` nodes on constant initializers are
-    replaced by int8 initializers (the file is about a quarter of the float32 one).
+    replaced by int8 initializers (the file is about a quarter of the float32 one), per-tensor
+    quantisation parameters made scalars and each ReLU6 ``Clip`` that the following uint8
+    quantiser makes redundant removed, so that ONNX Runtime fuses every convolution into
+    ``QLinearConv`` and every residual addition into ``QLinearAdd`` (checked in the tests).
 
     Args:
         model: the fake-quantised network (not modified).
@@ -305,7 +313,8 @@ def export_qdq_onnx(model: nn.Module, path: str | Path, input_size: int, opset: 
         opset: ONNX opset (>= 13 for per-channel ``QuantizeLinear``).
 
     Returns:
-        Node counts: ``QuantizeLinear``, ``DequantizeLinear``, ``Conv``, and ``int8_weights`` folded.
+        Node counts of the written graph: ``QuantizeLinear``, ``DequantizeLinear``, ``Conv``, ``Add``,
+        ``int8_weights`` (weights stored as int8) and ``clips_removed``.
 
     Raises:
         ValueError: if ``opset < 13``.
@@ -324,12 +333,116 @@ def export_qdq_onnx(model: nn.Module, path: str | Path, input_size: int, opset: 
         export_onnx(cam, path, input_size, opset)
     graph_model = onnx.load(str(path))
     folded = _fold_weight_quantize(graph_model)
+    _scalar_qparams(graph_model)
+    clips = _drop_redundant_clips(graph_model)
+    _remove_unused(graph_model.graph)
     onnx.save(graph_model, str(path))
     ops = [n.op_type for n in graph_model.graph.node]
-    counts = {op: ops.count(op) for op in ("QuantizeLinear", "DequantizeLinear", "Conv")}
+    counts = {op: ops.count(op) for op in ("QuantizeLinear", "DequantizeLinear", "Conv", "Add")}
     counts["int8_weights"] = folded
+    counts["clips_removed"] = clips
     _logger.info("QDQ export %s: %s", path, counts)
     return counts
+
+
+def _constants(g: Any) -> dict[str, np.ndarray]:
+    """Initializers, ``Constant`` node outputs and ``Identity`` copies of them, by tensor name."""
+    from onnx import numpy_helper
+
+    consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for node in g.node:  # torch emits Constant nodes for some scalars
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in consts:  # deduplicated constants
+            consts[node.output[0]] = consts[node.input[0]]
+    return consts
+
+
+def _scalar_qparams(graph_model: Any) -> int:
+    """Give per-tensor ``QuantizeLinear`` / ``DequantizeLinear`` scalar scales and zero points.
+
+    ``torch.onnx.export`` writes a per-tensor scale as a one-element 1-D tensor; ONNX defines
+    per-tensor parameters as scalars, and ONNX Runtime's QDQ fusion only matches those.
+
+    Returns:
+        The number of parameters rewritten.
+    """
+    from onnx import numpy_helper
+
+    g = graph_model.graph
+    consts = _constants(g)
+    made: dict[str, str] = {}
+    n = 0
+    for node in g.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for k in (1, 2):
+            if k >= len(node.input) or node.input[k] not in consts:
+                continue
+            value = consts[node.input[k]]
+            if value.ndim == 0 or value.size != 1:
+                continue
+            name = made.get(node.input[k])
+            if name is None:
+                name = made[node.input[k]] = f"{node.input[k]}_scalar"
+                g.initializer.append(numpy_helper.from_array(value.reshape(()), name))
+            node.input[k] = name
+            n += 1
+    return n
+
+
+def _remove_unused(g: Any) -> None:
+    """Drop ``Constant`` / ``Identity`` nodes and initializers nothing reads any more."""
+    while True:
+        used = {i for node in g.node for i in node.input} | {o.name for o in g.output}
+        dead = [nd for nd in g.node if nd.op_type in ("Constant", "Identity") and nd.output[0] not in used]
+        for node in dead:
+            g.node.remove(node)
+        if not dead:
+            break
+    for t in [t for t in g.initializer if t.name not in used]:
+        g.initializer.remove(t)
+
+
+def _drop_redundant_clips(graph_model: Any) -> int:
+    """Remove each ``Clip`` (ReLU6) whose only consumer is a ``QuantizeLinear`` that clamps at least as tightly.
+
+    With zero point ``zp`` and scale ``s`` the uint8 quantiser's range is ``[-zp s, (255 - zp) s]``;
+    inside ``[clip_min, clip_max]`` the clip changes nothing, and ONNX Runtime can then fuse
+    ``DequantizeLinear -> Conv -> QuantizeLinear`` into ``QLinearConv`` (with the clip left in, it fuses
+    ``Conv + Clip`` into a float ``FusedConv`` instead). ONNX Runtime's own quantiser drops these
+    activations the same way.
+
+    Returns:
+        The number of ``Clip`` nodes removed.
+    """
+    g = graph_model.graph
+    consts = _constants(g)
+    consumers: dict[str, list[Any]] = {}
+    for node in g.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    outputs = {o.name for o in g.output}
+    removed = 0
+    for node in list(g.node):
+        if node.op_type != "Clip" or node.output[0] in outputs:
+            continue
+        users = consumers.get(node.output[0], [])
+        if len(users) != 1 or users[0].op_type != "QuantizeLinear":
+            continue
+        q = users[0]
+        if not all(i in consts for i in q.input[1:3]) or not all(i in consts for i in node.input[1:3] if i):
+            continue
+        lo = float(consts[node.input[1]]) if len(node.input) > 1 and node.input[1] else -np.inf
+        hi = float(consts[node.input[2]]) if len(node.input) > 2 and node.input[2] else np.inf
+        scale, zp = float(consts[q.input[1]]), int(consts[q.input[2]])
+        info = np.iinfo(consts[q.input[2]].dtype)
+        q_lo, q_hi = (info.min - zp) * scale, (info.max - zp) * scale
+        if q_lo >= lo - 1e-6 and q_hi <= hi + 1e-6:
+            q.input[0] = node.input[0]
+            g.node.remove(node)
+            removed += 1
+    return removed
 
 
 def _fold_weight_quantize(graph_model: Any) -> int:
@@ -337,13 +450,7 @@ def _fold_weight_quantize(graph_model: Any) -> int:
     from onnx import numpy_helper
 
     g = graph_model.graph
-    inits = {t.name: t for t in g.initializer}
-    consts: dict[str, np.ndarray] = {name: numpy_helper.to_array(t) for name, t in inits.items()}
-    for node in g.node:  # torch may emit Constant nodes for scales / zero points
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-        elif node.op_type == "Identity" and node.input[0] in consts:  # deduplicated constants
-            consts[node.output[0]] = consts[node.input[0]]
+    consts = _constants(g)
     removed = []
     for node in list(g.node):
         if node.op_type != "QuantizeLinear" or not all(i in consts for i in node.input):
@@ -363,7 +470,61 @@ def _fold_weight_quantize(graph_model: Any) -> int:
         removed.append(node)
     for node in removed:
         g.node.remove(node)
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    for t in [t for t in g.initializer if t.name not in used]:
-        g.initializer.remove(t)
     return len(removed)
+
+
+QDQ_PROB_ATOL = 0.1
+"""Largest accepted difference of calibrated probabilities between ONNX Runtime's int8 run of the
+QDQ graph and the PyTorch fake-quantised network (a gross-error guard: integer requantisation
+rounds a few activations differently; AVX2 saturation of 8-bit weights shows up as far more)."""
+
+
+def check_qdq(model: nn.Module, onnx_path: str | Path, inputs: np.ndarray, temperature: float) -> dict[str, Any]:
+    """Compare ONNX Runtime's run of an exported QDQ graph with the fake-quantised PyTorch network.
+
+    Args:
+        model: the :func:`prepare_qat` network that was exported.
+        onnx_path: the graph written by :func:`export_qdq_onnx`.
+        inputs: ``(n, 1, S, S)`` float32 real inputs (n >= 1).
+        temperature: calibration temperature (> 0) for the probability comparison.
+
+    Returns:
+        ``images``, ``prob_atol``, ``prob_max_abs_diff``, ``logits_max_abs_diff``,
+        ``top1_agreement``, ``cam_mean_vs_logits_max_abs_diff``, ``passed``.
+
+    Raises:
+        deephealth.training.onnx_graph.ExportError: if the ONNX checker fails, there are no inputs
+            or probabilities differ by more than :data:`QDQ_PROB_ATOL`.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from deephealth.calibration import softmax
+    from deephealth.training.model import CamModel
+    from deephealth.training.onnx_graph import CAM_NAME, INPUT_NAME, LOGITS_NAME, ExportError
+
+    try:
+        onnx.checker.check_model(str(onnx_path), full_check=True)
+    except Exception as exc:
+        raise ExportError(f"{onnx_path}: ONNX checker failed on the QDQ model: {exc}") from exc
+    if len(inputs) == 0:
+        raise ExportError("no real inputs to check the QDQ model against")
+    cam = CamModel(model).eval()
+    with torch.no_grad():
+        t_logits = cam(torch.from_numpy(np.ascontiguousarray(inputs, np.float32)))[0].numpy()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    o_logits, o_cam = sess.run([LOGITS_NAME, CAM_NAME], {INPUT_NAME: np.ascontiguousarray(inputs, np.float32)})
+    report = {
+        "reference": "PyTorch fake-quantised network (QAT)",
+        "images": int(len(inputs)),
+        "prob_atol": QDQ_PROB_ATOL,
+        "prob_max_abs_diff": float(np.abs(softmax(o_logits, temperature) - softmax(t_logits, temperature)).max()),
+        "logits_max_abs_diff": float(np.abs(o_logits - t_logits).max()),
+        "top1_agreement": float(np.mean(o_logits.argmax(1) == t_logits.argmax(1))),
+        "cam_mean_vs_logits_max_abs_diff": float(np.abs(o_cam.mean(axis=(2, 3)) - o_logits).max()),
+    }
+    report["passed"] = report["prob_max_abs_diff"] <= QDQ_PROB_ATOL
+    if not report["passed"]:
+        raise ExportError(f"{onnx_path}: ONNX Runtime's int8 probabilities differ from the fake-quantised network "
+                          f"by up to {report['prob_max_abs_diff']:.3f} (> {QDQ_PROB_ATOL})")
+    return report

@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--perturbations", default=DEFAULT_PERTURBATIONS, help="comma-separated ('' = none)")
     ap.add_argument("--rounds", type=int, default=7, help="timing rounds (graphs interleaved)")
     ap.add_argument("--runs", type=int, default=40, help="timed runs per graph per round")
+    ap.add_argument("--e2e", type=int, default=0, metavar="N",
+                    help="also time Predictor.predict on N validation JPEGs (file to label), the float32 folder "
+                    "and --qat's folder interleaved (0: skip)")
     ap.add_argument("--limit", type=int, default=0, help="only about N validation films, every k-th (smoke tests)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -219,6 +222,28 @@ def main(argv: list[str] | None = None) -> int:
         results[name]["kernels"] = kernels[name]
         results[name]["onnx_bytes"] = sizes[name]
     print(f"load average after timing: {os.getloadavg()}")
+    e2e: dict[str, Any] = {}
+    if args.e2e and args.qat:  # what a user waits for: read + gate + preprocess + network, per JPEG
+        from deephealth.inference import Predictor
+
+        preds = {"float32 (bundled)": Predictor(model_dir, num_threads=args.threads),
+                 "qat": Predictor(args.qat, num_threads=args.threads)}
+        paths = [r.path for r in recs[:: max(1, len(recs) // args.e2e)][: args.e2e]]
+        for p_ in preds.values():
+            for path in paths[:5]:
+                p_.predict(path, allow_unsuitable=True)
+        e2e = {k: [] for k in preds}
+        for rnd in range(3):
+            for k, p_ in (list(preds.items()) if rnd % 2 == 0 else list(preds.items())[::-1]):
+                for path in paths:
+                    t0 = time.perf_counter()
+                    p_.predict(path, allow_unsuitable=True)
+                    e2e[k].append((time.perf_counter() - t0) * 1e3)
+        for k, ts in e2e.items():
+            print(f"end to end, {k}: p50 {np.median(ts):.2f} ms, p90 {np.percentile(ts, 90):.2f} ms "
+                  f"({len(ts)} predictions of {len(paths)} JPEGs)")
+        e2e = {k: {"p50": float(np.median(ts)), "p90": float(np.percentile(ts, 90)), "n": len(ts)}
+               for k, ts in e2e.items()}
 
     head = ["graph", "T", "acc@op", "AUROC(pn)", "NLL", "= float32", "max|dp|", "max|dp|@T32",
             "flips mean/max", "net p50 ms", "MB"]
@@ -236,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
               f"kernels {r['kernels']}")
     dump = {name: {k: v for k, v in r.items() if k not in ("probs", "labels")} for name, r in results.items()}
     dump["_machine"] = {"cpu": cpu_describe(), "cpus": os.cpu_count(), "onnxruntime": ort.__version__,
-                        "threads": args.threads, "films": len(recs), "perturbations": [p.name for p in perts]}
+                        "threads": args.threads, "films": len(recs), "perturbations": [p.name for p in perts],
+                        "end_to_end_ms": e2e}
     (out / "bench_qat.json").write_text(json.dumps(dump, indent=2, default=float) + "\n")
     np.savez(out / "val_probs.npz", y=y, **{f"{n}_probs": r["probs"] for n, r in results.items()})
     print(f"written {out / 'bench_qat.json'}")

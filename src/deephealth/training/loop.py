@@ -494,13 +494,16 @@ def load_init_checkpoint(model: nn.Module, config: TrainConfig) -> dict[str, Any
 
     Args:
         model: the freshly built network (``config.arch``), modified in place.
-        config: the run's config; ``init_checkpoint`` is a ``best.pt`` written by :func:`fit`.
+        config: the run's config; ``init_checkpoint`` is a ``best.pt`` written by :func:`fit`, or a
+            model folder written by ``deephealth export`` (its ``weights.pt``, with the training
+            config and split recorded in its ``metadata.json``; :func:`_model_folder_checkpoint`).
 
     Returns:
         Provenance for the run's summary: ``{"path", "sha256", "epoch", "name"}``.
 
     Raises:
-        FileNotFoundError: if the checkpoint file does not exist.
+        FileNotFoundError: if the checkpoint file does not exist, or the folder lacks ``weights.pt``
+            or ``metadata.json``.
         ValueError: if it is unreadable or not a training checkpoint, or its architecture or
             train/validation split differs from ``config``'s.
     """

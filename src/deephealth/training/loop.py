@@ -234,6 +234,21 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         _logger.info("distillation targets from %d teacher(s) in %.1f s", len(distill_info), time.time() - t0)
     x_val_shift = shift_views(x_val)
     x_val_stab = stability_views(x_val)
+    qat_info = None
+    if config.qat:  # fold BatchNorm, simulate int8, calibrate the activation ranges on clean training films
+        from deephealth.training import qat
+
+        model = qat.prepare_qat(model, config.qat_weight_bits)
+        t0 = time.time()
+        n_cal = min(config.qat_calibration_images, len(x_train))
+        cal_idx = np.linspace(0, len(x_train) - 1, n_cal).round().astype(int)
+        qat.calibrate(model, (to_input(torch.from_numpy(x_train[cal_idx[i : i + 32]]), pre)
+                              for i in range(0, n_cal, 32)))
+        if config.qat_observer_steps == 0:
+            qat.freeze_activation_observers(model)
+        qat_info = {"weight_bits": config.qat_weight_bits, "calibration_images": n_cal,
+                    "observer_steps": config.qat_observer_steps, **qat.qat_summary(model)}
+        _logger.info("QAT: %s, calibrated in %.1f s", qat_info, time.time() - t0)
 
     counts = np.bincount(y_train, minlength=len(CLASS_NAMES)).astype(np.float64)
     if config.class_weighting == "balanced":
@@ -296,6 +311,11 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
                     p.requires_grad_(not frozen or id(p) in head_params)
             model.train(not frozen)
             step += 1
+            if config.qat and config.qat_observer_steps and step == config.qat_observer_steps + 1:
+                from deephealth.training import qat
+
+                _logger.info("QAT: %d activation observers frozen after %d steps",
+                             qat.freeze_activation_observers(model), config.qat_observer_steps)
             idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
             x01 = x_train_t[idx].to(torch.float32).unsqueeze(1) * (1.0 / 255.0)
             params = sample_augment(tuple(x01.shape), gen, config.aug_rotate, config.aug_scale,
@@ -376,6 +396,10 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
 
     assert best_state is not None
     final = build_model(config.arch, drop_rate=config.drop_rate, aa_layer=config.aa_layer)  # weights below
+    if config.qat:
+        from deephealth.training import qat
+
+        final = qat.prepare_qat(final, config.qat_weight_bits)
     final.load_state_dict(best_state)
     final.to(device)
     if config.channels_last:
@@ -434,6 +458,8 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         summary["init_checkpoint"] = init_from
     if distill_info is not None:
         summary["distill_teachers"] = distill_info
+    if qat_info is not None:
+        summary["qat"] = qat_info
     torch.save(
         {
             "model_state": {k: v.cpu() for k, v in final.state_dict().items()},
@@ -468,25 +494,31 @@ def load_init_checkpoint(model: nn.Module, config: TrainConfig) -> dict[str, Any
 
     Args:
         model: the freshly built network (``config.arch``), modified in place.
-        config: the run's config; ``init_checkpoint`` is a ``best.pt`` written by :func:`fit`.
+        config: the run's config; ``init_checkpoint`` is a ``best.pt`` written by :func:`fit`, or a
+            model folder written by ``deephealth export`` (its ``weights.pt``, with the training
+            config and split recorded in its ``metadata.json``; :func:`_model_folder_checkpoint`).
 
     Returns:
         Provenance for the run's summary: ``{"path", "sha256", "epoch", "name"}``.
 
     Raises:
-        FileNotFoundError: if the checkpoint file does not exist.
+        FileNotFoundError: if the checkpoint file does not exist, or the folder lacks ``weights.pt``
+            or ``metadata.json``.
         ValueError: if it is unreadable or not a training checkpoint, or its architecture or
             train/validation split differs from ``config``'s.
     """
     from deephealth.artifact import sha256_file
 
     path = Path(config.init_checkpoint)
-    if not path.is_file():
+    if path.is_dir():
+        ckpt, path = _model_folder_checkpoint(path)
+    elif not path.is_file():
         raise FileNotFoundError(f"init_checkpoint not found: {path}")
-    try:  # the project's own best.pt holds plain dicts, numbers and tensors
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError, RuntimeError, EOFError...
-        raise ValueError(f"init_checkpoint: {path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
+    else:
+        try:  # the project's own best.pt holds plain dicts, numbers and tensors
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle.UnpicklingError, RuntimeError, EOFError...
+            raise ValueError(f"init_checkpoint: {path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path}: not a training checkpoint (best.pt written by deephealth train)")
     prev = ckpt["config"]
@@ -508,6 +540,39 @@ def load_init_checkpoint(model: nn.Module, config: TrainConfig) -> dict[str, Any
         split = None
     return {"path": str(path), "sha256": digest, "epoch": ckpt.get("epoch"), "name": prev.get("name"),
             "dataset_dir": data.get("dataset_dir"), "split": split}
+
+
+def _model_folder_checkpoint(folder: Path) -> tuple[dict[str, Any], Path]:
+    """A released model folder (``weights.pt`` + ``metadata.json``) as a training checkpoint dict.
+
+    The folder's ``metadata.json`` records the training run's config (``training.config``), its
+    epoch and its split (``data``), which :func:`load_init_checkpoint` checks like a ``best.pt``'s.
+
+    Returns:
+        ``(checkpoint, weights path)``: the checkpoint has ``model_state``, ``config``, ``epoch``,
+        ``preprocessing`` and ``data``.
+
+    Raises:
+        FileNotFoundError: if ``weights.pt`` or ``metadata.json`` is missing.
+        ValueError: if either cannot be read or lacks those keys.
+    """
+    from deephealth.artifact import METADATA_FILE, WEIGHTS_FILE
+
+    weights, meta_path = folder / WEIGHTS_FILE, folder / METADATA_FILE
+    for f in (weights, meta_path):
+        if not f.is_file():
+            raise FileNotFoundError(f"init_checkpoint: {folder} is a folder without {f.name}")
+    try:
+        meta = json.loads(meta_path.read_text())
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # json.JSONDecodeError, pickle / torch errors
+        raise ValueError(f"init_checkpoint: {folder}: cannot read it ({type(exc).__name__}: {exc})") from exc
+    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    if not isinstance(state, dict) or "model_state" not in state or not isinstance(training.get("config"), dict):
+        raise ValueError(f"init_checkpoint: {folder}: weights.pt or metadata.json lacks model_state / training.config")
+    return ({"model_state": state["model_state"], "config": training["config"], "epoch": training.get("epoch"),
+             "preprocessing": meta.get("preprocessing", state.get("preprocessing")), "data": meta.get("data")},
+            weights)
 
 
 def split_identity(train_recs: list[Record], val_recs: list[Record]) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def build_graphs(weights: Path, qat_dir: Path | None, tmp: Path, pre: Any) -> di
     calib = calibration_inputs(pre)
     graphs = {"float32": fp32}
     graphs["ptq"] = tmp / "ptq.onnx"
-    quantize_int8(fp32, graphs["ptq"], calib)
+    quantize_int8(fp32, graphs["ptq"], calib, reduce_range=False)
     graphs["ptq-rr"] = tmp / "ptq-rr.onnx"
     quantize_int8(fp32, graphs["ptq-rr"], calib, reduce_range=True)
     if qat_dir is not None:

@@ -253,6 +253,7 @@ def test_int8_export(run_dir: Path, tmp_path, capsys):
     assert "int8: probabilities within" in capsys.readouterr().out
     meta = json.loads((tmp_path / "int8" / "metadata.json").read_text())
     assert meta["onnx"]["precision"] == "int8" and "MinMax over" in meta["onnx"]["quantization"]["calibration"]
+    assert meta["onnx"]["quantization"]["reduce_range"] is True  # 7-bit weights: the same answers without VNNI
     q = meta["export_check"]["int8"]
     assert q["passed"] and q["images"] == 8 and q["prob_max_abs_diff"] <= q["prob_atol"]
     ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}

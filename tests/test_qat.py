@@ -18,6 +18,7 @@ from torch import nn  # noqa: E402
 from deephealth.training import qat  # noqa: E402
 from deephealth.training.config import TrainConfig  # noqa: E402
 from deephealth.training.model import CamModel, build_model  # noqa: E402
+from deephealth.training.onnx_graph import ExportError  # noqa: E402
 
 SIZE = 64
 
@@ -151,6 +152,13 @@ def test_qdq_export_runs_int8_in_onnxruntime_and_matches_the_fake_quantised_mode
     np.testing.assert_allclose(cam.mean(axis=(2, 3)), logits, atol=1e-4)
     report = qat.check_qdq(q, path, x, temperature=1.0)
     assert report["passed"] and report["images"] == 6 and report["top1_agreement"] >= 5 / 6
+    assert report["reference"] == "PyTorch fake-quantised network (QAT)" and report["prob_atol"] == qat.QDQ_PROB_ATOL
+    # against another network (different weights), at a sharp temperature, the check refuses the graph
+    other = qat.prepare_qat(_lite0(seed=1), weight_bits=7)
+    qat.calibrate(other, [_films(16, 5)])
+    other.eval()
+    with pytest.raises(ExportError, match=r"differ from the PyTorch fake-quantised network \(QAT\) by up to"):
+        qat.check_qdq(other, path, x, temperature=0.01)
 
 
 def test_qat_config_is_validated() -> None:

@@ -497,35 +497,8 @@ def check_qdq(model: nn.Module, onnx_path: str | Path, inputs: np.ndarray, tempe
         deephealth.training.onnx_graph.ExportError: if the ONNX checker fails, there are no inputs
             or probabilities differ by more than :data:`QDQ_PROB_ATOL`.
     """
-    import onnx
-    import onnxruntime as ort
-
-    from deephealth.calibration import softmax
     from deephealth.training.model import CamModel
-    from deephealth.training.onnx_graph import CAM_NAME, INPUT_NAME, LOGITS_NAME, ExportError
+    from deephealth.training.quantize import check_quantized
 
-    try:
-        onnx.checker.check_model(str(onnx_path), full_check=True)
-    except Exception as exc:
-        raise ExportError(f"{onnx_path}: ONNX checker failed on the QDQ model: {exc}") from exc
-    if len(inputs) == 0:
-        raise ExportError("no real inputs to check the QDQ model against")
-    cam = CamModel(model).eval()
-    with torch.no_grad():
-        t_logits = cam(torch.from_numpy(np.ascontiguousarray(inputs, np.float32)))[0].numpy()
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    o_logits, o_cam = sess.run([LOGITS_NAME, CAM_NAME], {INPUT_NAME: np.ascontiguousarray(inputs, np.float32)})
-    report = {
-        "reference": "PyTorch fake-quantised network (QAT)",
-        "images": int(len(inputs)),
-        "prob_atol": QDQ_PROB_ATOL,
-        "prob_max_abs_diff": float(np.abs(softmax(o_logits, temperature) - softmax(t_logits, temperature)).max()),
-        "logits_max_abs_diff": float(np.abs(o_logits - t_logits).max()),
-        "top1_agreement": float(np.mean(o_logits.argmax(1) == t_logits.argmax(1))),
-        "cam_mean_vs_logits_max_abs_diff": float(np.abs(o_cam.mean(axis=(2, 3)) - o_logits).max()),
-    }
-    report["passed"] = report["prob_max_abs_diff"] <= QDQ_PROB_ATOL
-    if not report["passed"]:
-        raise ExportError(f"{onnx_path}: ONNX Runtime's int8 probabilities differ from the fake-quantised network "
-                          f"by up to {report['prob_max_abs_diff']:.3f} (> {QDQ_PROB_ATOL})")
-    return report
+    return check_quantized(CamModel(model).eval(), Path(onnx_path), inputs, temperature,
+                           reference="PyTorch fake-quantised network (QAT)", atol=QDQ_PROB_ATOL, hint="")

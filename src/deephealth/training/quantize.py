@@ -110,19 +110,35 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray,
     }
 
 
-def check_quantized(cam_model: CamModel, onnx_path: Path, inputs: np.ndarray, temperature: float) -> dict[str, Any]:
-    """Compare an int8 ONNX model with the float32 PyTorch network on real inputs.
+def check_quantized(cam_model: CamModel, onnx_path: Path, inputs: np.ndarray, temperature: float, *,
+                    reference: str = "PyTorch float32 network", atol: float = QUANT_PROB_ATOL,
+                    hint: str = "; export without quantization") -> dict[str, Any]:
+    """Compare an int8 ONNX model with a PyTorch network on real inputs.
+
+    Used for post-training int8 (against the float32 network) and, by
+    :func:`deephealth.training.qat.check_qdq`, for a QAT export (against the fake-quantised network).
+
+    Args:
+        cam_model: the reference network (:class:`~deephealth.training.model.CamModel`, eval mode).
+        onnx_path: the int8 ONNX graph.
+        inputs: ``(n, 1, S, S)`` float32 real inputs (n >= 1).
+        temperature: calibration temperature (> 0) for the probability comparison.
+        reference: what ``cam_model`` is, for the report and the error message.
+        atol: largest accepted difference of calibrated probabilities.
+        hint: appended to the error message.
 
     Returns:
-        Report: largest calibrated-probability and logit differences, top-1 agreement,
-        ``logits`` vs ``mean_hw(cam)`` difference.
+        Report: ``reference``, ``images``, ``prob_atol``, largest calibrated-probability and logit
+        differences, top-1 agreement, ``logits`` vs ``mean_hw(cam)`` difference, ``passed``.
 
     Raises:
         ExportError: if the checker fails, there are no inputs, or probabilities differ by more
-            than :data:`QUANT_PROB_ATOL`.
+            than ``atol``.
     """
     import onnx
     import onnxruntime as ort
+
+    from deephealth.calibration import softmax
 
     try:
         onnx.checker.check_model(str(onnx_path), full_check=True)
@@ -130,27 +146,22 @@ def check_quantized(cam_model: CamModel, onnx_path: Path, inputs: np.ndarray, te
         raise ExportError(f"{onnx_path}: ONNX checker failed on the int8 model: {exc}") from exc
     if len(inputs) == 0:
         raise ExportError("no real inputs to check the int8 model against")
+    inputs = np.ascontiguousarray(inputs, np.float32)
     with torch.no_grad():
         t_logits = cam_model(torch.from_numpy(inputs))[0].numpy()
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     o_logits, o_cam = sess.run([LOGITS_NAME, CAM_NAME], {INPUT_NAME: inputs})
-
-    def probs(z: np.ndarray) -> np.ndarray:
-        e = np.exp((z - z.max(1, keepdims=True)) / temperature)
-        return e / e.sum(1, keepdims=True)
-
     report = {
+        "reference": reference,
         "images": int(len(inputs)),
-        "prob_atol": QUANT_PROB_ATOL,
-        "prob_max_abs_diff": float(np.abs(probs(o_logits) - probs(t_logits)).max()),
+        "prob_atol": atol,
+        "prob_max_abs_diff": float(np.abs(softmax(o_logits, temperature) - softmax(t_logits, temperature)).max()),
         "logits_max_abs_diff": float(np.abs(o_logits - t_logits).max()),
         "top1_agreement": float(np.mean(o_logits.argmax(1) == t_logits.argmax(1))),
         "cam_mean_vs_logits_max_abs_diff": float(np.abs(o_cam.mean(axis=(2, 3)) - o_logits).max()),
     }
-    report["passed"] = report["prob_max_abs_diff"] <= QUANT_PROB_ATOL
+    report["passed"] = report["prob_max_abs_diff"] <= atol
     if not report["passed"]:
-        raise ExportError(
-            f"{onnx_path}: int8 model's probabilities differ from float32 by up to "
-            f"{report['prob_max_abs_diff']:.3f} (> {QUANT_PROB_ATOL}); export without quantization"
-        )
+        raise ExportError(f"{onnx_path}: the int8 model's probabilities differ from the {reference} by up to "
+                          f"{report['prob_max_abs_diff']:.3f} (> {atol}){hint}")
     return report

@@ -619,6 +619,42 @@ def test_review_reason_is_a_column_next_to_review_and_older_parts_read_as_null(t
     assert load_results(out).schema == new
 
 
+def test_review_reason_of_a_part_written_without_the_column_comes_from_the_decision_json(tmp_path: Path) -> None:
+    """Rows written after ``decision_sha256`` but before the ``review_reason`` column: a null
+    ``review_reason`` is filled from the row's ``decision`` JSON when that has one; a film not flagged,
+    a row without decision JSON, or decision JSON without the key stays null."""
+    pytest.importorskip("pyarrow")
+    import datetime as dt
+    import json
+
+    import pyarrow as pa
+
+    from deephealth.batch import PartWriter, load_results, result_schema
+
+    reason = "borderline: P(pneumonia) 0.52 is within 0.05 of the threshold 0.50"
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    before = pa.schema([f for f in result_schema() if f.name != "review_reason"])
+
+    def row(src, review, decision):
+        return {"source": src, "ok": True, "label": "bacterial", "label_index": 1, "suitability_reasons": [],
+                "warnings": [], "model_sha256": "A", "decision_sha256": "R", "content_sha256": "h",
+                "scored_at": t0, "review": review, "decision": None if decision is None else json.dumps(decision)}
+
+    out = str(tmp_path / "res")
+    PartWriter(out, "run1").write(pa.Table.from_pylist([
+        row("/flagged", True, {"rule": "r", "review": True, "review_kind": "threshold", "review_reason": reason}),
+        row("/calm", False, {"rule": "r", "review": False, "review_kind": None, "review_reason": None}),
+        row("/no-key", True, {"rule": "r", "review": True}),
+        row("/no-json", None, None),
+    ], schema=before))
+    rows = {r["source"]: r["review_reason"] for r in load_results(out).to_pylist()}
+    assert rows == {"/flagged": reason, "/calm": None, "/no-key": None, "/no-json": None}
+    # Asked for without the decision column, it is filled all the same (and decision is not returned).
+    only = load_results(out, latest=False, columns=["source", "review_reason"])
+    assert only.column_names == ["source", "review_reason"]
+    assert dict(zip(*only.to_pydict().values())) == rows
+
+
 @pytest.mark.slow
 def test_models_a_then_b_then_a_the_third_run_reports_a_results(ray_local, films, tiny_model_dir, tmp_path, capsys):
     """The archive scored by the tiny model (A), the bundled model (B), then A again: the third run skips

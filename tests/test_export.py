@@ -244,13 +244,33 @@ def test_export_cli(run_dir: Path, tmp_path, capsys):
     assert rc == 2 and err.startswith("export failed:") and "nothing" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("onnx_meta", "reason"), [
+    ({"precision": "int8", "quantization": {"tool": "deephealth.training.qat (torch.ao.quantization fake "
+                                                     "quantisers, torch.onnx.export)"}},
+     "a quantisation-aware trained run exports an int8 graph, which has no float32 weights for the evidence map "
+     "to share"),
+    ({"precision": "int8", "quantization": {"tool": "onnxruntime.quantization.quantize_static"}},
+     "--quantize exports an int8 graph, which has no float32 weights for the evidence map to share"),
+    ({"precision": "float32"}, "see the warning above"),
+])
+def test_export_summary_says_why_the_evidence_map_is_missing(onnx_meta, reason):
+    from deephealth.cli.export import _evidence_not_added
+
+    assert _evidence_not_added({"onnx": onnx_meta}) == (
+        f"  evidence map: not added ({reason}); heatmaps use the class activation map")
+
+
 def test_int8_export(run_dir: Path, tmp_path, capsys):
     """--quantize ships an int8 QDQ graph that agrees with the float32 network and loads in the Predictor."""
     from deephealth.inference import Predictor
 
     rc = main(["export", str(run_dir), "--out", str(tmp_path / "int8"), "--quantize", "--no-gate"])
     assert rc == 0, capsys.readouterr().err
-    assert "int8: probabilities within" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "int8: probabilities within" in out
+    # The summary says why there is no evidence map (the reason is only logged at INFO).
+    assert ("  evidence map: not added (--quantize exports an int8 graph, which has no float32 weights for the "
+            "evidence map to share); heatmaps use the class activation map\n") in out
     meta = json.loads((tmp_path / "int8" / "metadata.json").read_text())
     assert meta["onnx"]["precision"] == "int8" and "MinMax over" in meta["onnx"]["quantization"]["calibration"]
     assert meta["onnx"]["quantization"]["reduce_range"] is True  # 7-bit weights: the same answers without VNNI

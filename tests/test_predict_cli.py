@@ -82,7 +82,7 @@ def test_json_output_parses(folder: Path, tiny_model_dir: Path, capsys):
     assert [r["ok"] for r in rows] == [True, True, False, True, False]
     assert rows[4] == {"source": str(folder / "notes.txt"), "ok": False,
                        "skipped": "not an image file suffix (name the file itself to read it anyway)",
-                       "model": rows[0]["model"]}
+                       "model": rows[0]["model"], "intended_use": INTENDED_USE}
     assert "skipped 1 file(s) in folders" in err
     expected = _expected(tiny_model_dir, [folder / "a.jpeg"])
     assert rows[0]["source"] == str(folder / "a.jpeg")
@@ -94,7 +94,9 @@ def test_json_output_parses(folder: Path, tiny_model_dir: Path, capsys):
     assert rows[2]["error"].startswith(str(folder / "sub" / "broken.jpeg") + ": ")
     art = ModelArtifact.load(tiny_model_dir)
     assert all(r["model"] == {"name": art.name, "version": art.version, "sha256": art.sha256} for r in rows)
-    assert INTENDED_USE in err and INTENDED_USE not in out
+    # Every record carries the intended use, as the REST API's response does; the notice stays on stderr too.
+    assert [r["intended_use"] for r in rows] == [INTENDED_USE] * 5
+    assert INTENDED_USE in err
 
 
 def test_csv_output_parses(folder: Path, tiny_model_dir: Path, capsys):

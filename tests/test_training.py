@@ -102,6 +102,7 @@ def test_one_epoch_smoke_training_on_real_images(tmp_path: Path, dataset_root: P
     status = main([
         "train", "--data", str(dataset_root), "--max-train-images", "48", "--epochs", "1", "--input-size", "64",
         "--batch-size", "16", "--out-dir", str(tmp_path), "--name", "smoke", "--quiet", "--num-threads", "2",
+        "--backbone-lr-ratio", "0.25",
     ])
     assert status == 0
     run = tmp_path / "smoke"
@@ -110,6 +111,10 @@ def test_one_epoch_smoke_training_on_real_images(tmp_path: Path, dataset_root: P
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert len(rows) == 1 and rows[0]["epoch"] == "1"
     assert 0.0 <= float(rows[0]["val_accuracy"]) <= 1.0 and float(rows[0]["train_loss"]) > 0
+    # Both parameter groups' rates are logged; "lr" is the head's (the rate --lr names).
+    lr_head, lr_backbone = float(rows[0]["lr_head"]), float(rows[0]["lr_backbone"])
+    assert lr_head > 0 and lr_backbone == pytest.approx(0.25 * lr_head, rel=1e-9)
+    assert float(rows[0]["lr"]) == lr_head
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     assert ckpt["model_args"] == {"arch": "resnet18", "num_classes": 3, "in_chans": 1}
@@ -119,6 +124,21 @@ def test_one_epoch_smoke_training_on_real_images(tmp_path: Path, dataset_root: P
     assert calib["val_nll_after"] <= calib["val_nll_before"] + 1e-9
     model = build_model("resnet18")
     model.load_state_dict(ckpt["model_state"])
+
+
+def test_history_lr_columns_name_the_head_and_backbone_rates() -> None:
+    """The history row's learning rates come from the head's and the backbone's parameter groups,
+    whatever their order in the optimiser (the backbone's group comes first in a real run)."""
+    from deephealth.training.loop import _lr_columns
+
+    w = [torch.nn.Parameter(torch.zeros(2)) for _ in range(3)]
+    opt = torch.optim.AdamW([{"params": [w[0]], "lr": 0.003}, {"params": [w[1]], "lr": 0.01},
+                             {"params": [w[2]], "lr": 0.003}], lr=0.01)
+    assert _lr_columns(opt, [False, True, False]) == {"lr": 0.01, "lr_head": 0.01, "lr_backbone": 0.003}
+    with pytest.raises(ValueError, match="one flag per parameter group"):
+        _lr_columns(opt, [False, True])
+    with pytest.raises(ValueError, match="no head parameter group"):
+        _lr_columns(opt, [False, False, False])
 
 
 def test_pretrained_offline_fails_at_once_with_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -44,8 +44,8 @@ Columns: :data:`deephealth.results.FLAT_FIELDS` plus ``decision_sha256`` (the de
 fingerprint), ``content_sha256`` (hex, "" when the file could not be read) and ``scored_at`` (UTC
 timestamp). ``review`` (the film is in the model's review band), ``review_reason`` (why, in words)
 and ``decision_sha256`` came later: parts written before them read as null there
-(:data:`LATER_COLUMNS`); rows without ``decision_sha256`` match no decision rule and are scored
-again on resume.
+(:data:`LATER_COLUMNS`), except ``review_reason``, taken from the row's ``decision`` JSON when that
+has one; rows without ``decision_sha256`` match no decision rule and are scored again on resume.
 
 Needs the ``[scale]`` extra (``ray[data]``, which brings pyarrow); nothing here is imported by
 serving (``deephealth serve``, :mod:`deephealth.inference`).
@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import logging
 import math
 import os
@@ -84,7 +85,8 @@ KEY_COLUMNS = ("source", "content_sha256", "model_sha256", "decision_sha256")
 """The columns that identify a result (resume key)."""
 
 LATER_COLUMNS = ("review", "review_reason", "decision_sha256")
-"""Columns added after results were first written: a part without one reads as null in it."""
+"""Columns added after results were first written: a part without one reads as null in it
+(``review_reason``: the ``decision`` JSON's, when it has one; see :func:`load_results`)."""
 
 
 class BatchError(RuntimeError):
@@ -269,6 +271,18 @@ def _list_parts(out: str) -> list[str]:
                   if f.type == pafs.FileType.File and f.base_name.startswith("part-") and f.base_name.endswith(".parquet"))
 
 
+def _review_reason(decision: str | None) -> str | None:
+    """``review_reason`` of a row's ``decision`` JSON text; ``None`` when absent, null or unreadable."""
+    if not decision:
+        return None
+    try:
+        value = json.loads(decision)
+    except ValueError:
+        return None
+    reason = value.get("review_reason") if isinstance(value, dict) else None
+    return reason if isinstance(reason, str) else None
+
+
 def load_results(out: str, *, latest: bool = True, columns: Iterable[str] | None = None,
                  model_sha256: str | None = None, decision_sha256: str | None = None):
     """Read a RESULTS folder, or one model's (and decision rule's) results in it.
@@ -292,6 +306,10 @@ def load_results(out: str, *, latest: bool = True, columns: Iterable[str] | None
         decision_sha256: keep only rows made with this decision rule
             (:attr:`deephealth.artifact.ModelArtifact.decision_fingerprint`); ``None``: every rule
             (rows from parts written before the rule was recorded have none and match no rule).
+
+    Columns added later (:data:`LATER_COLUMNS`) read as null in a part written without them, except
+    ``review_reason``: in a part without that column, it is taken from the row's ``decision`` JSON
+    (``decision.review_reason``) when that has one (a flagged film), and is null otherwise.
 
     Returns:
         A ``pyarrow.Table`` with the requested columns of :func:`result_schema`, in that schema's
@@ -320,10 +338,19 @@ def load_results(out: str, *, latest: bool = True, columns: Iterable[str] | None
         try:
             have = set(pq.read_schema(part, filesystem=fs).names)
             absent = [c for c in cols_read if c in LATER_COLUMNS and c not in have]
-            table = pq.read_table(part, columns=[c for c in cols_read if c not in absent], filesystem=fs)
+            # A part written before the review_reason column: the reason is in the decision JSON.
+            reason_from_json = "review_reason" in absent and "decision" in have
+            read = [c for c in cols_read if c not in absent]
+            if reason_from_json and "decision" not in read:
+                read.append("decision")
+            table = pq.read_table(part, columns=read, filesystem=fs)
         except (OSError, ValueError) as exc:
             raise BatchError(f"{part}: cannot read this results part ({' '.join(str(exc).split())})") from exc
         for c in absent:  # an older part: null, not False (it was never decided)
+            if c == "review_reason" and reason_from_json:
+                reasons = [_review_reason(d) for d in table.column("decision").to_pylist()]
+                table = table.append_column(schema.field(c), pa.array(reasons, type=schema.field(c).type))
+                continue
             table = table.append_column(schema.field(c), pa.nulls(table.num_rows, schema.field(c).type))
         tables.append(table.select(cols_read))
     if not tables:

@@ -2,7 +2,8 @@
 
 :func:`result_record` is one ``predict --format json`` row: the prediction's (or error's)
 :meth:`~deephealth.inference.Prediction.to_dict` plus ``model`` (name, version, SHA-256 of
-``model.onnx``), so a saved result always names the model that produced it.
+``model.onnx``), so a saved result always names the model that produced it (``predict`` adds
+``intended_use``, the same text in every row, which :func:`flat_record` has no column for).
 
 :func:`flat_record` turns that row into one flat row of a results table (Parquet) with fixed
 columns (:data:`FLAT_FIELDS`): nested objects whose keys vary between models (``decision``,

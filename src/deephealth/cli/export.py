@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if meta.get("evidence"):
         _print_evidence(meta["evidence"])
     elif not args.no_evidence:
-        print("  evidence map: not added (see the warning above); heatmaps use the class activation map")
+        print(_evidence_not_added(meta))
     band = (meta.get("operating_point") or {}).get("review_band")
     if band:
         _print_review_band(band)
@@ -204,6 +204,29 @@ def _refit_review_band(args: argparse.Namespace) -> int:
                            bool(args.quantize or args.no_gate or args.checkpoint or args.no_review_band),
                            lambda d, c: fit_run_review_band(d, c, quantile=args.review_quantile, progress=True), "fitted the review band",
                            "no dataset or no operating point to fit the review band on", _print_review_band)
+
+
+def _evidence_not_added(meta: dict) -> str:
+    """The summary line of an export made without the evidence map although it was asked for.
+
+    Args:
+        meta: the exported model's ``metadata.json`` (``onnx.precision``, and for an int8 graph
+            ``onnx.quantization.tool``, which names ``deephealth.training.qat`` for a
+            quantisation-aware trained run).
+
+    Returns:
+        The line, indented like the rest of the summary, without a newline: the reason for an int8
+        graph (the evidence map shares float32 weights, which an int8 export has none of; the
+        exporter only logs this at INFO), else a pointer to the warning the exporter logged.
+    """
+    onnx_meta = meta.get("onnx") or {}
+    if onnx_meta.get("precision") == "int8":
+        tool = str((onnx_meta.get("quantization") or {}).get("tool", ""))
+        how = "a quantisation-aware trained run" if tool.startswith("deephealth.training.qat") else "--quantize"
+        reason = f"{how} exports an int8 graph, which has no float32 weights for the evidence map to share"
+    else:
+        reason = "see the warning above"
+    return f"  evidence map: not added ({reason}); heatmaps use the class activation map"
 
 
 def _print_evidence(ev: dict) -> None:

@@ -18,8 +18,10 @@ has an operating point; the table states the rule once, under the rows); review 
 benign change of the film could change the label; the label is kept but is no reliable answer:
 read the film without relying on it); gate and gate_reasons
 (JSON suitability.status and .reasons); warnings; error or skipped (why a file was not classified,
-or not read); model (JSON: name, version, sha256). The table's "review" column says yes for a
-film in the model's review band (borderline: read it without relying on the label); its last
+or not read); model (JSON: name, version, sha256). Each JSON record also carries intended_use,
+the decision-support notice's text, as the REST API's response does (the notice still goes to
+stderr). The table's "review" column says yes for a film in the model's review band (borderline:
+read it without relying on the label); its last
 column, "notes", holds what a reader should see next to a row: the review reason of a borderline
 film, the gate's reasons and the warnings of a classified film, the reasons of a refused one, or
 the error of a file that could not be read; the summary counts the films flagged for review.
@@ -376,8 +378,10 @@ def run(args: argparse.Namespace) -> int:
     model_id = f"{art.name} {art.version}"
     notice = f"Model {model_id}. {INTENDED_USE}"
     if args.format == "json":
-        # Every result names the model that produced it (saved results stay traceable).
-        sys.stdout.write(json.dumps([result_record(r, art) for r in rows], indent=2) + "\n")
+        # Every result names the model that produced it (saved results stay traceable) and, as the
+        # REST API's response does, says what it is for (a saved file keeps the notice).
+        records = [{**result_record(r, art), "intended_use": INTENDED_USE} for r in rows]
+        sys.stdout.write(json.dumps(records, indent=2) + "\n")
         print(notice, file=sys.stderr)
     elif args.format == "csv":
         sys.stdout.write(_fmt_csv(rows, model_id))

@@ -145,7 +145,8 @@ def export_model(
         evidence: add the evidence map (:mod:`deephealth.training.evidence`: the same weights
             dilated to output stride 16, an extra ``evidence`` output computed only on request,
             shipped outputs checked bit-identical) to a float32 export with ``model_args``; skipped
-            with a warning for an int8 export or an architecture timm cannot dilate.
+            for an int8 export, quantised or quantisation-aware trained (logged at INFO; ``deephealth
+            export`` prints the reason), and with a warning for an architecture timm cannot dilate.
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.

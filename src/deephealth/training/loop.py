@@ -1,9 +1,10 @@
 """The training loop: ``fit(config)`` trains, selects, calibrates and saves one run.
 
 A run folder ``<out_dir>/<name>/`` receives ``config.yaml`` (the resolved config), ``history.csv``
-(per-epoch train/validation loss and accuracy), ``curves.png``, ``best.pt`` (the checkpoint read by
-``deephealth export``), ``calibration.json`` and ``summary.json`` (wall time, best epoch, validation
-metrics). The checkpoint keeps the weight-EMA model (Polyak averaging) when ``ema_decay > 0``.
+(per epoch: the head's and the backbone's learning rates ``lr_head`` and ``lr_backbone``, ``lr``
+being the head's, and train/validation loss and accuracy), ``curves.png``, ``best.pt`` (the
+checkpoint read by ``deephealth export``), ``calibration.json`` and ``summary.json`` (wall time,
+best epoch, validation metrics). The checkpoint keeps the weight-EMA model (Polyak averaging) when ``ema_decay > 0``.
 """
 
 from __future__ import annotations
@@ -276,6 +277,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         ],
         lr=config.lr,
     )
+    group_is_head = [is_head for _, is_head in groups]  # in the order of opt.param_groups
     steps_per_epoch = max(1, len(x_train) // config.batch_size)
     total = steps_per_epoch * config.epochs
     warm = max(1, int(config.warmup_epochs * steps_per_epoch))
@@ -361,7 +363,7 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         vm.update(flip_metrics(eval_model, x_val_stab, val_probs.argmax(1), config, bf16))
         row = {
             "epoch": epoch,
-            "lr": opt.param_groups[0]["lr"],
+            **_lr_columns(opt, group_is_head),
             "train_loss": loss_sum / max(seen, 1),
             "train_accuracy": correct / max(seen, 1),
             "val_loss": nll(val_logits, y_val) if len(y_val) else float("nan"),
@@ -768,6 +770,36 @@ def _linear_probe(
     head.weight.copy_(w.detach())
     head.bias.copy_(b.detach())
     _logger.info("linear probe: %d cached %d-d features, last layer fitted", len(f), f.shape[1])
+
+
+def _lr_columns(opt: torch.optim.Optimizer, group_is_head: list[bool]) -> dict[str, float]:
+    """The learning rates of a ``history.csv`` row, as the optimiser holds them now.
+
+    Args:
+        opt: the optimiser; every head group shares one rate, and every backbone group another
+            (``lr * backbone_lr_ratio``), both following the same schedule.
+        group_is_head: per entry of ``opt.param_groups``, in order, whether it holds the
+            classifier head's parameters.
+
+    Returns:
+        ``{"lr_head", "lr_backbone", "lr"}`` (floats): the head's and the backbone's current rates
+        (``lr_backbone`` NaN when no group is the backbone's); ``lr`` repeats ``lr_head``, the rate
+        that ``--lr`` names (before, ``lr`` was whichever group came first: the backbone's).
+
+    Raises:
+        ValueError: ``group_is_head`` does not have one flag per parameter group, or no group is
+            the head's.
+    """
+    if len(group_is_head) != len(opt.param_groups):
+        raise ValueError(f"need one flag per parameter group: {len(group_is_head)} flags, "
+                         f"{len(opt.param_groups)} groups")
+    rates = {True: math.nan, False: math.nan}
+    for is_head, group in zip(group_is_head, opt.param_groups):
+        if math.isnan(rates[is_head]):
+            rates[is_head] = float(group["lr"])
+    if math.isnan(rates[True]):
+        raise ValueError("no head parameter group in the optimiser")
+    return {"lr": rates[True], "lr_head": rates[True], "lr_backbone": rates[False]}
 
 
 def _write_history(history: list[dict[str, Any]], run_dir: Path) -> None:

@@ -62,8 +62,8 @@ def test_intensity_range_of_a_known_ramp():
 
 
 def _reference_image_scores(q: np.ndarray) -> tuple[float, float, float]:
-    """intensity_range, detail and the 1st/99th percentiles of lung_layout as first written
-    (np.bincount, float32 temporaries, np.percentile): the fast versions must match them bit for bit."""
+    """intensity_range and detail as first written (np.bincount, float32 temporaries) and the float32
+    image for lung_layout's block sums: the faster versions must match them bit for bit."""
     counts = np.bincount(np.asarray(q, dtype=np.uint8).ravel(), minlength=256)
     cdf = np.cumsum(counts) / max(int(counts.sum()), 1)
     rng = float(int(np.searchsorted(cdf, 0.99)) - int(np.searchsorted(cdf, 0.01)))
@@ -73,7 +73,7 @@ def _reference_image_scores(q: np.ndarray) -> tuple[float, float, float]:
 
 
 def test_fast_image_scores_match_the_reference_bit_for_bit(dataset_root: Path):
-    from deephealth.gate import _block_sums, _layout_edges, _linear_percentiles, _run_sums, detail
+    from deephealth.gate import _block_sums, _layout_edges, _run_sums, detail
 
     rng = np.random.default_rng(5)
     films = [resize_to_input(read_image(f).image, PreprocessConfig(input_size=s))
@@ -85,13 +85,6 @@ def test_fast_image_scores_match_the_reference_bit_for_bit(dataset_root: Path):
         assert intensity_range(q) == r and detail(q) == d
         ys, xs, _ = _layout_edges(*f.shape)
         assert np.array_equal(_block_sums(f, ys, xs), np.ascontiguousarray(_run_sums(_run_sums(f, ys).T, xs).T))
-    for n in (2, 5, 101, 4096):
-        for _ in range(50):
-            v = (rng.random(n) * rng.choice([1e-3, 1.0, 255.0])).astype(np.float32)
-            if rng.random() < 0.5:
-                v = np.round(v * 4) / 4  # ties
-            got, want = _linear_percentiles(v, (1, 99)), np.percentile(v, [1, 99])
-            assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
 def test_coloured_annotations_are_judged_locally(dataset_root: Path):

@@ -74,21 +74,18 @@ Three kinds of checks, combined (any refusal refuses; otherwise any warning warn
 
 A model folder without gate data still works: the image checks run, the feature checks are skipped
 and :attr:`Suitability.feature_checks` is ``False`` (status ``unavailable`` when nothing else is
-flagged). This module needs numpy and Pillow only (no PyTorch, no scikit-learn): it is on the serving path.
+flagged). This module needs numpy only (no PyTorch, no scikit-learn): it is on the serving path.
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
-import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from deephealth.artifact import ModelArtifactError, sha256_file
 from deephealth.readers.image import COLOR_WARN_LEVELS
@@ -326,19 +323,10 @@ def intensity_range(quantized: np.ndarray) -> float:
     Returns:
         ``p99 - p1`` as a float, from the 256-bin histogram (fast: no sort).
     """
-    q = np.ascontiguousarray(quantized, dtype=np.uint8)
-    if q.ndim != 2 or not q.size:
-        counts = np.bincount(q.ravel(), minlength=256)
-        cdf = np.cumsum(counts) / max(int(counts.sum()), 1)
-        return float(int(np.searchsorted(cdf, 0.99)) - int(np.searchsorted(cdf, 0.01)))
-    # Pillow's histogram counts what np.bincount does in a third of its time; the first level whose
-    # cumulative share (count / total, the same correctly rounded float) reaches 1 % and 99 %, as
-    # np.searchsorted(cdf, ...) finds it, without dividing all 256 counts.
-    h, w = q.shape
-    cum = list(itertools.accumulate(Image.frombuffer("L", (w, h), q, "raw", "L", 0, 1).histogram()))
-    total = max(cum[-1], 1)
-    lo = bisect.bisect_left(cum, 0.01, key=lambda c: c / total)
-    hi = bisect.bisect_left(cum, 0.99, key=lambda c: c / total)
+    counts = np.bincount(np.asarray(quantized, dtype=np.uint8).ravel(), minlength=256)
+    cdf = np.cumsum(counts) / max(int(counts.sum()), 1)
+    lo = int(np.searchsorted(cdf, 0.01))
+    hi = int(np.searchsorted(cdf, 0.99))
     return float(hi - lo)
 
 
@@ -438,48 +426,6 @@ def _block_sums(q: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     return out
 
 
-@functools.lru_cache(maxsize=8)
-def _percentile_positions(n: int, percentiles: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Where numpy's ``linear`` percentiles of ``n`` values fall: ``(below, above, gamma, kth)``.
-
-    ``below``/``above`` are the ``(P,)`` intp sorted positions either side of each percentile,
-    ``gamma`` the ``(P,)`` float64 weights of ``above``, computed as ``np.percentile`` computes them
-    (``q / 100``, ``(n - 1) * q``, its floor), and ``kth`` the positions to partition at.
-    """
-    virtual = (n - 1) * np.true_divide(np.asarray(percentiles, dtype=np.float64), 100)
-    below = np.floor(virtual)
-    gamma = virtual - below
-    below = below.astype(np.intp)
-    above = below + 1
-    kth = np.unique(np.concatenate((below, above)))
-    for a in (below, above, gamma, kth):
-        a.setflags(write=False)
-    return below, above, gamma, kth
-
-
-def _linear_percentiles(values: np.ndarray, percentiles: tuple[float, ...]) -> np.ndarray:
-    """``np.percentile(values, percentiles)`` (method ``linear``), the same float64 values bit for bit.
-
-    A partition at the few positions needed and numpy's own interpolation (``_lerp``: ``a + (b - a) * g``,
-    or ``b - (b - a) * (1 - g)`` when ``g >= 0.5``, ``b - a`` in the input's dtype), without the
-    general function's checks and set-up (about a tenth of its time on the 4,096 block means of
-    :func:`lung_layout`). Only for finite values, at least two of them, and percentiles strictly
-    between 0 and 100 (``tests/test_gate.py`` checks it against ``np.percentile``).
-
-    Args:
-        values: float array of any shape (flattened); percentiles: in (0, 100).
-
-    Returns:
-        ``(P,)`` float64.
-    """
-    v = values.ravel()
-    below, above, gamma, kth = _percentile_positions(v.size, percentiles)
-    part = np.partition(v, kth)
-    a, b = part[below], part[above]
-    diff = b - a
-    return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
-
-
 def lung_layout(quantized: np.ndarray) -> float:
     """Two-lung layout score of a film: how much brighter the middle is than both sides.
 
@@ -514,7 +460,7 @@ def lung_layout(quantized: np.ndarray) -> float:
     # 5-column moving average, the two end columns repeated (np.pad's "edge" mode, without its overhead)
     edged = np.concatenate((profile[:1], profile[:1], profile, profile[-1:], profile[-1:]))
     profile = np.convolve(edged, _SMOOTH_5, mode="valid")
-    lo, hi = _linear_percentiles(a, (1, 99)) if np.isfinite(a).all() else np.percentile(a, [1, 99])
+    lo, hi = np.percentile(a, [1, 99])
     centre = profile[int(0.38 * n):int(0.62 * n)].max()
     left, right = profile[int(0.08 * n):int(0.45 * n)].min(), profile[int(0.55 * n):int(0.92 * n)].min()
     return float(min(centre - left, centre - right) / max(float(hi - lo), 1.0))

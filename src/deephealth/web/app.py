@@ -3,6 +3,13 @@
 Run it with ``deephealth serve`` or any ASGI server, e.g.
 ``uvicorn --factory deephealth.web.app:create_app``. Configuration comes from ``DEEPHEALTH_*``
 environment variables (:mod:`deephealth.web.settings`). FastAPI: https://fastapi.tiangolo.com/.
+
+Behind a reverse proxy that publishes the app under a sub-path and strips it (nginx
+``location /deephealth/ { proxy_pass http://127.0.0.1:8000/; }``), set the ASGI ``root_path`` to
+that prefix: ``deephealth serve --root-path /deephealth`` (uvicorn's ``root_path``) or
+``DEEPHEALTH_ROOT_PATH`` (applied by :class:`RootPathMiddleware` when the server sets none). The
+upload page uses relative URLs; ``/docs``, ``/redoc`` (fastapi-offline builds their asset and
+``openapi.json`` URLs from the request's ``root_path``) and OpenAPI ``servers`` use the prefix.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deephealth import __version__, labels
 from deephealth.readers.formats import ACCEPTED_FORMATS_TEXT
@@ -45,6 +53,36 @@ unsuitable image (truncated, no contrast, CT...).
 """
 
 
+class RootPathMiddleware:
+    """ASGI middleware: serve the app under a URL prefix that a reverse proxy strips, whatever the server.
+
+    What ``uvicorn --root-path`` does, for servers started without one: an HTTP or WebSocket
+    request whose scope has no ``root_path`` gets ``root_path = prefix`` and its ``path`` (and
+    ``raw_path``) prefixed, as the ASGI spec wants; Starlette's routing strips it again, and
+    FastAPI's OpenAPI ``servers`` and the docs pages build their URLs from it. A ``root_path``
+    already set by the server is kept.
+
+    Args:
+        app: the ASGI application to wrap.
+        root_path: the prefix, as :func:`deephealth.web.settings.normalize_root_path` returns it
+            (``/deephealth``, no trailing slash); ``""`` makes the middleware a no-op.
+    """
+
+    def __init__(self, app: ASGIApp, root_path: str) -> None:
+        self.app = app
+        self.root_path = root_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, with the prefix added to a scope that has no ``root_path``."""
+        if self.root_path and scope["type"] in ("http", "websocket") and not scope.get("root_path"):
+            scope = dict(scope)
+            scope["root_path"] = self.root_path
+            scope["path"] = self.root_path + scope["path"]
+            if scope.get("raw_path") is not None:
+                scope["raw_path"] = self.root_path.encode("ascii") + scope["raw_path"]
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
     """Build the web application.
 
@@ -59,6 +97,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         ``GET /docs`` (Swagger UI), ``GET /redoc`` (ReDoc), ``/static/*``. The two API pages load
         their JavaScript and CSS from this server (``/static-offline-docs/*``, bundled by the
         ``fastapi-offline`` package), never from a CDN: hospital servers are often offline.
+        With ``settings.root_path`` (or a server ``root_path``) set, every route is still
+        answered at these paths, and the API pages and OpenAPI ``servers`` point under the prefix.
 
     Raises:
         deephealth.artifact.ModelArtifactError: at start-up, if the model folder is missing or
@@ -144,5 +184,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         logger.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse(status_code=500, content={"detail": "internal error"})
 
+    if settings.root_path:
+        # Outermost of our middlewares, so the access log shows the path as the client asked for it.
+        app.add_middleware(RootPathMiddleware, root_path=settings.root_path)
     return app
 

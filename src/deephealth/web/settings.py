@@ -18,6 +18,10 @@ Variable                       Meaning
                                ``postgresql+psycopg://user:password@host/deephealth``
 ``DEEPHEALTH_ADMIN_API_KEY``   enables ``GET /api/v1/audit`` for clients that send it as
                                ``Authorization: Bearer <key>``; unset (default): that route is off
+``DEEPHEALTH_ROOT_PATH``       URL path under which a reverse proxy publishes the app, e.g.
+                               ``/deephealth`` (the proxy strips it before forwarding); the pages,
+                               ``/docs``, ``/redoc`` and OpenAPI ``servers`` then point under it.
+                               Default: empty (served at ``/``)
 =============================  ===========================================================
 
 Settings are parsed by pydantic-settings (https://docs.pydantic.dev/latest/concepts/pydantic_settings/).
@@ -25,12 +29,47 @@ Settings are parsed by pydantic-settings (https://docs.pydantic.dev/latest/conce
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deephealth.paths import default_model_dir
+
+# One path segment: RFC 3986 "unreserved" characters only (no spaces, '?', '#', '%' or non-ASCII).
+_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+def normalize_root_path(value: str) -> str:
+    """Check and normalise the URL path prefix a reverse proxy serves the app under.
+
+    Args:
+        value: e.g. ``/deephealth`` or ``/apps/deephealth/``; surrounding spaces and trailing
+            slashes are removed; ``""`` or ``/`` mean no prefix.
+
+    Returns:
+        The prefix without a trailing slash (``/deephealth``), or ``""`` for none.
+
+    Raises:
+        ValueError: the value is not an absolute URL path made of plain segments (letters, digits,
+            ``.``, ``_``, ``~``, ``-``): it is a full URL, lacks the leading ``/``, has an empty
+            (``//``), ``.`` or ``..`` segment, or other characters. The message shows the value.
+    """
+    text = value.strip()
+    if text in ("", "/"):
+        return ""
+    if not text.startswith("/"):
+        hint = " (a path, not a full URL)" if "://" in text else ""
+        raise ValueError(f"must start with '/', e.g. /deephealth{hint}; got {value!r}")
+    text = text.rstrip("/")
+    for segment in text[1:].split("/"):
+        if segment in ("", ".", "..") or not _SEGMENT.fullmatch(segment):
+            raise ValueError(
+                "must be a URL path such as /deephealth or /apps/deephealth: segments of letters, digits, "
+                f"'.', '_', '~' or '-', no empty, '.' or '..' segment; got {value!r}"
+            )
+    return text
 
 
 class Settings(BaseSettings):
@@ -44,6 +83,8 @@ class Settings(BaseSettings):
         audit: record every prediction in the audit trail (:mod:`deephealth.audit`).
         database_url: the audit trail's database; ``None`` means :func:`deephealth.audit.database_url`.
         admin_api_key: key of ``GET /api/v1/audit``; ``None`` turns that route off.
+        root_path: URL prefix the app is published under by a reverse proxy that strips it
+            (``/deephealth``), normalised by :func:`normalize_root_path`; ``""`` for none.
     """
 
     model_config = SettingsConfigDict(env_prefix="DEEPHEALTH_", extra="ignore")
@@ -55,6 +96,12 @@ class Settings(BaseSettings):
     audit: bool = True
     database_url: str | None = None
     admin_api_key: SecretStr | None = None
+    root_path: str = ""
+
+    @field_validator("root_path")
+    @classmethod
+    def _check_root_path(cls, value: str) -> str:
+        return normalize_root_path(value)
 
     @property
     def max_upload_bytes(self) -> int:

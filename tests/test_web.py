@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urljoin
 
 import numpy as np
 import pytest
@@ -39,10 +41,10 @@ from deephealth.labels import CLASS_DESCRIPTIONS, CLASS_NAMES, INTENDED_USE  # n
 from deephealth.readers import read_image  # noqa: E402
 from deephealth.web.app import create_app  # noqa: E402
 from deephealth.web.schemas import ModelCard, PredictionPublic  # noqa: E402
-from deephealth.web.settings import Settings  # noqa: E402
+from deephealth.web.settings import Settings, normalize_root_path  # noqa: E402
 from deephealth.web.upload import UploadError, read_upload, sniff_format  # noqa: E402
 
-from _servers import live_server  # noqa: E402
+from _servers import live_server, prefix_proxy  # noqa: E402
 
 pytestmark = pytest.mark.needs_data
 
@@ -659,8 +661,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(args: list[str]) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPHEALTH_MODEL")}
+def _serve(args: list[str], **env_vars: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPHEALTH_MODEL", "DEEPHEALTH_ROOT_PATH"))}
+    env.update(env_vars)
     return subprocess.Popen(
         [sys.executable, "-m", "deephealth.cli", "serve", *args],
         stdout=subprocess.PIPE,
@@ -721,6 +724,195 @@ def test_serve_command_with_a_missing_model_is_one_line(tmp_path):
     assert proc.returncode == 1
     assert err.strip() == f"deephealth serve: cannot load the model: model folder not found: {tmp_path / 'nope'}"
 
+
+
+# ------------------------------------------------------------------------------------------ behind a proxy
+
+PREFIX = "/deephealth"
+
+
+def _page_urls(html: str) -> list[str]:
+    """The URLs an HTML page loads or links: href, src and spec-url attributes, Swagger UI's ``url:``."""
+    return re.findall(r'(?:href|src|spec-url)="([^"]*)"', html) + re.findall(r"\burl: '([^']*)'", html)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("", ""),
+        ("/", ""),
+        (PREFIX, PREFIX),
+        (PREFIX + "/", PREFIX),
+        (" /apps/deep-health_1.0~x// ", "/apps/deep-health_1.0~x"),
+    ],
+)
+def test_root_path_is_normalised(value, expected):
+    assert normalize_root_path(value) == expected
+    assert Settings(root_path=value).root_path == expected
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("deephealth", "must start with '/', e.g. /deephealth; got 'deephealth'"),
+        ("https://h.example/deephealth", "must start with '/', e.g. /deephealth (a path, not a full URL); got "),
+        ("/a//b", "must be a URL path such as /deephealth"),
+        ("/a/../b", "no empty, '.' or '..' segment; got '/a/../b'"),
+        ("/deep health", "segments of letters, digits, '.', '_', '~' or '-'"),
+        ("/dé", "got '/dé'"),
+        ("/a?x=1", "got '/a?x=1'"),
+        ("/a%20b", "got '/a%20b'"),
+    ],
+)
+def test_a_bad_root_path_is_refused_with_a_clear_message(value, message):
+    with pytest.raises(ValueError) as info:
+        normalize_root_path(value)
+    assert message in str(info.value)
+    with pytest.raises(ValueError, match="root_path"):
+        Settings(root_path=value)
+
+
+def test_root_path_from_environment(monkeypatch):
+    monkeypatch.delenv("DEEPHEALTH_ROOT_PATH", raising=False)
+    assert Settings().root_path == ""
+    monkeypatch.setenv("DEEPHEALTH_ROOT_PATH", "/apps/deephealth/")
+    assert Settings().root_path == "/apps/deephealth"
+
+
+@pytest.fixture(scope="module")
+def prefixed_client(tiny_model_dir: Path) -> Iterator[TestClient]:
+    """The app with DEEPHEALTH_ROOT_PATH=/deephealth/; requests arrive as the proxy forwards them (prefix stripped)."""
+    app = create_app(Settings(model_dir=tiny_model_dir, root_path=PREFIX + "/"))
+    with TestClient(app) as c:
+        yield c
+
+
+def test_docs_pages_and_openapi_point_under_the_root_path(prefixed_client, client):
+    c = prefixed_client
+    docs, redoc = c.get("/docs"), c.get("/redoc")
+    assert docs.status_code == redoc.status_code == 200
+    assert set(_page_urls(docs.text)) == {
+        f"{PREFIX}/openapi.json",
+        f"{PREFIX}/static-offline-docs/swagger-ui.css",
+        f"{PREFIX}/static-offline-docs/swagger-ui-bundle.js",
+        f"{PREFIX}/static-offline-docs/favicon.png",
+    }
+    assert set(_page_urls(redoc.text)) == {
+        f"{PREFIX}/openapi.json",
+        f"{PREFIX}/static-offline-docs/redoc.standalone.js",
+        f"{PREFIX}/static-offline-docs/favicon.png",
+    }
+    # each is there once the proxy has stripped the prefix
+    for url in set(_page_urls(docs.text) + _page_urls(redoc.text)):
+        r = c.get(url.removeprefix(PREFIX))
+        assert r.status_code == 200 and len(r.content) > 100, url
+    spec = c.get("/openapi.json").json()
+    assert spec["servers"] == [{"url": PREFIX}]
+    assert URL in spec["paths"] and not any(p.startswith(PREFIX) for p in spec["paths"])
+    # Swagger UI's oauth2RedirectUrl (fastapi-offline leaves it unprefixed) serves OAuth2 flows only: none here
+    assert "securitySchemes" not in spec.get("components", {})
+    # a trailing-slash redirect stays under the prefix
+    r = c.get("/docs/", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == f"http://testserver{PREFIX}/docs"
+    # without a root path: no servers, assets at the root
+    assert "servers" not in client.get("/openapi.json").json()
+    assert "/static-offline-docs/swagger-ui.css" in _page_urls(client.get("/docs").text)
+
+
+def test_predictions_and_health_under_the_root_path(prefixed_client, predictor, xrays):
+    c = prefixed_client
+    assert c.get("/healthz").json()["model"] == "tiny-test-model"
+    data = xrays[5]  # a viral pneumonia JPEG
+    r = _post(c, data.name, data.read_bytes(), url=URL + "?heatmap=true")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = predictor.predict(data.read_bytes(), name=data.name)
+    assert body["label_index"] == expected.label_index
+    np.testing.assert_allclose([body["probabilities"][k] for k in CLASS_NAMES], expected.probs, rtol=0, atol=1e-9)
+    assert body["heatmap_png"]
+
+
+def test_upload_page_uses_relative_urls_only(client):
+    # relative, so they resolve under whatever prefix the page was loaded from (/deephealth/ -> /deephealth/static/...)
+    assert sorted(_page_urls(client.get("/").text)) == sorted(
+        ["data:,", "static/style.css", "static/app.js", "api/v1/model", "docs"]
+    )
+    js = client.get("/static/app.js").text
+    assert re.findall(r'fetch\("([^"]*)"', js) == ["api/v1/predictions?heatmap=true&preview=true", "healthz"]
+    assert "location.href" not in js and "location.assign" not in js  # no navigation built from an absolute path
+
+
+def test_a_root_path_set_by_the_server_is_kept(tiny_model_dir):
+    app = create_app(Settings(model_dir=tiny_model_dir, root_path="/from-settings", audit=False))
+    with TestClient(app, root_path="/from-server") as c:
+        assert c.get("/openapi.json").json()["servers"] == [{"url": "/from-server"}]
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--root-path", "deephealth"], {}, "--root-path: must start with '/', e.g. /deephealth; got 'deephealth'"),
+        (["--root-path", "/a b"], {}, "--root-path: must be a URL path such as /deephealth"),
+        ([], {"DEEPHEALTH_ROOT_PATH": "deephealth"},
+         "bad setting DEEPHEALTH_ROOT_PATH: must start with '/', e.g. /deephealth; got 'deephealth'"),
+    ],
+)
+def test_serve_with_a_bad_root_path_is_one_line(args, env, message):
+    proc = _serve([*args, "--port", str(_free_port())], **env)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.strip().splitlines() == [err.strip()]
+    assert err.strip().startswith(f"deephealth serve: {message}"), err
+
+
+def test_serve_behind_a_prefix_stripping_proxy(tiny_model_dir, predictor, xrays):
+    """`deephealth serve --root-path` behind a proxy like nginx's ``location /deephealth/ { proxy_pass .../; }``."""
+    port = _free_port()
+    upstream = f"http://127.0.0.1:{port}"
+    proc = _serve(["--model", str(tiny_model_dir), "--port", str(port), "--root-path", PREFIX + "/"])
+    try:
+        _wait_healthy(proc, upstream)  # the server answers at its own root, as the proxy calls it
+        with prefix_proxy(upstream, PREFIX) as proxy, httpx.Client(timeout=60) as http:
+            r = http.get(proxy + PREFIX)  # nginx sends /deephealth to /deephealth/
+            assert r.status_code == 301 and r.headers["location"] == PREFIX + "/"
+            page_url = f"{proxy}{PREFIX}/"
+            page = http.get(page_url)
+            assert page.status_code == 200 and "Decision support, not a diagnosis." in page.text
+            # everything the page loads or links, and what app.js fetches, resolved as a browser does
+            links = [u for u in _page_urls(page.text) if not u.startswith("data:")] + ["healthz"]
+            for link in links:
+                url = urljoin(page_url, link)
+                assert url.startswith(page_url), url
+                assert http.get(url).status_code == 200, url
+            # the API pages (linked from the page as "docs") and everything they load
+            for name in ("docs", "redoc"):
+                doc_url = urljoin(page_url, name)
+                urls = _page_urls(http.get(doc_url).text)
+                assert len(urls) >= 3, name
+                for u in urls:
+                    got = http.get(urljoin(doc_url, u))
+                    assert u.startswith(PREFIX + "/") and got.status_code == 200, u
+                    if u.endswith("/openapi.json"):
+                        assert got.json()["servers"] == [{"url": PREFIX}]
+            r = http.get(f"{proxy}{PREFIX}/docs/")
+            assert r.status_code == 307 and r.headers["location"] == f"{proxy}{PREFIX}/docs"
+            # the prediction, as app.js sends it (relative to the page), on a real film
+            film = xrays[3]
+            r = http.post(urljoin(page_url, "api/v1/predictions?heatmap=true&preview=true"),
+                          files={"file": (film.name, film.read_bytes())})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            expected = predictor.predict(film.read_bytes(), name=film.name)
+            assert body["label_index"] == expected.label_index and body["heatmap_png"] and body["preview_png"]
+            np.testing.assert_allclose([body["probabilities"][k] for k in CLASS_NAMES], expected.probs, atol=1e-9)
+            # and at the OpenAPI server URL + path, as Swagger UI's "Try it out" calls it
+            r = http.post(f"{proxy}{PREFIX}{URL}", files={"file": (film.name, film.read_bytes())})
+            assert r.status_code == 200 and r.json()["label_index"] == expected.label_index
+    finally:
+        _, err = _stop(proc)
+    assert f"at {upstream}/ for a reverse proxy that publishes it under {PREFIX}/ - API docs at {PREFIX}/docs" in err
+    assert f"POST {PREFIX}{URL} 200" in err  # the access line shows the path the client asked for
+    assert "Traceback" not in err
 
 def test_model_card_of_the_released_model_states_operating_point_and_initialisation():
     from deephealth.paths import default_model_dir

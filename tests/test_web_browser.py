@@ -34,7 +34,7 @@ from deephealth.paths import default_model_dir  # noqa: E402
 from deephealth.web.app import create_app  # noqa: E402
 from deephealth.web.settings import Settings  # noqa: E402
 
-from _servers import live_server  # noqa: E402
+from _servers import live_server, prefix_proxy  # noqa: E402
 
 CHROMIUM = os.environ.get("DEEPHEALTH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -516,3 +516,51 @@ def test_api_docs_render_with_the_network_off(browser, server, path):
     decorative = {"https://cdn.redoc.ly/redoc/logo-mini.svg"} if path == "/redoc" else set()
     assert set(outside) <= decorative, f"{path} asked for outside resources: {outside}"
     assert errors == [], f"JavaScript errors on {path}: {errors}"
+
+
+def test_page_upload_and_api_docs_behind_a_proxy_under_a_sub_path(browser, model_dir, xray):
+    """A prefix-stripping reverse proxy publishes the app under /deephealth/ (DEEPHEALTH_ROOT_PATH set):
+    the page loads its CSS and JavaScript, reads /healthz, classifies an upload, and its "API" link
+    opens a working Swagger UI, every request under the prefix and through the proxy."""
+    expect = sync_api.expect
+    predictor = Predictor(model_dir)
+    expected = predictor.predict(xray.read_bytes(), name=xray.name)
+    prefix = "/deephealth"
+    with _uvicorn(model_dir, root_path=prefix) as upstream, prefix_proxy(upstream, prefix) as proxy:
+        base = proxy + prefix
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        elsewhere: list[str] = []  # anything not under the prefix (the server's own port included)
+        failed: list[str] = []
+
+        def only_under_the_prefix(route) -> None:
+            url = route.request.url
+            if url.startswith(base + "/") or url.startswith("data:"):
+                route.continue_()
+            else:
+                elsewhere.append(url)
+                route.abort("internetdisconnected")
+
+        context.route("**/*", only_under_the_prefix)
+        context.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        pg = context.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            pg.goto(base + "/")
+            art = predictor.artifact
+            expect(pg.locator("#model-version")).to_have_text(f"{art.name} {art.version}")  # healthz answered
+            # the stylesheet applied: the file input is visually hidden by static/style.css
+            assert pg.locator("#file").evaluate("e => getComputedStyle(e).position") == "absolute"
+            pg.set_input_files("#file", str(xray))
+            _expect_result(pg, expected, xray.name)
+            pg.click("footer a[href='docs']")
+            expect(pg).to_have_url(base + "/docs")
+            expect(pg.locator(".swagger-ui .info .title")).to_contain_text("Deep Health", timeout=30_000)
+            expect(pg.locator(".opblock-summary-path", has_text="/api/v1/predictions").first).to_be_visible()
+            # Swagger UI's server list is the prefix, so "Try it out" calls the API through the proxy
+            expect(pg.locator(".servers select option").first).to_have_text(prefix)
+        finally:
+            context.close()
+    assert elsewhere == [], f"requests outside {prefix}/: {elsewhere}"
+    assert failed == [], f"failed requests: {failed}"
+    assert errors == [], f"JavaScript errors: {errors}"

@@ -244,6 +244,60 @@ def test_export_cli(run_dir: Path, tmp_path, capsys):
     assert rc == 2 and err.startswith("export failed:") and "nothing" in err and "Traceback" not in err
 
 
+_NO_TRAIN_STACK = """
+import importlib.abc, sys
+BLOCKED = {"torch", "torchvision", "timm", "onnx", "onnxscript", "sklearn", "scipy", "matplotlib"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not installed (blocked by the test)")
+sys.meta_path.insert(0, Block())
+from deephealth.cli import main
+"""
+
+
+def test_review_band_only_needs_only_the_serving_stack(tiny_model_dir: Path, dataset_root: Path, tmp_path):
+    # With PyTorch, timm, onnx, scikit-learn, SciPy and matplotlib made unimportable, as on a serving
+    # install (numpy, Pillow, onnxruntime), --review-band-only still fits the band; other modes say
+    # they need the [train] extra.
+    import shutil
+    import subprocess
+    import sys
+
+    from deephealth.artifact import write_metadata
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    meta = json.loads((model / "metadata.json").read_text())
+    meta["operating_point"] = {"threshold": 0.01, "target_sensitivity": 0.95}
+    meta["training"] = {"config": {"data_dir": str(dataset_root), "max_train_images": 120, "val_fraction": 0.1,
+                                   "split_seed": 0, "seed": 0}}
+    write_metadata(model, meta)
+    code = _NO_TRAIN_STACK + (
+        "rc = main(['export', '--review-band-only', '--out', sys.argv[1]])\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in BLOCKED)\n"
+        "assert rc == 0 and not loaded, (rc, loaded)\n"
+        "assert main(['export', '--gate-only', '--out', sys.argv[1]]) == 2\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("fitted the review band of tiny-test-model 0.0.0-test in ")
+    assert "% of 30 validation films flagged" in res.stdout
+    assert "deephealth export needs the [train] extra (PyTorch, timm, onnx)" in res.stderr
+    assert "only --review-band-only runs without it" in res.stderr
+    band = json.loads((model / "metadata.json").read_text())["operating_point"]["review_band"]
+    assert (band["n_films"], band["n_views"], band["quantile"]) == (30, 15, 0.9)
+    assert band["validation"]["split"]["max_train_images"] == 120
+    lo, hi = band["pneumonia_probability_range"]
+    assert lo < 0.01 < hi
+    # the same fit as the exporter's own (imported through deephealth.training.export, with PyTorch loaded)
+    from deephealth.training.export import fit_run_review_band
+
+    again = fit_run_review_band(model, meta["training"]["config"])
+    assert again["pneumonia_logit_margin"] == band["pneumonia_logit_margin"]
+    assert again["type_logit_margin"] == band["type_logit_margin"]
+
+
 @pytest.mark.parametrize(("onnx_meta", "reason"), [
     ({"precision": "int8", "quantization": {"tool": "deephealth.training.qat (torch.ao.quantization fake "
                                                      "quantisers, torch.onnx.export)"}},

@@ -106,11 +106,17 @@ def test_csv_output_parses(folder: Path, tiny_model_dir: Path, capsys):
     reader = csv.DictReader(io.StringIO(out))
     assert reader.fieldnames == ["source", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral",
                                  "pneumonia_probability", "threshold", "target_sensitivity", "rule", "review",
-                                 "review_reason", "warnings", "gate", "gate_reasons", "error", "skipped", "model"]
+                                 "review_reason", "warnings", "gate", "gate_reasons", "error", "skipped", "model",
+                                 "intended_use"]
     rows = list(reader)
     art = ModelArtifact.load(tiny_model_dir)
     assert {r["model"] for r in rows} == {f"{art.name} {art.version}"}
     assert len(rows) == 5
+    # Every row, classified, failed or skipped, carries the intended use (JSON's key, as the last
+    # column, so the earlier columns keep their positions); the notice stays on stderr too.
+    assert [r["intended_use"] for r in rows] == [INTENDED_USE] * 5
+    assert all(None not in r and len(r) == len(reader.fieldnames) for r in rows)  # no stray or missing fields
+    assert [len(cells) for cells in csv.reader(io.StringIO(out))] == [20] * 6
     ok = [r for r in rows if r["ok"] == "true"]
     assert len(ok) == 3
     for r in ok:

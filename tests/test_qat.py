@@ -192,3 +192,84 @@ def test_init_checkpoint_from_a_model_folder(tmp_path: Path) -> None:
     (tmp_path / "metadata.json").unlink()
     with pytest.raises(FileNotFoundError, match="without metadata.json"):
         load_init_checkpoint(m, cfg.replace(init_checkpoint=str(tmp_path)))
+
+
+@pytest.mark.slow
+def test_qat_fine_tune_of_the_released_model_trains_checkpoints_and_exports_int8(
+        tmp_path: Path, dataset_root: Path) -> None:
+    # The training-loop path of configs/explore/lite0-qat.yaml (fine-tune 0.3.0 with fake quantisers),
+    # shrunk to 16 training films (4 validation films) at 64 px for 2 epochs of 2 steps, then
+    # `deephealth export` of the run. One thread: on a shared 2-core machine two threads oversubscribe
+    # (about 6x slower per step). 30 s measured on 2 cores shared with other jobs (load 4).
+    import csv
+    import math
+
+    from deephealth.paths import BUNDLED_MODELS_DIR, DEFAULT_MODEL_NAME
+    from deephealth.training.config import load_config
+    from deephealth.training.export import export_run
+    from deephealth.training.loop import fit
+
+    released = BUNDLED_MODELS_DIR / DEFAULT_MODEL_NAME
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "explore" / "lite0-qat.yaml",
+                         data_dir=str(dataset_root), init_checkpoint=str(released), input_size=64,
+                         max_train_images=16, batch_size=8, qat_calibration_images=8, out_dir=str(tmp_path),
+                         name="qat-smoke", num_threads=1)
+    assert (config.qat, config.qat_weight_bits, config.qat_observer_steps, config.epochs) == (True, 7, 0, 2)
+    threads = torch.get_num_threads()
+    try:
+        run = fit(config, progress=False)
+    finally:
+        torch.set_num_threads(threads)  # fit sets it process-wide
+
+    # the loss: finite every epoch, and it moved (different weights, different augmented batches)
+    rows = list(csv.DictReader((run / "history.csv").read_text().splitlines()))
+    losses = [float(r["train_loss"]) for r in rows]
+    assert len(losses) == 2 and all(math.isfinite(v) and 0 < v < 20 for v in losses) and losses[0] != losses[1]
+
+    # the checkpoint: BatchNorm folded away, 49 + 59 fake quantisers, activation ranges frozen after
+    # calibration on 8 training films, and it loads strictly into a freshly prepared network
+    ckpt = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    state = ckpt["model_state"]
+    assert not any(k.endswith(("running_mean", "running_var")) for k in state)
+    assert ckpt["summary"]["qat"]["calibration_images"] == 8 and ckpt["data"]["n_train"] == 16
+    assert (ckpt["summary"]["qat"]["weight_quantizers"], ckpt["summary"]["qat"]["activation_quantizers"]) == (49, 59)
+    q = qat.prepare_qat(build_model("efficientnet_lite0"), weight_bits=7)
+    q.load_state_dict(state, strict=True)
+    q.eval()
+    assert qat.is_qat_model(q) and not any(isinstance(m, nn.BatchNorm2d) for m in q.modules())
+    acts = [fq for n, fq in qat.fake_quantizers(q) if not n.endswith("weight_fake_quant")]
+    weights = [fq for n, fq in qat.fake_quantizers(q) if n.endswith("weight_fake_quant")]
+    assert len(acts) == 59 and all(int(fq.observer_enabled[0]) == 0 for fq in acts)  # frozen (observer_steps 0)
+    assert len(weights) == 49 and all(int(fq.observer_enabled[0]) == 1 for fq in weights)  # follow the weights
+    assert all(float(fq.scale.reshape(-1)[0]) > 0 for fq in acts)
+    conv = q.conv_head
+    k = conv.weight_fake_quant(conv.weight).detach() / conv.weight_fake_quant.scale.reshape(-1, 1, 1, 1)
+    assert k.round().min() >= -64 and k.round().max() <= 63  # 7-bit grid
+
+    # fine-tuned, not merely copied: the weights moved from 0.3.0's BatchNorm-folded ones, a little (lr 1e-4)
+    start = build_model("efficientnet_lite0")
+    start.load_state_dict(torch.load(released / "weights.pt", map_location="cpu", weights_only=True)["model_state"])
+    folded = qat.fold_batchnorm(start.eval())
+    stem = q.conv_stem[1]  # (input fake quantiser, convolution)
+    assert isinstance(stem, torch.ao.nn.qat.Conv2d) and stem.weight.shape == folded.conv_stem.weight.shape
+    moved = (stem.weight - folded.conv_stem.weight).abs().max().item()
+    assert 0 < moved < 0.1 * folded.conv_stem.weight.abs().max().item()
+    x = _films(4, seed=3)
+    with torch.no_grad():
+        logits = q(x)
+    assert logits.shape == (4, 3) and bool(torch.isfinite(logits).all())
+
+    # `deephealth export` of the run: a QDQ int8 graph that ONNX Runtime fuses into integer kernels
+    out = export_run(run, tmp_path / "model", gate=False, evidence=False, review_band=False)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["onnx"]["precision"] == "int8"
+    assert meta["onnx"]["quantization"]["tool"].startswith("deephealth.training.qat")
+    assert meta["export_check"]["int8"]["reference"] and meta["export_check"]["int8"]["images"] > 0
+    assert not (out / "weights.pt").exists()  # no float32 weights for an int8 model
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    sess = ort.InferenceSession(str(out / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert fused.count("QLinearConv") == 49 and "Conv" not in fused and fused.count("QLinearAdd") == 9
+    onnx_logits = sess.run(["logits"], {"image": x.numpy()})[0]
+    assert np.abs(onnx_logits - logits.numpy()).max() < 0.15 * np.abs(logits.numpy()).max() + 0.05

@@ -357,6 +357,90 @@ def test_oversized_header_gets_the_projects_message_and_no_pillow_warning(
     assert Image.MAX_IMAGE_PIXELS == limit_before  # Pillow's process-wide setting is left alone
 
 
+def gif_frame_beyond_screen(frame_w: int, frame_h: int, left: int = 0, top: int = 0) -> bytes:
+    """A 100x80 GIF (logical screen) whose one frame's descriptor claims frame_w x frame_h at (left, top).
+
+    Built byte by byte: header, 2-colour global table, a graphic control extension (so the size
+    is found past an extension block), the image descriptor, then a tiny LZW payload (minimum
+    code size 2, codes clear / 0 / end) that is far shorter than the frame it claims.
+    """
+    header = b"GIF89a" + struct.pack("<HHBBB", 100, 80, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    control = b"\x21\xf9\x04\x00\x00\x00\x00\x00"
+    descriptor = b"," + struct.pack("<HHHHB", left, top, frame_w, frame_h, 0)
+    lzw = b"\x02" + b"\x02\x44\x01" + b"\x00"
+    return header + control + descriptor + lzw + b";"
+
+
+@pytest.mark.parametrize(("frame", "left", "canvas"), [
+    ((10_000, 6_000), 0, "10000x6000 = 60.0"),        # Pillow grows the image silently
+    ((12_500, 12_000), 0, "12500x12000 = 150.0"),     # Pillow would warn (DecompressionBombWarning)
+    ((20_000, 20_000), 0, "20000x20000 = 400.0"),     # Pillow would raise DecompressionBombError
+    ((65_535, 65_535), 0, "65535x65535 = 4294.8"),    # the largest frame a descriptor can claim
+    ((1_000, 60), 60_000, "61000x80 = 4.9"),          # placed far right: screen height kept
+])
+def test_gif_frame_beyond_its_screen_gets_the_projects_message(
+        frame: tuple[int, int], left: int, canvas: str, recwarn: pytest.WarningsRecorder) -> None:
+    # Pillow enlarges a GIF to cover its first frame while *opening* it, and runs its own bomb check
+    # there; the reader reads the descriptor first and refuses with the project's message.
+    data = gif_frame_beyond_screen(*frame, left=left)
+    if left:  # a wide, short canvas: lower the limit so this small case is over it too
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(types_module, "MAX_PIXELS", 4_000_000)
+            mp.setattr("deephealth.readers.image.MAX_PIXELS", 4_000_000)
+            with pytest.raises(ImageReadError) as err:
+                read_image(data, name="wide.gif")
+        assert str(err.value) == f"wide.gif: image too large to decode safely: {canvas} megapixels (limit 4)"
+    else:
+        with pytest.raises(ImageReadError) as err:
+            read_image(data, name="bomb.gif")
+        assert str(err.value) == f"bomb.gif: image too large to decode safely: {canvas} megapixels (limit 50)"
+    assert "decompression bomb" not in str(err.value)
+    assert [str(w.message) for w in recwarn] == []
+
+
+def test_gif_canvas_size_matches_pillows() -> None:
+    # The reader's own walk of the GIF blocks finds the size Pillow opens the image at.
+    from deephealth.readers.image import _canvas_size
+
+    for frame, left in [((100, 80), 0), ((300, 90), 7), ((9_000, 9_000), 0), ((1_000, 60), 60_000)]:
+        data = gif_frame_beyond_screen(*frame, left=left)
+        with Image.open(io.BytesIO(data)) as im:
+            pillow_size = im.size
+        assert _canvas_size(data, "GIF") == pillow_size == (max(frame[0] + left, 100), max(frame[1], 80))
+    # a real Pillow-written GIF (comment extension before the frame) and WebP in its three headers
+    gif = encode(Image.fromarray(RAMP), "GIF", comment=b"x" * 300)
+    assert _canvas_size(gif, "GIF") == (96, 80)
+    chunks = set()
+    for kw in ({"lossless": True}, {"quality": 80}, {"lossless": True, "exif": b"Exif\x00\x00MM\x00*"}):
+        webp = encode(RGB_EQUAL, "WEBP", **kw)
+        chunks.add(webp[12:16])
+        assert _canvas_size(webp, "WEBP") == (96, 80), webp[12:16]
+    assert chunks == {b"VP8L", b"VP8 ", b"VP8X"}
+    assert _canvas_size(b"GIF89a", "GIF") is None
+    assert _canvas_size(encode(Image.fromarray(RAMP), "PNG"), "PNG") is None
+
+
+def test_pillows_bomb_error_from_a_plugin_still_gets_the_projects_wording(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Safety net: should a plugin raise DecompressionBombError for a size the reader did not read
+    # first (here: the pre-check switched off), the message is still the project's, with the limit.
+    import deephealth.readers.image as image_module
+
+    monkeypatch.setattr(image_module, "_canvas_size", lambda data, fmt: None)
+    with pytest.raises(ImageReadError) as err:
+        read_image(gif_frame_beyond_screen(20_000, 20_000), name="bomb.gif")
+    limit = 2 * Image.MAX_IMAGE_PIXELS / 1e6
+    assert str(err.value) == f"bomb.gif: image too large to decode safely: more than {limit:.0f} megapixels (limit 50)"
+
+
+def test_webp_canvas_over_pillows_limit_gets_the_projects_message() -> None:
+    # VP8X header claiming a 16383x16383 canvas (Pillow's own check would raise at 179 MP).
+    vp8x = b"VP8X" + struct.pack("<I", 10) + bytes(4) + (16_382).to_bytes(3, "little") * 2
+    data = b"RIFF" + struct.pack("<I", 4 + len(vp8x)) + b"WEBP" + vp8x
+    with pytest.raises(ImageReadError) as err:
+        read_image(data, name="bomb.webp")
+    assert str(err.value) == "bomb.webp: image too large to decode safely: 16383x16383 = 268.4 megapixels (limit 50)"
+
+
 def test_pillow_still_warns_for_other_callers() -> None:
     # The reader skips Pillow's check for its own files only; Image.open elsewhere is unchanged.
     with pytest.warns(Image.DecompressionBombWarning):

@@ -41,6 +41,15 @@ class ModelArtifactError(RuntimeError):
     """A model folder that is missing, incomplete, inconsistent or corrupted."""
 
 
+class ExportError(RuntimeError):
+    """A checkpoint that cannot be exported, or an export (or a refit of a model folder) that fails its checks.
+
+    Defined here, without PyTorch, so that the refits that need none (the review band:
+    :mod:`deephealth.review_band_fit`) raise the same type as the exporter; re-exported by
+    :mod:`deephealth.training.onnx_graph` and :mod:`deephealth.training.export`.
+    """
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 digest of a file's bytes."""
     h = hashlib.sha256()

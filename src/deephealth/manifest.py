@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from deephealth.labels import CLASS_NAMES
+from deephealth.paths import dataset_dir, portable_path
 
 _logger = logging.getLogger(__name__)
 
@@ -261,6 +262,67 @@ def grouped_split(
     train = [r for r in records if r.patient_id not in val_patients]
     val = [r for r in records if r.patient_id in val_patients]
     return train, val
+
+
+def stratified_subset(records: list[Record], n: int, seed: int) -> list[Record]:
+    """A class-stratified subset of about ``n`` records (smoke runs: ``max_train_images``).
+
+    Each class keeps ``max(1, round(n * share))`` of its records, drawn with
+    ``numpy.random.default_rng(seed)`` and kept in input order; the same records, ``n`` and ``seed``
+    always give the same subset (the training loop and :func:`run_split` rely on it).
+
+    Args:
+        records: the records to draw from.
+        n: about how many to keep; ``n <= 0`` or ``n >= len(records)`` keeps them all.
+        seed: seed of the draw.
+
+    Returns:
+        The subset (``records`` itself when every record is kept).
+    """
+    if n <= 0 or n >= len(records):
+        return records
+    rng = np.random.default_rng(seed)
+    out: list[Record] = []
+    for label in CLASS_NAMES:
+        group = [r for r in records if r.label == label]
+        k = max(1, round(n * len(group) / len(records)))
+        out.extend(group[i] for i in sorted(rng.permutation(len(group))[:k]))
+    return out
+
+
+def run_split(config: dict, data_dir: str | Path | None = None) -> tuple[list[Record], list[Record], dict] | None:
+    """The patient-grouped train / validation records a training run used, re-created from its config.
+
+    :func:`grouped_split` of the official ``train`` folder with the config's ``val_fraction`` and
+    ``split_seed`` (defaults 0.1 and 0), then the same ``max_train_images`` subsets the training
+    loop took (:func:`stratified_subset`; smoke runs; all of it for a release run). No PyTorch:
+    the input gate's and the review band's refits both use it.
+
+    Args:
+        config: the checkpoint's training config (``data_dir``, ``val_fraction``, ``split_seed``,
+            ``max_train_images``, ``seed``).
+        data_dir: dataset folder overriding the config's (default: the config's, else
+            :func:`deephealth.paths.dataset_dir`).
+
+    Returns:
+        ``(train_records, val_records, provenance)`` with ``provenance`` = ``{"dataset_dir"
+        (portable), "val_fraction", "split_seed", "max_train_images"}`` for the metadata; or
+        ``None`` when the dataset folder has no ``train`` folder (a warning is logged).
+
+    Raises:
+        ValueError: ``val_fraction`` not in (0, 1).
+    """
+    root = Path(data_dir or config.get("data_dir") or dataset_dir())
+    if not (root / "train").is_dir():
+        _logger.warning("no dataset at %s", root)
+        return None
+    val_fraction, split_seed = float(config.get("val_fraction", 0.1)), int(config.get("split_seed", 0))
+    train_recs, val_recs = grouped_split(scan(root).split("train"), val_fraction, split_seed)
+    n_max, seed = int(config.get("max_train_images", 0) or 0), int(config.get("seed", 0))
+    if n_max:  # the same subsets the training loop used (smoke runs)
+        train_recs, val_recs = stratified_subset(train_recs, n_max, seed), stratified_subset(val_recs, n_max // 4, seed)
+    return train_recs, val_recs, {"dataset_dir": portable_path(root), "val_fraction": val_fraction,
+                                  "split_seed": split_seed, "max_train_images": n_max}
 
 
 SPLIT_IDENTITY_KEYS = ("val_sha256", "n_val", "val_counts")

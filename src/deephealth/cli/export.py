@@ -2,7 +2,8 @@
 
 The ONNX file has a dynamic batch axis, input "image" (N, 1, S, S) float32 and outputs "logits"
 (N, 3) and "cam" (N, 3, h, w) class activation maps. The export is checked (ONNX checker, PyTorch
-vs ONNX Runtime on real dataset images) before metadata.json is written. Needs the [train] extra.
+vs ONNX Runtime on real dataset images) before metadata.json is written. Needs the [train] extra
+(except --review-band-only, below).
 
 --quantize ships an int8 model instead (7-bit weights; up to 2x faster on CPU), compared with the
 float32 network on the same images.
@@ -21,7 +22,8 @@ deephealth export --evidence-only --out src/deephealth/models/deephealth-cxr3
 The review band (docs/stability.md) is fitted last, on the run's validation films and their benign
 perturbations scored through the exported model: films this close to the operating point are
 flagged "review" (operating_point.review_band in metadata.json); --no-review-band skips it, and
---review-band-only fits it for the existing model folder --out:
+--review-band-only fits it for the existing model folder --out, and needs only the serving stack
+(no [train] extra) and the dataset:
 deephealth export --review-band-only --out src/deephealth/models/deephealth-cxr3
 
 Example: deephealth export runs/resnet18 --out src/deephealth/models/deephealth-cxr3 --version 1.0.0
@@ -69,16 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Export; prints the folder, checksum and parity figures. Exit 0 on success, 2 on failure."""
-    try:
-        from deephealth.training.export import ExportError, export_run
-    except ImportError as exc:
-        print(f"deephealth export needs the [train] extra (PyTorch, timm, onnx): {exc}", file=sys.stderr)
-        return 2
-    import json
+    """Export; prints the folder, checksum and parity figures. Exit 0 on success, 2 on failure.
 
-    from deephealth.artifact import METADATA_FILE
-
+    ``--review-band-only`` needs no PyTorch (the serving stack and the dataset); every other mode
+    needs the ``[train]`` extra and says so when it is missing.
+    """
     if sum(map(bool, (args.gate_only, args.evidence_only, args.review_band_only))) > 1:
         print("export failed: give only one of --gate-only, --evidence-only and --review-band-only", file=sys.stderr)
         return 2
@@ -91,6 +88,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.review_band_only:
         return _refit_review_band(args)
+    try:
+        from deephealth.training.export import ExportError, export_run
+    except ImportError as exc:
+        print(f"deephealth export needs the [train] extra (PyTorch, timm, onnx): {exc}; only --review-band-only "
+              "runs without it", file=sys.stderr)
+        return 2
+    import json
+
+    from deephealth.artifact import METADATA_FILE
+
     if args.gate_only:
         return _refit_gate(args)
     if args.evidence_only:
@@ -155,8 +162,7 @@ def _refit_in_place(args: argparse.Namespace, option: str, conflicts: bool, fit:
     ``fit(model_dir, training_config)`` returns the new metadata entry, or ``None`` when ``missing``
     (a reason) applies; ``show`` prints the entry. Exit 0 on success, 2 with one line on failure.
     """
-    from deephealth.artifact import ModelArtifact, ModelArtifactError
-    from deephealth.training.export import ExportError
+    from deephealth.artifact import ExportError, ModelArtifact, ModelArtifactError
 
     if args.run is not None or conflicts:
         print(f"export failed: {option} takes only --out (the model folder)", file=sys.stderr)
@@ -197,8 +203,11 @@ def _print_review_band(band: dict) -> None:
 
 
 def _refit_review_band(args: argparse.Namespace) -> int:
-    """``--review-band-only``: fit the review band of the model folder ``--out`` on its recorded split."""
-    from deephealth.training.export import fit_run_review_band
+    """``--review-band-only``: fit the review band of the model folder ``--out`` on its recorded split.
+
+    Serving stack only (:mod:`deephealth.review_band_fit`): no PyTorch, no ``[train]`` extra.
+    """
+    from deephealth.review_band_fit import fit_run_review_band
 
     return _refit_in_place(args, "--review-band-only",
                            bool(args.quantize or args.no_gate or args.checkpoint or args.no_review_band),

@@ -18,9 +18,9 @@ has an operating point; the table states the rule once, under the rows); review 
 benign change of the film could change the label; the label is kept but is no reliable answer:
 read the film without relying on it); gate and gate_reasons
 (JSON suitability.status and .reasons); warnings; error or skipped (why a file was not classified,
-or not read); model (JSON: name, version, sha256). Each JSON record also carries intended_use,
-the decision-support notice's text, as the REST API's response does (the notice still goes to
-stderr). The table's "review" column says yes for a film in the model's review band (borderline:
+or not read); model (JSON: name, version, sha256); intended_use, the decision-support notice's
+text, in every JSON record and CSV row (the CSV's last column), as the REST API's response carries
+it (the notice still goes to stderr). The table's "review" column says yes for a film in the model's review band (borderline:
 read it without relying on the label); its last
 column, "notes", holds what a reader should see next to a row: the review reason of a borderline
 film, the gate's reasons and the warnings of a classified film, the reasons of a refused one, or
@@ -64,6 +64,7 @@ from deephealth.inputs import (  # noqa: F401  (one input policy, shared with ba
     skipped_in_folders,
     skipped_line,
 )
+from deephealth.labels import INTENDED_USE
 from deephealth.readers.formats import FILE_SUFFIXES as FOLDER_SUFFIXES  # noqa: F401
 
 # FOLDER_SUFFIXES: suffixes picked up inside folders (plus files without a suffix, which may be
@@ -117,7 +118,7 @@ TABLE_HEADERS = ["source", "label", "label_index", "p_normal", "p_bacterial", "p
                  "threshold", "gate", "review", "notes"]
 CSV_HEADERS = ["source", "ok", "label", "label_index", "p_normal", "p_bacterial", "p_viral", "pneumonia_probability",
                "threshold", "target_sensitivity", "rule", "review", "review_reason", "warnings", "gate", "gate_reasons",
-               "error", "skipped", "model"]
+               "error", "skipped", "model", "intended_use"]
 WARNINGS_WIDTH = 72
 """The table's last column (notes: review reason, gate reasons, warnings, errors) wraps at this many characters,
 one note a line."""
@@ -215,7 +216,20 @@ def _fmt_table(rows: list[dict]) -> str:
 
 
 def _fmt_csv(rows: list[dict], model: str) -> str:
-    """CSV with :data:`CSV_HEADERS`: one row per input, skipped files included (``skipped`` says why)."""
+    """CSV with :data:`CSV_HEADERS`: one row per input, skipped files included (``skipped`` says why).
+
+    The last column, ``intended_use``, holds :data:`deephealth.labels.INTENDED_USE` in every row (as
+    each JSON record's key of that name does), so a saved or re-exported table still says the
+    results are decision support, not a diagnosis; it is last so earlier columns keep their positions.
+
+    Args:
+        rows: the result rows of :func:`run` (``ok``, ``source``, ``probabilities``... or ``error`` /
+            ``skipped``).
+        model: ``"<name> <version>"`` of the model, the ``model`` column.
+
+    Returns:
+        The CSV text (header line first, ``\n`` line ends, RFC 4180 quoting by :mod:`csv`).
+    """
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_HEADERS)
@@ -233,10 +247,10 @@ def _fmt_csv(rows: list[dict], model: str) -> str:
                         num(p["viral"]), num(d.get("pneumonia_probability")), num(d.get("threshold")),
                         num(d.get("target_sensitivity")), d.get("rule", ""), "true" if d.get("review") else "false",
                         d.get("review_reason") or "", "; ".join(r["warnings"]), status, "; ".join(reasons), "", "",
-                        model])
+                        model, INTENDED_USE])
         else:
             w.writerow([r["source"], "false", *[""] * 12, status, "; ".join(reasons), r.get("error", ""),
-                        r.get("skipped", ""), model])
+                        r.get("skipped", ""), model, INTENDED_USE])
     return buf.getvalue()
 
 
@@ -287,7 +301,6 @@ def run(args: argparse.Namespace) -> int:
     from deephealth.artifact import ModelArtifactError
     from deephealth.inference import PredictionError, Predictor
     from deephealth.rendering import prediction_overlay_png
-    from deephealth.labels import INTENDED_USE
     from deephealth.results import result_record
 
     if args.batch_size < 1:

@@ -12,12 +12,26 @@
   (``metrics.json``, ``report.md``, CSVs).
 
 Needs the ``[eval]`` extra (scikit-learn, matplotlib, tqdm). Never imports PyTorch.
+:mod:`~deephealth.evaluation.stability` (benign perturbations, used to fit the review band) needs
+the serving stack only: the names below are imported on first use (PEP 562), so importing that
+module does not pull in scikit-learn.
 """
 
-from deephealth.evaluation.bootstrap import HEADLINE_METRICS, BootstrapResult, bootstrap_ci
-from deephealth.evaluation.metrics import PROTOCOLS, compute_metrics
-from deephealth.evaluation.report import build_report, write_report
-from deephealth.evaluation.scoring import evaluate_model
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "HEADLINE_METRICS": "bootstrap",
+    "BootstrapResult": "bootstrap",
+    "bootstrap_ci": "bootstrap",
+    "PROTOCOLS": "metrics",
+    "compute_metrics": "metrics",
+    "build_report": "report",
+    "write_report": "report",
+    "evaluate_model": "scoring",
+}
 
 __all__ = [
     "HEADLINE_METRICS",
@@ -29,3 +43,21 @@ __all__ = [
     "evaluate_model",
     "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The public names above, imported from their submodule on first use.
+
+    Raises:
+        AttributeError: ``name`` is not one of them (nor a loaded submodule).
+    """
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -188,7 +188,9 @@ def _open_header(data: bytes, plugins: tuple[str, ...]) -> Image.Image:
     ``DecompressionBombWarning`` to stderr, and above twice that it raises
     ``DecompressionBombError`` with Pillow's wording and limit. The reader's own limit
     (:data:`MAX_PIXELS`, lower) is checked by the caller from the same header, before any pixel
-    buffer exists, so every oversized image gets one message, the project's. The check is skipped
+    buffer exists, so every oversized image gets one message, the project's. (GIF and WebP
+    plugins run Pillow's check inside the plugin while opening; the caller reads their size with
+    :func:`_canvas_size` first.) The check is skipped
     here rather than by changing ``Image.MAX_IMAGE_PIXELS`` or the warnings filters, which are
     process-wide: other code using Pillow keeps its check, and concurrent requests cannot race.
 
@@ -215,12 +217,86 @@ def _open_header(data: bytes, plugins: tuple[str, ...]) -> Image.Image:
     raise UnidentifiedImageError("cannot identify image file")
 
 
+def _canvas_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """The size, ``(width, height)`` in pixels, that Pillow's plugin sizes itself to while *opening* ``data``.
+
+    Most plugins only read a header when opening and the caller checks ``im.size`` before any
+    pixel is decoded. Two do more, and run Pillow's own decompression-bomb check (its wording,
+    its limit of about 89 / 179 megapixels) inside the plugin, where :func:`_open_header` cannot
+    skip it:
+
+    * GIF: the first frame's image descriptor may lie outside the logical screen; Pillow then
+      grows the image to ``max(x0 + w, screen_w) x max(y0 + h, screen_h)`` (up to 131070 px a side).
+    * WebP: the decoder allocates its canvas (from the VP8X, VP8 or VP8L header) when created.
+
+    So for these two the size is read here, from the same bytes and by the same rules, before
+    Pillow sees them.
+
+    Args:
+        data: the whole file.
+        fmt: the sniffed format name (:data:`deephealth.readers.formats.ACCEPTED_FORMATS`).
+
+    Returns:
+        ``(width, height)``, or ``None`` for other formats or when the header is too short to say
+        (Pillow then reports the file as corrupt, as before). Never raises.
+    """
+    if fmt == "GIF":
+        return _gif_canvas_size(data)
+    if fmt == "WEBP" and len(data) >= 30:
+        chunk = data[12:16]
+        if chunk == b"VP8X":
+            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+        if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+            w, h = struct.unpack_from("<HH", data, 26)
+            return w & 0x3FFF, h & 0x3FFF
+        if chunk == b"VP8L" and data[20] == 0x2F:
+            bits = int.from_bytes(data[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def _gif_canvas_size(data: bytes) -> tuple[int, int] | None:
+    """GIF: the logical screen, grown to cover the first frame's image descriptor (GIF89a spec s. 18, 20).
+
+    Walks the blocks as Pillow's ``GifImageFile._seek(0)`` does: global colour table, then
+    extensions (``!``, label, data sub-blocks) until the first image descriptor (``,``). ``None``
+    if the header is shorter than 13 bytes; the screen size alone if no descriptor is found.
+    """
+    if len(data) < 13:
+        return None
+    width, height, flags = struct.unpack_from("<HHB", data, 6)
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    while pos < len(data):
+        block = data[pos]
+        if block == 0x2C:  # image descriptor: left, top, width, height (little-endian uint16)
+            if pos + 9 > len(data):
+                break
+            x0, y0, w, h = struct.unpack_from("<HHHH", data, pos + 1)
+            return max(x0 + w, width), max(y0 + h, height)
+        if block == 0x3B:  # trailer: no image
+            break
+        if block == 0x21:  # extension: label, then sub-blocks until a zero length
+            pos += 2
+            while pos < len(data) and data[pos]:
+                pos += data[pos] + 1
+        pos += 1  # the terminator, or (like Pillow) one unknown byte skipped
+    return width, height
+
+
 def _read_pillow(data: bytes, label: str, target_size: int | None, sniffed: str) -> ReadResult:
+    canvas = _canvas_size(data, sniffed)
+    if canvas is not None and canvas[0] * canvas[1] > MAX_PIXELS:  # before Pillow's own check
+        check_dimensions(label, *canvas)
     try:
         # only the plugin(s) of the sniffed format: one policy, and a smaller attack surface
         im = _open_header(data, PILLOW_PLUGINS[sniffed])
     except UnidentifiedImageError:
         raise ImageReadError(f"{label}: corrupt {sniffed} file (its header cannot be read)") from None
+    except Image.DecompressionBombError:  # a plugin checking a size :func:`_canvas_size` does not know
+        raise ImageReadError(
+            f"{label}: image too large to decode safely: more than "
+            f"{2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels (limit {MAX_PIXELS / 1e6:.0f})"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on corrupt headers
         raise ImageReadError(f"{label}: corrupt image header ({_one_line(exc)})") from None
 

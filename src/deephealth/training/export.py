@@ -57,7 +57,8 @@ from deephealth import __version__
 from deephealth.artifact import ONNX_FILE, sha256_file, write_metadata
 from deephealth.gate import GATE_FILE
 from deephealth.labels import CLASS_NAMES, INTENDED_USE
-from deephealth.paths import DEFAULT_MODEL_NAME, dataset_dir, portable_path
+from deephealth.manifest import run_split
+from deephealth.paths import DEFAULT_MODEL_NAME, portable_path
 from deephealth.preprocessing import PreprocessConfig
 from deephealth.artifact import WEIGHTS_FILE
 from deephealth.training.model import CamModel, architecture_args, build_model
@@ -78,6 +79,7 @@ from deephealth.training.parity import (  # noqa: F401  (tolerances re-exported)
     check_export,
     dataset_parity_inputs,
 )
+from deephealth.review_band_fit import fit_run_review_band  # needs no PyTorch; also re-exported here
 from deephealth.training.quantize import (  # noqa: F401  (constants re-exported)
     QUANT_CALIBRATION_IMAGES,
     QUANT_PROB_ATOL,
@@ -491,108 +493,6 @@ def export_run(
     if review_band:
         fit_run_review_band(out, ckpt.get("config") or {}, quantile=review_quantile)
     return out
-
-
-def run_split(config: dict[str, Any], data_dir: str | Path | None = None) -> tuple[list, list, dict[str, Any]] | None:
-    """The patient-grouped train / validation records a training run used, re-created from its config.
-
-    :func:`deephealth.manifest.grouped_split` of the official ``train`` folder with the config's
-    ``val_fraction`` and ``split_seed`` (defaults 0.1 and 0), then the same ``max_train_images``
-    subsets the training loop took (smoke runs; all of it for a release run).
-
-    Args:
-        config: the checkpoint's training config (``data_dir``, ``val_fraction``, ``split_seed``,
-            ``max_train_images``, ``seed``).
-        data_dir: dataset folder overriding the config's (default: the config's, else
-            :func:`deephealth.paths.dataset_dir`).
-
-    Returns:
-        ``(train_records, val_records, provenance)`` with ``provenance`` = ``{"dataset_dir"
-        (portable), "val_fraction", "split_seed", "max_train_images"}`` for the metadata; or
-        ``None`` when the dataset folder has no ``train`` folder.
-    """
-    from deephealth.manifest import grouped_split, scan
-
-    root = Path(data_dir or config.get("data_dir") or dataset_dir())
-    if not (root / "train").is_dir():
-        _logger.warning("no dataset at %s", root)
-        return None
-    val_fraction, split_seed = float(config.get("val_fraction", 0.1)), int(config.get("split_seed", 0))
-    train_recs, val_recs = grouped_split(scan(root).split("train"), val_fraction, split_seed)
-    n_max, seed = int(config.get("max_train_images", 0) or 0), int(config.get("seed", 0))
-    if n_max:  # the same subsets the training loop used (smoke runs)
-        from deephealth.training.loop import _subset
-
-        train_recs, val_recs = _subset(train_recs, n_max, seed), _subset(val_recs, n_max // 4, seed)
-    return train_recs, val_recs, {"dataset_dir": portable_path(root), "val_fraction": val_fraction,
-                                  "split_seed": split_seed, "max_train_images": n_max}
-
-
-def fit_run_review_band(model_dir: str | Path, config: dict[str, Any], data_dir: str | Path | None = None,
-                        quantile: float | None = None, progress: bool = False) -> dict[str, Any] | None:
-    """Fit the review band of an exported model on its run's validation split and record it.
-
-    Scores the validation films of the run's patient-grouped split (as :func:`fit_run_gate`
-    re-creates it) and each of their benign perturbations (:mod:`deephealth.evaluation.stability`)
-    through the exported model (:class:`deephealth.inference.Predictor`, what ships), fits
-    :func:`deephealth.calibration.fit_review_band` and writes it, with its validation figures, under
-    ``operating_point["review_band"]`` in ``metadata.json``. About 70 s for 502 films on 2 cores.
-
-    Args:
-        model_dir: the exported model folder (its metadata must have an ``operating_point``).
-        config: the checkpoint's training config (``data_dir``, ``val_fraction``, ``split_seed``,
-            ``max_train_images``, ``seed``).
-        data_dir: dataset folder overriding the config's.
-        quantile: see :func:`~deephealth.calibration.fit_review_band` (default
-            :data:`~deephealth.calibration.REVIEW_QUANTILE`).
-        progress: show a progress bar while scoring.
-
-    Returns:
-        The ``review_band`` entry, or ``None`` if no dataset was found or the model has no
-        operating point (a warning is logged; the model then flags no film).
-
-    Raises:
-        ExportError: if scoring or fitting fails.
-    """
-    from deephealth.artifact import ModelArtifact, write_metadata
-    from deephealth.calibration import REVIEW_QUANTILE, fit_review_band
-    from deephealth.evaluation.stability import PERTURBATIONS, review_band_figures, score_stability
-    from deephealth.inference import Predictor
-
-    art = ModelArtifact.load(model_dir, verify=False)
-    op = dict(art.metadata.get("operating_point") or {})
-    if not op:
-        _logger.warning("%s has no operating point: no review band", model_dir)
-        return None
-    split = run_split(config, data_dir)
-    if split is None:
-        _logger.warning("no dataset found: %s ships without a review band", model_dir)
-        return None
-    _, val_recs, provenance = split
-    op.pop("review_band", None)
-    t0 = time.time()
-    try:
-        scores = score_stability(Predictor(model_dir), [r.path for r in val_recs], perturbations=PERTURBATIONS,
-                                 progress=progress)
-        band = fit_review_band(scores.base_probs, scores.probs, op, REVIEW_QUANTILE if quantile is None else quantile)
-    except (ValueError, RuntimeError) as exc:
-        raise ExportError(f"fitting the review band failed: {exc}") from exc
-    figs = review_band_figures(scores.base_probs, scores.probs, {**op, "review_band": band})
-    band["validation"] = {
-        "films": int(scores.base_probs.shape[0]),
-        "perturbations": list(scores.perturbations),
-        "review_rate": figs["review_rate"],
-        "max_contradicting_rate": max(figs["contradicting_rate"]),
-        "max_label_flip_rate": float((scores.labels != scores.base_labels[None]).mean(axis=1).max()),
-        "split": provenance,
-        "fit_seconds": round(time.time() - t0, 1),
-    }
-    meta = dict(art.metadata)
-    meta["operating_point"] = {**op, "review_band": band}
-    write_metadata(model_dir, meta)
-    _logger.info("review band: %.1f %% of %d validation films flagged; contradicting flips at most %.1f %%",
-                 100 * figs["review_rate"], band["validation"]["films"], 100 * max(figs["contradicting_rate"]))
-    return band
 
 
 def fit_run_gate(model_dir: str | Path, config: dict[str, Any], data_dir: str | Path | None = None) -> dict[str, Any] | None:

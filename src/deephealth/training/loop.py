@@ -31,7 +31,7 @@ from deephealth import __version__
 from deephealth.calibration import decide, fit_operating_point, fit_temperature, nll, softmax
 from deephealth.cpu import describe as cpu_description
 from deephealth.labels import CLASS_NAMES
-from deephealth.manifest import Record, grouped_split, scan, split_difference
+from deephealth.manifest import Record, grouped_split, scan, split_difference, stratified_subset
 from deephealth.paths import dataset_dir
 from deephealth.training.config import TrainConfig, save_config
 from deephealth.training.data import (
@@ -82,19 +82,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def _subset(records: list[Record], n: int, seed: int) -> list[Record]:
-    """A class-stratified subset of about ``n`` records (for smoke tests)."""
-    if n <= 0 or n >= len(records):
-        return records
-    rng = np.random.default_rng(seed)
-    out: list[Record] = []
-    for label in CLASS_NAMES:
-        group = [r for r in records if r.label == label]
-        k = max(1, round(n * len(group) / len(records)))
-        out.extend(group[i] for i in sorted(rng.permutation(len(group))[:k]))
-    return out
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -212,8 +199,8 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     run_dir = Path(config.out_dir) / name
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
-    train_recs = _subset(train_recs, config.max_train_images, config.seed)
-    val_recs = _subset(val_recs, config.max_train_images // 4 if config.max_train_images else 0, config.seed)
+    train_recs = stratified_subset(train_recs, config.max_train_images, config.seed)
+    val_recs = stratified_subset(val_recs, config.max_train_images // 4 if config.max_train_images else 0, config.seed)
     pre = config.preprocessing
     t0 = time.time()
     x_train = decode_records(train_recs, pre)

@@ -15,11 +15,8 @@ from pathlib import Path
 
 import torch
 
+from deephealth.artifact import ExportError  # noqa: F401  (re-exported; defined without PyTorch)
 from deephealth.training.model import CamModel
-
-
-class ExportError(RuntimeError):
-    """A checkpoint that cannot be exported, or an export that fails its checks."""
 
 
 INPUT_NAME = "image"

@@ -336,6 +336,9 @@ def test_evaluate_deduplicates_the_known_test_pair_and_adds_compare_rows(tiny_mo
 # --- no absolute path of the machine that ran an evaluation in its metrics.json -----------------
 
 REPO = Path(__file__).resolve().parents[1]
+# Every evaluation report committed to the repository (run from the checkout beside ../shared/data).
+COMMITTED_REPORTS = sorted(str(p.parent.relative_to(REPO)) for top in ("docs", "src")
+                           for p in (REPO / top).rglob("metrics.json"))
 
 
 def _strings(obj, where="") -> list[tuple[str, str]]:
@@ -418,3 +421,41 @@ def test_evaluate_writes_no_absolute_path_and_reads_its_data_folder_back(tiny_mo
     with pytest.raises(FileNotFoundError, match=r"recorded as '<\.\.\.>/.*chest_xray_224' was not found.*"
                                                 r"DEEPHEALTH_DATA_ROOT"):
         report_data_root(back)
+
+
+def test_the_committed_reports_are_all_found():
+    assert {"src/deephealth/models/deephealth-cxr3/report", "docs/evaluations/0.2.0",
+            "docs/evaluations/prototype-method", "docs/evaluations/site-adapted"} <= set(COMMITTED_REPORTS)
+
+
+@pytest.mark.parametrize("folder", COMMITTED_REPORTS)
+def test_committed_metrics_hold_no_absolute_path(folder):
+    text = (REPO / folder / "metrics.json").read_text()
+    report = json.loads(text)
+    leaks = [(where, value) for where, value in _strings(report)
+             if value.startswith("/") or _absolute_paths(value) or "/work/" in value or "/home/" in value]
+    assert leaks == []
+    run = report["run"]
+    assert run["data_root"] == run["data_path"] == "../shared/data/chest_xray_224"
+    assert "--data ../shared/data/chest_xray_224 " in run["command_resolved"]
+    # the spelled-out command in report.md is the recorded one
+    md = (REPO / folder / "report.md").read_text()
+    assert f"| Same, all options spelled out | `{run['command_resolved']}` |" in md
+    assert f"| Command | `{run['command']}` |" in md
+
+
+@pytest.mark.needs_data
+@pytest.mark.parametrize("folder", COMMITTED_REPORTS)
+def test_committed_metrics_data_folder_resolves_to_the_dataset(folder, dataset_root):
+    from deephealth.evaluation.report import report_data_root, report_files
+
+    report = load_metrics(REPO / folder / "metrics.json")
+    # the files the report lists (file names only: existence, nothing is read) are in the resolved folder
+    assert len(report_files(report)) > 10
+    assert report_data_root(report) == dataset_root.resolve()
+
+
+def test_released_report_md_re_renders_from_its_metrics_json():
+    from deephealth.evaluation.report import render_markdown
+
+    assert render_markdown(load_metrics(RELEASED_REPORT)) == (RELEASED_REPORT.parent / "report.md").read_text()

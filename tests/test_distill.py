@@ -75,8 +75,9 @@ def test_teacher_checks_refuse_another_contract_or_split(dataset_root: Path, cap
     art = p.artifact
     train, val = grouped_split(scan(dataset_root).split("train"), 0.1, 0)
     here = split_identity(train, val)
-    # the bundled model records the counts of this very split: accepted
+    # the bundled model records the counts and the fingerprint of this very split: accepted
     assert (art.metadata["data"]["n_val"], art.metadata["data"]["val_counts"]) == (here["n_val"], here["val_counts"])
+    assert art.metadata["data"]["split"] == here
     check_teachers([art.directory], pre, 0.1, 0, here)
 
     def fake(pre_: PreprocessConfig = pre, **data) -> SimpleNamespace:

@@ -331,3 +331,131 @@ def test_evaluate_deduplicates_the_known_test_pair_and_adds_compare_rows(tiny_mo
     assert rc == 2 and "--compare needs NAME=path/to/metrics.json" in err
     rc, _, err = _run(capsys, "--model", str(tiny_model_dir), "--data", str(table), "--compare", f"x={table}")
     assert rc == 2 and "is not JSON" in err
+
+
+# --- no absolute path of the machine that ran an evaluation in its metrics.json -----------------
+
+REPO = Path(__file__).resolve().parents[1]
+# Every evaluation report committed to the repository (run from the checkout beside ../shared/data).
+COMMITTED_REPORTS = sorted(str(p.parent.relative_to(REPO)) for top in ("docs", "src")
+                           for p in (REPO / top).rglob("metrics.json"))
+
+
+def _strings(obj, where="") -> list[tuple[str, str]]:
+    """Every string value of a JSON document with its location, e.g. ``("run.data_root", "...")``."""
+    if isinstance(obj, dict):
+        return [s for k, v in obj.items() for s in _strings(v, f"{where}.{k}" if where else k)]
+    if isinstance(obj, list):
+        return [s for i, v in enumerate(obj) for s in _strings(v, f"{where}[{i}]")]
+    return [(where, obj)] if isinstance(obj, str) else []
+
+
+def _absolute_paths(text: str) -> list[str]:
+    """The tokens of a string (a command line, a message) that are absolute POSIX paths."""
+    try:
+        tokens = shlex.split(text)
+    except ValueError:  # unbalanced quotes: not a command line
+        tokens = text.split()
+    parts = [p for t in tokens for p in t.replace("=", " ").replace(",", " ").replace("(", " ").split()]
+    return [p for p in parts if p.startswith("/") and len(p) > 1]
+
+
+def test_portable_argv_rewrites_path_options_only():
+    from deephealth.cli.evaluate import portable_argv
+
+    argv = ["evaluate", "--model", "/tmp/proto", "--data=/work/shared/data/chest_xray_224", "--split", "test",
+            "--out", "src/x/report", "--seed", "/not-a-path-option", "--compare", "older=/tmp/eval/metrics.json",
+            "--compare-adapted=adapted (AdaBN)=docs/evaluations/site-adapted/metrics.json", "--no-progress"]
+    assert portable_argv(argv, base="/work/main") == [
+        "evaluate", "--model", "<...>/tmp/proto", "--data=../shared/data/chest_xray_224", "--split", "test",
+        "--out", "src/x/report", "--seed", "/not-a-path-option", "--compare", "older=<...>/eval/metrics.json",
+        "--compare-adapted=adapted (AdaBN)=docs/evaluations/site-adapted/metrics.json", "--no-progress"]
+
+
+@pytest.mark.needs_data
+def test_evaluate_writes_no_absolute_path_and_reads_its_data_folder_back(tiny_model_dir, dataset_root, tmp_path,
+                                                                          capsys, monkeypatch):
+    from deephealth.evaluation.report import render_markdown, report_data_root
+
+    # The dataset folder itself, scored on its official val folder (16 films; the test split is only
+    # listed by the scan, not read). Symlinked subsets would not do: the scan resolves each file to
+    # its target, outside the subset folder, whose name the report then cannot shorten.
+    data = dataset_root
+    # Run from a folder two levels below tmp_path, as the deephealth program: every folder is outside
+    # the current directory, so any absolute path that leaks would be one of this machine's.
+    (tmp_path / "work" / "checkout").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work" / "checkout")
+    out = tmp_path / "report"
+    argv = ["evaluate", "--model", str(tiny_model_dir), "--data", str(data), "--split", "val", "--out", str(out),
+            "--no-progress", "--bootstrap", "50"]
+    monkeypatch.setattr(sys, "argv", ["deephealth", *argv])
+    rc, _, err = _run(capsys, *argv[1:])
+    assert rc == 0, err
+    text = (out / "metrics.json").read_text()
+    report = json.loads(text)
+    for where, value in _strings(report):
+        assert not value.startswith("/"), (where, value)
+        assert not _absolute_paths(value), (where, value)
+    for folder in (tmp_path, tiny_model_dir, dataset_root, Path(tmp_path).resolve(), dataset_root.resolve()):
+        assert str(folder) not in text
+    run = report["run"]
+    recorded = "<...>/" + "/".join(dataset_root.resolve().parts[-2:])  # e.g. <...>/data/chest_xray_224
+    assert run["data_root"] == recorded and run["data_path"] == "<...>/" + "/".join(dataset_root.parts[-2:])
+    assert run["model_dir"] == portable_path(tiny_model_dir) and run["model_dir"].startswith("<...>/")
+    assert run["command"] == shlex.join(["deephealth", "evaluate", "--model", run["model_dir"],
+                                         "--data", run["data_path"], "--split", "val",
+                                         "--out", f"<...>/{tmp_path.name}/report", "--no-progress",
+                                         "--bootstrap", "50"])
+    assert f"--split val --out '<...>/{tmp_path.name}/report' --bootstrap 50 --seed 0" in run["command_resolved"]
+    val = sorted(p.relative_to(dataset_root).as_posix() for p in dataset_root.glob("val/*/*.jpeg"))
+    assert report["data"]["n_scored"] == len(val) == 16
+    assert [r["file"] for r in _csv_rows(out / "predictions.csv")] == val
+    assert report["misclassified"] and all(m["file"] in val for m in report["misclassified"])
+
+    # Read back from metrics.json alone: the recorded folder is found under the configured data root
+    # (DEEPHEALTH_DATA_ROOT, or ../shared/data), and report.md re-renders from it unchanged.
+    back = load_metrics(out / "metrics.json")
+    assert report_data_root(back) == dataset_root.resolve()
+    assert render_markdown(back) == (out / "report.md").read_text()
+    monkeypatch.setenv("DEEPHEALTH_DATA_ROOT", str(tmp_path / "work" / "checkout"))
+    with pytest.raises(FileNotFoundError, match=r"recorded as '<\.\.\.>/.*chest_xray_224' was not found.*"
+                                                r"DEEPHEALTH_DATA_ROOT"):
+        report_data_root(back)
+
+
+def test_the_committed_reports_are_all_found():
+    assert {"src/deephealth/models/deephealth-cxr3/report", "docs/evaluations/0.2.0",
+            "docs/evaluations/prototype-method", "docs/evaluations/site-adapted"} <= set(COMMITTED_REPORTS)
+
+
+@pytest.mark.parametrize("folder", COMMITTED_REPORTS)
+def test_committed_metrics_hold_no_absolute_path(folder):
+    text = (REPO / folder / "metrics.json").read_text()
+    report = json.loads(text)
+    leaks = [(where, value) for where, value in _strings(report)
+             if value.startswith("/") or _absolute_paths(value) or "/work/" in value or "/home/" in value]
+    assert leaks == []
+    run = report["run"]
+    assert run["data_root"] == run["data_path"] == "../shared/data/chest_xray_224"
+    assert "--data ../shared/data/chest_xray_224 " in run["command_resolved"]
+    # the spelled-out command in report.md is the recorded one
+    md = (REPO / folder / "report.md").read_text()
+    assert f"| Same, all options spelled out | `{run['command_resolved']}` |" in md
+    assert f"| Command | `{run['command']}` |" in md
+
+
+@pytest.mark.needs_data
+@pytest.mark.parametrize("folder", COMMITTED_REPORTS)
+def test_committed_metrics_data_folder_resolves_to_the_dataset(folder, dataset_root):
+    from deephealth.evaluation.report import report_data_root, report_files
+
+    report = load_metrics(REPO / folder / "metrics.json")
+    # the files the report lists (file names only: existence, nothing is read) are in the resolved folder
+    assert len(report_files(report)) > 10
+    assert report_data_root(report) == dataset_root.resolve()
+
+
+def test_released_report_md_re_renders_from_its_metrics_json():
+    from deephealth.evaluation.report import render_markdown
+
+    assert render_markdown(load_metrics(RELEASED_REPORT)) == (RELEASED_REPORT.parent / "report.md").read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +20,17 @@ from deephealth.evaluation.bootstrap import (
     weighted_metrics,
 )
 from deephealth.evaluation.metrics import calibration_metrics, compute_metrics, ece_bin_index
-from deephealth.evaluation.report import build_report, data_fingerprint, reproducible_part, write_report
+from deephealth.evaluation.report import (
+    build_report,
+    data_fingerprint,
+    load_metrics,
+    render_markdown,
+    report_data_root,
+    reproducible_part,
+    write_report,
+)
 from deephealth.labels import INTENDED_USE
+from deephealth.paths import portable_path
 
 # Eight images, computed by hand below. Predictions (arg-max): 0, 0, 1, 1, 1, 2, 2, 0.
 Y = np.array([0, 0, 0, 1, 1, 1, 2, 2])
@@ -320,7 +330,7 @@ def _report(tmp_path, date="2026-01-01T00:00:00+00:00"):
 def test_report_files_and_contents(tmp_path):
     report = _report(tmp_path)
     out = tmp_path / "report"
-    written = write_report(report, Y, P, _rows(tmp_path), out)
+    written = write_report(report, Y, P, _rows(tmp_path), out, data_root=tmp_path / "data")
     for name in ("metrics.json", "report.md", "predictions.csv", "misclassified.csv", "confusion_matrix.png",
                  "roc_one_vs_rest.png", "roc_binary.png", "reliability.png"):
         assert (out / name).is_file(), name
@@ -333,8 +343,11 @@ def test_report_files_and_contents(tmp_path):
     assert data["metrics"]["three_class"]["accuracy"] == 0.625
     assert data["metrics"]["calibration"]["ece"] == 0.25375
     assert data["data"]["n_failed"] == 1 and data["data"]["n_scored"] == 8 and data["data"]["n_patients"] == 4
-    assert data["failures"] == [{"file": "test/broken.jpeg", "error": f"{tmp_path}/data/test/broken.jpeg: not a JPEG file"}]
-    assert data["run"]["data_root"] == str(tmp_path / "data")
+    # the reader's message names the file as the rest of the report does, without the data folder
+    assert data["failures"] == [{"file": "test/broken.jpeg", "error": "test/broken.jpeg: not a JPEG file"}]
+    # the data folder is recorded portably (relative to the current directory or "<...>/<last two parts>")
+    assert data["run"]["data_root"] == portable_path(tmp_path / "data") and data["run"]["data_root"][0] != "/"
+    assert str(tmp_path) not in (out / "metrics.json").read_text()
     lo, hi = data["confidence_intervals"]["intervals"]["accuracy"]
     assert 0.0 <= lo <= 0.625 <= hi <= 1.0
     head = data["headline"]
@@ -364,6 +377,41 @@ def test_report_files_and_contents(tmp_path):
     assert "![Reliability diagram](reliability.png)" in md
     assert "`test/img2.jpeg` | p1 | normal | bacterial | 0.250 | 0.650 | 0.100 |" in md
     assert "test/broken.jpeg" in md and "could not be read (1)" in md
+
+
+def test_write_report_resolves_the_portable_data_root_or_says_where_it_looked(tmp_path, monkeypatch):
+    # run from a folder two levels below: the data folder is then recorded as "<...>/<tmp name>/data"
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "deep" / "er")
+    report = _report(tmp_path)
+    assert report["run"]["data_root"] == f"<...>/{tmp_path.name}/data"
+    rows = _rows(tmp_path)
+    # The recorded folder "<...>/<tmp name>/data" is nowhere under an unrelated data root (one that
+    # has a folder called "data" of its own: a folder of that name without the images does not count).
+    (tmp_path / "elsewhere" / "data").mkdir(parents=True)
+    monkeypatch.setenv("DEEPHEALTH_DATA_ROOT", str(tmp_path / "elsewhere" / "data"))
+    with pytest.raises(FileNotFoundError) as err:
+        write_report(report, Y, P, rows, tmp_path / "lost")
+    msg = str(err.value)
+    assert f"recorded as '<...>/{tmp_path.name}/data'" in msg and "DEEPHEALTH_DATA_ROOT" in msg
+    assert str(tmp_path / "elsewhere" / "data") in msg and not (tmp_path / "lost").exists()
+
+    # With the data root configured, the recorded folder is found under it, and file names are relative.
+    monkeypatch.setenv("DEEPHEALTH_DATA_ROOT", str(tmp_path))
+    out = tmp_path / "found"
+    write_report(report, Y, P, rows, out)
+    pred_lines = (out / "predictions.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in pred_lines[1:]] == [f"test/img{i}.jpeg" for i in range(8)] + [
+        "test/broken.jpeg"]
+    # Read back from metrics.json alone: the folder holding the files it lists.
+    back = load_metrics(out / "metrics.json")
+    assert report_data_root(back) == (tmp_path / "data").resolve()
+    assert report_data_root(back, data_root="/given/as/is") == Path("/given/as/is")
+    # Re-rendering report.md from metrics.json gives the same file.
+    assert render_markdown(back) == (out / "report.md").read_text()
+    (tmp_path / "data" / "test" / "img2.jpeg").unlink()  # a listed (misclassified) file is gone
+    with pytest.raises(FileNotFoundError, match="do not hold the report's files"):
+        report_data_root(back)
 
 
 def test_report_is_reproducible_apart_from_the_run_section(tmp_path):
@@ -396,3 +444,26 @@ def test_metrics_and_bootstrap_follow_the_shipped_operating_point():
     assert pvn["threshold"] == 0.5 and pvn["specificity"] == 0.5 and pvn["sensitivity"] == 1.0
     w = weighted_metrics(y, p, np.ones((1, 4)), op)
     assert w["accuracy"][0] == 0.75 and w["pneumonia_vs_normal.specificity"][0] == 0.5
+
+
+def test_resolve_portable_path_tries_as_recorded_then_under_the_configured_root(tmp_path):
+    from deephealth.paths import resolve_portable_path
+
+    root = tmp_path / "shared" / "data"
+    (root / "chest_xray_224").mkdir(parents=True)
+    (tmp_path / "main").mkdir()
+    ds = (root / "chest_xray_224").resolve()
+    # relative, as written from a checkout beside the data: against base first
+    assert resolve_portable_path("../shared/data/chest_xray_224", base=tmp_path / "main",
+                                 configured_root=tmp_path / "nowhere") == ds
+    # the same from anywhere else, and the shortened and the old absolute forms: under the configured root
+    for recorded in ("../shared/data/chest_xray_224", "<...>/data/chest_xray_224", "/old/machine/data/chest_xray_224"):
+        assert resolve_portable_path(recorded, base=tmp_path / "nowhere", configured_root=root) == ds
+    assert resolve_portable_path(str(ds), configured_root=tmp_path / "nowhere") == ds  # absolute and present
+    assert resolve_portable_path("../shared/data", base=tmp_path / "nowhere", configured_root=root) == root.resolve()
+    # a folder of the right name that fails the check is skipped
+    with pytest.raises(FileNotFoundError, match="do not hold the report's files") as err:
+        resolve_portable_path("<...>/data/chest_xray_224", configured_root=root, accept=lambda p: False)
+    assert str(ds) in str(err.value)
+    with pytest.raises(FileNotFoundError, match="no data folder was recorded"):
+        resolve_portable_path("")

@@ -123,7 +123,7 @@ def test_report_has_a_review_band_section_next_to_the_headline(tmp_path):
     assert "## Review band" not in render_markdown(older)
     report = _report(tmp_path, OP, comparisons=[("older, no band", older, False)])
     out = tmp_path / "report"
-    write_report(report, Y, P, _rows(tmp_path), out)
+    write_report(report, Y, P, _rows(tmp_path), out, data_root=tmp_path / "data")
     data = json.loads((out / "metrics.json").read_text())
     rb = data["review_band"]
     assert rb["n_review"] == 4 and rb["review_as_error"]["accuracy"] == 0.375

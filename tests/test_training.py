@@ -229,6 +229,34 @@ def test_init_checkpoint_refuses_another_dataset(tmp_path: Path, caplog: pytest.
     assert "cannot check that its validation films are this run's" in caplog.text
 
 
+@pytest.mark.needs_data
+def test_bundled_model_folder_records_the_fingerprint_of_its_split(dataset_root: Path) -> None:
+    """The bundled model's metadata.json -> data.split is the identity of the split its config names,
+    recomputed here from the dataset's train file list; continued training from the folder compares it."""
+    from deephealth.manifest import grouped_split, scan
+    from deephealth.paths import default_model_dir
+    from deephealth.training.loop import check_same_split, load_init_checkpoint, split_identity
+
+    folder = default_model_dir()
+    meta = json.loads((folder / "metadata.json").read_text())
+    prev = meta["training"]["config"]
+    assert (prev["val_fraction"], prev["split_seed"], prev["max_train_images"]) == (0.1, 0, 0)
+    here = split_identity(*grouped_split(scan(dataset_root).split("train"), 0.1, 0))
+    data = meta["data"]
+    assert data["split"] == here
+    assert here["val_sha256"] == "9618d9779bec0af4edb5a7d3505146b43bfa2820aa6b5764bb13325d01e9cfa7"
+    assert (data["n_train"], data["n_val"], data["val_counts"]) == (here["n_train"], here["n_val"], here["val_counts"]) \
+        == (4714, 502, {"normal": 140, "bacterial": 234, "viral": 128})
+
+    cfg = TrainConfig(arch=prev["arch"], val_fraction=0.1, split_seed=0, init_checkpoint=str(folder))
+    info = load_init_checkpoint(build_model(prev["arch"], drop_rate=prev["drop_rate"]), cfg)
+    assert info["split"] == here
+    check_same_split(info, here)
+    same_counts = {**here, "val_sha256": "0" * 64}  # other films, same counts: no longer passes
+    with pytest.raises(ValueError, match="validation split differs.*val_sha256"):
+        check_same_split(info, same_counts)
+
+
 def test_pretrained_from_local_file(tmp_path: Path) -> None:
     import timm
 

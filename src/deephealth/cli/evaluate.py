@@ -111,11 +111,59 @@ def _error(msg: str) -> int:
     return 2
 
 
+PATH_OPTIONS = ("--model", "--data", "--out")
+"""Options whose value is a path: recorded with :func:`deephealth.paths.portable_path`."""
+COMPARE_OPTIONS = ("--compare", "--compare-adapted")
+"""Options of the form NAME=PATH: the PATH part is recorded with :func:`deephealth.paths.portable_path`."""
+
+
+def portable_argv(argv: list[str], base: str | Path | None = None) -> list[str]:
+    """``argv`` with the path values of :data:`PATH_OPTIONS` and :data:`COMPARE_OPTIONS` made portable.
+
+    Both ``--out DIR`` and ``--out=DIR`` are recognised; everything else is kept as typed. A path is
+    written as :func:`deephealth.paths.portable_path` writes it (relative to ``base`` when inside it
+    or beside it, else ``<...>/<last two parts>``), so the recorded command holds no absolute path
+    of this machine.
+
+    Args:
+        argv: the arguments after the program name, e.g. ``["evaluate", "--model", "/tmp/m"]``.
+        base: the folder paths are made relative to; default the current directory.
+
+    Returns:
+        A new list, as long as ``argv``.
+    """
+    from deephealth.paths import portable_path
+
+    def value(option: str, v: str) -> str:
+        if option in PATH_OPTIONS:
+            return portable_path(v, base)
+        name, sep, path = v.partition("=")
+        return f"{name}={portable_path(path, base)}" if sep and path else v
+
+    out: list[str] = []
+    pending: str | None = None
+    for arg in argv:
+        if pending is not None:
+            out.append(value(pending, arg))
+            pending = None
+            continue
+        option, eq, v = arg.partition("=")
+        if option in PATH_OPTIONS + COMPARE_OPTIONS:
+            if eq:
+                out.append(f"{option}={value(option, v)}")
+            else:
+                out.append(arg)
+                pending = option
+            continue
+        out.append(arg)
+    return out
+
+
 def _invoked_command() -> str | None:
-    """The command line as typed, when this process is the ``deephealth`` program."""
+    """The command line as typed (its paths portable), when this process is the ``deephealth`` program."""
     argv = sys.argv
     if len(argv) > 1 and "evaluate" in argv[1:] and Path(argv[0]).name.startswith(("deephealth", "cli")):
-        return "deephealth " + shlex.join(argv[1:])
+        return "deephealth " + shlex.join(portable_argv(argv[1:]))
     return None
 
 
@@ -249,7 +297,8 @@ def run(args: argparse.Namespace) -> int:
         model_info["adaptation"] = art.metadata["adaptation"]
     # The folders as the model card records paths (paths.portable_path): relative to the current
     # directory when inside it or beside it, else "<...>/<last two parts>"; never an absolute path
-    # of this machine in the shipped report.
+    # of this machine in the shipped report (command, command_resolved, model_dir, data_path, and
+    # data_root, which build_report writes the same way).
     resolved = shlex.join([
         "deephealth", "evaluate", "--model", paths.portable_path(model_dir),
         "--data", paths.portable_path(data_path),
@@ -271,8 +320,8 @@ def run(args: argparse.Namespace) -> int:
         "command": _invoked_command() or resolved,
         "command_resolved": resolved,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model_dir": str(model_dir),
-        "data_path": str(data_path),
+        "model_dir": paths.portable_path(model_dir),
+        "data_path": paths.portable_path(data_path),
         "deephealth_version": __version__,
         "onnxruntime_version": ort_version,
         "sklearn_version": sk_version,
@@ -297,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
             n_resamples=args.bootstrap, seed=args.seed, comparisons=comparisons, decision=art.operating_point,
             stability=stability, faithfulness=faithfulness, skipped=man.problems,
         )
-        written = write_report(report, y_true, probs, rows, args.out)
+        written = write_report(report, y_true, probs, rows, args.out, data_root=root)
     except ValueError as exc:
         return _error(str(exc))
     except OSError as exc:

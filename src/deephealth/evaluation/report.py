@@ -7,7 +7,8 @@ Folder contents (written by :func:`write_report`):
   headline metrics with each byte-identical image counted once) and ``comparisons`` (other
   models' rows, ``--compare``) depend only on the model, the data and the compared files (fixed
   bootstrap seed, floats rounded to 6 decimals, file paths relative to the dataset), so a rerun reproduces them byte for byte; the ``run`` section holds what changes
-  between runs (command, date, absolute paths, library versions, duration).
+  between runs (command, date, library versions, duration, and the folders, recorded with
+  :func:`deephealth.paths.portable_path`: no absolute path of the machine that ran it).
 - ``report.md``: the human-readable report (command, date, model, data provenance, intended use,
   metric tables with 95 % intervals, comparison with published anchors, plots, misclassified list).
 - ``predictions.csv``: one row per image (file, patient, true, predicted, 3 probabilities, error).
@@ -31,6 +32,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ from deephealth.evaluation.dedup import deduplicate
 from deephealth.evaluation.metrics import PROTOCOLS, compute_metrics, decision_threshold, review_band_metrics
 from deephealth.labels import CLASS_NAMES, INTENDED_USE
 from deephealth.manifest import relative_path
+from deephealth.paths import portable_path, resolve_portable_path
 
 _logger = logging.getLogger(__name__)
 
@@ -148,6 +151,24 @@ def data_fingerprint(rows: list[dict[str, Any]], root: str | Path | None,
     return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
 
 
+def _relative_message(message: str, root: str | Path | None) -> str:
+    """A reader's or the manifest's one-line message with the data folder's prefix removed.
+
+    ``/data/chest_xray_224/test/NORMAL/x.jpeg: not a JPEG file`` becomes
+    ``test/NORMAL/x.jpeg: not a JPEG file`` for ``root`` ``/data/chest_xray_224`` (as given or
+    resolved), so ``failures`` and ``data.skipped`` name files as the rest of the report does and
+    hold no absolute path of the machine that ran the evaluation. Paths outside ``root`` are kept.
+    """
+    if not root or not message:
+        return message
+    prefixes = {str(Path(root)), str(Path(root).resolve())} - {"", ".", "/"}
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        # the folder itself (".") or a path inside it, never part of a longer name
+        pattern = r"(?<![\w.~/-])" + re.escape(prefix) + r"(/|(?=[\s,;:)'\"]|$))"
+        message = re.sub(pattern, lambda m: "" if m.group(1) == "/" else ".", message)
+    return message
+
+
 def _misclassified(rows: list[dict[str, Any]], root: str | Path | None) -> list[dict[str, Any]]:
     out = []
     for r in rows:
@@ -243,8 +264,10 @@ def build_report(
         rows: one dict per record, including failures (``evaluate_model``'s rows).
         model: ``name``, ``version``, ``sha256``, ``temperature`` (and anything else to record).
         data: provenance: ``dataset``, ``kind``, ``split``, ``root`` (paths are reported relative
-            to it; ``root`` itself is moved to the ``run`` section), plus anything else to record.
-        run: what changes between runs: ``command``, ``date_utc``, versions, absolute paths.
+            to it; ``root`` itself is moved to the ``run`` section as ``data_root``, written with
+            :func:`deephealth.paths.portable_path`), plus anything else to record.
+        run: what changes between runs: ``command``, ``date_utc``, versions, portable paths (no
+            absolute path of this machine; see :func:`deephealth.cli.evaluate.run`).
         operating_points: optional thresholds from the model's metadata (see
             :func:`deephealth.evaluation.metrics.compute_metrics`).
         n_resamples: bootstrap resamples (>= 1,000 for the report).
@@ -287,9 +310,12 @@ def build_report(
     digests, _ = file_digests(r["path"] for r in rows)
     run = dict(run)
     if root is not None:
-        run["data_root"] = str(root)
+        # Portable, as the model card records paths: never an absolute path of this machine in a
+        # committed report. write_report takes the real folder as an argument, or resolves this
+        # one against the configured data root (paths.resolve_portable_path).
+        run["data_root"] = portable_path(root)
     if skipped:
-        data["skipped"] = list(skipped)
+        data["skipped"] = [_relative_message(line, root) for line in skipped]
     data.update(
         {
             "n_records": len(rows),
@@ -302,7 +328,8 @@ def build_report(
     )
     dedup = deduplicated_section(y_true, probs, rows, digests, data, root, operating_points,
                                  n_resamples=n_resamples, seed=seed, alpha=alpha, decision=decision)
-    failures = [{"file": relative_path(r["path"], root), "error": r["error"]} for r in rows if r["error"]]
+    failures = [{"file": relative_path(r["path"], root), "error": _relative_message(r["error"], root)}
+                for r in rows if r["error"]]
     band = review_band_metrics(y_true, probs, decision)
     if band is not None:
         band["confidence_intervals"] = review_band_ci(y_true, probs, patient_ids, decision,
@@ -483,8 +510,58 @@ def gate_summary(rows: list[dict[str, Any]], root: str | Path | None) -> dict[st
     }
 
 
+def report_files(report: dict[str, Any]) -> list[str]:
+    """The file names a report lists (``misclassified``, ``gate.flagged``, ``failures``), relative to its data folder."""
+    names = [m.get("file") for m in report.get("misclassified") or []]
+    names += [f.get("file") for f in (report.get("gate") or {}).get("flagged") or []]
+    names += [f.get("file") for f in report.get("failures") or []]
+    return sorted({n for n in names if isinstance(n, str) and n and not Path(n).is_absolute()})
+
+
+def report_data_root(report: dict[str, Any], data_root: str | Path | None = None,
+                     rows: list[dict[str, Any]] | None = None) -> Path | None:
+    """The folder on this machine that the report's file names are relative to.
+
+    ``run.data_root`` is recorded portably (:func:`deephealth.paths.portable_path`), so it is
+    resolved here with :func:`deephealth.paths.resolve_portable_path`: as recorded, against the
+    current directory, then under the configured data root (``DEEPHEALTH_DATA_ROOT`` or
+    ``../shared/data``). A candidate counts only if the images are in it: every path of ``rows``
+    lies under it, or, without rows, every file the report lists (:func:`report_files`) exists in it.
+
+    Args:
+        report: a :func:`build_report` dict or a ``metrics.json`` read back (:func:`load_metrics`).
+        data_root: the folder, when the caller knows it (``deephealth evaluate`` does); returned
+            as given, unchecked.
+        rows: the scored rows (``evaluate_model``'s), whose ``path`` s must lie under the folder.
+
+    Returns:
+        The folder; ``None`` when ``data_root`` is not given and the report records no data folder.
+
+    Raises:
+        FileNotFoundError: if a data folder is recorded but no folder holding the report's images
+            is found on this machine (the message says where it looked and to set
+            ``DEEPHEALTH_DATA_ROOT``).
+    """
+    if data_root is not None:
+        return Path(data_root)
+    recorded = (report.get("run") or {}).get("data_root")
+    if not recorded:
+        return None
+    if rows:
+        paths = [r["path"] for r in rows]
+
+        def accept(folder: Path) -> bool:
+            return all(relative_path(str(Path(p).absolute()), folder) != str(Path(p).absolute()) for p in paths)
+    else:
+        files = report_files(report)
+
+        def accept(folder: Path) -> bool:
+            return all((folder / f).is_file() for f in files)
+    return resolve_portable_path(recorded, accept=accept)
+
+
 def write_report(report: dict[str, Any], y_true: np.ndarray, probs: np.ndarray, rows: list[dict[str, Any]],
-                 out_dir: str | Path) -> dict[str, Path]:
+                 out_dir: str | Path, *, data_root: str | Path | None = None) -> dict[str, Path]:
     """Write ``metrics.json``, ``report.md``, the CSVs and the plots into ``out_dir``.
 
     Args:
@@ -493,19 +570,25 @@ def write_report(report: dict[str, Any], y_true: np.ndarray, probs: np.ndarray, 
         probs: ``(M, 3)`` calibrated probabilities of the scored images.
         rows: one dict per record (for ``predictions.csv``).
         out_dir: output folder, created if missing; existing report files are overwritten.
+        data_root: the folder the rows' paths lie under (``build_report``'s ``data["root"]``);
+            ``predictions.csv`` names files relative to it. Default: the report's portable
+            ``run.data_root`` resolved on this machine, to a folder holding every row's file
+            (:func:`report_data_root`).
 
     Returns:
         ``{kind: path}`` of every file written.
 
     Raises:
+        FileNotFoundError: if ``data_root`` is not given and no folder holding the rows' files is
+            found for the report's recorded data folder (nothing is written then).
         OSError: if the folder cannot be created or written.
     """
     from deephealth.evaluation import plots
 
+    root = report_data_root(report, data_root, rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    root = report.get("run", {}).get("data_root")
     names = list(CLASS_NAMES)
     written["confusion_matrix"] = plots.plot_confusion_matrix(
         report["metrics"]["three_class"]["confusion_matrix"], names, out / PLOTS["confusion_matrix"],
@@ -1165,6 +1248,8 @@ __all__ = [
     "headline",
     "load_metrics",
     "render_markdown",
+    "report_data_root",
+    "report_files",
     "reproducible_part",
     "write_report",
 ]

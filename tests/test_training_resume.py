@@ -18,15 +18,17 @@ from deephealth.training.config import TrainConfig, save_config  # noqa: E402
 
 
 def _tiny_args(dataset_root: Path, out: Path) -> list[str]:
-    """A 2-epoch run that takes seconds: timm's test_efficientnet at 48 px on 32 films (4 steps per epoch).
+    """A 3-epoch run that takes seconds: timm's test_efficientnet at 48 px on 32 films (4 steps per epoch).
 
     It draws from every random source the loop has: batch order and augmentation (the loop's generator),
-    consistency training's benign perturbations (the same generator), dropout (torch's global generator);
-    weight EMA and the warm-up + cosine schedule carry state across epochs, and the head-only phase
-    (1.5 epochs = 6 steps) is still on when the run is resumed after epoch 1 (step 4).
+    consistency training's benign perturbations (the same generator), dropout (torch's global generator,
+    from step 7 on: the head-only phase, 1.5 epochs = 6 steps, runs in eval mode); weight EMA, AdamW's
+    moments and the warm-up + cosine schedule carry state across epochs. Resumed after epoch 1 (step
+    4), the head-only phase is still on (the backbone must be frozen again); resumed after epoch 2,
+    dropout must continue the global generator's sequence.
     """
     return ["train", "--data", str(dataset_root), "--arch", "test_efficientnet", "--max-train-images", "32",
-            "--epochs", "2", "--input-size", "48", "--batch-size", "8", "--num-threads", "2",
+            "--epochs", "3", "--input-size", "48", "--batch-size", "8", "--num-threads", "2",
             "--head-only-epochs", "1.5", "--consistency-weight", "0.5", "--out-dir", str(out), "--quiet"]
 
 
@@ -56,7 +58,7 @@ def test_interrupted_and_resumed_run_equals_straight_run(
     assert main(args + ["--name", "split", "--time-limit", "0.001"]) == 3
     run = tmp_path / "split"
     err = capsys.readouterr().err
-    assert f"stopped after epoch 1 of 2; continue it with: deephealth train --resume {run}" in err
+    assert f"stopped after epoch 1 of 3; continue it with: deephealth train --resume {run}" in err
     assert "Traceback" not in err
     assert [r["epoch"] for r in _history(run)] == ["1"] and not (run / "best.pt").exists()
     assert _load(run / "last.pt")["epoch"] == 1
@@ -64,7 +66,12 @@ def test_interrupted_and_resumed_run_equals_straight_run(
     stopped_once = tmp_path / "stopped-copy"
     shutil.copytree(run, stopped_once)  # for the refusals at the end
 
-    # Session 2: Ctrl+C in the middle of epoch 2 (the second of its 4 batches); last.pt keeps epoch 1.
+    # Session 2: resumed with the same limit: one more epoch (each session runs at least one).
+    assert main(["train", "--resume", str(run), "--quiet", "--time-limit", "0.001"]) == 3
+    assert f"stopped after epoch 2 of 3; continue it with: deephealth train --resume {run}" in capsys.readouterr().err
+    assert [r["epoch"] for r in _history(run)] == ["1", "2"] and _load(run / "last.pt")["epoch"] == 2
+
+    # Session 3: Ctrl+C in the middle of epoch 3 (the second of its 4 batches); last.pt keeps epoch 2.
     calls = {"n": 0}
     real_sample = loop.sample_augment
 
@@ -78,12 +85,12 @@ def test_interrupted_and_resumed_run_equals_straight_run(
     assert main(["train", "--resume", str(run), "--quiet"]) == 130
     monkeypatch.setattr(loop, "sample_augment", real_sample)
     err = capsys.readouterr().err
-    assert f"interrupted: run {run} stopped after epoch 1 of 2; continue it with: deephealth train --resume {run}" in err
+    assert f"interrupted: run {run} stopped after epoch 2 of 3; continue it with: deephealth train --resume {run}" in err
     assert "Traceback" not in err
-    assert calls["n"] == 2 and _load(run / "last.pt")["epoch"] == 1 and len(_history(run)) == 1
+    assert calls["n"] == 2 and _load(run / "last.pt")["epoch"] == 2 and len(_history(run)) == 2
     assert not (run / "best.pt").exists()
 
-    # Session 3: resumed to the end.
+    # Session 4: resumed to the end.
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert f"run written to {run}" in capsys.readouterr().out
 
@@ -96,31 +103,39 @@ def test_interrupted_and_resumed_run_equals_straight_run(
     assert (a["epoch"], a["temperature"], a["val_metrics"]) == (b["epoch"], b["temperature"], b["val_metrics"])
     assert _without_seconds(a["history"]) == _without_seconds(b["history"])
     assert _without_seconds(_history(straight)) == _without_seconds(_history(run))
-    assert [r["epoch"] for r in _history(run)] == ["1", "2"]
+    assert [r["epoch"] for r in _history(run)] == ["1", "2", "3"]
     assert json.loads((straight / "calibration.json").read_text()) == json.loads((run / "calibration.json").read_text())
-    # The last epoch's EMA (what last.pt holds) moved on from the selected one... unless epoch 2 was selected.
-    last = _load(straight / "last.pt")
-    assert last["epoch"] == 2 and last["step"] == 8 and last["ema_steps"] == 8
-    if last["best_epoch"] == 1:
+    # The final training state too: the weights, the EMA, the optimiser's moments after epoch 3.
+    last, last_run = _load(straight / "last.pt"), _load(run / "last.pt")
+    for key in ("model_state", "ema_state"):
+        for k in last[key]:
+            assert torch.equal(last[key][k], last_run[key][k]), (key, k)
+    moments = [(s["exp_avg"], r["exp_avg"]) for s, r in zip(last["optimizer_state"]["state"].values(),
+                                                              last_run["optimizer_state"]["state"].values())]
+    assert moments and all(torch.equal(s, r) for s, r in moments)
+    assert torch.equal(last["rng"]["augment"], last_run["rng"]["augment"])
+    # The selected epoch's weights are kept apart from the EMA's, which moved on... unless epoch 3 was selected.
+    assert last["epoch"] == 3 and last["step"] == 12 and last["ema_steps"] == 12
+    if last["best_epoch"] < 3:
         assert all(torch.equal(last["best_state"][k], a["model_state"][k]) for k in a["model_state"])
         assert not torch.equal(last["ema_state"]["classifier.weight"], a["model_state"]["classifier.weight"])
     else:
-        assert last["best_state"] is None and a["epoch"] == 2
+        assert last["best_state"] is None and a["epoch"] == 3
 
     s_straight = json.loads((straight / "summary.json").read_text())
     s_run = json.loads((run / "summary.json").read_text())
-    assert s_straight["resumed"] is False and [(g["first_epoch"], g["last_epoch"]) for g in s_straight["segments"]] == [(1, 2)]
+    assert s_straight["resumed"] is False and [(g["first_epoch"], g["last_epoch"]) for g in s_straight["segments"]] == [(1, 3)]
     assert s_run["resumed"] is True
     # the interrupted session finished no epoch: only the sessions that did are segments
-    assert [(g["first_epoch"], g["last_epoch"]) for g in s_run["segments"]] == [(1, 1), (2, 2)]
+    assert [(g["first_epoch"], g["last_epoch"]) for g in s_run["segments"]] == [(1, 1), (2, 2), (3, 3)]
     assert s_run["wall_time_s"] == pytest.approx(sum(g["wall_time_s"] for g in s_run["segments"]), rel=1e-9)
-    assert s_run["segments"][0]["wall_time_s"] > 0 and s_run["segments"][1]["wall_time_s"] > 0
-    assert (s_run["best_epoch"], s_run["epochs_run"]) == (s_straight["best_epoch"], 2)
+    assert all(g["wall_time_s"] > 0 for g in s_run["segments"])
+    assert (s_run["best_epoch"], s_run["epochs_run"]) == (s_straight["best_epoch"], 3)
 
     # A finished run has nothing left to do.
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.strip().endswith("the run already finished (2 of 2 epochs, best epoch "
+    assert err.strip().endswith("the run already finished (3 of 3 epochs, best epoch "
                                 f"{s_run['best_epoch']}); nothing to resume") and "Traceback" not in err
 
     # Refusals on the copy stopped after epoch 1, each one line, before any training.

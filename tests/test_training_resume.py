@@ -90,7 +90,17 @@ def test_interrupted_and_resumed_run_equals_straight_run(
     assert calls["n"] == 2 and _load(run / "last.pt")["epoch"] == 2 and len(_history(run)) == 2
     assert not (run / "best.pt").exists()
 
-    # Session 4: resumed to the end.
+    # Session 4: epoch 3 done, then Ctrl+C during the calibration that follows the last epoch.
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "fit_temperature", interrupt)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 130
+    monkeypatch.undo()
+    assert "stopped after epoch 3 of 3; continue it with" in capsys.readouterr().err
+    assert _load(run / "last.pt")["epoch"] == 3 and not (run / "best.pt").exists()
+
+    # Session 5: nothing left to train, the run is finished (calibration, best.pt, summary).
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert f"run written to {run}" in capsys.readouterr().out
 
@@ -126,8 +136,8 @@ def test_interrupted_and_resumed_run_equals_straight_run(
     s_run = json.loads((run / "summary.json").read_text())
     assert s_straight["resumed"] is False and [(g["first_epoch"], g["last_epoch"]) for g in s_straight["segments"]] == [(1, 3)]
     assert s_run["resumed"] is True
-    # the interrupted session finished no epoch: only the sessions that did are segments
-    assert [(g["first_epoch"], g["last_epoch"]) for g in s_run["segments"]] == [(1, 1), (2, 2), (3, 3)]
+    # session 3 finished no epoch and is no segment; session 5 only finished the run
+    assert [(g["first_epoch"], g["last_epoch"]) for g in s_run["segments"]] == [(1, 1), (2, 2), (3, 3), (None, None)]
     assert s_run["wall_time_s"] == pytest.approx(sum(g["wall_time_s"] for g in s_run["segments"]), rel=1e-9)
     assert all(g["wall_time_s"] > 0 for g in s_run["segments"])
     assert (s_run["best_epoch"], s_run["epochs_run"]) == (s_straight["best_epoch"], 3)

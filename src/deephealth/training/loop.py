@@ -545,7 +545,9 @@ def fit(
                          "specificity %.3f)", operating_point["threshold"], operating_point["val_sensitivity"],
                          operating_point["val_specificity"])
         (run_dir / "calibration.json").write_text(json.dumps(calib, indent=2) + "\n")
-        segments.append({"first_epoch": first_epoch, "last_epoch": len(history), "wall_time_s": time.time() - t_start})
+        ran = first_epoch <= len(history)  # False: this call only finished a run whose epochs were all done
+        segments.append({"first_epoch": first_epoch if ran else None, "last_epoch": len(history) if ran else None,
+                         "wall_time_s": time.time() - t_start})
         wall = wall_before + segments[-1]["wall_time_s"]  # every segment of a resumed run
         data_info = {
             "dataset_dir": str(data_dir),
@@ -744,8 +746,11 @@ def resume_run(
     in ``last.pt``) and must see the same train/validation split (:func:`check_same_split`). With
     the same number of CPU threads, the result is the one of an uninterrupted run: same weights,
     same history metrics. ``history.csv`` gets the new epochs; ``summary.json`` records the
-    segments (``resumed``, ``segments``, ``wall_time_s`` = their sum). A run whose epochs are all
-    done but that was stopped before writing ``best.pt`` is only finished.
+    segments (``resumed``; ``segments``, one per call that finished an epoch or the run:
+    ``first_epoch``, ``last_epoch``, ``wall_time_s`` up to its last saved epoch or the run's end;
+    ``wall_time_s`` = their sum). A run whose epochs are all done but that was stopped before
+    writing ``best.pt`` is only finished (its last segment has ``first_epoch`` and ``last_epoch``
+    ``None``).
 
     Args:
         run_dir: the run folder.

@@ -220,3 +220,21 @@ def test_time_limit_must_be_positive_minutes(value: str, capsys: pytest.CaptureF
         main(["train", "--time-limit", value])
     assert exc.value.code == 2
     assert f"expected a positive number of minutes, got {value!r}" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_the_first_epoch_leaves_nothing_to_resume(
+    tmp_path: Path, dataset_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "sample_augment", interrupt)
+    assert main(_tiny_args(dataset_root, tmp_path) + ["--name", "early"]) == 130
+    run = tmp_path / "early"
+    err = capsys.readouterr().err
+    assert (f"interrupted: run {run} stopped before its first epoch finished; nothing to resume, start it again "
+            f"with: deephealth train --config {run / 'config.yaml'}") in err and "Traceback" not in err
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "stopped before its first epoch finished" in capsys.readouterr().err

@@ -6,17 +6,36 @@ resnet18, NOT the released model's recipe: that is configs/release.yaml in the s
 (efficientnet_lite0, --init imagenet, consistency training...), and
 `deephealth train --config configs/release.yaml` reproduces it (flags after it override single
 settings). The run folder (runs/<name>/) receives config.yaml, history.csv, curves.png, best.pt,
-calibration.json, summary.json.
+calibration.json, summary.json, and last.pt after every epoch.
+
+Interrupted runs continue where they stopped: `deephealth train --resume runs/<name>` goes on from
+the epoch after the last finished one with the run's own config.yaml (only --data-dir, --num-threads,
+--quiet and --time-limit may be given with it) and ends as an uninterrupted run would.
+`--time-limit MINUTES` stops a run cleanly after the last epoch that fits (exit status 3), e.g.
+`deephealth train --config configs/release.yaml --name rel --time-limit 160`, then
+`deephealth train --resume runs/rel --time-limit 160` in the next session. Ctrl+C stops with exit
+status 130 and prints the command that continues from the last finished epoch.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import fields
 
 # Field names and types, kept here (no torch import) so --help stays light.
 _BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def _minutes(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        x = math.nan
+    if not x > 0 or math.isinf(x):
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {v!r}")
+    return x
 
 
 def _bool(v: str) -> bool:
@@ -120,6 +139,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="YAML file of settings, e.g. configs/release.yaml (the release recipe) or a run's config.yaml")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the interrupted run in RUN_DIR from its last finished epoch (RUN_DIR/last.pt), "
+                             "with its own config.yaml; only --data-dir, --num-threads, --quiet and --time-limit may "
+                             "be given with it")
+    parser.add_argument("--time-limit", type=_minutes, metavar="MINUTES",
+                        help="stop cleanly after the last epoch that fits in MINUTES from now (the longest epoch so "
+                             "far sets the margin), exit status 3; continue with --resume")
     defaults = TrainConfig()
     types = field_types()
     for f in fields(TrainConfig):
@@ -153,20 +179,36 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         from deephealth.training.config import TrainConfig, load_config
-        from deephealth.training.loop import fit
+        from deephealth.training.loop import RESUME_OVERRIDABLE, TrainingPaused, fit, resume_run
         from deephealth.training.model import PretrainedWeightsUnavailable
     except ImportError as exc:
         print(f"error: training needs the [train] extra (pip install 'deephealth[train]'): {exc}", file=sys.stderr)
         return 2
     logging.getLogger("deephealth").setLevel(logging.INFO)
     overrides = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
+    time_limit_s = args.time_limit * 60.0 if args.time_limit else None
+    if args.resume is not None:
+        given = [k for k, v in overrides.items() if v is not None and k not in RESUME_OVERRIDABLE]
+        if args.config is not None or given:
+            flag = "--config" if args.config is not None else "--" + given[0].replace("_", "-")
+            print(f"error: --resume continues the run with its own config.yaml; {flag} cannot be given with it "
+                  "(allowed: --data-dir, --num-threads, --quiet, --time-limit)", file=sys.stderr)
+            return 2
+    else:
+        try:
+            config = load_config(args.config, **overrides)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
-        config = load_config(args.config, **overrides)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        run_dir = fit(config, progress=not args.quiet)
+        if args.resume is not None:
+            run_dir = resume_run(args.resume, progress=not args.quiet, time_limit_s=time_limit_s,
+                                 **{k: overrides[k] for k in RESUME_OVERRIDABLE})
+        else:
+            run_dir = fit(config, progress=not args.quiet, time_limit_s=time_limit_s)
+    except TrainingPaused as exc:  # last.pt holds the last finished epoch
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 130 if exc.reason == "interrupted" else 3
     except PretrainedWeightsUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

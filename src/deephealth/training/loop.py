@@ -5,6 +5,12 @@ A run folder ``<out_dir>/<name>/`` receives ``config.yaml`` (the resolved config
 being the head's, and train/validation loss and accuracy), ``curves.png``, ``best.pt`` (the
 checkpoint read by ``deephealth export``), ``calibration.json`` and ``summary.json`` (wall time,
 best epoch, validation metrics). The checkpoint keeps the weight-EMA model (Polyak averaging) when ``ema_decay > 0``.
+
+At the end of every epoch ``last.pt`` (:data:`LAST_CHECKPOINT`) is replaced atomically with everything
+needed to continue the run exactly: :func:`resume_run` (``deephealth train --resume RUN_DIR``)
+continues an interrupted run from the next epoch, and a straight run and an interrupted-and-resumed
+one end with the same weights and history metrics. ``fit(..., time_limit_s=...)`` stops cleanly
+(:class:`TrainingPaused`) after the last epoch the time limit leaves room for.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import math
 import os
 import platform
 import random
+import shlex
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -46,6 +54,46 @@ from deephealth.training.data import (
 from deephealth.training.model import build_model
 
 _logger = logging.getLogger(__name__)
+
+#: The resumable checkpoint in a run folder, replaced at the end of every epoch.
+LAST_CHECKPOINT = "last.pt"
+#: Version of :data:`LAST_CHECKPOINT`'s layout; :func:`resume_run` refuses another.
+LAST_FORMAT = 1
+#: Settings ``deephealth train --resume`` may change: where the dataset lies (the split identity is
+#: checked) and the CPU threads (a different count may change float rounding, not the recipe).
+RESUME_OVERRIDABLE = ("data_dir", "num_threads")
+
+
+class ResumeError(ValueError):
+    """A run folder that cannot be resumed; the message is one line for the user."""
+
+
+class TrainingPaused(Exception):
+    """:func:`fit` stopped before its last epoch, with ``last.pt`` holding the last finished one.
+
+    Attributes:
+        run_dir: the run folder.
+        epochs_done: the epochs finished and saved in ``last.pt`` (0: nothing can be resumed).
+        epochs: the run's planned epochs.
+        reason: ``"time limit"`` or ``"interrupted"`` (Ctrl+C).
+        command: the command that continues the run (``None`` when ``epochs_done`` is 0).
+    """
+
+    def __init__(self, run_dir: Path, epochs_done: int, epochs: int, reason: str) -> None:
+        self.run_dir, self.epochs_done, self.epochs, self.reason = run_dir, epochs_done, epochs, reason
+        self.command = resume_command(run_dir) if epochs_done else None
+        if self.command:
+            msg = (f"{reason}: run {run_dir} stopped after epoch {epochs_done} of {epochs}; "
+                   f"continue it with: {self.command}")
+        else:
+            msg = (f"{reason}: run {run_dir} stopped before its first epoch finished; nothing to resume, start it "
+                   f"again with: deephealth train --config {shlex.quote(str(run_dir / 'config.yaml'))}")
+        super().__init__(msg)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The shell command that continues the run in ``run_dir`` (``deephealth train --resume RUN_DIR``)."""
+    return f"deephealth train --resume {shlex.quote(str(run_dir))}"
 
 
 class Ema:
@@ -147,18 +195,31 @@ def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def fit(config: TrainConfig, progress: bool = True) -> Path:
-    """Train one model and write its run folder.
+def fit(
+    config: TrainConfig, progress: bool = True, time_limit_s: float | None = None, *,
+    resume: dict[str, Any] | None = None,
+) -> Path:
+    """Train one model and write its run folder (``last.pt`` after every epoch, the rest at the end).
 
     Args:
         config: the resolved training config.
         progress: show a progress bar per epoch (tqdm, on stderr).
+        time_limit_s: stop cleanly, with :class:`TrainingPaused`, after the last epoch that fits in
+            this many seconds counted from this call (decoding included): after each epoch the run
+            stops when the time so far plus its longest epoch in this call would pass the limit.
+            At least one epoch runs. ``None``: no limit.
+        resume: continue a run: :func:`load_last_checkpoint`'s result for the run folder (use
+            :func:`resume_run`, which also checks ``config`` against it). ``None``: a new run.
 
     Returns:
         The run folder path (holding ``best.pt``).
 
     Raises:
         FileNotFoundError: if the dataset folder is missing.
+        ValueError: if the train/validation split differs from an ``init_checkpoint``'s or from the
+            resumed run's.
+        TrainingPaused: stopped by ``time_limit_s`` or by Ctrl+C (KeyboardInterrupt) before the
+            run's end; ``last.pt`` holds the last finished epoch.
         deephealth.training.model.PretrainedWeightsUnavailable: for ``pretrained`` while offline.
     """
     from tqdm import tqdm
@@ -174,17 +235,25 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     _logger.info("CPU: %s; bf16 autocast %s (config: %s)", cpu_description(), "on" if bf16 else "off", config.bf16)
 
     # Model first: a pretrained-weights failure must come before minutes of decoding.
+    # (resuming: the weights come from last.pt, so no download, no starting file and no init checkpoint)
     model = build_model(
-        config.arch, pretrained=config.pretrained, pretrained_file=config.pretrained_file or None,
-        drop_rate=config.drop_rate, init=config.init, aa_layer=config.aa_layer,
+        config.arch, pretrained=config.pretrained and resume is None,
+        pretrained_file=(config.pretrained_file or None) if resume is None else None,
+        drop_rate=config.drop_rate, init=config.init if resume is None else "random", aa_layer=config.aa_layer,
     )
-    init_from = load_init_checkpoint(model, config) if config.init_checkpoint else None
+    if resume is not None:
+        init_from = resume["init_from"]
+    else:
+        init_from = load_init_checkpoint(model, config) if config.init_checkpoint else None
 
     data_dir = Path(config.data_dir) if config.data_dir else dataset_dir()
     manifest = scan(data_dir)
     train_recs, val_recs = grouped_split(manifest.split("train"), config.val_fraction, config.split_seed)
     split_id = split_identity(train_recs, val_recs)
-    if init_from is not None:
+    if resume is not None:
+        check_same_split({"path": str(resume["path"]), "split": resume["split"],
+                          "dataset_dir": resume["dataset_dir"]}, split_id)
+    elif init_from is not None:
         check_same_split(init_from, split_id)
         # said only once the split check passed: a refused run never claims to start from it
         _logger.info("starting from %s (run %s, epoch %s, sha256 %s)", init_from["path"], init_from["name"],
@@ -195,10 +264,13 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
         check_teachers(teacher_dirs(config.distill_teachers), config.preprocessing, config.val_fraction,
                        config.split_seed, split_id)
     # The run folder only once every check passed: a refused run leaves nothing behind.
-    name = config.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.arch}-{config.input_size}"
-    run_dir = Path(config.out_dir) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    if resume is not None:
+        run_dir = Path(resume["run_dir"])  # its config.yaml stays the run's
+    else:
+        name = config.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.arch}-{config.input_size}"
+        run_dir = Path(config.out_dir) / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
     train_recs = stratified_subset(train_recs, config.max_train_images, config.seed)
     val_recs = stratified_subset(val_recs, config.max_train_images // 4 if config.max_train_images else 0, config.seed)
     pre = config.preprocessing
@@ -284,193 +356,438 @@ def fit(config: TrainConfig, progress: bool = True) -> Path:
     x_train_t = torch.from_numpy(x_train)
     head_only_steps = int(config.head_only_epochs * steps_per_epoch)
     step = 0
-    for epoch in range(1, config.epochs + 1):
-        t_ep = time.time()
-        model.train()
-        perm = torch.randperm(len(x_train), generator=gen)
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
-                   leave=False, unit="batch")
-        for i in bar:
-            if config.mode == "linear_probe":
+    first_epoch = 1
+    run_id = uuid.uuid4().hex  # os.urandom: no seeded generator is touched
+    segments: list[dict[str, Any]] = []
+    wall_before = 0.0  # seconds of the earlier segments of a resumed run
+    if resume is not None:
+        step, best_value, best_epoch, best_state = _restore_state(resume, model, ema, opt, sched, gen)
+        history = [dict(row) for row in resume["history"]]
+        first_epoch = resume["epoch"] + 1
+        run_id, segments, wall_before = resume["run_id"], list(resume["segments"]), float(resume["wall_time_s"])
+        _logger.info("resuming %s after epoch %d of %d (step %d, best epoch %d)", run_dir, resume["epoch"],
+                     config.epochs, step, best_epoch)
+    saved_epoch = first_epoch - 1  # the last epoch in last.pt
+    segment_epochs: list[float] = []  # seconds of each epoch run in this call
+    if first_epoch > 1 and (first_epoch > config.epochs or saved_epoch - best_epoch >= config.patience):
+        _logger.info("every epoch of %s is done; finishing the run", run_dir)
+        epochs_to_run = range(0)
+    else:
+        epochs_to_run = range(first_epoch, config.epochs + 1)
+    try:  # Ctrl+C: say how to continue from the last finished epoch
+        for epoch in epochs_to_run:
+            t_ep = time.time()
+            model.train()
+            perm = torch.randperm(len(x_train), generator=gen)
+            loss_sum, correct, seen = 0.0, 0, 0
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
+                       leave=False, unit="batch")
+            for i in bar:
+                if config.mode == "linear_probe":
+                    break
+                frozen = step < head_only_steps  # linear probe first: backbone frozen, BN statistics kept
+                # freeze at the start, unfreeze once at the switch (and set either at a resumed run's first step)
+                if step in (0, head_only_steps) or (i == 0 and epoch == first_epoch):
+                    for p in model.parameters():
+                        p.requires_grad_(not frozen or id(p) in head_params)
+                model.train(not frozen)
+                step += 1
+                if config.qat and config.qat_observer_steps and step == config.qat_observer_steps + 1:
+                    from deephealth.training import qat
+
+                    _logger.info("QAT: %d activation observers frozen after %d steps",
+                                 qat.freeze_activation_observers(model), config.qat_observer_steps)
+                idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
+                x01 = x_train_t[idx].to(torch.float32).unsqueeze(1) * (1.0 / 255.0)
+                params = sample_augment(tuple(x01.shape), gen, config.aug_rotate, config.aug_scale,
+                                        config.aug_translate, config.aug_brightness, config.aug_contrast,
+                                        config.aug_gamma, zoom_min=config.aug_zoom_min, zoom_max=config.aug_zoom_max,
+                                        aspect=config.aug_aspect, occlude=config.aug_occlude, blur=config.aug_blur,
+                                        noise=config.aug_noise)
+                views = [apply_augment(x01, params)]
+                consistency = config.consistency_weight > 0 and not frozen
+                if consistency:  # the same augmentation nudged by a benign perturbation
+                    views.append(apply_augment(x01, benign_variant(params, gen, tuple(x01.shape),
+                                                                   config.consistency_strength)))
+                xb = ((torch.cat(views) - pre.mean) / pre.std).to(device)
+                if config.channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                yb = torch.from_numpy(y_train[idx.numpy()]).to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits_all = model(xb)
+                logits_all = logits_all.float()
+                logits = logits_all[: len(idx)]
+                loss = F.cross_entropy(logits_all, yb.repeat(len(views)), weight=class_w,
+                                       label_smoothing=config.label_smoothing)
+                if consistency:
+                    loss = loss + config.consistency_weight * js_divergence(logits, logits_all[len(idx):])
+                if teacher_t is not None:  # every view learns its film's soft target
+                    loss = loss + config.distill_weight * distill_loss(
+                        logits_all, teacher_t[idx].repeat(len(views), 1).to(device), config.distill_temperature)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                if ema is not None:
+                    ema.update(model)
+                loss_sum += float(loss.detach()) * len(idx)
+                correct += int((logits.argmax(1) == yb).sum())
+                seen += len(idx)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            eval_model = ema.module if ema is not None else model
+            val_logits = predict_logits(eval_model, x_val, config, bf16)
+            val_probs = softmax(val_logits)
+            vm = classification_metrics(y_val, val_probs)
+            vm.update(shift_metrics(eval_model, x_val_shift, y_val, vm, config, bf16))
+            vm.update(flip_metrics(eval_model, x_val_stab, val_probs.argmax(1), config, bf16))
+            row = {
+                "epoch": epoch,
+                **_lr_columns(opt, group_is_head),
+                "train_loss": loss_sum / max(seen, 1),
+                "train_accuracy": correct / max(seen, 1),
+                "val_loss": nll(val_logits, y_val) if len(y_val) else float("nan"),
+                "val_accuracy": vm["accuracy"],
+                "val_balanced_accuracy": vm["balanced_accuracy"],
+                "val_macro_auroc": vm["macro_auroc"],
+                "val_shift_balanced_accuracy": vm["shift_balanced_accuracy"],
+                "val_normal_kept_zoom85": vm["normal_kept_zoom85"],
+                "val_normal_kept_mask20": vm["normal_kept_mask20"],
+                "val_flip_rate": vm["flip_rate"],
+                "val_flip_rate_max": vm["flip_rate_max"],
+                "seconds": time.time() - t_ep,
+            }
+            history.append(row)
+            value = vm[config.select_metric] if config.select_metric != "nll" else -vm["nll"]
+            improved = value > best_value
+            if improved:
+                best_value, best_epoch = value, epoch
+                best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
+            _logger.info(
+                "epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f bal %.3f auroc %.4f | "
+                "shift bal %.3f, normals kept zoom85 %.2f mask20 %.2f | flips %.3f (max %.3f) | %.0f s%s",
+                epoch, row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"],
+                row["val_balanced_accuracy"], row["val_macro_auroc"], row["val_shift_balanced_accuracy"],
+                row["val_normal_kept_zoom85"], row["val_normal_kept_mask20"], row["val_flip_rate"],
+                row["val_flip_rate_max"], row["seconds"], " *" if improved else "",
+            )
+            _write_history(history, run_dir)
+            segment_epochs.append(row["seconds"])
+            this_segment = {"first_epoch": first_epoch, "last_epoch": epoch, "wall_time_s": time.time() - t_start}
+            _save_last(run_dir, {
+                "format": LAST_FORMAT, "run_id": run_id, "epoch": epoch, "step": step,
+                "config": recipe.to_dict(), "split": split_id, "dataset_dir": str(data_dir), "init_from": init_from,
+                "model_state": model.state_dict(),
+                "ema_state": ema.module.state_dict() if ema is not None else None,
+                "ema_steps": ema.steps if ema is not None else 0,
+                "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(),
+                "best_value": best_value, "best_epoch": best_epoch,
+                # the selected weights; None when they are this epoch's (the EMA's, or the model's without EMA)
+                "best_state": None if best_epoch == epoch else best_state,
+                "history": history, "rng": _rng_states(gen),
+                "segments": segments + [this_segment], "wall_time_s": wall_before + this_segment["wall_time_s"],
+                "deephealth_version": __version__,
+            })
+            saved_epoch = epoch
+            if epoch - best_epoch >= config.patience:
+                _logger.info("early stop: no improvement of %s for %d epochs", config.select_metric, config.patience)
                 break
-            frozen = step < head_only_steps  # linear probe first: backbone frozen, BN statistics kept
-            if step in (0, head_only_steps):  # freeze at the start, unfreeze once at the switch
-                for p in model.parameters():
-                    p.requires_grad_(not frozen or id(p) in head_params)
-            model.train(not frozen)
-            step += 1
-            if config.qat and config.qat_observer_steps and step == config.qat_observer_steps + 1:
-                from deephealth.training import qat
+            elapsed = time.time() - t_start
+            if (time_limit_s is not None and epoch < config.epochs
+                    and elapsed + max(segment_epochs) > time_limit_s):
+                paused = TrainingPaused(run_dir, epoch, config.epochs, "time limit")
+                _logger.info("%.2f min of the %.3g min time limit used, the longest epoch took %.2f min: %s",
+                             elapsed / 60, time_limit_s / 60, max(segment_epochs) / 60, paused)
+                raise paused
 
-                _logger.info("QAT: %d activation observers frozen after %d steps",
-                             qat.freeze_activation_observers(model), config.qat_observer_steps)
-            idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
-            x01 = x_train_t[idx].to(torch.float32).unsqueeze(1) * (1.0 / 255.0)
-            params = sample_augment(tuple(x01.shape), gen, config.aug_rotate, config.aug_scale,
-                                    config.aug_translate, config.aug_brightness, config.aug_contrast,
-                                    config.aug_gamma, zoom_min=config.aug_zoom_min, zoom_max=config.aug_zoom_max,
-                                    aspect=config.aug_aspect, occlude=config.aug_occlude, blur=config.aug_blur,
-                                    noise=config.aug_noise)
-            views = [apply_augment(x01, params)]
-            consistency = config.consistency_weight > 0 and not frozen
-            if consistency:  # the same augmentation nudged by a benign perturbation
-                views.append(apply_augment(x01, benign_variant(params, gen, tuple(x01.shape),
-                                                               config.consistency_strength)))
-            xb = ((torch.cat(views) - pre.mean) / pre.std).to(device)
-            if config.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yb = torch.from_numpy(y_train[idx.numpy()]).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits_all = model(xb)
-            logits_all = logits_all.float()
-            logits = logits_all[: len(idx)]
-            loss = F.cross_entropy(logits_all, yb.repeat(len(views)), weight=class_w,
-                                   label_smoothing=config.label_smoothing)
-            if consistency:
-                loss = loss + config.consistency_weight * js_divergence(logits, logits_all[len(idx):])
-            if teacher_t is not None:  # every view learns its film's soft target
-                loss = loss + config.distill_weight * distill_loss(
-                    logits_all, teacher_t[idx].repeat(len(views), 1).to(device), config.distill_temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update(model)
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += len(idx)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        eval_model = ema.module if ema is not None else model
-        val_logits = predict_logits(eval_model, x_val, config, bf16)
-        val_probs = softmax(val_logits)
-        vm = classification_metrics(y_val, val_probs)
-        vm.update(shift_metrics(eval_model, x_val_shift, y_val, vm, config, bf16))
-        vm.update(flip_metrics(eval_model, x_val_stab, val_probs.argmax(1), config, bf16))
-        row = {
-            "epoch": epoch,
-            **_lr_columns(opt, group_is_head),
-            "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1),
-            "val_loss": nll(val_logits, y_val) if len(y_val) else float("nan"),
-            "val_accuracy": vm["accuracy"],
-            "val_balanced_accuracy": vm["balanced_accuracy"],
-            "val_macro_auroc": vm["macro_auroc"],
-            "val_shift_balanced_accuracy": vm["shift_balanced_accuracy"],
-            "val_normal_kept_zoom85": vm["normal_kept_zoom85"],
-            "val_normal_kept_mask20": vm["normal_kept_mask20"],
-            "val_flip_rate": vm["flip_rate"],
-            "val_flip_rate_max": vm["flip_rate_max"],
-            "seconds": time.time() - t_ep,
-        }
-        history.append(row)
-        value = vm[config.select_metric] if config.select_metric != "nll" else -vm["nll"]
-        improved = value > best_value
-        if improved:
-            best_value, best_epoch = value, epoch
-            best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
-        _logger.info(
-            "epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f bal %.3f auroc %.4f | "
-            "shift bal %.3f, normals kept zoom85 %.2f mask20 %.2f | flips %.3f (max %.3f) | %.0f s%s",
-            epoch, row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"],
-            row["val_balanced_accuracy"], row["val_macro_auroc"], row["val_shift_balanced_accuracy"],
-            row["val_normal_kept_zoom85"], row["val_normal_kept_mask20"], row["val_flip_rate"],
-            row["val_flip_rate_max"], row["seconds"], " *" if improved else "",
-        )
-        _write_history(history, run_dir)
-        if epoch - best_epoch >= config.patience:
-            _logger.info("early stop: no improvement of %s for %d epochs", config.select_metric, config.patience)
-            break
+        assert best_state is not None
+        final = build_model(config.arch, drop_rate=config.drop_rate, aa_layer=config.aa_layer)  # weights below
+        if config.qat:
+            from deephealth.training import qat
 
-    assert best_state is not None
-    final = build_model(config.arch, drop_rate=config.drop_rate, aa_layer=config.aa_layer)  # weights below
-    if config.qat:
-        from deephealth.training import qat
-
-        final = qat.prepare_qat(final, config.qat_weight_bits)
-    final.load_state_dict(best_state)
-    final.to(device)
-    if config.channels_last:
-        final = final.to(memory_format=torch.channels_last)
-    # Calibrate in float32, as the exported ONNX model runs.
-    val_logits = predict_logits(final, x_val, config, bf16=False)
-    temperature = fit_temperature(val_logits, y_val) if len(y_val) else 1.0
-    calib = {
-        "method": "temperature scaling (Guo et al., 2017), fitted on the validation split",
-        "temperature": temperature,
-        "val_nll_before": nll(val_logits, y_val),
-        "val_nll_after": nll(val_logits, y_val, temperature),
-    }
-    val_probs = softmax(val_logits, temperature)
-    val_metrics = classification_metrics(y_val, val_probs)
-    val_metrics.update(shift_metrics(final, x_val_shift, y_val, val_metrics, config, False, temperature))
-    val_metrics.update(flip_metrics(final, x_val_stab, val_probs.argmax(1), config, False))
-    operating_point = None
-    if config.target_sensitivity > 0 and len(y_val):
-        operating_point = fit_operating_point(val_probs, y_val, config.target_sensitivity)
-        pred = decide(val_probs, operating_point)
-        val_metrics["accuracy_at_operating_point"] = float((pred == y_val).mean())
-        calib["operating_point"] = operating_point
-        _logger.info("operating point: pneumonia if 1 - P(normal) >= %.4f (validation sensitivity %.3f, "
-                     "specificity %.3f)", operating_point["threshold"], operating_point["val_sensitivity"],
-                     operating_point["val_specificity"])
-    (run_dir / "calibration.json").write_text(json.dumps(calib, indent=2) + "\n")
-    wall = time.time() - t_start
-    data_info = {
-        "dataset_dir": str(data_dir),
-        "source": "Kermany et al., 2018, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0), 224x224 copies",
-        "train_split": "official train split, patient-grouped label-stratified split into train/validation",
-        "val_fraction": config.val_fraction,
-        "split_seed": config.split_seed,
-        "n_train": int(len(y_train)),
-        "n_val": int(len(y_val)),
-        "train_counts": {c: int(n) for c, n in zip(CLASS_NAMES, np.bincount(y_train, minlength=3))},
-        "val_counts": {c: int(n) for c, n in zip(CLASS_NAMES, np.bincount(y_val, minlength=3))},
-        "n_train_patients": len({r.patient_id for r in train_recs}),
-        "n_val_patients": len({r.patient_id for r in val_recs}),
-        "split": split_id,
-    }
-    summary = {
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "select_metric": config.select_metric,
-        "val_metrics": val_metrics,
-        "temperature": temperature,
-        "wall_time_s": wall,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": str(torch.__version__),
-                    "threads": torch.get_num_threads(), "device": config.device,
-                    "cpu_capability": cpu_description(), "bf16_autocast": bf16},
-        "deephealth_version": __version__,
-    }
-    if init_from is not None:
-        summary["init_checkpoint"] = init_from
-    if distill_info is not None:
-        summary["distill_teachers"] = distill_info
-    if qat_info is not None:
-        summary["qat"] = qat_info
-    torch.save(
-        {
-            "model_state": {k: v.cpu() for k, v in final.state_dict().items()},
-            "model_args": {"arch": config.arch, "num_classes": len(CLASS_NAMES), "in_chans": 1,
-                           **({"aa_layer": config.aa_layer} if config.aa_layer else {})},
-            "config": recipe.to_dict(),
-            "preprocessing": pre.to_dict(),
+            final = qat.prepare_qat(final, config.qat_weight_bits)
+        final.load_state_dict(best_state)
+        final.to(device)
+        if config.channels_last:
+            final = final.to(memory_format=torch.channels_last)
+        # Calibrate in float32, as the exported ONNX model runs.
+        val_logits = predict_logits(final, x_val, config, bf16=False)
+        temperature = fit_temperature(val_logits, y_val) if len(y_val) else 1.0
+        calib = {
+            "method": "temperature scaling (Guo et al., 2017), fitted on the validation split",
             "temperature": temperature,
-            "operating_point": operating_point,
+            "val_nll_before": nll(val_logits, y_val),
+            "val_nll_after": nll(val_logits, y_val, temperature),
+        }
+        val_probs = softmax(val_logits, temperature)
+        val_metrics = classification_metrics(y_val, val_probs)
+        val_metrics.update(shift_metrics(final, x_val_shift, y_val, val_metrics, config, False, temperature))
+        val_metrics.update(flip_metrics(final, x_val_stab, val_probs.argmax(1), config, False))
+        operating_point = None
+        if config.target_sensitivity > 0 and len(y_val):
+            operating_point = fit_operating_point(val_probs, y_val, config.target_sensitivity)
+            pred = decide(val_probs, operating_point)
+            val_metrics["accuracy_at_operating_point"] = float((pred == y_val).mean())
+            calib["operating_point"] = operating_point
+            _logger.info("operating point: pneumonia if 1 - P(normal) >= %.4f (validation sensitivity %.3f, "
+                         "specificity %.3f)", operating_point["threshold"], operating_point["val_sensitivity"],
+                         operating_point["val_specificity"])
+        (run_dir / "calibration.json").write_text(json.dumps(calib, indent=2) + "\n")
+        ran = first_epoch <= len(history)  # False: this call only finished a run whose epochs were all done
+        segments.append({"first_epoch": first_epoch if ran else None, "last_epoch": len(history) if ran else None,
+                         "wall_time_s": time.time() - t_start})
+        wall = wall_before + segments[-1]["wall_time_s"]  # every segment of a resumed run
+        data_info = {
+            "dataset_dir": str(data_dir),
+            "source": "Kermany et al., 2018, doi:10.17632/rscbjbr9sj.2 (CC BY 4.0), 224x224 copies",
+            "train_split": "official train split, patient-grouped label-stratified split into train/validation",
+            "val_fraction": config.val_fraction,
+            "split_seed": config.split_seed,
+            "n_train": int(len(y_train)),
+            "n_val": int(len(y_val)),
+            "train_counts": {c: int(n) for c, n in zip(CLASS_NAMES, np.bincount(y_train, minlength=3))},
+            "val_counts": {c: int(n) for c, n in zip(CLASS_NAMES, np.bincount(y_val, minlength=3))},
+            "n_train_patients": len({r.patient_id for r in train_recs}),
+            "n_val_patients": len({r.patient_id for r in val_recs}),
+            "split": split_id,
+        }
+        summary = {
+            "best_epoch": best_epoch,
+            "epochs_run": len(history),
+            "select_metric": config.select_metric,
             "val_metrics": val_metrics,
-            "epoch": best_epoch,
-            "data": data_info,
-            "history": history,
-            "summary": summary,
-        },
-        run_dir / "best.pt",
-    )
-    (run_dir / "summary.json").write_text(json.dumps({**summary, "data": data_info}, indent=2) + "\n")
-    _plot_curves(history, run_dir / "curves.png")
-    _logger.info("run %s: best epoch %d, val %s, T=%.3f, %.1f min", run_dir, best_epoch,
-                 {k: round(v, 4) for k, v in val_metrics.items()}, temperature, wall / 60)
+            "temperature": temperature,
+            "wall_time_s": wall,
+            "resumed": len(segments) > 1,
+            "segments": segments,  # one per deephealth train call; an interrupted epoch's time is not counted
+            "run_id": run_id,
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": str(torch.__version__),
+                        "threads": torch.get_num_threads(), "device": config.device,
+                        "cpu_capability": cpu_description(), "bf16_autocast": bf16},
+            "deephealth_version": __version__,
+        }
+        if init_from is not None:
+            summary["init_checkpoint"] = init_from
+        if distill_info is not None:
+            summary["distill_teachers"] = distill_info
+        if qat_info is not None:
+            summary["qat"] = qat_info
+        torch.save(
+            {
+                "model_state": {k: v.cpu() for k, v in final.state_dict().items()},
+                "model_args": {"arch": config.arch, "num_classes": len(CLASS_NAMES), "in_chans": 1,
+                               **({"aa_layer": config.aa_layer} if config.aa_layer else {})},
+                "config": recipe.to_dict(),
+                "preprocessing": pre.to_dict(),
+                "temperature": temperature,
+                "operating_point": operating_point,
+                "val_metrics": val_metrics,
+                "epoch": best_epoch,
+                "data": data_info,
+                "history": history,
+                "summary": summary,
+            },
+            run_dir / "best.pt",
+        )
+        (run_dir / "summary.json").write_text(json.dumps({**summary, "data": data_info}, indent=2) + "\n")
+        _plot_curves(history, run_dir / "curves.png")
+        _logger.info("run %s: best epoch %d, val %s, T=%.3f, %.1f min", run_dir, best_epoch,
+                     {k: round(v, 4) for k, v in val_metrics.items()}, temperature, wall / 60)
+    except KeyboardInterrupt:
+        paused = TrainingPaused(run_dir, saved_epoch, config.epochs, "interrupted")
+        _logger.warning("%s", paused)
+        raise paused from None
     return run_dir
+
+
+def _save_last(run_dir: Path, state: dict[str, Any]) -> None:
+    """Replace ``run_dir/last.pt`` atomically: a temporary file in the same folder, flushed, then renamed.
+
+    An interruption while writing leaves the previous ``last.pt`` intact (and a stale temporary file
+    that the next epoch overwrites).
+    """
+    final = run_dir / LAST_CHECKPOINT
+    tmp = run_dir / (LAST_CHECKPOINT + ".partial")
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+
+
+def _rng_states(gen: torch.Generator) -> dict[str, Any]:
+    """Every random state a training epoch draws from, in types ``torch.load(weights_only=True)`` reads.
+
+    ``augment`` is the generator of the batch order and augmentation (:func:`seed_everything`);
+    ``torch`` the global CPU generator (dropout); ``numpy`` and ``python`` the global ones
+    (unused by the loop today, kept so a future use cannot break resuming silently).
+    """
+    key, mt, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    out: dict[str, Any] = {
+        "augment": gen.get_state(), "torch": torch.get_rng_state(),
+        "numpy": {"key": key, "state": torch.from_numpy(np.asarray(mt, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+        "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_states(states: dict[str, Any], gen: torch.Generator) -> None:
+    """Restore :func:`_rng_states`."""
+    gen.set_state(states["augment"])
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    py = states["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _restore_state(
+    ckpt: dict[str, Any], model: nn.Module, ema: Ema | None, opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator,
+) -> tuple[int, float, int, dict[str, torch.Tensor]]:
+    """Load a ``last.pt`` into the freshly built training objects, random states last.
+
+    Returns:
+        ``(step, best_value, best_epoch, best_state)`` of the checkpoint's epoch.
+
+    Raises:
+        ResumeError: if the checkpoint does not fit the objects (another network or optimiser layout).
+    """
+    try:
+        model.load_state_dict(ckpt["model_state"])
+        if ema is not None:
+            if ckpt["ema_state"] is None:
+                raise ValueError("it holds no EMA weights but the run's config has ema_decay > 0")
+            ema.module.load_state_dict(ckpt["ema_state"])
+            ema.steps = int(ckpt["ema_steps"])
+        opt.load_state_dict(ckpt["optimizer_state"])
+        sched.load_state_dict(ckpt["scheduler_state"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise ResumeError(f"{ckpt['path']}: does not fit this run's network or optimiser "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r})") from exc
+    eval_model = ema.module if ema is not None else model
+    best_state = ckpt["best_state"]
+    if best_state is None:  # the checkpoint's epoch was the selected one
+        best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
+    _set_rng_states(ckpt["rng"], gen)
+    return int(ckpt["step"]), float(ckpt["best_value"]), int(ckpt["best_epoch"]), best_state
+
+
+_LAST_KEYS = ("format", "run_id", "epoch", "step", "config", "split", "dataset_dir", "init_from", "model_state",
+              "ema_state", "ema_steps", "optimizer_state", "scheduler_state", "best_value", "best_epoch",
+              "best_state", "history", "rng", "segments", "wall_time_s")
+
+
+def load_last_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    """Read and check a run folder's ``last.pt`` (:func:`fit` writes it after every epoch).
+
+    Args:
+        run_dir: a run folder written by ``deephealth train``.
+
+    Returns:
+        The checkpoint dict (``epoch``, ``config``, states, ``history``...) with ``path`` (the file)
+        and ``run_dir`` added.
+
+    Raises:
+        ResumeError: the folder does not exist; it has no ``last.pt`` (a run that finished before
+            runs could be resumed, or one stopped before its first epoch ended); ``last.pt`` cannot be
+            read (truncated, corrupted) or is not a resumable checkpoint of this version.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ResumeError(f"{run_dir}: no such run folder")
+    path = run_dir / LAST_CHECKPOINT
+    if not path.is_file():
+        if (run_dir / "summary.json").is_file():
+            raise ResumeError(f"{run_dir} has no {LAST_CHECKPOINT}: it finished before deephealth train "
+                              "wrote last.pt (or the file was deleted); nothing to resume")
+        if (run_dir / "config.yaml").is_file():
+            raise ResumeError(f"{run_dir} has no {LAST_CHECKPOINT}: it stopped before its first epoch finished; "
+                              f"start it again with: deephealth train --config {shlex.quote(str(run_dir / 'config.yaml'))}")
+        raise ResumeError(f"{run_dir} has no {LAST_CHECKPOINT} and no config.yaml: not a deephealth train run folder")
+    try:  # plain dicts, lists, numbers, strings and tensors only
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # EOFError, RuntimeError, pickle.UnpicklingError...
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ResumeError(f"{path}: cannot read it, the file is truncated or corrupted ({type(exc).__name__}"
+                          f"{': ' + first if first else ''})") from exc
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _LAST_KEYS):
+        raise ResumeError(f"{path}: not a resumable checkpoint written by deephealth train")
+    if ckpt["format"] != LAST_FORMAT:
+        raise ResumeError(f"{path}: checkpoint format {ckpt['format']!r}, this deephealth reads {LAST_FORMAT}")
+    return {**ckpt, "path": path, "run_dir": run_dir}
+
+
+def resume_run(
+    run_dir: str | Path, progress: bool = True, time_limit_s: float | None = None, **overrides: Any,
+) -> Path:
+    """Continue an interrupted run from the epoch after its ``last.pt`` (``deephealth train --resume``).
+
+    The run goes on with its own resolved config (``run_dir/config.yaml``, which must match the one
+    in ``last.pt``) and must see the same train/validation split (:func:`check_same_split`). With
+    the same number of CPU threads, the result is the one of an uninterrupted run: same weights,
+    same history metrics. ``history.csv`` gets the new epochs; ``summary.json`` records the
+    segments (``resumed``; ``segments``, one per call that finished an epoch or the run:
+    ``first_epoch``, ``last_epoch``, ``wall_time_s`` up to its last saved epoch or the run's end;
+    ``wall_time_s`` = their sum). A run whose epochs are all done but that was stopped before
+    writing ``best.pt`` is only finished (its last segment has ``first_epoch`` and ``last_epoch``
+    ``None``).
+
+    Args:
+        run_dir: the run folder.
+        progress: show a progress bar per epoch.
+        time_limit_s: as in :func:`fit`, for this call.
+        **overrides: settings of :data:`RESUME_OVERRIDABLE` only (``None`` values ignored).
+
+    Returns:
+        The run folder.
+
+    Raises:
+        ResumeError: see :func:`load_last_checkpoint`; also: the run already finished, an override
+            outside :data:`RESUME_OVERRIDABLE`, ``config.yaml`` missing or different from ``last.pt``'s.
+        ValueError: the dataset gives another train/validation split (:func:`check_same_split`).
+        TrainingPaused, FileNotFoundError: as :func:`fit`.
+    """
+    from deephealth.training.config import load_config
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    refused = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
+    if refused:
+        raise ResumeError(f"a resumed run keeps its settings; cannot change {', '.join(refused)} "
+                          f"(allowed: {', '.join(RESUME_OVERRIDABLE)})")
+    ckpt = load_last_checkpoint(run_dir)
+    run_dir = ckpt["run_dir"]
+    cfg_path = run_dir / "config.yaml"
+    try:
+        config = load_config(cfg_path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ResumeError(f"{run_dir}: cannot read the run's config: {exc}") from exc
+    saved, here = ckpt["config"], config.to_dict()
+    changed = [k for k in sorted(set(saved) | set(here)) if k not in RESUME_OVERRIDABLE and saved.get(k) != here.get(k)]
+    if changed:
+        k = changed[0]
+        raise ResumeError(f"{cfg_path} differs from the config {LAST_CHECKPOINT} was written with ({k}: "
+                          f"{here.get(k)!r} there, {saved.get(k)!r} in {LAST_CHECKPOINT}); a run "
+                          "continues with the settings it started with")
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError):
+            summary = {}
+        if summary.get("run_id") == ckpt["run_id"]:
+            raise ResumeError(f"{run_dir}: the run already finished ({summary.get('epochs_run')} of {config.epochs} "
+                              f"epochs, best epoch {summary.get('best_epoch')}); nothing to resume")
+    if config.num_threads and overrides.get("num_threads", config.num_threads) != config.num_threads:
+        _logger.warning("the run used %d CPU threads, this segment %d: results may differ from an uninterrupted "
+                        "run in the last bits", config.num_threads, overrides["num_threads"])
+    return fit(config.replace(**overrides), progress=progress, time_limit_s=time_limit_s, resume=ckpt)
 
 
 def load_init_checkpoint(model: nn.Module, config: TrainConfig) -> dict[str, Any]:

@@ -198,7 +198,7 @@ def main() -> int:
             if head is not None:
                 stop_ray_head(head)
                 head = None
-        m = re.search(r"in ([\d.]+) s \(([\d.]+) images/s; Ray start ([\d.]+) s\); (\d+) part", out)
+        m = re.search(r"in ([\d.]+) s \(([\d.]+) images scored/s; Ray start ([\d.]+) s\); (\d+) part", out)
         skipped = re.search(r"(\d+) already in", out)
         table = load_results(str(out_dir))
         labels = dict(zip(table.column("source").to_pylist(), table.column("label").to_pylist()))

@@ -467,6 +467,15 @@ def test_summary_counts_labels_gate_outcomes_and_errors() -> None:
     assert s.review == 1 and s.scored == 7 and dict(s.labels) == {"viral": 2, "normal": 1, "bacterial": 1}
 
 
+def test_summary_throughput_counts_scored_inputs_only() -> None:
+    """A resumed run that skips 90 stored inputs and scores 10 in 2 s did 5 images/s, not 50."""
+    from deephealth.batch import BatchSummary
+
+    assert BatchSummary(scored=10, skipped=90, seconds=2.0).images_per_second == 5.0
+    assert BatchSummary(scored=0, skipped=90, seconds=1.5).images_per_second == 0.0
+    assert BatchSummary(scored=3, seconds=0.0).images_per_second == 0.0
+
+
 def test_missing_ray_is_said_first_in_one_line(tmp_path, monkeypatch, capsys) -> None:
     # A web-only install: `import ray` fails. Nothing is collected or announced before the error.
     (tmp_path / "a.jpeg").write_bytes(b"not read")

@@ -558,8 +558,13 @@ class BatchSummary:
 
     @property
     def images_per_second(self) -> float:
-        """Inputs handled (scored + skipped) per second of scoring."""
-        return (self.scored + self.skipped) / self.seconds if self.seconds > 0 else 0.0
+        """Inputs scored by this run (rows written) per second of :attr:`seconds`; ``0.0`` before any time.
+
+        Skipped inputs (already stored) are not counted: they are read and hashed, never decoded
+        or classified, so counting them would make a resumed run look many times faster than the
+        pipeline is.
+        """
+        return self.scored / self.seconds if self.seconds > 0 else 0.0
 
     def results(self, out: str, *, columns: Iterable[str] | None = None):
         """This run's results in RESULTS ``out``: the newest row per source made by this run's model and rule.

@@ -147,8 +147,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"flagged for review (borderline): {s.review}")
         print(f"input gate: {_counts(s.gate)}")
     if s.workers:
-        print(f"{s.workers} worker(s) x {s.threads} thread(s): {s.scored + s.skipped} inputs in {s.seconds:.1f} s "
-              f"({s.images_per_second:.1f} images/s; Ray start {s.startup_seconds:.1f} s); {s.parts} part(s) written")
+        skipped = f" ({s.skipped} skipped, already stored)" if s.skipped else ""
+        print(f"{s.workers} worker(s) x {s.threads} thread(s): {s.scored} scored{skipped} in {s.seconds:.1f} s "
+              f"({s.images_per_second:.1f} images scored/s; Ray start {s.startup_seconds:.1f} s); "
+              f"{s.parts} part(s) written")
     if s.interrupted:
         print(f"interrupted: the {s.scored} rows scored are saved; run the same command again to finish")
     print(INTENDED_USE)

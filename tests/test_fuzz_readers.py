@@ -40,7 +40,10 @@ def test_short_fuzz_run_only_results_or_image_read_errors(data_root: Path, tmp_p
     # both outcomes happen: the run is not all refusals (or all successes)
     assert stats.results > 50 and stats.read_errors > 300, (stats.results, stats.read_errors)
     assert max(stats.rss_mb) - stats.rss_mb[0] < 500, stats.rss_mb
-    # reading the same 300 inputs again does not grow the process (no leak in the readers)
+    # reading the same 300 inputs again does not grow the process (no leak in the readers). The
+    # first round is a warm-up: after some orders of test files it still grew by ~13 MB (allocator
+    # arenas, caches filled once), so growth is measured over the two rounds after it; a leak of
+    # 5 MB or more per round of 300 inputs still fails.
     assert len(stats.sample) == 300
-    rss = bench_fuzz.leak_check(stats.sample, 3)
-    assert rss[-1] - rss[0] < 10, rss
+    rss = bench_fuzz.leak_check(stats.sample, 4)
+    assert rss[-1] - rss[1] < 10, rss

@@ -32,7 +32,9 @@ def record_prediction(request: Request, response: Any, start: float, created_at:
     """Queue the audit record of one prediction request; never raises.
 
     Args:
-        request: the request (its ``state`` holds ``upload_data`` and ``input_format`` once read).
+        request: the request (its ``state`` holds ``upload_data``, ``upload_name`` and
+            ``input_format`` once read, and ``audit_reason``, the English one-line message of an
+            error answer).
         response: the route's answer: the result dict (HTTP 200) or a ``JSONResponse`` (an error).
         start: ``time.perf_counter()`` when the request arrived.
         created_at: the arrival time, UTC.
@@ -46,11 +48,18 @@ def record_prediction(request: Request, response: Any, start: float, created_at:
         body = response if isinstance(response, dict) else None
         review, review_reason = review_outcome(body.get("decision") if body else None, body is not None)
         interface = "page" if request.headers.get(INTERFACE_HEADER, "").lower() == "page" else "api"
+        status_code = 200 if body is not None else int(getattr(response, "status_code", 500))
+        reason = None  # the English one-line message of an error answer (the file name is removed there)
+        if status_code != 200:
+            reason = getattr(request.state, "audit_reason", None)
+            if reason is None and status_code >= 500:
+                reason = "internal server error"
         audit.record(
             created_at=created_at,
             interface=interface,
             client=request.client.host if request.client else None,
             input_data=getattr(request.state, "upload_data", None),
+            input_name=getattr(request.state, "upload_name", None),
             input_format=getattr(request.state, "input_format", None),
             model_name=artifact.name,
             model_version=artifact.version,
@@ -61,7 +70,8 @@ def record_prediction(request: Request, response: Any, start: float, created_at:
             review=review,
             review_reason=review_reason,
             latency_ms=latency_ms,
-            status_code=200 if body is not None else int(getattr(response, "status_code", 500)),
+            status_code=status_code,
+            reason=reason,
         )
     except Exception:  # the audit must never fail a prediction
         logger.exception("cannot record the audit of a prediction")

@@ -454,6 +454,43 @@ def test_a_too_large_upload_records_its_reason_without_the_file_name(predictor, 
 
 
 @pytest.mark.needs_data
+def test_audit_api_order_and_time_window(client, dataset_root: Path):
+    files = sorted((dataset_root / "test" / "NORMAL").glob("*.jpeg"))[:3]
+    for f in files:
+        assert client.post(URL, files={"file": (f.name, f.read_bytes())}).status_code == 200
+    oldest_first = _audit(client)["records"]
+    ids = [r["id"] for r in oldest_first]
+    assert ids == sorted(ids) and len(ids) == 3  # the default stays oldest first
+    assert [r["id"] for r in _audit(client, order="asc")["records"]] == ids
+    assert [r["id"] for r in _audit(client, order="desc")["records"]] == ids[::-1]
+    assert [r["id"] for r in _audit(client, order="desc", limit=2)["records"]] == [ids[2], ids[1]]  # the latest two
+    assert [r["id"] for r in _audit(client, limit=2)["records"]] == ids[:2]
+    t0, t1, t2 = (r["created_at"] for r in oldest_first)
+    assert [r["id"] for r in _audit(client, until=t1)["records"]] == [ids[0]]  # until is exclusive
+    assert [r["id"] for r in _audit(client, since=t1, until=t2)["records"]] == [ids[1]]
+    assert [r["id"] for r in _audit(client, since=t0, until=t2, order="desc")["records"]] == [ids[1], ids[0]]
+    # a naive time is UTC; a zone is honoured
+    naive = dt.datetime.fromisoformat(t1).astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat()
+    madrid = dt.datetime.fromisoformat(t1).astimezone(dt.timezone(dt.timedelta(hours=1))).isoformat()
+    assert [r["id"] for r in _audit(client, until=naive)["records"]] == [ids[0]]
+    assert [r["id"] for r in _audit(client, until=madrid)["records"]] == [ids[0]]
+    assert _audit(client, since=t2, until=t1)["records"] == []
+    headers = {"Authorization": f"Bearer {KEY}"}
+    assert client.get("/api/v1/audit", params={"order": "newest"}, headers=headers).status_code == 422
+    assert client.get("/api/v1/audit", params={"until": "yesterday"}, headers=headers).status_code == 422
+
+
+def test_the_audit_parameters_are_in_the_openapi_schema(client):
+    op = client.get("/openapi.json").json()["paths"]["/api/v1/audit"]["get"]
+    params = {p["name"]: p for p in op["parameters"]}
+    assert {"since", "until", "order", "limit", "review"} <= set(params)
+    assert params["order"]["schema"]["enum"] == ["asc", "desc"] and params["order"]["schema"]["default"] == "asc"
+    assert "exclusive" in params["until"]["description"] and "inclusive" in params["since"]["description"]
+    assert "newest first" in params["order"]["description"]
+    assert "order=desc" in op["description"]
+
+
+@pytest.mark.needs_data
 def test_predict_cli_audit_records_dicom_uids_and_the_reason(tmp_path: Path, dicom_dir: Path, monkeypatch, capsys):
     """CLI: the UIDs of DICOM files (refused or not) and the reason of each failure, without its path."""
     url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
@@ -586,6 +623,8 @@ def test_a_database_at_0003_upgrades_to_0004_and_keeps_its_rows(tmp_path: Path):
         assert old["study_instance_uid"] is None and old["sop_instance_uid"] is None and old["reason"] is None
         assert (new["study_instance_uid"], new["sop_instance_uid"]) == ("1.2.3", "1.2.3.4")
         assert new["reason"] == "instance 1.2.3.4: not suitable for this model: a lateral view"
+        assert [r["id"] for r in log.query(order="desc")] == [new["id"], old["id"]]
+        assert [r["id"] for r in log.query(until=dt.datetime(2026, 12, 3))] == [old["id"]]
     finally:
         log.close()
     con = sqlite3.connect(path)
@@ -604,3 +643,11 @@ def test_a_database_at_0003_upgrades_to_0004_and_keeps_its_rows(tmp_path: Path):
         assert conn.exec_driver_sql("SELECT input_sha256 FROM audit_log ORDER BY id").fetchall() == [("ab12",), (None,)]
     engine.dispose()
 
+
+def test_query_rejects_an_unknown_order(tmp_path: Path):
+    log = AuditLog(f"sqlite:///{tmp_path / 'o.sqlite3'}")
+    try:
+        with pytest.raises(ValueError, match="order must be one of asc, desc"):
+            log.query(order="newest")
+    finally:
+        log.close()

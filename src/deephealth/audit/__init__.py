@@ -56,6 +56,8 @@ FIELDS = (
 """Keyword fields accepted by :meth:`AuditLog.record` (plus ``input_data``, ``input_name`` and ``created_at``)."""
 REASON_MAX = 500
 """Longest ``reason`` stored, in characters (a longer one is cut and ends with ``...``)."""
+ORDERS = ("asc", "desc")
+"""Orders of :meth:`AuditLog.query`: oldest first (``asc``, the default) or newest first (``desc``)."""
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+:[^/\s@]*@")
 BATCH_MAX = 256
@@ -351,17 +353,36 @@ class AuditLog:
 
     # -- reading -----------------------------------------------------------------------------------
 
-    def query(self, since: _dt.datetime | None = None, limit: int = 100, review: bool | None = None) -> list[dict]:
-        """Records from ``since`` on (inclusive), oldest first, at most ``limit``.
+    def query(
+        self,
+        since: _dt.datetime | None = None,
+        limit: int = 100,
+        review: bool | None = None,
+        *,
+        until: _dt.datetime | None = None,
+        order: str = "asc",
+    ) -> list[dict]:
+        """At most ``limit`` records created from ``since`` (inclusive) to ``until`` (exclusive).
 
-        ``review=True`` keeps only predictions flagged for review, ``review=False`` only those not
-        flagged (records without a prediction, or written before the column existed, are null and
-        match neither); ``None`` keeps all.
+        Args:
+            since: earliest ``created_at`` (inclusive); a naive datetime is UTC. ``None``: no bound.
+            limit: most records returned.
+            review: ``True`` keeps only predictions flagged for review, ``False`` only those not
+                flagged (records without a prediction, or written before the column existed, are
+                null and match neither); ``None`` keeps all.
+            until: ``created_at`` before which to stop (exclusive, so consecutive windows do not
+                overlap); a naive datetime is UTC. ``None``: no bound.
+            order: ``"asc"`` oldest first (the default: ``since`` and ``limit`` then page forward
+                through the trail) or ``"desc"`` newest first (the ``limit`` latest records).
+                Records are ordered as written (their ``id``).
 
         Raises:
+            ValueError: if ``order`` is not ``"asc"`` or ``"desc"``.
             RuntimeError: if the database is unavailable (message says why).
             sqlalchemy.exc.SQLAlchemyError: if the query fails.
         """
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         if self.engine is None:
             raise RuntimeError(f"audit trail unavailable: {self.error}")
         from sqlalchemy import select
@@ -370,11 +391,12 @@ class AuditLog:
         from deephealth.audit.models import AuditRecord
 
         self.flush(2.0)
-        stmt = select(AuditRecord).order_by(AuditRecord.id).limit(limit)
+        key = AuditRecord.id.desc() if order == "desc" else AuditRecord.id
+        stmt = select(AuditRecord).order_by(key).limit(limit)
         if since is not None:
-            # stored as UTC; SQLite keeps no zone, so compare in UTC
-            since = since.replace(tzinfo=_dt.timezone.utc) if since.tzinfo is None else since.astimezone(_dt.timezone.utc)
-            stmt = stmt.where(AuditRecord.created_at >= since)
+            stmt = stmt.where(AuditRecord.created_at >= _utc(since))
+        if until is not None:
+            stmt = stmt.where(AuditRecord.created_at < _utc(until))
         if review is not None:
             stmt = stmt.where(AuditRecord.review.is_(review))
         with Session(self.engine) as session:
@@ -385,6 +407,11 @@ class AuditLog:
         with self._lock:
             return {"enabled": True, "database": redact_url(self.url), "written": self.written,
                     "failures": self.failures, "error": self.error}
+
+
+def _utc(t: _dt.datetime) -> _dt.datetime:
+    """``t`` in UTC (a naive datetime is taken as UTC): rows are stored in UTC, and SQLite keeps no zone."""
+    return t.replace(tzinfo=_dt.timezone.utc) if t.tzinfo is None else t.astimezone(_dt.timezone.utc)
 
 
 def open_audit_log(url: str | None = None) -> AuditLog | None:

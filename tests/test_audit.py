@@ -166,7 +166,8 @@ def test_migrations_create_the_schema_and_downgrade(tmp_path: Path):
     cols = {c["name"] for c in inspect(engine).get_columns("audit_log")}
     assert cols == {"id", "created_at", "interface", "client", "input_sha256", "input_format", "input_bytes",
                     "model_name", "model_version", "model_sha256", "label", "probabilities", "gate",
-                    "review", "review_reason", "latency_ms", "status_code"}
+                    "review", "review_reason", "latency_ms", "status_code",
+                    "study_instance_uid", "sop_instance_uid", "reason"}
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("deephealth.audit") / "migrations"))
     with engine.begin() as conn:
@@ -222,6 +223,9 @@ def test_a_gate_refusal_is_recorded_with_its_outcome(client):
     assert rec["status_code"] == 422 and rec["label"] is None and rec["probabilities"] is None
     assert rec["gate"]["status"] == "refuse" and rec["gate"]["reasons"] == r.json()["suitability"]["reasons"]
     assert rec["input_format"] == "PNG"
+    assert rec["reason"] == r.json()["detail"].removeprefix("holiday.png: ")
+    assert rec["reason"].startswith("not suitable for this model: ")
+    assert rec["study_instance_uid"] is None and rec["sop_instance_uid"] is None
 
 
 # -- the review band (decision.review) -------------------------------------------------------------
@@ -332,7 +336,7 @@ def test_a_database_at_0001_upgrades_and_its_rows_read_null(tmp_path: Path):
     finally:
         log.close()
     con = sqlite3.connect(path)
-    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
     con.close()
 
 
@@ -371,7 +375,7 @@ def test_a_fresh_database_has_an_index_on_review_and_the_review_filter_uses_it(t
     engine.dispose()
 
     con = sqlite3.connect(path)
-    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
     # the statement AuditLog.query(review=True) runs (SQLAlchemy renders is_(True) as IS 1 on SQLite)
     plan = " ".join(str(r[-1]) for r in con.execute(
         "EXPLAIN QUERY PLAN SELECT * FROM audit_log WHERE review IS 1 ORDER BY id LIMIT 100"))
@@ -386,3 +390,264 @@ def test_a_fresh_database_has_an_index_on_review_and_the_review_filter_uses_it(t
     assert [ix["name"] for ix in inspect(engine).get_indexes("audit_log")] == ["ix_audit_log_created_at"]
     assert "review" in {c["name"] for c in inspect(engine).get_columns("audit_log")}
     engine.dispose()
+
+
+# -- DICOM UIDs, the reason of a refusal, order and time window (migration 0004) ---------------------
+
+CR = "cr_chest_pa_rsna.dcm"  # a frontal CR: classified
+CR_STUDY = "1.2.276.0.7230010.3.1.2.8323329.6904.1517875201.850818"
+CR_SOP = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819"
+CT = "ct_small.dcm"  # a CT slice: refused by the input gate
+CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
+CT_SOP = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
+
+
+def test_a_dicom_upload_is_recorded_with_its_uids_and_a_refusal_with_its_reason(client, db_url, dicom_dir: Path):
+    """Web: a DICOM upload's Study/SOP Instance UIDs are recorded (the patient's name and ID are not);
+    a refused or unreadable upload records the user's one-line message, in English, without the file
+    name, whatever the answer's language."""
+    cr = client.post(URL, files={"file": ("Garcia_Lopez_Maria.dcm", (dicom_dir / CR).read_bytes())})
+    ct = client.post(URL, files={"file": ("Garcia_Lopez_Maria_ct.dcm", (dicom_dir / CT).read_bytes())},
+                     headers={"Accept-Language": "es"})
+    empty = client.post(URL, files={"file": ("Garcia_Lopez_Maria.jpeg", b"")})
+    text = client.post(URL, files={"file": ("Garcia_Lopez_Maria.txt", b"hello, not an image")})
+    assert (cr.status_code, ct.status_code, empty.status_code, text.status_code) == (200, 422, 422, 415)
+
+    r_cr, r_ct, r_empty, r_text = _audit(client)["records"]
+    assert (r_cr["study_instance_uid"], r_cr["sop_instance_uid"]) == (CR_STUDY, CR_SOP)
+    assert r_cr["reason"] is None and r_cr["status_code"] == 200
+    assert (r_ct["study_instance_uid"], r_ct["sop_instance_uid"]) == (CT_STUDY, CT_SOP)
+    assert r_ct["status_code"] == 422 and r_ct["label"] is None
+    # the message the user got, in English (this user asked for Spanish), less its "<file name>: " prefix
+    english = client.post(URL, files={"file": ("Garcia_Lopez_Maria_ct.dcm", (dicom_dir / CT).read_bytes())})
+    assert r_ct["reason"] == english.json()["detail"].removeprefix("Garcia_Lopez_Maria_ct.dcm: ")
+    assert r_ct["reason"] == "DICOM modality CT (computed tomography) is not a radiograph (expected CR or DX)"
+    assert r_ct["reason"] not in ct.json()["detail"]  # that answer was in Spanish
+    assert r_empty["reason"] == "empty file (0 bytes)" and r_empty["study_instance_uid"] is None
+    assert r_text["status_code"] == 415
+    assert r_text["reason"] == text.json()["detail"].removeprefix("Garcia_Lopez_Maria.txt: ")
+    assert r_text["study_instance_uid"] is None and r_text["sop_instance_uid"] is None
+    raw = json.dumps(_rows(db_url))
+    assert "Garcia" not in raw  # no file name, in the reason either
+    assert "16d7f894-55d7-4d95-8957-d18987f0e981" not in raw  # the CR's PatientName / PatientID
+    assert "CompressedSamples" not in raw and "1CT1" not in raw  # the CT's
+
+
+def test_a_too_large_upload_records_its_reason_without_the_file_name(predictor, db_url):
+    """413 found while streaming (no Content-Length): the message names the file; the record does not."""
+    app = create_app(Settings(database_url=db_url, admin_api_key=KEY, max_upload_mb=1), predictor=predictor)
+    boundary = "b0undary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"Garcia_Lopez_Maria.png\""
+            "\r\nContent-Type: image/png\r\n\r\n").encode()
+
+    def body():  # a generator: sent chunked, without Content-Length
+        yield head + b"\x89PNG\r\n\x1a\n"
+        for _ in range(3):
+            yield b"0" * 2**20
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    with TestClient(app) as c:
+        r = c.post(URL, content=body(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 413 and r.json()["detail"].startswith("Garcia_Lopez_Maria.png: file too large")
+        (rec,) = _audit(c)["records"]
+    assert rec["status_code"] == 413 and rec["reason"] == r.json()["detail"].removeprefix("Garcia_Lopez_Maria.png: ")
+
+
+@pytest.mark.needs_data
+def test_audit_api_order_and_time_window(client, dataset_root: Path):
+    files = sorted((dataset_root / "test" / "NORMAL").glob("*.jpeg"))[:3]
+    for f in files:
+        assert client.post(URL, files={"file": (f.name, f.read_bytes())}).status_code == 200
+    oldest_first = _audit(client)["records"]
+    ids = [r["id"] for r in oldest_first]
+    assert ids == sorted(ids) and len(ids) == 3  # the default stays oldest first
+    assert [r["id"] for r in _audit(client, order="asc")["records"]] == ids
+    assert [r["id"] for r in _audit(client, order="desc")["records"]] == ids[::-1]
+    assert [r["id"] for r in _audit(client, order="desc", limit=2)["records"]] == [ids[2], ids[1]]  # the latest two
+    assert [r["id"] for r in _audit(client, limit=2)["records"]] == ids[:2]
+    t0, t1, t2 = (r["created_at"] for r in oldest_first)
+    assert [r["id"] for r in _audit(client, until=t1)["records"]] == [ids[0]]  # until is exclusive
+    assert [r["id"] for r in _audit(client, since=t1, until=t2)["records"]] == [ids[1]]
+    assert [r["id"] for r in _audit(client, since=t0, until=t2, order="desc")["records"]] == [ids[1], ids[0]]
+    # a naive time is UTC; a zone is honoured
+    naive = dt.datetime.fromisoformat(t1).astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat()
+    madrid = dt.datetime.fromisoformat(t1).astimezone(dt.timezone(dt.timedelta(hours=1))).isoformat()
+    assert [r["id"] for r in _audit(client, until=naive)["records"]] == [ids[0]]
+    assert [r["id"] for r in _audit(client, until=madrid)["records"]] == [ids[0]]
+    assert _audit(client, since=t2, until=t1)["records"] == []
+    headers = {"Authorization": f"Bearer {KEY}"}
+    assert client.get("/api/v1/audit", params={"order": "newest"}, headers=headers).status_code == 422
+    assert client.get("/api/v1/audit", params={"until": "yesterday"}, headers=headers).status_code == 422
+
+
+def test_the_audit_parameters_are_in_the_openapi_schema(client):
+    op = client.get("/openapi.json").json()["paths"]["/api/v1/audit"]["get"]
+    params = {p["name"]: p for p in op["parameters"]}
+    assert {"since", "until", "order", "limit", "review"} <= set(params)
+    assert params["order"]["schema"]["enum"] == ["asc", "desc"] and params["order"]["schema"]["default"] == "asc"
+    assert "exclusive" in params["until"]["description"] and "inclusive" in params["since"]["description"]
+    assert "newest first" in params["order"]["description"]
+    assert "order=desc" in op["description"]
+
+
+@pytest.mark.needs_data
+def test_predict_cli_audit_records_dicom_uids_and_the_reason(tmp_path: Path, dicom_dir: Path, monkeypatch, capsys):
+    """CLI: the UIDs of DICOM files (refused or not) and the reason of each failure, without its path."""
+    url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+    monkeypatch.setenv("DEEPHEALTH_DATABASE_URL", url)
+    patient = tmp_path / "Garcia_Lopez_Maria"
+    patient.mkdir()
+    (patient / "scan.dcm").write_bytes((dicom_dir / CT).read_bytes())
+    (patient / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    rc = main(["predict", str(dicom_dir / CR), str(patient / "scan.dcm"), str(patient / "broken.png"),
+               "--audit", "--format", "json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    errors = {Path(r["source"]).name: r["error"] for r in out if not r["ok"]}
+    rows = {r["input_sha256"]: r for r in _rows(url)}
+    cr = rows[hashlib.sha256((dicom_dir / CR).read_bytes()).hexdigest()]
+    ct = rows[hashlib.sha256((dicom_dir / CT).read_bytes()).hexdigest()]
+    broken = rows[hashlib.sha256((patient / "broken.png").read_bytes()).hexdigest()]
+    assert (cr["study_instance_uid"], cr["sop_instance_uid"], cr["reason"]) == (CR_STUDY, CR_SOP, None)
+    assert (ct["study_instance_uid"], ct["sop_instance_uid"], ct["status_code"]) == (CT_STUDY, CT_SOP, 422)
+    assert ct["reason"] == errors["scan.dcm"].removeprefix(str(patient / "scan.dcm") + ": ")
+    assert ct["reason"] == "DICOM modality CT (computed tomography) is not a radiograph (expected CR or DX)"
+    assert broken["study_instance_uid"] is None and broken["status_code"] == 422
+    assert broken["reason"] and broken["reason"] in errors["broken.png"]
+    raw = json.dumps(_rows(url))
+    assert "Garcia" not in raw and str(tmp_path) not in raw
+
+
+@pytest.mark.needs_data
+def test_pacs_records_the_instance_uids_and_the_reason(tmp_path: Path, dicom_dir: Path, predictor):
+    """``deephealth pacs``: each record names its study and instance, a refused one says why (the
+    instance's own line), and one that could not even be retrieved still names its UIDs."""
+    import pydicom
+
+    from deephealth.pacs import PacsWorker
+
+    lateral = pydicom.dcmread(dicom_dir / CR)
+    lateral.ViewPosition = "LL"
+
+    class FakePacs:
+        base_url = "http://pacs.example:8042/dicom-web"
+
+        def retrieve_instance(self, study, series, sop):
+            if sop == "1.2.3.4.9":
+                raise ConnectionError("PACS went away")
+            return lateral
+
+        def store_instances(self, datasets, study_instance_uid=None):  # pragma: no cover - nothing is stored
+            raise AssertionError("a refused instance gets nothing stored")
+
+    log = AuditLog(f"sqlite:///{tmp_path / 'pacs.sqlite3'}")
+    try:
+        worker = PacsWorker(FakePacs(), predictor, audit=log.record)
+        refused = worker.process_instance("1.2.3.4", "1.2.3.4.5", "1.2.3.4.6")
+        failed = worker.process_instance("1.2.3.4", "1.2.3.4.5", "1.2.3.4.9")
+        assert (refused.status, failed.status) == ("refused", "failed")
+        r_refused, r_failed = log.query()
+    finally:
+        log.close()
+    assert (r_refused["study_instance_uid"], r_refused["sop_instance_uid"]) == ("1.2.3.4", "1.2.3.4.6")
+    assert r_refused["status_code"] == 422 and r_refused["reason"] == refused.reason
+    assert "DICOM View Position (0018,5101) is LL: a lateral view" in r_refused["reason"]
+    assert (r_failed["study_instance_uid"], r_failed["sop_instance_uid"]) == ("1.2.3.4", "1.2.3.4.9")
+    assert r_failed["status_code"] == 502 and r_failed["reason"] == failed.error
+    assert r_failed["reason"] == "instance 1.2.3.4.9: ConnectionError: PACS went away"
+
+
+def test_failure_reason_is_one_line_without_names_or_credentials_and_cut():
+    from deephealth.audit import REASON_MAX, failure_reason
+
+    path = "/srv/scans/Garcia_Lopez_Maria/Garcia_Lopez_Maria.dcm"
+    msg = f"{path}: corrupt DICOM file (cannot read\n  '{path}'; see Garcia_Lopez_Maria.dcm)"
+    assert failure_reason(msg, path) == "corrupt DICOM file (cannot read '<input>'; see <input>)"
+    assert failure_reason("a.png: empty file (0 bytes)", "a.png") == "empty file (0 bytes)"
+    assert failure_reason("instance 1.2: HTTPError: 401 for url http://dh:s3cret@pacs:8042/dicom-web") == \
+        "instance 1.2: HTTPError: 401 for url http://pacs:8042/dicom-web"
+    long = failure_reason("x: " + "why " * 400, "x")
+    assert len(long) == REASON_MAX and long.endswith("...") and long.startswith("why why")
+    assert failure_reason("", "x") is None and failure_reason(None) is None
+
+
+def test_dicom_uids_reads_only_valid_uids(dicom_dir: Path):
+    import pydicom
+
+    from deephealth.audit import dicom_uids
+
+    assert dicom_uids((dicom_dir / CR).read_bytes()) == (CR_STUDY, CR_SOP)
+    assert dicom_uids(b"\x89PNG\r\n\x1a\n") == (None, None) and dicom_uids(None) == (None, None)
+    ds = pydicom.dcmread(dicom_dir / CR)
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        ds.StudyInstanceUID = "Garcia^Maria"  # not a UID: never stored
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    assert dicom_uids(buf.getvalue()) == (None, CR_SOP)
+    assert dicom_uids((dicom_dir / CR).read_bytes()[:200]) == (None, None)  # cut inside the header
+
+
+def test_a_database_at_0003_upgrades_to_0004_and_keeps_its_rows(tmp_path: Path):
+    """A 0003 database with a row upgrades when the log opens: the old row reads its values and null
+    UIDs and reason; new rows carry them; downgrading to 0003 drops the three columns, keeps the rows."""
+    from alembic import command
+    from sqlalchemy import create_engine, inspect
+
+    path = tmp_path / "v3.sqlite3"
+    url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+    assert "reason" not in {c["name"] for c in inspect(engine).get_columns("audit_log")}
+    engine.dispose()
+    con = sqlite3.connect(path)
+    con.execute(
+        "INSERT INTO audit_log (created_at, interface, client, input_sha256, input_format, input_bytes, model_name, "
+        "model_version, model_sha256, label, probabilities, gate, review, review_reason, latency_ms, status_code) "
+        "VALUES ('2026-12-02 09:30:00.000000', 'pacs', 'http://pacs:8042/dicom-web', 'ab12', 'DICOM', 1234, "
+        "'deephealth-cxr3', '0.3.0', 'abc', NULL, NULL, '{\"status\": \"refuse\"}', NULL, NULL, 40.0, 422)")
+    con.commit()
+    con.close()
+
+    log = AuditLog(url)
+    try:
+        assert log.error is None
+        log.record(interface="pacs", model_name="m", model_version="1", model_sha256="x", latency_ms=2.0,
+                   status_code=422, study_instance_uid="1.2.3", sop_instance_uid="1.2.3.4",
+                   reason="instance 1.2.3.4: not suitable for this model: a lateral view")
+        old, new = log.query()
+        assert old["created_at"] == "2026-12-02T09:30:00+00:00" and old["status_code"] == 422
+        assert old["gate"] == {"status": "refuse"} and old["input_sha256"] == "ab12"
+        assert old["study_instance_uid"] is None and old["sop_instance_uid"] is None and old["reason"] is None
+        assert (new["study_instance_uid"], new["sop_instance_uid"]) == ("1.2.3", "1.2.3.4")
+        assert new["reason"] == "instance 1.2.3.4: not suitable for this model: a lateral view"
+        assert [r["id"] for r in log.query(order="desc")] == [new["id"], old["id"]]
+        assert [r["id"] for r in log.query(until=dt.datetime(2026, 12, 3))] == [old["id"]]
+    finally:
+        log.close()
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
+    con.close()
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+    cols = {c["name"] for c in inspect(engine).get_columns("audit_log")}
+    assert not cols & {"study_instance_uid", "sop_instance_uid", "reason"}
+    assert {ix["name"] for ix in inspect(engine).get_indexes("audit_log")} == {"ix_audit_log_created_at",
+                                                                            "ix_audit_log_review"}
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT input_sha256 FROM audit_log ORDER BY id").fetchall() == [("ab12",), (None,)]
+    engine.dispose()
+
+
+def test_query_rejects_an_unknown_order(tmp_path: Path):
+    log = AuditLog(f"sqlite:///{tmp_path / 'o.sqlite3'}")
+    try:
+        with pytest.raises(ValueError, match="order must be one of asc, desc"):
+            log.query(order="newest")
+    finally:
+        log.close()

@@ -244,6 +244,10 @@ def test_a_lateral_instance_beside_a_frontal_one_gets_no_finding(orthanc: str, d
     con.close()
     assert [(r[0], r[1]) for r in rows] == [(by_sop[frontal_sop]["label"], 200), (None, 422)]
     assert "View Position (0018,5101) is LL" in rows[1][2]
+    con = sqlite3.connect(db)  # the refusal's record names its study and instance, and says why
+    (refusal,) = con.execute("SELECT study_instance_uid, sop_instance_uid, reason FROM audit_log WHERE status_code = 422")
+    con.close()
+    assert refusal == (study, lateral_sop, lat["reason"])
 
     # the table format says it in words
     rc = main(["pacs", "--url", url, "--study", study])

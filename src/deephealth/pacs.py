@@ -255,6 +255,9 @@ class PacsWorker:
                 review_reason=outcome.review_reason if outcome.label is not None else None,
                 latency_ms=(time.perf_counter() - start) * 1000.0,
                 status_code=status_code,
+                study_instance_uid=study_uid,
+                sop_instance_uid=sop_uid,
+                reason=outcome.reason or outcome.error,
             )
         return outcome
 

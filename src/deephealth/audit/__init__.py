@@ -3,8 +3,17 @@
 What is recorded is :class:`deephealth.audit.models.AuditRecord`: time, interface, client address,
 the input's SHA-256, format and size, the model's name, version and SHA-256, the label, the
 calibrated probabilities, the input gate's outcome, whether the prediction was flagged for review
-(its ``decision.review`` and ``review_reason``: the review band), the latency and the status code.
-Never the pixels, never a patient's name, never a file name.
+(its ``decision.review`` and ``review_reason``: the review band), the latency and the status code;
+for a DICOM input its Study and SOP Instance UIDs; for a request that was not answered, the reason
+(the one-line message the user got, without the file's name, cut at :data:`REASON_MAX` characters).
+Never the pixels, never a patient's name, ID or birth date (no other DICOM attribute is read), never a
+file name (it is removed from the reason).
+
+The UIDs are recorded as they are, not hashed: they are what lets an administrator find a refused
+instance in the PACS, and like the input's SHA-256 they are pseudonymous keys that lead to a patient
+only through the PACS itself, to which the trail adds nothing; so the trail's database needs the same
+access control as the PACS (the API is admin-only). Only values that are valid UIDs (digits and dots,
+at most 64 characters) are kept, so a malformed header cannot slip other text into these columns.
 
 Database: ``DEEPHEALTH_DATABASE_URL`` (a SQLAlchemy URL), by default the SQLite file
 ``<state dir>/audit.sqlite3`` (:func:`deephealth.paths.state_dir`: ``DEEPHEALTH_STATE_DIR`` or
@@ -22,9 +31,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from importlib import resources
@@ -40,8 +51,15 @@ DATABASE_FILE = "audit.sqlite3"
 FIELDS = (
     "interface", "client", "input_sha256", "input_format", "input_bytes", "model_name", "model_version",
     "model_sha256", "label", "probabilities", "gate", "review", "review_reason", "latency_ms", "status_code",
+    "study_instance_uid", "sop_instance_uid", "reason",
 )
-"""Keyword fields accepted by :meth:`AuditLog.record` (plus ``input_data`` and ``created_at``)."""
+"""Keyword fields accepted by :meth:`AuditLog.record` (plus ``input_data``, ``input_name`` and ``created_at``)."""
+REASON_MAX = 500
+"""Longest ``reason`` stored, in characters (a longer one is cut and ends with ``...``)."""
+ORDERS = ("asc", "desc")
+"""Orders of :meth:`AuditLog.query`: oldest first (``asc``, the default) or newest first (``desc``)."""
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+:[^/\s@]*@")
 BATCH_MAX = 256
 """Most rows written in one transaction by the background writer."""
 
@@ -70,6 +88,77 @@ def review_outcome(decision: dict | None, predicted: bool = True) -> tuple[bool 
         return None, None
     review = bool(decision.get("review"))
     return review, (decision.get("review_reason") or None) if review else None
+
+
+def failure_reason(message: str | None, name: str | None = None) -> str | None:
+    """The ``reason`` column for a request that was not answered: ``message`` on one line, without ``name``.
+
+    Args:
+        message: the one-line message the user got (English), e.g. ``"scan.jpeg: empty file (0 bytes)"``.
+        name: the input's file name or path as the message names it; its ``"<name>: "`` prefix is
+            dropped and any other occurrence becomes ``<input>``, so no file name is stored (a
+            file name often holds a patient's name). Credentials in a URL (``scheme://user:pw@``)
+            are dropped too.
+
+    Returns:
+        At most :data:`REASON_MAX` characters, or ``None`` for an empty message.
+    """
+    if not message:
+        return None
+    text = " ".join(str(message).split())
+    if name:
+        name = " ".join(str(name).split())
+        for variant in dict.fromkeys((name, name.replace("\\", "/").rsplit("/", 1)[-1])):
+            if not variant:
+                continue
+            if text.startswith(variant + ": "):
+                text = text[len(variant) + 2:]
+            text = re.sub(r"(?<![\w.-])" + re.escape(variant) + r"(?![\w-])", "<input>", text)
+    text = _CREDENTIALS.sub(r"\1", text)
+    if len(text) > REASON_MAX:
+        text = text[: REASON_MAX - 3].rstrip() + "..."
+    return text or None
+
+
+def dicom_uids(data: bytes | None) -> tuple[str | None, str | None]:
+    """``(StudyInstanceUID, SOPInstanceUID)`` of a DICOM file's bytes; ``(None, None)`` if it is not DICOM.
+
+    Only these two attributes are read (never the patient module); a value that is not a valid UID
+    (digits and dots, at most 64 characters) reads ``None``. Never raises.
+    """
+    if not data:
+        return None, None
+    try:
+        from deephealth.readers.formats import detect_format
+
+        if detect_format(data).name != "DICOM":
+            return None, None
+        import pydicom
+
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True,
+                             specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
+        return _raw_uid(ds, "StudyInstanceUID"), _raw_uid(ds, "SOPInstanceUID")
+    except Exception:  # a corrupt header, pydicom missing: the record is written without UIDs
+        _logger.debug("audit: no DICOM UIDs read", exc_info=True)
+        return None, None
+
+
+def _raw_uid(ds: Any, keyword: str) -> str | None:
+    """A dataset's UID attribute read from its raw bytes (no pydicom value conversion, so an invalid
+    value is dropped here rather than warned about by pydicom in the writer thread)."""
+    elem = ds.get_item(keyword)
+    value = None if elem is None else elem.value
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("ascii", errors="replace")
+    return _valid_uid(value)
+
+
+def _valid_uid(value: Any) -> str | None:
+    """``value`` as a UID string if it is one (PS3.5 9.1: digits and dots, at most 64 characters)."""
+    if value is None:
+        return None
+    text = str(value).strip().rstrip("\x00").strip()
+    return text if len(text) <= 64 and _UID.fullmatch(text) else None
 
 
 def database_url() -> str:
@@ -154,21 +243,32 @@ class AuditLog:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def record(self, *, input_data: bytes | None = None, created_at: _dt.datetime | None = None, **fields: Any) -> None:
+    def record(
+        self,
+        *,
+        input_data: bytes | None = None,
+        input_name: str | None = None,
+        created_at: _dt.datetime | None = None,
+        **fields: Any,
+    ) -> None:
         """Queue one record; returns at once and never raises.
 
         Args:
-            input_data: the input file's bytes; only their SHA-256 and size are stored (computed
-                in the writer thread, off the request's path).
+            input_data: the input file's bytes; only their SHA-256 and size are stored, and for a
+                DICOM file its Study and SOP Instance UIDs unless given (:func:`dicom_uids`), all
+                computed in the writer thread, off the request's path.
+            input_name: the input's file name or path as ``reason`` names it; it is removed from
+                the reason (:func:`failure_reason`) and stored nowhere.
             created_at: when the request arrived (default: now, UTC).
-            **fields: the columns of :class:`~deephealth.audit.models.AuditRecord` (see :data:`FIELDS`).
+            **fields: the columns of :class:`~deephealth.audit.models.AuditRecord` (see :data:`FIELDS`);
+                ``reason`` is the user's one-line message, made safe and cut by :func:`failure_reason`.
         """
         try:
             row = {k: fields.get(k) for k in FIELDS}
             row["created_at"] = created_at or _dt.datetime.now(_dt.timezone.utc)
             with self._lock:
                 self._pending += 1
-            self._queue.put((row, input_data))
+            self._queue.put((row, input_data, input_name))
         except Exception:  # pragma: no cover - defensive: the audit must never break a prediction
             _logger.exception("cannot queue an audit record")
 
@@ -188,10 +288,19 @@ class AuditLog:
                     break
                 batch.append(nxt)
             rows = []
-            for row, data in batch:
-                if data is not None:
-                    row["input_sha256"] = hashlib.sha256(data).hexdigest()
-                    row["input_bytes"] = len(data)
+            for row, data, name in batch:
+                try:
+                    if data is not None:
+                        row["input_sha256"] = hashlib.sha256(data).hexdigest()
+                        row["input_bytes"] = len(data)
+                        if row["study_instance_uid"] is None and row["sop_instance_uid"] is None:
+                            row["study_instance_uid"], row["sop_instance_uid"] = dicom_uids(data)
+                    row["study_instance_uid"] = _valid_uid(row["study_instance_uid"])
+                    row["sop_instance_uid"] = _valid_uid(row["sop_instance_uid"])
+                    row["reason"] = failure_reason(row["reason"], name)
+                except Exception:  # pragma: no cover - defensive: write the record without these
+                    _logger.exception("audit: cannot prepare a record's UIDs or reason")
+                    row["study_instance_uid"] = row["sop_instance_uid"] = row["reason"] = None
                 rows.append(row)
             ok = self._insert(rows)
             with self._lock:
@@ -244,17 +353,36 @@ class AuditLog:
 
     # -- reading -----------------------------------------------------------------------------------
 
-    def query(self, since: _dt.datetime | None = None, limit: int = 100, review: bool | None = None) -> list[dict]:
-        """Records from ``since`` on (inclusive), oldest first, at most ``limit``.
+    def query(
+        self,
+        since: _dt.datetime | None = None,
+        limit: int = 100,
+        review: bool | None = None,
+        *,
+        until: _dt.datetime | None = None,
+        order: str = "asc",
+    ) -> list[dict]:
+        """At most ``limit`` records created from ``since`` (inclusive) to ``until`` (exclusive).
 
-        ``review=True`` keeps only predictions flagged for review, ``review=False`` only those not
-        flagged (records without a prediction, or written before the column existed, are null and
-        match neither); ``None`` keeps all.
+        Args:
+            since: earliest ``created_at`` (inclusive); a naive datetime is UTC. ``None``: no bound.
+            limit: most records returned.
+            review: ``True`` keeps only predictions flagged for review, ``False`` only those not
+                flagged (records without a prediction, or written before the column existed, are
+                null and match neither); ``None`` keeps all.
+            until: ``created_at`` before which to stop (exclusive, so consecutive windows do not
+                overlap); a naive datetime is UTC. ``None``: no bound.
+            order: ``"asc"`` oldest first (the default: ``since`` and ``limit`` then page forward
+                through the trail) or ``"desc"`` newest first (the ``limit`` latest records).
+                Records are ordered as written (their ``id``).
 
         Raises:
+            ValueError: if ``order`` is not ``"asc"`` or ``"desc"``.
             RuntimeError: if the database is unavailable (message says why).
             sqlalchemy.exc.SQLAlchemyError: if the query fails.
         """
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         if self.engine is None:
             raise RuntimeError(f"audit trail unavailable: {self.error}")
         from sqlalchemy import select
@@ -263,11 +391,12 @@ class AuditLog:
         from deephealth.audit.models import AuditRecord
 
         self.flush(2.0)
-        stmt = select(AuditRecord).order_by(AuditRecord.id).limit(limit)
+        key = AuditRecord.id.desc() if order == "desc" else AuditRecord.id
+        stmt = select(AuditRecord).order_by(key).limit(limit)
         if since is not None:
-            # stored as UTC; SQLite keeps no zone, so compare in UTC
-            since = since.replace(tzinfo=_dt.timezone.utc) if since.tzinfo is None else since.astimezone(_dt.timezone.utc)
-            stmt = stmt.where(AuditRecord.created_at >= since)
+            stmt = stmt.where(AuditRecord.created_at >= _utc(since))
+        if until is not None:
+            stmt = stmt.where(AuditRecord.created_at < _utc(until))
         if review is not None:
             stmt = stmt.where(AuditRecord.review.is_(review))
         with Session(self.engine) as session:
@@ -278,6 +407,11 @@ class AuditLog:
         with self._lock:
             return {"enabled": True, "database": redact_url(self.url), "written": self.written,
                     "failures": self.failures, "error": self.error}
+
+
+def _utc(t: _dt.datetime) -> _dt.datetime:
+    """``t`` in UTC (a naive datetime is taken as UTC): rows are stored in UTC, and SQLite keeps no zone."""
+    return t.replace(tzinfo=_dt.timezone.utc) if t.tzinfo is None else t.astimezone(_dt.timezone.utc)
 
 
 def open_audit_log(url: str | None = None) -> AuditLog | None:

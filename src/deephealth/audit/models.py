@@ -17,7 +17,7 @@ class Base(DeclarativeBase):
 
 
 class AuditRecord(Base):
-    """One prediction request (never the image, never a patient's name).
+    """One prediction request (never the image, never a patient's name or ID, never a file name).
 
     Columns:
         id: row number.
@@ -37,6 +37,14 @@ class AuditRecord(Base):
             the ``review`` filter of :meth:`deephealth.audit.AuditLog.query`.
         review_reason: with ``review`` true, which decision is borderline, in words
             (``decision.review_reason``); null otherwise.
+        study_instance_uid, sop_instance_uid: the input's Study Instance UID (0020,000D) and SOP
+            Instance UID (0008,0018) when it is DICOM (a PACS instance, a ``.dcm`` file, an upload),
+            so that a record leads to its instance in the PACS; null for other formats, for a DICOM
+            file whose header has no valid UID, and for records written before migration 0004.
+        reason: why the request was not answered (``status_code`` other than 200): the one-line
+            message the user got, in English (like ``review_reason``), without the input's file
+            name, at most :data:`deephealth.audit.REASON_MAX` characters; null for an answered
+            request and for records written before migration 0004.
         latency_ms: time from request to answer, in milliseconds.
         status_code: HTTP status of the answer (CLI/pacs: 200 classified, 422 unreadable image,
             502 PACS error, 500 other).
@@ -59,6 +67,9 @@ class AuditRecord(Base):
     gate: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     review: Mapped[bool | None] = mapped_column(Boolean, nullable=True, index=True)  # migration 0003
     review_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)  # migration 0004
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     latency_ms: Mapped[float] = mapped_column(Float)
     status_code: Mapped[int] = mapped_column(Integer)
 

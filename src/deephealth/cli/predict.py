@@ -255,7 +255,9 @@ def _fmt_csv(rows: list[dict], model: str) -> str:
 
 
 def _audit(audit, results, artifact, latency_ms: float) -> None:
-    """Queue one audit record per result (interface ``cli``; the file's bytes are hashed, never stored)."""
+    """Queue one audit record per result (interface ``cli``; the file's bytes are hashed, never stored;
+    a DICOM file's Study and SOP Instance UIDs are read from them; a failed file's error is the reason,
+    without its path)."""
     from deephealth.audit import gate_outcome, review_outcome
 
     for res in results:
@@ -266,13 +268,14 @@ def _audit(audit, results, artifact, latency_ms: float) -> None:
         info = getattr(res, "info", None)
         review, review_reason = review_outcome(getattr(res, "decision", None), res.ok)
         audit.record(
-            interface="cli", client="local", input_data=data,
+            interface="cli", client="local", input_data=data, input_name=res.source,
             input_format=getattr(info, "format", None),
             model_name=artifact.name, model_version=artifact.version, model_sha256=artifact.sha256,
             label=res.label if res.ok else None,
             probabilities=dict(res.probabilities) if res.ok else None,
             gate=gate_outcome(res), review=review, review_reason=review_reason,
             latency_ms=latency_ms, status_code=200 if res.ok else 422,
+            reason=None if res.ok else getattr(res, "error", None),
         )
 
 

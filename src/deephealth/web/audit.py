@@ -2,8 +2,9 @@
 
 Every ``POST /api/v1/predictions`` (answered or refused) is recorded by :func:`record_prediction`
 through :class:`deephealth.audit.AuditLog` (off the request's path: a queue and a writer thread).
-``GET /api/v1/audit`` lists the records; it is off (404) unless ``DEEPHEALTH_ADMIN_API_KEY`` is
-set, and then needs ``Authorization: Bearer <key>`` (or ``X-API-Key: <key>``).
+``GET /api/v1/audit`` lists the records (oldest first, or newest first with ``order=desc``; a time
+window with ``since``/``until``); it is off (404) unless ``DEEPHEALTH_ADMIN_API_KEY`` is set, and
+then needs ``Authorization: Bearer <key>`` (or ``X-API-Key: <key>``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import datetime as _dt
 import hmac
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
@@ -32,7 +33,9 @@ def record_prediction(request: Request, response: Any, start: float, created_at:
     """Queue the audit record of one prediction request; never raises.
 
     Args:
-        request: the request (its ``state`` holds ``upload_data`` and ``input_format`` once read).
+        request: the request (its ``state`` holds ``upload_data``, ``upload_name`` and
+            ``input_format`` once read, and ``audit_reason``, the English one-line message of an
+            error answer).
         response: the route's answer: the result dict (HTTP 200) or a ``JSONResponse`` (an error).
         start: ``time.perf_counter()`` when the request arrived.
         created_at: the arrival time, UTC.
@@ -46,11 +49,18 @@ def record_prediction(request: Request, response: Any, start: float, created_at:
         body = response if isinstance(response, dict) else None
         review, review_reason = review_outcome(body.get("decision") if body else None, body is not None)
         interface = "page" if request.headers.get(INTERFACE_HEADER, "").lower() == "page" else "api"
+        status_code = 200 if body is not None else int(getattr(response, "status_code", 500))
+        reason = None  # the English one-line message of an error answer (the file name is removed there)
+        if status_code != 200:
+            reason = getattr(request.state, "audit_reason", None)
+            if reason is None and status_code >= 500:
+                reason = "internal server error"
         audit.record(
             created_at=created_at,
             interface=interface,
             client=request.client.host if request.client else None,
             input_data=getattr(request.state, "upload_data", None),
+            input_name=getattr(request.state, "upload_name", None),
             input_format=getattr(request.state, "input_format", None),
             model_name=artifact.name,
             model_version=artifact.version,
@@ -61,7 +71,8 @@ def record_prediction(request: Request, response: Any, start: float, created_at:
             review=review,
             review_reason=review_reason,
             latency_ms=latency_ms,
-            status_code=200 if body is not None else int(getattr(response, "status_code", 500)),
+            status_code=status_code,
+            reason=reason,
         )
     except Exception:  # the audit must never fail a prediction
         logger.exception("cannot record the audit of a prediction")
@@ -84,15 +95,25 @@ def _authorised(request: Request, key: str) -> bool:
 @router.get("/api/v1/audit", summary="The audit trail (admin only)", tags=["audit"])
 def get_audit(
     request: Request,
-    since: _dt.datetime | None = Query(None, description="only records from this time on (ISO 8601; UTC if no zone)"),
+    since: _dt.datetime | None = Query(
+        None, description="only records from this time on, inclusive (ISO 8601, e.g. 2026-12-03T08:00:00Z; UTC if no zone)"),
+    until: _dt.datetime | None = Query(
+        None, description="only records before this time, exclusive (ISO 8601; UTC if no zone); with since, the "
+        "window [since, until)"),
+    order: Literal["asc", "desc"] = Query(
+        "asc", description="asc: oldest first (default; with since and limit, pages forward through the trail); "
+        "desc: newest first (with limit, the latest records)"),
     limit: int = Query(100, ge=1, le=1000, description="most records returned (1-1000)"),
     review: bool | None = Query(
         None, description="true: only predictions flagged for review (the review band); false: only those "
         "not flagged; omitted: all (records without a prediction, or older than the review column, read null)"),
 ) -> Any:
-    """Audit records, oldest first: time, interface, client, input SHA-256 and format, model,
-    label, probabilities, gate outcome, review flag and reason, latency, status code. Never images
-    or patient names.
+    """Audit records, oldest first (``order=desc``: newest first), at most ``limit``, optionally in
+    the time window [``since``, ``until``): time, interface, client, input SHA-256 and format, the
+    Study and SOP Instance UIDs of a DICOM input, model, label, probabilities, gate outcome, review
+    flag and reason, latency, status code and, for a request that was not answered, the reason
+    (the user's one-line message, in English, without the file name). Never images, patient names
+    or file names.
 
     Off (404) unless ``DEEPHEALTH_ADMIN_API_KEY`` is set; then send ``Authorization: Bearer <key>``.
     """
@@ -106,7 +127,7 @@ def get_audit(
     if audit is None:
         return JSONResponse(status_code=503, content={"detail": tr(request, "audit_disabled")})
     try:
-        records = audit.query(since=since, limit=limit, review=review)
+        records = audit.query(since=since, until=until, order=order, limit=limit, review=review)
     except Exception as exc:
         logger.error("audit query failed: %s", exc)
         return JSONResponse(status_code=503, content={"detail": tr(request, "audit_unavailable")})

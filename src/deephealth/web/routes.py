@@ -207,10 +207,11 @@ async def _classify_upload(
         preview = _form_flag(upload.fields, "preview", preview)
         allow_unsuitable = _form_flag(upload.fields, "allow_unsuitable", allow_unsuitable)
     except UploadError as exc:
+        request.state.upload_name = exc.filename  # for the audit: removed from the recorded reason
         return _error(request, exc.status_code, exc.detail)
     request.state.upload_bytes = len(upload.data)
     request.state.upload_data = upload.data  # for the audit's SHA-256 (the bytes are never stored)
-    name = upload.filename
+    name = request.state.upload_name = upload.filename  # the audit removes it from the recorded reason
     if not upload.data:
         return _error(request, 422, f"{name}: empty file (0 bytes)")
     found = detect_format(upload.data)  # the readers' one format policy, checked before queueing
@@ -234,6 +235,7 @@ async def _classify_upload(
         logger.debug("refused by the input gate: %s", exc)
         lang = request_language(request)
         request.state.gate = gate = exc.suitability.to_dict()  # for the audit
+        request.state.audit_reason = _one_line(str(exc))  # for the audit, in English
         gate = {**gate, "reasons": [translate_text(r, lang) for r in gate["reasons"]]}
         return JSONResponse(status_code=422, content={"detail": translate_text(_one_line(str(exc)), lang),
                                                       "suitability": gate})
@@ -247,6 +249,7 @@ def _one_line(text: str) -> str:
 def _error(request: Request, status: int, detail: str) -> JSONResponse:
     # The detail names the client's file, which may itself be personal data: debug level only.
     logger.debug("rejected upload: %s %s", status, detail)
+    request.state.audit_reason = detail  # for the audit, in English (the file name is removed there)
     return JSONResponse(status_code=status, content={"detail": translate_text(detail, request_language(request))})
 
 

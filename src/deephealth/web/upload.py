@@ -46,12 +46,15 @@ class UploadError(Exception):
     Attributes:
         status_code: 413 (too large), 415 (unsupported media type) or 422 (malformed request).
         detail: one-line message for the client.
+        filename: the file name ``detail`` names, if any (the audit trail removes it from the
+            reason it records).
     """
 
-    def __init__(self, status_code: int, detail: str) -> None:
+    def __init__(self, status_code: int, detail: str, filename: str | None = None) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
+        self.filename = filename
 
 
 @dataclass
@@ -132,6 +135,7 @@ class _Collector:
                 raise UploadError(
                     413,
                     f"{_clean_filename(self.filename)}: file too large: the limit is {_human_mb(self.max_file_bytes)}",
+                    filename=_clean_filename(self.filename),
                 )
         elif len(self.buffer) + n > MAX_FIELD_BYTES:
             if self.filename is not None:  # a file sent under another field name (e.g. -F image=@x.jpeg)

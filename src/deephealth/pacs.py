@@ -304,6 +304,24 @@ class PacsWorker:
         return outcomes
 
 
+def basic_auth(username: str, password: str) -> Any:
+    """HTTP basic authentication with the user and password encoded as UTF-8 (RFC 7617 section 2.1).
+
+    requests encodes a ``str`` user or password as Latin-1, so a password such as ``pässwörd`` is
+    sent as other bytes than curl and browsers send, and a server that expects UTF-8 (Orthanc)
+    answers 401; bytes are sent as they are.
+
+    Args:
+        username, password: the credentials, as text.
+
+    Returns:
+        A :class:`requests.auth.HTTPBasicAuth` for a session or a request.
+    """
+    from requests.auth import HTTPBasicAuth
+
+    return HTTPBasicAuth(username.encode("utf-8"), password.encode("utf-8"))
+
+
 def make_client(
     url: str,
     username: str | None = None,
@@ -315,18 +333,22 @@ def make_client(
 
     Args:
         url: DICOMweb root, e.g. ``http://127.0.0.1:8042/dicom-web``.
-        username, password: HTTP basic authentication, if the PACS asks for it.
+        username, password: HTTP basic authentication, if the PACS asks for it; sent UTF-8 encoded
+            (:func:`basic_auth`).
         timeout: HTTP timeout per request, in seconds.
         attempts: tries per request (exponential back-off from 0.5 s) on a failed connection or
             HTTP 408/429/503/504; 1 means no retry.
+
+    Raises:
+        ValueError: the URL is not an http(s) URL dicomweb-client accepts.
     """
+    import requests
     from dicomweb_client import DICOMwebClient
 
     session = None
     if username:
-        from dicomweb_client.session_utils import create_session_from_user_pass
-
-        session = create_session_from_user_pass(username, password or "")
+        session = requests.Session()
+        session.auth = basic_auth(username, password or "")
     client = DICOMwebClient(url=url, session=session, timeout=timeout)
     if attempts > 1:
         client.set_http_retry_params(retry=True, max_attempts=attempts, wait_exponential_multiplier=500)

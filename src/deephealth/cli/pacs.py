@@ -10,7 +10,8 @@ lateral view, not a radiograph...) is not analysed and gets nothing stored back:
 the others go on.
 
 --url is the PACS's DICOMweb root, e.g. Orthanc's http://127.0.0.1:8042/dicom-web. HTTP basic
-authentication: DEEPHEALTH_PACS_USER and DEEPHEALTH_PACS_PASSWORD. Needs deephealth[pacs].
+authentication: DEEPHEALTH_PACS_USER and DEEPHEALTH_PACS_PASSWORD (sent UTF-8 encoded). Needs
+deephealth[pacs].
 
 Exit status: 0 every instance stored, skipped or refused, 1 some failed, 2 the PACS or the model could not
 be reached or loaded. Decision support only, not a diagnosis.

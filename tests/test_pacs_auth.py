@@ -1,4 +1,4 @@
-"""``deephealth pacs`` credentials: sent UTF-8 encoded (RFC 7617).
+"""``deephealth pacs`` credentials: sent UTF-8 encoded (RFC 7617), never printed or recorded.
 
 A small DICOMweb stand-in on loopback answers the QIDO-RS searches of one study with one CR
 instance and refuses its retrieval (404), so one run goes through the search, the instance's
@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -21,7 +22,7 @@ pytest.importorskip("dicomweb_client", reason="deephealth pacs needs the [pacs] 
 pytest.importorskip("highdicom", reason="deephealth pacs needs the [pacs] extra")
 
 from deephealth.cli import main  # noqa: E402
-from deephealth.pacs import make_client  # noqa: E402
+from deephealth.pacs import make_client, redact_url, split_credentials  # noqa: E402
 
 STUDY, SERIES, SOP = "1.2.826.0.1.3680043.99.1", "1.2.826.0.1.3680043.99.1.2", "1.2.826.0.1.3680043.99.1.2.3"
 
@@ -84,6 +85,27 @@ def fake_dicomweb(user: str, password: str) -> Iterator[tuple[str, list[bytes]]]
         thread.join(10)
 
 
+def _audit_rows() -> list[dict]:
+    """Every record of the audit trail the environment names, read through its own API."""
+    from deephealth.audit import open_audit_log
+
+    audit = open_audit_log()
+    try:
+        return audit.query(limit=1000)
+    finally:
+        audit.close()
+
+
+def test_split_and_redact_url() -> None:
+    assert split_credentials("http://dha:p%C3%A4ss%40x@pacs:8042/dicom-web") == (
+        "http://pacs:8042/dicom-web", "dha", "päss@x")
+    assert split_credentials("https://[::1]:8042/dicom-web") == ("https://[::1]:8042/dicom-web", None, None)
+    assert split_credentials("http://dha@pacs/dicom-web") == ("http://pacs/dicom-web", "dha", None)
+    assert redact_url("http://dha:secret@pacs:8042/dicom-web") == "http://dha:***@pacs:8042/dicom-web"
+    assert redact_url("http://dha@pacs/dicom-web") == "http://dha@pacs/dicom-web"
+    assert redact_url("http://pacs:8042/dicom-web") == "http://pacs:8042/dicom-web"
+
+
 def test_a_non_ascii_password_is_sent_as_utf8(monkeypatch, capsys) -> None:
     with fake_dicomweb("dh", "pässwörd") as (url, seen):
         client = make_client(url, "dh", "pässwörd", timeout=10, attempts=1)
@@ -99,3 +121,39 @@ def test_a_non_ascii_password_is_sent_as_utf8(monkeypatch, capsys) -> None:
     counts = json.loads(out)["counts"]
     assert counts == {"stored": 0, "skipped": 0, "refused": 0, "failed": 1}
     assert set(seen) == {b"Basic ZGg6cMOkc3N3w7ZyZA=="}
+
+
+def test_a_password_in_the_url_is_used_but_never_shown_or_recorded(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.delenv("DEEPHEALTH_PACS_USER", raising=False)
+    monkeypatch.delenv("DEEPHEALTH_PACS_PASSWORD", raising=False)
+    monkeypatch.delenv("DEEPHEALTH_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DEEPHEALTH_STATE_DIR", str(tmp_path))
+    with fake_dicomweb("dha", "s3cr3t-pw") as (url, seen):
+        secret_url = url.replace("http://", "http://dha:s3cr3t-pw@")
+        rc = main(["pacs", "--url", secret_url, "--audit", "--format", "table", "--attempts", "1",
+                   "--timeout", "10"])
+    out, err = capsys.readouterr()
+    assert rc == 1, err
+    assert "FAILED   instance " + SOP in out and "404" in out
+    assert seen and set(seen) == {b"Basic " + base64.b64encode(b"dha:s3cr3t-pw")}  # still authenticated
+    rows = _audit_rows()
+    assert len(rows) == 1
+    assert rows[0]["interface"] == "pacs" and rows[0]["status_code"] == 502
+    assert rows[0]["client"] == url.replace("http://", "http://dha:***@")
+    assert "s3cr3t-pw" not in json.dumps(rows, default=str) + out + err
+
+
+def test_the_error_line_of_an_unreachable_pacs_hides_the_password(capsys) -> None:
+    rc = main(["pacs", "--url", "http://dha:s3cr3t-pw@127.0.0.1:9/dicom-web", "--timeout", "2", "--attempts", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert "cannot query the PACS at http://dha:***@127.0.0.1:9/dicom-web: " in err
+    assert "s3cr3t-pw" not in out + err
+
+
+def test_a_malformed_url_is_one_line_without_the_password(capsys) -> None:
+    rc = main(["pacs", "--url", "ftp://dha:s3cr3t-pw@pacs/dicom-web", "--attempts", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert err.startswith("--url ftp://dha:***@pacs/dicom-web: ") and err.count("\n") == 1
+    assert "s3cr3t-pw" not in out + err and "Traceback" not in err

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from deephealth.audit import gate_outcome
 from deephealth.dicom_output import build_dicom_result, read_sr, series_description
@@ -304,6 +305,40 @@ class PacsWorker:
         return outcomes
 
 
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """Split the user information out of a URL.
+
+    Args:
+        url: e.g. ``http://dha:secret@pacs:8042/dicom-web``; percent-escapes in the user and the
+            password (``p%C3%A4ss``) are decoded as UTF-8.
+
+    Returns:
+        ``(url without "user:password@", user or None, password or None)``; a URL without user
+        information comes back unchanged with ``(None, None)``.
+    """
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return url, None, None
+    user, colon, password = userinfo.partition(":")
+    clean = urlunsplit((parts.scheme, hostport, parts.path, parts.query, parts.fragment))
+    return clean, unquote(user), (unquote(password) if colon else None)
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may be shown, logged or stored: a password in it becomes ``***``.
+
+    ``http://dha:secret@pacs:8042/dicom-web`` gives ``http://dha:***@pacs:8042/dicom-web`` (the
+    user is kept: it says which account was used); a URL without a password is returned unchanged.
+    """
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return urlunsplit((parts.scheme, f"{user}:***@{hostport}", parts.path, parts.query, parts.fragment))
+
+
 def basic_auth(username: str, password: str) -> Any:
     """HTTP basic authentication with the user and password encoded as UTF-8 (RFC 7617 section 2.1).
 
@@ -331,6 +366,10 @@ def make_client(
 ) -> Any:
     """A :class:`dicomweb_client.DICOMwebClient` for a DICOMweb root URL.
 
+    Credentials in the URL (``http://user:password@host/dicom-web``) are taken out of it and sent as
+    HTTP basic authentication instead, so the client's ``base_url`` (and the request URLs in its
+    logs and errors) never holds the password; ``username``/``password`` win over the URL's.
+
     Args:
         url: DICOMweb root, e.g. ``http://127.0.0.1:8042/dicom-web``.
         username, password: HTTP basic authentication, if the PACS asks for it; sent UTF-8 encoded
@@ -345,11 +384,14 @@ def make_client(
     import requests
     from dicomweb_client import DICOMwebClient
 
+    base, url_user, url_password = split_credentials(url)
+    if not username:
+        username, password = url_user, (password if password is not None else url_password)
     session = None
     if username:
         session = requests.Session()
         session.auth = basic_auth(username, password or "")
-    client = DICOMwebClient(url=url, session=session, timeout=timeout)
+    client = DICOMwebClient(url=base, session=session, timeout=timeout)
     if attempts > 1:
         client.set_http_retry_params(retry=True, max_attempts=attempts, wait_exponential_multiplier=500)
     else:

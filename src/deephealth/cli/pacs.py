@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--study", metavar="UID", default=None, help="only this Study Instance UID")
     which.add_argument("--since", metavar="DATE", default=None,
-                       help="only studies with a Study Date on or after DATE (YYYY-MM-DD)")
+                       help="only studies whose Study Date (0008,0020: when the study was performed, as the "
+                       "modality wrote it; not when it reached the PACS) is on or after DATE (YYYY-MM-DD); "
+                       "already scored instances are skipped, so from cron look back several days")
     parser.add_argument("--model", metavar="DIR", default=None,
                         help="model folder (default: $DEEPHEALTH_MODEL_DIR or the bundled model)")
     parser.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity in the Secondary Capture (default 0.4)")

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity in the Secondary Capture (default 0.4)")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     parser.add_argument("--audit", action="store_true",
-                        help="record every classification in the audit trail ($DEEPHEALTH_DATABASE_URL)")
+                        help="record every classification in the audit trail ($DEEPHEALTH_DATABASE_URL); only this "
+                        "option turns it on here: DEEPHEALTH_AUDIT is deephealth serve's setting")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="HTTP timeout in seconds (default 60)")
     parser.add_argument("--attempts", type=int, default=3, metavar="N",
                         help="tries per HTTP request when the PACS is unreachable or busy (default 3)")

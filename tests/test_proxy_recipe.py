@@ -16,10 +16,15 @@ from deephealth.cli import main
 README = Path(__file__).parents[1] / "README.md"
 
 
+def readme_nginx_blocks() -> list[str]:
+    """The README's fenced ```nginx blocks, in order."""
+    return re.findall(r"```nginx\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
+
+
 def readme_nginx_block() -> str:
-    """The README's (only) fenced ```nginx block."""
-    blocks = re.findall(r"```nginx\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.DOTALL)
-    assert len(blocks) == 1, f"expected one nginx block in the README, found {len(blocks)}"
+    """The README's nginx recipe: its (only) ``location /deephealth/`` block."""
+    blocks = [b for b in readme_nginx_blocks() if b.startswith("location /deephealth/ {")]
+    assert len(blocks) == 1, f"expected one recipe in the README, found {len(blocks)}"
     return blocks[0]
 
 
@@ -89,3 +94,15 @@ def test_nginx_size() -> None:
     assert nginx_size("33m") == 34603008
     assert nginx_size("512k") == 524288
     assert nginx_size("100") == 100
+
+
+def test_the_optional_json_413_snippet() -> None:
+    import json
+
+    text = README.read_text(encoding="utf-8")
+    assert "`error_page 413 @deephealth_too_large;`" in text
+    (snippet,) = [b for b in readme_nginx_blocks() if b.startswith("location @deephealth_too_large {")]
+    found = directives(snippet)
+    assert ("default_type", "application/json") in found
+    body = re.search(r"return 413 '(.*)';", snippet)
+    assert body and json.loads(body.group(1)) == {"detail": "request too large: the limit is 32 MB"}

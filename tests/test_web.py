@@ -502,6 +502,7 @@ def test_healthz(client):
     audit = health.pop("audit")
     assert health == {
         "status": "ok",
+        "problems": [],
         "model": "tiny-test-model",
         "version": "0.0.0-test",
         "max_upload_bytes": 32 * 1024 * 1024,
@@ -706,7 +707,7 @@ def test_serve_command(tiny_model_dir, xrays, workers):
     try:
         health = _wait_healthy(proc, base)
         assert health.pop("audit")["failures"] == 0
-        assert health == {"status": "ok", "model": "tiny-test-model", "version": "0.0.0-test",
+        assert health == {"status": "ok", "problems": [], "model": "tiny-test-model", "version": "0.0.0-test",
                           "max_upload_bytes": 8 * 1024 * 1024}
         r = httpx.post(base + URL, files={"file": (xrays[0].name, xrays[0].read_bytes())}, timeout=60)
         assert r.status_code == 200 and r.json()["model"]["name"] == "tiny-test-model"

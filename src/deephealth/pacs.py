@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from deephealth.audit import gate_outcome
 from deephealth.dicom_output import build_dicom_result, read_sr, series_description
@@ -307,6 +308,58 @@ class PacsWorker:
         return outcomes
 
 
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """Split the user information out of a URL.
+
+    Args:
+        url: e.g. ``http://dha:secret@pacs:8042/dicom-web``; percent-escapes in the user and the
+            password (``p%C3%A4ss``) are decoded as UTF-8.
+
+    Returns:
+        ``(url without "user:password@", user or None, password or None)``; a URL without user
+        information comes back unchanged with ``(None, None)``.
+    """
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return url, None, None
+    user, colon, password = userinfo.partition(":")
+    clean = urlunsplit((parts.scheme, hostport, parts.path, parts.query, parts.fragment))
+    return clean, unquote(user), (unquote(password) if colon else None)
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may be shown, logged or stored: a password in it becomes ``***``.
+
+    ``http://dha:secret@pacs:8042/dicom-web`` gives ``http://dha:***@pacs:8042/dicom-web`` (the
+    user is kept: it says which account was used); a URL without a password is returned unchanged.
+    """
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return urlunsplit((parts.scheme, f"{user}:***@{hostport}", parts.path, parts.query, parts.fragment))
+
+
+def basic_auth(username: str, password: str) -> Any:
+    """HTTP basic authentication with the user and password encoded as UTF-8 (RFC 7617 section 2.1).
+
+    requests encodes a ``str`` user or password as Latin-1, so a password such as ``pässwörd`` is
+    sent as other bytes than curl and browsers send, and a server that expects UTF-8 (Orthanc)
+    answers 401; bytes are sent as they are.
+
+    Args:
+        username, password: the credentials, as text.
+
+    Returns:
+        A :class:`requests.auth.HTTPBasicAuth` for a session or a request.
+    """
+    from requests.auth import HTTPBasicAuth
+
+    return HTTPBasicAuth(username.encode("utf-8"), password.encode("utf-8"))
+
+
 def make_client(
     url: str,
     username: str | None = None,
@@ -316,21 +369,32 @@ def make_client(
 ) -> Any:
     """A :class:`dicomweb_client.DICOMwebClient` for a DICOMweb root URL.
 
+    Credentials in the URL (``http://user:password@host/dicom-web``) are taken out of it and sent as
+    HTTP basic authentication instead, so the client's ``base_url`` (and the request URLs in its
+    logs and errors) never holds the password; ``username``/``password`` win over the URL's.
+
     Args:
         url: DICOMweb root, e.g. ``http://127.0.0.1:8042/dicom-web``.
-        username, password: HTTP basic authentication, if the PACS asks for it.
+        username, password: HTTP basic authentication, if the PACS asks for it; sent UTF-8 encoded
+            (:func:`basic_auth`).
         timeout: HTTP timeout per request, in seconds.
         attempts: tries per request (exponential back-off from 0.5 s) on a failed connection or
             HTTP 408/429/503/504; 1 means no retry.
+
+    Raises:
+        ValueError: the URL is not an http(s) URL dicomweb-client accepts.
     """
+    import requests
     from dicomweb_client import DICOMwebClient
 
+    base, url_user, url_password = split_credentials(url)
+    if not username:
+        username, password = url_user, (password if password is not None else url_password)
     session = None
     if username:
-        from dicomweb_client.session_utils import create_session_from_user_pass
-
-        session = create_session_from_user_pass(username, password or "")
-    client = DICOMwebClient(url=url, session=session, timeout=timeout)
+        session = requests.Session()
+        session.auth = basic_auth(username, password or "")
+    client = DICOMwebClient(url=base, session=session, timeout=timeout)
     if attempts > 1:
         client.set_http_retry_params(retry=True, max_attempts=attempts, wait_exponential_multiplier=500)
     else:

@@ -10,7 +10,9 @@ lateral view, not a radiograph...) is not analysed and gets nothing stored back:
 the others go on.
 
 --url is the PACS's DICOMweb root, e.g. Orthanc's http://127.0.0.1:8042/dicom-web. HTTP basic
-authentication: DEEPHEALTH_PACS_USER and DEEPHEALTH_PACS_PASSWORD. Needs deephealth[pacs].
+authentication: DEEPHEALTH_PACS_USER and DEEPHEALTH_PACS_PASSWORD (sent UTF-8 encoded), or in the URL
+(http://user:password@host/dicom-web; the variables win); the password is never printed, logged or
+recorded in the audit trail (shown as user:***@). Needs deephealth[pacs].
 
 Exit status: 0 every instance stored, skipped or refused, 1 some failed, 2 the PACS or the model could not
 be reached or loaded. Decision support only, not a diagnosis.
@@ -32,13 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--study", metavar="UID", default=None, help="only this Study Instance UID")
     which.add_argument("--since", metavar="DATE", default=None,
-                       help="only studies with a Study Date on or after DATE (YYYY-MM-DD)")
+                       help="only studies whose Study Date (0008,0020: when the study was performed, as the "
+                       "modality wrote it; not when it reached the PACS) is on or after DATE (YYYY-MM-DD); "
+                       "already scored instances are skipped, so from cron look back several days")
     parser.add_argument("--model", metavar="DIR", default=None,
                         help="model folder (default: $DEEPHEALTH_MODEL_DIR or the bundled model)")
     parser.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity in the Secondary Capture (default 0.4)")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     parser.add_argument("--audit", action="store_true",
-                        help="record every classification in the audit trail ($DEEPHEALTH_DATABASE_URL)")
+                        help="record every classification in the audit trail ($DEEPHEALTH_DATABASE_URL); only this "
+                        "option turns it on here: DEEPHEALTH_AUDIT is deephealth serve's setting")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="HTTP timeout in seconds (default 60)")
     parser.add_argument("--attempts", type=int, default=3, metavar="N",
                         help="tries per HTTP request when the PACS is unreachable or busy (default 3)")
@@ -62,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         import dicomweb_client  # noqa: F401
         import highdicom  # noqa: F401
 
-        from deephealth.pacs import PacsWorker, make_client, parse_since, summarize
+        from deephealth.pacs import PacsWorker, make_client, parse_since, redact_url, summarize
     except ImportError as exc:
         print(f"deephealth pacs needs the [pacs] extra: pip install 'deephealth[pacs]' ({exc})", file=sys.stderr)
         return 2
@@ -86,17 +91,23 @@ def run(args: argparse.Namespace) -> int:
     audit, ok = open_for_cli(args.audit)
     if not ok:
         return 2
-    client = make_client(args.url, os.environ.get("DEEPHEALTH_PACS_USER"),
-                         os.environ.get("DEEPHEALTH_PACS_PASSWORD"), timeout=args.timeout,
-                         attempts=max(1, args.attempts))
+    try:
+        client = make_client(args.url, os.environ.get("DEEPHEALTH_PACS_USER"),
+                             os.environ.get("DEEPHEALTH_PACS_PASSWORD"), timeout=args.timeout,
+                             attempts=max(1, args.attempts))
+    except ValueError as exc:  # not an http(s) URL
+        print(f"--url {redact_url(args.url)}: {exc}", file=sys.stderr)
+        if audit is not None:
+            close_for_cli(audit)
+        return 2
     worker = PacsWorker(client, predictor, alpha=args.alpha, audit=audit.record if audit else None,
-                        client_address=args.url)
+                        client_address=redact_url(args.url))  # the audit keeps no password
     on_outcome = (lambda o: print(_line(o), flush=True)) if args.format == "table" else None
     try:
         outcomes = worker.run(study=args.study, since=since, on_outcome=on_outcome)
     except Exception as exc:  # the first query failed: wrong URL, PACS down, not DICOMweb
         msg = " ".join(str(exc).split())[:300]
-        print(f"cannot query the PACS at {args.url}: {type(exc).__name__}: {msg}", file=sys.stderr)
+        print(f"cannot query the PACS at {redact_url(args.url)}: {type(exc).__name__}: {msg}", file=sys.stderr)
         return 2
     finally:
         if audit is not None:

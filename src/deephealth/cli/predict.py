@@ -92,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity in the overlays, 0-1 (default 0.4)")
     parser.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     parser.add_argument("--audit", action="store_true",
-                        help="record every prediction in the audit trail ($DEEPHEALTH_DATABASE_URL, needs deephealth[audit])")
+                        help="record every prediction in the audit trail ($DEEPHEALTH_DATABASE_URL, needs deephealth[audit]); "
+                        "only this option turns it on here: DEEPHEALTH_AUDIT is deephealth serve's setting")
     parser.add_argument("--allow-unsuitable", action="store_true",
                         help="classify images the input gate refuses anyway (the flags are kept in the output)")
 

@@ -11,11 +11,16 @@ give that path with --root-path (or DEEPHEALTH_ROOT_PATH), so that /docs, /redoc
 "servers" point under it. nginx:
 
   location /deephealth/ {
-      proxy_pass http://127.0.0.1:8000/;  # the trailing slash strips /deephealth
-      proxy_set_header Host $host;
+      proxy_pass http://127.0.0.1:8000/;              # the trailing slash makes nginx strip /deephealth
+      proxy_set_header Host $http_host;               # the client's host *and port*: redirects stay on the proxy
       proxy_set_header X-Forwarded-Proto $scheme;
-      client_max_body_size 32m;           # nginx's default, 1m, is below the upload limit
+      proxy_set_header X-Forwarded-For $remote_addr;  # replace, never append to, a client-sent X-Forwarded-For
+      client_max_body_size 33m;                       # upload limit (32 MiB) + 1m for the multipart framing
   }
+
+Keep client_max_body_size 1m above the server's upload limit (--max-upload-mb); set
+X-Forwarded-For to $remote_addr so a client cannot name itself in the audit trail (README: "Behind a
+reverse proxy").
 
   deephealth serve --root-path /deephealth
 """

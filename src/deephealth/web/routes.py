@@ -326,17 +326,45 @@ def get_model(request: Request) -> Any:
     return card
 
 
+def health_problems(settings_audit: bool, audit: dict[str, Any]) -> list[str]:
+    """Why the service is degraded: what it must do but cannot, while it still classifies.
+
+    Args:
+        settings_audit: whether the audit trail is switched on (``DEEPHEALTH_AUDIT``).
+        audit: the audit part of ``/healthz`` (:func:`deephealth.web.audit.audit_status`).
+
+    Returns:
+        One sentence per problem, empty when everything works: the audit trail is on but could not
+        be opened (its packages are missing), or its last write failed (``audit["error"]``, until a
+        later write succeeds; the records in between are lost, ``audit["failures"]`` counts them).
+    """
+    if not settings_audit:
+        return []
+    if not audit.get("enabled"):
+        return ["audit trail: switched on but not available (SQLAlchemy/Alembic missing?): predictions are not recorded"]
+    if audit.get("error"):
+        return [f"audit trail: records cannot be written, {audit.get('failures', 0)} lost so far ({audit['error']})"]
+    return []
+
+
 @router.get("/healthz", response_model=Health, summary="Liveness and readiness", tags=["service"])
 def healthz(request: Request) -> Any:
-    """``ok`` with the loaded model's name and version, the upload limit and the audit trail's state
-    (records written, write failures: a failing audit database never fails a prediction)."""
+    """``status`` is ``ok`` when the model is loaded and the audit trail records, ``degraded`` (with
+    ``problems``) when predictions are served but the audit trail is switched on and cannot record
+    them: its last write failed (until a write succeeds again) or it could not be opened. Always
+    HTTP 200 while the service answers, so a load balancer keeps it in service: alert on ``status``.
+    Also the model's name and version, the upload limit and the audit trail's state (records
+    written, write failures: a failing audit database never fails a prediction)."""
     artifact = request.app.state.predictor.artifact
+    audit = audit_status(request)
+    problems = health_problems(request.app.state.settings.audit, audit)
     return {
-        "status": "ok",
+        "status": "degraded" if problems else "ok",
+        "problems": problems,
         "model": artifact.name,
         "version": artifact.version,
         "max_upload_bytes": request.app.state.settings.max_upload_bytes,
-        "audit": audit_status(request),
+        "audit": audit,
     }
 
 

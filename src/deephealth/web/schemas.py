@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -191,7 +191,12 @@ class AuditStatus(BaseModel):
 class Health(BaseModel):
     """Response of ``GET /healthz``."""
 
-    status: str = Field(description="'ok' once the model is loaded")
+    status: Literal["ok", "degraded"] = Field(
+        description="'ok': the model is loaded and, when the audit trail is on, it records; 'degraded': "
+        "predictions are served but something they need is failing (see problems), e.g. the audit trail's "
+        "last write failed. HTTP status stays 200 either way: monitor this field"
+    )
+    problems: list[str] = Field(default_factory=list, description="why the status is 'degraded'; empty when 'ok'")
     model: str
     version: str
     max_upload_bytes: int = Field(description="largest accepted upload in bytes")

@@ -11,7 +11,8 @@ Variable                       Meaning
                                further requests wait their turn (bounds memory: a 50-megapixel
                                image takes 200 MB as float32)
 ``DEEPHEALTH_LOG_LEVEL``       log level of the ``deephealth`` loggers (default ``INFO``)
-``DEEPHEALTH_AUDIT``           record every prediction in the audit trail (default ``true``)
+``DEEPHEALTH_AUDIT``           record every prediction in the audit trail (default ``true``);
+                               the server's setting only: the CLI records with ``--audit``
 ``DEEPHEALTH_DATABASE_URL``    SQLAlchemy URL of the audit trail; default: the SQLite file
                                ``audit.sqlite3`` in ``DEEPHEALTH_STATE_DIR`` (default
                                ``~/.local/state/deephealth``); PostgreSQL:

@@ -371,7 +371,8 @@ def test_a_fresh_database_has_an_index_on_review_and_the_review_filter_uses_it(t
     engine = create_engine(f"sqlite:///{path}")
     upgrade_database(engine)
     indexes = {ix["name"]: ix["column_names"] for ix in inspect(engine).get_indexes("audit_log")}
-    assert indexes == {"ix_audit_log_created_at": ["created_at"], "ix_audit_log_review": ["review"]}
+    assert indexes == {"ix_audit_log_created_at": ["created_at"], "ix_audit_log_review": ["review"],
+                       "ix_audit_log_study_instance_uid": ["study_instance_uid"]}  # 0004: the study_uid filter
     engine.dispose()
 
     con = sqlite3.connect(path)
@@ -380,6 +381,9 @@ def test_a_fresh_database_has_an_index_on_review_and_the_review_filter_uses_it(t
     plan = " ".join(str(r[-1]) for r in con.execute(
         "EXPLAIN QUERY PLAN SELECT * FROM audit_log WHERE review IS 1 ORDER BY id LIMIT 100"))
     assert "ix_audit_log_review" in plan, plan
+    plan = " ".join(str(r[-1]) for r in con.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM audit_log WHERE study_instance_uid = '1.2.3' ORDER BY id LIMIT 100"))
+    assert "ix_audit_log_study_instance_uid" in plan, plan
     con.close()
 
     engine = create_engine(f"sqlite:///{path}")
@@ -430,6 +434,14 @@ def test_a_dicom_upload_is_recorded_with_its_uids_and_a_refusal_with_its_reason(
     raw = json.dumps(_rows(db_url))
     assert "Garcia" not in raw  # no file name, in the reason either
     assert "16d7f894-55d7-4d95-8957-d18987f0e981" not in raw  # the CR's PatientName / PatientID
+    # an administrator finds a study's records by its Study Instance UID (the second CT upload included)
+    everything = _audit(client)["records"]
+    assert len(everything) == 5 and everything[-1]["study_instance_uid"] == CT_STUDY  # the English re-upload
+    assert [r["id"] for r in _audit(client, study_uid=CT_STUDY)["records"]] == [r_ct["id"], everything[-1]["id"]]
+    assert [r["id"] for r in _audit(client, study_uid=CR_STUDY)["records"]] == [r_cr["id"]]
+    assert _audit(client, study_uid="1.2.3")["records"] == []
+    headers = {"Authorization": f"Bearer {KEY}"}
+    assert client.get("/api/v1/audit", params={"study_uid": "Garcia"}, headers=headers).status_code == 422
     assert "CompressedSamples" not in raw and "1CT1" not in raw  # the CT's
 
 
@@ -483,7 +495,7 @@ def test_audit_api_order_and_time_window(client, dataset_root: Path):
 def test_the_audit_parameters_are_in_the_openapi_schema(client):
     op = client.get("/openapi.json").json()["paths"]["/api/v1/audit"]["get"]
     params = {p["name"]: p for p in op["parameters"]}
-    assert {"since", "until", "order", "limit", "review"} <= set(params)
+    assert {"since", "until", "order", "limit", "review", "study_uid"} <= set(params)
     assert params["order"]["schema"]["enum"] == ["asc", "desc"] and params["order"]["schema"]["default"] == "asc"
     assert "exclusive" in params["until"]["description"] and "inclusive" in params["since"]["description"]
     assert "newest first" in params["order"]["description"]

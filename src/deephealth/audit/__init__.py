@@ -361,6 +361,7 @@ class AuditLog:
         *,
         until: _dt.datetime | None = None,
         order: str = "asc",
+        study_instance_uid: str | None = None,
     ) -> list[dict]:
         """At most ``limit`` records created from ``since`` (inclusive) to ``until`` (exclusive).
 
@@ -375,6 +376,8 @@ class AuditLog:
             order: ``"asc"`` oldest first (the default: ``since`` and ``limit`` then page forward
                 through the trail) or ``"desc"`` newest first (the ``limit`` latest records).
                 Records are ordered as written (their ``id``).
+            study_instance_uid: keep only records of inputs from this DICOM study (Study Instance
+                UID, 0020,000D, exact match); ``None`` keeps all.
 
         Raises:
             ValueError: if ``order`` is not ``"asc"`` or ``"desc"``.
@@ -399,6 +402,8 @@ class AuditLog:
             stmt = stmt.where(AuditRecord.created_at < _utc(until))
         if review is not None:
             stmt = stmt.where(AuditRecord.review.is_(review))
+        if study_instance_uid is not None:
+            stmt = stmt.where(AuditRecord.study_instance_uid == study_instance_uid)
         with Session(self.engine) as session:
             return [r.to_dict() for r in session.scalars(stmt)]
 

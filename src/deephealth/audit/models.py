@@ -67,7 +67,7 @@ class AuditRecord(Base):
     gate: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     review: Mapped[bool | None] = mapped_column(Boolean, nullable=True, index=True)  # migration 0003
     review_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    study_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)  # migration 0004
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # migration 0004
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     latency_ms: Mapped[float] = mapped_column(Float)

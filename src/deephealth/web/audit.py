@@ -107,9 +107,13 @@ def get_audit(
     review: bool | None = Query(
         None, description="true: only predictions flagged for review (the review band); false: only those "
         "not flagged; omitted: all (records without a prediction, or older than the review column, read null)"),
+    study_uid: str | None = Query(
+        None, max_length=64, pattern=r"^[0-9.]+$",
+        description="only records of DICOM inputs from this study (Study Instance UID, e.g. 1.2.840.113619.2.55.3.1), "
+        "exact match"),
 ) -> Any:
     """Audit records, oldest first (``order=desc``: newest first), at most ``limit``, optionally in
-    the time window [``since``, ``until``): time, interface, client, input SHA-256 and format, the
+    the time window [``since``, ``until``), optionally of one DICOM study (``study_uid``): time, interface, client, input SHA-256 and format, the
     Study and SOP Instance UIDs of a DICOM input, model, label, probabilities, gate outcome, review
     flag and reason, latency, status code and, for a request that was not answered, the reason
     (the user's one-line message, in English, without the file name). Never images, patient names
@@ -127,7 +131,8 @@ def get_audit(
     if audit is None:
         return JSONResponse(status_code=503, content={"detail": tr(request, "audit_disabled")})
     try:
-        records = audit.query(since=since, until=until, order=order, limit=limit, review=review)
+        records = audit.query(since=since, until=until, order=order, limit=limit, review=review,
+                              study_instance_uid=study_uid)
     except Exception as exc:
         logger.error("audit query failed: %s", exc)
         return JSONResponse(status_code=503, content={"detail": tr(request, "audit_unavailable")})

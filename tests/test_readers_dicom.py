@@ -393,6 +393,15 @@ def test_clinical_facts_are_recorded_not_judged(elements: dict, view, age, years
     assert res.info.sop_class_uid == DX_SOP_CLASS
 
 
+@pytest.mark.parametrize(("value", "shown"), [
+    ("045Y", "45 years"), ("001Y", "1 year"), ("006M", "6 months"), ("001M", "1 month"), ("003W", "3 weeks"),
+    ("010D", "10 days"), ("001D", "1 day"), ("000D", "0 days"), ("062", "62 years"), ("018m", "18 months"),
+    (" 004Y ", "4 years"), ("1.5Y", "1.5 years"), ("garbage", "garbage"), ("", None), (None, None),
+])
+def test_format_age_writes_the_age_string_out(value, shown) -> None:
+    assert dicom_module.format_age(value) == shown
+
+
 # --------------------------------------------------------------------------- the two real files
 
 

@@ -515,6 +515,37 @@ def _uid_name(uid: str | None) -> str | None:
     return None if not name or name == uid else name
 
 
+_AGE_UNIT_WORDS = {"D": ("day", "days"), "W": ("week", "weeks"), "M": ("month", "months"),
+                   "Y": ("year", "years"), "": ("year", "years")}
+
+
+def format_age(value: Any) -> str | None:
+    """DICOM (0010,1010) Patient Age (PS3.5 Age String ``nnnD/W/M/Y``) as a person reads it.
+
+    ``"045Y"`` -> ``"45 years"``, ``"006M"`` -> ``"6 months"``, ``"003W"`` -> ``"3 weeks"``,
+    ``"010D"`` -> ``"10 days"``, ``"001Y"`` -> ``"1 year"``; a bare number (not valid AS, but
+    written by some devices, e.g. ``"62"``) is read as years, as :attr:`ImageInfo.patient_age_years`
+    reads it. Leading zeros are dropped, the unit letter may be lower case.
+
+    Args:
+        value: the element's value (a string, pydicom's value, or ``None``).
+
+    Returns:
+        The English text, the value's stripped text unchanged when it is not an age string (shown
+        as written rather than guessed), or ``None`` for ``None``/empty. Never raises.
+    """
+    text = _text(value)
+    if not text:
+        return None
+    m = _AGE.match(text)
+    if not m:
+        return text
+    number = float(m.group(1))
+    shown = f"{number:g}"
+    one, many = _AGE_UNIT_WORDS[m.group(2).upper()]
+    return f"{shown} {one if number == 1 else many}"
+
+
 def _age_years(value: Any) -> float | None:
     """DICOM (0010,1010) Patient Age ``nnnD/W/M/Y`` (PS3.5 AS; a bare number read as years)."""
     if value is None:

@@ -72,6 +72,16 @@ def _grey(what: str) -> str:
     return f"gris uniforme, nivel {m[1]} de 255" if m else _NO_CONTRAST.get(what, what)
 
 
+_AGE_UNITS_ES = {"year": "año", "years": "años", "month": "mes", "months": "meses",
+                 "week": "semana", "weeks": "semanas", "day": "día", "days": "días"}
+
+
+def _age(text: str) -> str:
+    """An age as the gate writes it (``"45 years"``, ``"1 month"``...) in Spanish; other text unchanged."""
+    m = re.fullmatch(r"([\d.]+) (years?|months?|weeks?|days?)", text)
+    return f"{m[1]} {_AGE_UNITS_ES[m[2]]}" if m else text
+
+
 # (English regular expression, Spanish replacement: a re.sub template or a function of the match)
 # for texts made elsewhere in English: the upload checks (deephealth.web.upload, routes) and the
 # readers' warnings and errors.
@@ -144,7 +154,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
         (r"^(?P<f>.+): multi-frame (?P<t>\S+) \((?P<n>\d+) frames\); send a single radiograph image$",
          r"\g<f>: \g<t> de varios fotogramas (\g<n>); envíe una sola radiografía"),
         (r"^adult patient \(age (?P<a>[^)]+)\): the model was trained on children aged 1-5 years$",
-         r"paciente adulto (edad \g<a>): el modelo se entrenó con niños de 1 a 5 años"),
+         lambda m: f"paciente adulto (edad {_age(m['a'])}): el modelo se entrenó con niños de 1 a 5 años"),
         (r"^MONOCHROME1 \(low values bright\): inverted so bright means dense$",
          r"MONOCHROME1 (valores bajos claros): invertida para que claro signifique denso"),
         (r"^uniform image \(every pixel has the same value\): no contrast$",
@@ -166,7 +176,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
 
 # Phrases of the input gate's reasons (deephealth.gate), replaced wherever they occur in a text
 # (a refusal joins several reasons with "; ", and some reasons contain "; " themselves).
-_GATE_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+_GATE_PHRASES: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
     (re.compile(p), r)
     for p, r in (
         (r": not suitable for this model: ", r": no apto para este modelo: "),
@@ -204,7 +214,7 @@ _GATE_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"DICOM SOP Class UID \(0008,0016\) is (.+?): not a radiograph \(expected CR or DX image storage\)",
          r"la clase SOP DICOM (0008,0016) es \1: no es una radiografía (se espera almacenamiento de imagen CR o DX)"),
         (r"adult patient \(age ([^)]+)\): the model was trained on children aged 1-5 years",
-         r"paciente adulto (edad \1): el modelo se entrenó con niños de 1 a 5 años"),
+         lambda m: f"paciente adulto (edad {_age(m[1])}): el modelo se entrenó con niños de 1 a 5 años"),
         # the view check (deephealth.gate.lung_layout)
         (r"not a frontal chest film: no two lung fields either side of the mediastinum \(two-lung layout ([\d.-]+), "
          r"below ([\d.]+)\); a lateral view or another projection\? send the frontal \(PA or AP\) film",

@@ -635,6 +635,12 @@ def test_padding_with_exactly_128_is_refused_documented_limitation(dataset_root:
     assert read_image(encode(Image.fromarray(padded), "PNG")).image.shape == (272, 224)
 
 
+def test_an_entirely_mid_grey_jpeg_is_refused_as_flat_not_as_cut() -> None:
+    data = encode(Image.new("L", (96, 80), 128), "JPEG")
+    with pytest.raises(ImageReadError, match=r"^g\.jpg: image has no contrast \(flat grey, level 128 of 255"):
+        read_image(data, name="g.jpg")
+
+
 def test_progressive_jpeg_cut_in_its_first_scan_is_refused(dataset_root: Path) -> None:
     # A progressive JPEG cut inside its first (DC) scan leaves the later blocks at 128: refused. Cut in a
     # later scan, every block already has its DC value: the image is complete but coarser, and is NOT

@@ -497,7 +497,7 @@ def _check_jpeg_complete(im: Image.Image, data: bytes, label: str, stored_height
     mcu_height, _progressive = frame
     scale = max(1, round(stored_height / max(1, im.height)))
     missing = missing_jpeg_rows(im, mcu_height, scale)
-    if missing:
+    if missing and missing < im.height:  # all 128: refused by check_contrast as flat grey instead
         rows = min(stored_height, missing * scale)
         raise ImageReadError(
             f"{label}: truncated or corrupt JPEG file (its image data ends early: the bottom {rows} "

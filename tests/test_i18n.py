@@ -224,3 +224,13 @@ def test_the_adult_age_is_translated_with_its_unit(age: str, edad: str):
     joined = f"x.dcm: not suitable for this model: {reason}; another reason"
     assert spanish in translate_text(joined, "es")
     assert translate_text(reason, "en") == reason
+
+
+def test_the_cut_jpeg_refusal_is_translated():
+    from deephealth.web.i18n import translate_text
+
+    text = ("cut.jpeg: truncated or corrupt JPEG file (its image data ends early: the bottom 64 of 224 rows are "
+            "missing, decoded as flat grey 128)")
+    assert translate_text(text, "es") == (
+        "cut.jpeg: archivo JPEG truncado o dañado (sus datos de imagen terminan antes de tiempo: faltan las 64 "
+        "filas inferiores de 224, decodificadas como gris uniforme 128)")

@@ -132,6 +132,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
          r"\g<f>: imagen demasiado pequeña para diagnosticar: \g<s> px (el lado menor debe tener al menos \g<m> px)"),
         (r"^(?P<f>.+): truncated or corrupt JPEG file \(no end-of-image marker after the image data\)$",
          r"\g<f>: archivo JPEG truncado o dañado (falta el marcador de fin de imagen tras los datos)"),
+        (r"^(?P<f>.+): truncated or corrupt JPEG file \(its image data ends early: the bottom (?P<n>\d+) of "
+         r"(?P<h>\d+) rows are missing, decoded as flat grey 128\)$",
+         r"\g<f>: archivo JPEG truncado o dañado (sus datos de imagen terminan antes de tiempo: faltan las \g<n> "
+         r"filas inferiores de \g<h>, decodificadas como gris uniforme 128)"),
         (r"^(?P<f>.+): truncated or corrupt (?P<t>\S+) file(?P<r>.*)$", r"\g<f>: archivo \g<t> truncado o dañado\g<r>"),
         (r"^(?P<f>.+): truncated DICOM file: the (?P<p>.+) is cut short$",
          r"\g<f>: archivo DICOM truncado: \g<p> está incompleto"),

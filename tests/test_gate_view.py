@@ -119,8 +119,19 @@ def test_a_body_part_that_is_not_the_chest_is_refused(part, refused: bool):
 
 def test_an_adult_is_warned_by_the_gate():
     assert header_checks(_info(patient_age="062Y", patient_age_years=62.0)) == (
-        [], ["adult patient (age 062Y): the model was trained on children aged 1-5 years"])
+        [], ["adult patient (age 62 years): the model was trained on children aged 1-5 years"])
     assert header_checks(_info(patient_age="016Y", patient_age_years=16.0)) == ([], [])
+
+
+@pytest.mark.parametrize(("age", "years", "shown"), [
+    ("045Y", 45.0, "45 years"), ("240M", 20.0, "240 months"), ("1200W", 1200 * 7 / 365.25, "1200 weeks"),
+    ("9000D", 9000 / 365.25, "9000 days"), ("62", 62.0, "62 years"), ("045y", 45.0, "45 years"),
+    (None, 30.0, "30 years"),  # no text kept: the age in years
+])
+def test_the_adult_age_is_written_out_not_as_the_raw_age_string(age, years, shown):
+    # Before: "adult patient (age 045Y)"; PS3.5 Age String nnnD/W/M/Y is shown as a person reads it.
+    assert header_checks(_info(patient_age=age, patient_age_years=years)) == (
+        [], [f"adult patient (age {shown}): the model was trained on children aged 1-5 years"])
 
 
 def test_the_reader_records_header_facts_and_decides_nothing(dataset_root: Path):
@@ -161,7 +172,7 @@ def test_a_slide_microscopy_dicom_without_modality_is_refused(dataset_root: Path
 def test_an_adult_film_gets_status_warn(dataset_root: Path):
     r = Predictor().predict(_dicom(dataset_root, ViewPosition="PA", PatientAge="062Y"), name="adult.dcm")
     assert r.suitability.status == "warn"
-    assert "adult patient (age 062Y): the model was trained on children aged 1-5 years" in r.suitability.reasons
+    assert "adult patient (age 62 years): the model was trained on children aged 1-5 years" in r.suitability.reasons
     assert not any(w.startswith("adult") for w in r.warnings)  # one message, in the gate's reasons
 
 

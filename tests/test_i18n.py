@@ -55,8 +55,8 @@ def test_spanish_prediction_keeps_machine_fields_english(client, dicom_dir: Path
     assert e["intended_use"] == INTENDED_USE and "no es un diagnóstico" in s["intended_use"]
     # the adult age is the gate's warning (issue 18): status warn, the reason translated
     assert e["suitability"]["status"] == s["suitability"]["status"] == "warn"
-    assert "adult patient (age 62): the model was trained on children aged 1-5 years" in e["suitability"]["reasons"]
-    assert "paciente adulto (edad 62): el modelo se entrenó con niños de 1 a 5 años" in s["suitability"]["reasons"]
+    assert "adult patient (age 62 years): the model was trained on children aged 1-5 years" in e["suitability"]["reasons"]
+    assert "paciente adulto (edad 62 años): el modelo se entrenó con niños de 1 a 5 años" in s["suitability"]["reasons"]
 
 
 @pytest.mark.needs_data
@@ -209,3 +209,28 @@ def test_localize_prediction_translates_the_review_reason_only():
     assert body["decision"] is decision and decision["review_reason"].startswith("borderline:")  # not changed in place
     none = localize_prediction({**body, "decision": describe_decision(np.array([0.9, 0.05, 0.05]), REVIEW_OP)}, "es")
     assert none["decision"]["review"] is False and none["decision"]["review_reason"] is None
+
+
+@pytest.mark.parametrize(("age", "edad"), [("45 years", "45 años"), ("1 year", "1 año"), ("240 months", "240 meses"),
+                                           ("1200 weeks", "1200 semanas"), ("9000 days", "9000 días"),
+                                           ("garbage", "garbage")])
+def test_the_adult_age_is_translated_with_its_unit(age: str, edad: str):
+    from deephealth.web.i18n import translate_text
+
+    reason = f"adult patient (age {age}): the model was trained on children aged 1-5 years"
+    spanish = f"paciente adulto (edad {edad}): el modelo se entrenó con niños de 1 a 5 años"
+    assert translate_text(reason, "es") == spanish
+    # inside a refusal that joins several reasons (the gate's phrases are replaced where they occur)
+    joined = f"x.dcm: not suitable for this model: {reason}; another reason"
+    assert spanish in translate_text(joined, "es")
+    assert translate_text(reason, "en") == reason
+
+
+def test_the_cut_jpeg_refusal_is_translated():
+    from deephealth.web.i18n import translate_text
+
+    text = ("cut.jpeg: truncated or corrupt JPEG file (its image data ends early: the bottom 64 of 224 rows are "
+            "missing, decoded as flat grey 128)")
+    assert translate_text(text, "es") == (
+        "cut.jpeg: archivo JPEG truncado o dañado (sus datos de imagen terminan antes de tiempo: faltan las 64 "
+        "filas inferiores de 224, decodificadas como gris uniforme 128)")

@@ -303,6 +303,41 @@ def test_table_wraps_long_warnings(tmp_path: Path, dicom_dir: Path, tiny_model_d
     assert lines[ct + 1][:start].strip() == ""
 
 
+def test_display_width_counts_wide_characters_twice():
+    from deephealth.cli.predict import display_width
+
+    assert display_width("scan.jpeg") == 9
+    assert display_width("胸部X線.jpeg") == 2 * 3 + 1 + 5  # 胸 部 線 wide (W), X narrow
+    assert display_width("ｓｃａｎ") == 8  # fullwidth (F)
+    assert display_width("é") == 1 and display_width("e\u0301") == 1  # a combining accent takes no column
+    assert display_width("") == 0
+
+
+def test_table_columns_stay_aligned_with_a_cjk_file_name(tmp_path: Path, dataset_root: Path, tiny_model_dir: Path,
+                                                          capsys):
+    from deephealth.cli.predict import display_width
+
+    film = sorted((dataset_root / "test" / "NORMAL").glob("*.jpeg"))[0]
+    wide, narrow = tmp_path / "胸部X線写真.jpeg", tmp_path / "chest-xray-file.jpeg"
+    shutil.copy(film, wide)
+    shutil.copy(film, narrow)
+    assert main(["predict", str(wide), str(narrow), "--model", str(tiny_model_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, rule = lines[:2]
+    rows = {src: line for src in (wide, narrow) for line in lines if line.startswith(str(src) + " ")}
+    assert len(rows) == 2
+    # the label column starts at the same terminal column on the header and on both rows ...
+    label_col = display_width(header[:header.index("label")])
+    for src, row in rows.items():
+        rest = row[len(str(src)):]
+        assert display_width(row[:len(str(src)) + len(rest) - len(rest.lstrip())]) == label_col, row
+    # ... and, the same film giving the same cells, both rows end at the same column
+    assert display_width(rows[wide]) == display_width(rows[narrow])
+    assert rows[wide][len(str(wide)):].strip() == rows[narrow][len(str(narrow)):].strip()
+    # the dashes under the source column are as wide as the widest name on screen (the CJK one)
+    assert rule.split("  ")[0] == "-" * max(display_width(str(wide)), display_width(str(narrow)))
+
+
 def test_missing_model_exits_2(folder: Path, tmp_path, capsys):
     rc = main(["predict", str(folder / "a.jpeg"), "--model", str(tmp_path / "no-model")])
     err = capsys.readouterr().err

@@ -520,3 +520,135 @@ def test_readers_do_not_import_torch() -> None:
            "from deephealth.readers import dicom; assert 'torch' not in sys.modules, 'torch imported'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------- JPEG cut short, then given an EOI
+# libjpeg decodes the missing MCUs with zero coefficients (flat grey 128) and Pillow reports success;
+# the reader recognises that band (readers.image.missing_jpeg_rows) and refuses the file.
+
+
+def _cut_with_eoi(data: bytes, cut: int) -> bytes:
+    return data[:cut] + b"\xff\xd9"
+
+
+def _dataset_film(dataset_root: Path) -> Path:
+    return sorted((dataset_root / "train" / "NORMAL").glob("*.jpeg"))[0]
+
+
+def test_jpeg_mcu_height_from_the_frame_header(dataset_root: Path) -> None:
+    from deephealth.readers.image import jpeg_mcu_height
+
+    film = np.asarray(Image.open(_dataset_film(dataset_root)).convert("L"))
+    assert jpeg_mcu_height(_dataset_film(dataset_root).read_bytes()) == (16, False)  # YCbCr 4:2:0
+    assert jpeg_mcu_height(encode(Image.fromarray(film), "JPEG")) == (8, False)  # greyscale
+    assert jpeg_mcu_height(encode(Image.fromarray(film).convert("RGB"), "JPEG", subsampling=0)) == (8, False)
+    assert jpeg_mcu_height(encode(Image.fromarray(film).convert("RGB"), "JPEG", progressive=True)) == (16, True)
+    assert jpeg_mcu_height(b"\xff\xd8\xff\xda\x00\x02") is None  # a scan before any frame header
+    assert jpeg_mcu_height(b"\xff\xd8garbage") is None
+
+
+@pytest.mark.parametrize(("cut", "missing"), [(2000, 176), (5000, 64)])
+def test_dataset_film_cut_with_eoi_is_refused_naming_the_missing_rows(dataset_root: Path, cut: int, missing: int) -> None:
+    # Known values for IM-0115-0001.jpeg (6970 bytes): cut at 5000 bytes, libjpeg decodes rows 160-223
+    # as exactly 128; at 2000 bytes rows 48-223. The example of the bug: cut at 5000 was classified
+    # "normal 0.982", gate accept, with only 160 real rows.
+    path = _dataset_film(dataset_root)
+    data = _cut_with_eoi(path.read_bytes(), cut)
+    decoded = np.asarray(Image.open(io.BytesIO(data)))  # what Pillow alone does: no error
+    assert (decoded[224 - missing:] == 128).all() and not (decoded[224 - missing - 16:224 - missing] == 128).all()
+    with pytest.raises(ImageReadError) as err:
+        read_image(data, name=path.name)
+    assert str(err.value) == (
+        f"{path.name}: truncated or corrupt JPEG file (its image data ends early: the bottom {missing} "
+        "of 224 rows are missing, decoded as flat grey 128)"
+    )
+
+
+@pytest.mark.parametrize("kind", ["dataset", "grey", "colour420", "colour444", "large-draft"])
+def test_jpegs_cut_with_eoi_are_refused_at_many_cut_points(dataset_root: Path, kind: str) -> None:
+    films = sorted(dataset_root.glob("t*/*/*.jpeg"))[::1500]
+    assert len(films) == 4
+    target = None
+    for path in films:
+        data = path.read_bytes()
+        if kind != "dataset":
+            grey = np.asarray(Image.open(path).convert("L")).astype(np.int16)
+            if kind == "grey":
+                data = encode(Image.fromarray(grey.astype(np.uint8)), "JPEG", quality=90)
+            elif kind == "large-draft":  # decoded at 1/4 scale by draft(): the MCU row is 4 rows there
+                data = encode(Image.fromarray(grey.astype(np.uint8)).resize((1800, 1600)), "JPEG", quality=90)
+                target = 224
+            else:
+                tinted = np.stack([grey + 40, grey, grey - 40], -1).clip(0, 255).astype(np.uint8)
+                data = encode(Image.fromarray(tinted), "JPEG", quality=90,
+                              subsampling=2 if kind == "colour420" else 0)
+        read_image(data, name="whole.jpg", target_size=target)  # the complete file is accepted
+        for fraction in (0.2, 0.4, 0.6, 0.8, 0.9):
+            with pytest.raises(ImageReadError, match=r"^cut\.jpg: truncated or corrupt JPEG file \(its image "
+                                                     r"data ends early: the bottom \d+ of \d+ rows are missing"):
+                read_image(_cut_with_eoi(data, int(len(data) * fraction)), name="cut.jpg", target_size=target)
+
+
+def test_no_dataset_jpeg_looks_cut(dataset_root: Path) -> None:
+    # The detector's false-positive rate on every film of the dataset (train, val, test): 0.
+    from deephealth.readers.image import jpeg_mcu_height, missing_jpeg_rows
+
+    files = sorted(dataset_root.glob("*/*/*.jpeg"))
+    assert len(files) == 5856
+    flagged = []
+    for path in files:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            frame = jpeg_mcu_height(data)
+            assert frame == (16, False), path
+            if missing_jpeg_rows(im, frame[0]):
+                flagged.append(path.name)
+    assert flagged == []
+
+
+@pytest.mark.parametrize("level", [0, 64, 127, 129, 255])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_letterbox_padding_other_than_mid_grey_128_is_accepted(dataset_root: Path, level: int, mode: str) -> None:
+    film = np.asarray(Image.open(_dataset_film(dataset_root)).convert("L"))
+    padded = np.full((224 + 48, 224), level, np.uint8)
+    padded[:224] = film
+    data = encode(Image.fromarray(padded).convert(mode), "JPEG", quality=90)
+    assert read_image(data, name="padded.jpg").image.shape == (272, 224)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_padding_with_exactly_128_is_refused_documented_limitation(dataset_root: Path, mode: str) -> None:
+    # A flat 128 region is coded as all-zero coefficients and decodes back to exactly 128, so a film
+    # padded at the bottom with >= one MCU row of mid-grey 128 is indistinguishable from a cut file.
+    film = np.asarray(Image.open(_dataset_film(dataset_root)).convert("L"))
+    padded = np.full((224 + 48, 224), 128, np.uint8)
+    padded[:224] = film
+    data = encode(Image.fromarray(padded).convert(mode), "JPEG", quality=90)
+    assert (np.asarray(Image.open(io.BytesIO(data)))[224:] == 128).all()
+    with pytest.raises(ImageReadError, match=r"the bottom 48 of 272 rows are missing"):
+        read_image(data, name="padded.jpg")
+    # the same padding at the top, or in a PNG, is not affected
+    top = np.full((224 + 48, 224), 128, np.uint8)
+    top[48:] = film
+    assert read_image(encode(Image.fromarray(top).convert(mode), "JPEG", quality=90)).image.shape == (272, 224)
+    assert read_image(encode(Image.fromarray(padded), "PNG")).image.shape == (272, 224)
+
+
+def test_an_entirely_mid_grey_jpeg_is_refused_as_flat_not_as_cut() -> None:
+    data = encode(Image.new("L", (96, 80), 128), "JPEG")
+    with pytest.raises(ImageReadError, match=r"^g\.jpg: image has no contrast \(flat grey, level 128 of 255"):
+        read_image(data, name="g.jpg")
+
+
+def test_progressive_jpeg_cut_in_its_first_scan_is_refused(dataset_root: Path) -> None:
+    # A progressive JPEG cut inside its first (DC) scan leaves the later blocks at 128: refused. Cut in a
+    # later scan, every block already has its DC value: the image is complete but coarser, and is NOT
+    # detected (README, Known limitations).
+    film = Image.open(_dataset_film(dataset_root)).convert("RGB")
+    data = encode(film, "JPEG", quality=90, progressive=True)
+    first_scan, second_scan = [i for i in range(len(data) - 1) if data[i:i + 2] == b"\xff\xda"][:2]
+    with pytest.raises(ImageReadError, match=r"image data ends early"):
+        read_image(_cut_with_eoi(data, (first_scan + second_scan) // 2), name="p.jpg")
+    late = read_image(_cut_with_eoi(data, int(len(data) * 0.9)), name="p.jpg")  # the limitation
+    assert late.image.shape == (224, 224)

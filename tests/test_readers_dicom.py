@@ -146,6 +146,52 @@ def test_invalid_window_is_ignored_with_warning() -> None:
     assert any("window" in w and "ignored" in w for w in res.info.warnings)
 
 
+@pytest.mark.parametrize(("slope", "intercept", "reason"), [
+    (0, -100, "(0028,1053) Rescale Slope is 0: every pixel would have the same value"),
+    ("NaN", 0, "(0028,1053) Rescale Slope is not finite (nan)"),
+    ("inf", 0, "(0028,1053) Rescale Slope is not finite (inf)"),
+    (1, "-inf", "(0028,1052) Rescale Intercept is not finite (-inf)"),
+    (2, "NaN", "(0028,1052) Rescale Intercept is not finite (nan)"),
+])
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")  # the bad values are on purpose
+def test_invalid_rescale_is_ignored_with_warning_like_an_invalid_window(slope, intercept, reason) -> None:
+    # Before: slope 0 mapped every pixel to the intercept and the file was refused as "no contrast
+    # (all black)"; a NaN slope crashed check_contrast with "cannot convert float NaN to integer".
+    res = read(make_dicom(RAMP12, RescaleSlope=slope, RescaleIntercept=intercept))
+    assert res.info.warnings == [
+        f"DICOM modality rescale is invalid and was ignored ({reason}); min-max scaling of the stored values used"
+    ]
+    # the stored values, min-max scaled: exactly the identity rescale's result
+    expected = read(make_dicom(RAMP12, RescaleSlope=1, RescaleIntercept=0))
+    np.testing.assert_array_equal(res.image, expected.image)
+    assert res.image[0, 0] == 0.0 and res.image[-1, -1] == 1.0
+
+
+def test_invalid_rescale_also_drops_the_window_given_in_rescaled_values() -> None:
+    res = read(make_dicom(RAMP12, RescaleSlope=0, RescaleIntercept=0, WindowCenter=1000.5, WindowWidth=201))
+    assert res.info.warnings == [
+        "DICOM modality rescale is invalid and was ignored ((0028,1053) Rescale Slope is 0: every pixel would "
+        "have the same value); the VOI LUT/window, given in rescaled values, was ignored too; min-max scaling "
+        "of the stored values used"
+    ]
+    np.testing.assert_array_equal(res.image, RAMP12.astype(np.float32) / 4095)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+def test_real_cr_with_rescale_slope_0(dicom_dir: Path, tmp_path: Path) -> None:
+    ds = pydicom.dcmread(dicom_dir / "cr_chest_pa_rsna.dcm")
+    ds.RescaleSlope, ds.RescaleIntercept = 0, 0
+    modified = tmp_path / "slope0.dcm"
+    ds.save_as(modified)
+    res = read_image(modified)
+    assert res.info.warnings == [
+        "DICOM modality rescale is invalid and was ignored ((0028,1053) Rescale Slope is 0: every pixel would "
+        "have the same value); min-max scaling of the stored values used"
+    ]
+    stored = pydicom.pixels.pixel_array(pydicom.dcmread(modified), decoding_plugin="pillow").astype(np.float32)
+    np.testing.assert_allclose(res.image, (stored - stored.min()) / (stored.max() - stored.min()), atol=1e-6)
+
+
 def test_bits_stored_masks_unused_high_bits() -> None:
     # Bits above Bits Stored (e.g. old overlay planes) must not change the picture.
     ds = make_dicom(RAMP12)
@@ -345,6 +391,15 @@ def test_clinical_facts_are_recorded_not_judged(elements: dict, view, age, years
     assert (res.info.view_position, res.info.patient_age) == (view, age)
     assert res.info.patient_age_years == (pytest.approx(years) if years is not None else None)
     assert res.info.sop_class_uid == DX_SOP_CLASS
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ("045Y", "45 years"), ("001Y", "1 year"), ("006M", "6 months"), ("001M", "1 month"), ("003W", "3 weeks"),
+    ("010D", "10 days"), ("001D", "1 day"), ("000D", "0 days"), ("062", "62 years"), ("018m", "18 months"),
+    (" 004Y ", "4 years"), ("1.5Y", "1.5 years"), ("garbage", "garbage"), ("", None), (None, None),
+])
+def test_format_age_writes_the_age_string_out(value, shown) -> None:
+    assert dicom_module.format_age(value) == shown
 
 
 # --------------------------------------------------------------------------- the two real files

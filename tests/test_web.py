@@ -228,6 +228,17 @@ def test_truncated_jpeg_is_422_with_the_readers_message(client, xrays):
     assert "\n" not in detail
 
 
+def test_jpeg_cut_with_an_end_marker_is_422_not_classified(client, xrays):
+    # Cut at 5000 bytes and given an end-of-image marker, libjpeg fills the missing rows with flat
+    # grey 128 without an error; before the reader checked for that the film was classified.
+    data = xrays[0].read_bytes()[:5000] + b"\xff\xd9"
+    r = _post(client, "cut.jpeg", data)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith("cut.jpeg: truncated or corrupt JPEG file (its image data ends early: the bottom ")
+    assert detail.endswith(" of 224 rows are missing, decoded as flat grey 128)")
+
+
 def test_ct_dicom_is_422_not_a_radiograph(client, dicom_dir):
     r = _post(client, "ct_small.dcm", (dicom_dir / "ct_small.dcm").read_bytes())
     assert r.status_code == 422

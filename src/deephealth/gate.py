@@ -88,6 +88,7 @@ from typing import Any
 import numpy as np
 
 from deephealth.artifact import ModelArtifactError, sha256_file
+from deephealth.readers.dicom import format_age
 from deephealth.readers.image import COLOR_WARN_LEVELS
 
 _logger = logging.getLogger(__name__)
@@ -279,7 +280,8 @@ def header_checks(info: Any) -> tuple[list[str], list[str]]:
           only without a frontal chest header: Body Part Examined naming the chest and View
           Position AP or PA);
         - Body Part Examined naming another part than the chest: refused;
-        - Patient Age above :data:`ADULT_AGE_YEARS`: warned.
+        - Patient Age above :data:`ADULT_AGE_YEARS`: warned, the age written out
+          (:func:`deephealth.readers.dicom.format_age`: ``"adult patient (age 45 years)"``).
     """
     refuse: list[str] = []
     warn: list[str] = []
@@ -305,7 +307,7 @@ def header_checks(info: Any) -> tuple[list[str], list[str]]:
                           "(expected CR or DX image storage)")
     years = getattr(info, "patient_age_years", None)
     if years is not None and float(years) > ADULT_AGE_YEARS:
-        age = str(getattr(info, "patient_age", None) or f"{float(years):g}").strip()
+        age = format_age(getattr(info, "patient_age", None)) or f"{float(years):g} years"
         warn.append(f"adult patient (age {age}): the model was trained on children aged 1-5 years")
     return refuse, warn
 

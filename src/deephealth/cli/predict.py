@@ -176,10 +176,33 @@ def _wrap(items: list[str], width: int) -> list[str]:
     return lines or [""]
 
 
+def display_width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: East Asian wide/fullwidth characters (W, F) count 2,
+    combining marks 0, everything else 1 (``unicodedata``; no dependency on a wcwidth package).
+
+    Args:
+        text: any string.
+
+    Returns:
+        The width in terminal columns (an ``int`` >= 0). Never raises.
+    """
+    import unicodedata
+
+    return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+               for ch in text)
+
+
+def _pad(text: str, width: int, right: bool = False) -> str:
+    """``text`` padded with spaces to ``width`` display columns (:func:`display_width`), right-aligned if ``right``."""
+    fill = " " * max(0, width - display_width(text))
+    return fill + text if right else text + fill
+
+
 def _fmt_table(rows: list[dict]) -> str:
     """The human-readable table: one row per input (skipped files only in the summary), the
     notes column (gate reasons and warnings, or the error) wrapped at :data:`WARNINGS_WIDTH`, one
-    note a line."""
+    note a line. Columns are padded by display width (:func:`display_width`), so a file name with
+    CJK (wide) characters keeps the columns aligned in a terminal."""
     body: list[tuple[list[str], list[str]]] = []  # (cells before notes, note lines)
     for r in rows:
         if r.get("skipped"):
@@ -199,14 +222,15 @@ def _fmt_table(rows: list[dict]) -> str:
             notes = reasons if status == "refuse" else [_without_source(r["error"], r["source"])]
         body.append((cells, _wrap(notes, WARNINGS_WIDTH)))
     n = len(TABLE_HEADERS) - 1
-    widths = [max(len(TABLE_HEADERS[i]), *(len(c[i]) for c, _ in body)) if body else len(TABLE_HEADERS[i])
+    width = display_width
+    widths = [max(width(TABLE_HEADERS[i]), *(width(c[i]) for c, _ in body)) if body else width(TABLE_HEADERS[i])
               for i in range(n)]
-    widths.append(min(WARNINGS_WIDTH, max(len(TABLE_HEADERS[n]), *(len(x) for _, w in body for x in w))
-                      if body else len(TABLE_HEADERS[n])))
+    widths.append(min(WARNINGS_WIDTH, max(width(TABLE_HEADERS[n]), *(width(x) for _, w in body for x in w))
+                      if body else width(TABLE_HEADERS[n])))
     right = {2, 3, 4, 5, 6, 7}
 
     def line(cells: list[str]) -> str:
-        out = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        out = [_pad(c, w, i in right) for i, (c, w) in enumerate(zip(cells, widths))]
         return "  ".join(out).rstrip()
 
     lines = [line(TABLE_HEADERS), "  ".join("-" * w for w in widths)]

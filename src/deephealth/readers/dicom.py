@@ -18,7 +18,10 @@ Processing order (DICOM PS3.4 section N.2 "Pixel Transformation Sequence"; pydic
    libjpeg (pylibjpeg) differ by one grey level on a few per cent of the pixels, enough to move a
    probability by 0.01; every other syntax decodes to identical pixels with either plugin;
 2. modality LUT: (0028,1053) Rescale Slope and (0028,1052) Rescale Intercept, or the Modality LUT
-   Sequence (:func:`pydicom.pixels.apply_modality_lut`);
+   Sequence (:func:`pydicom.pixels.apply_modality_lut`). An invalid rescale (slope 0, or a
+   non-numeric or non-finite slope or intercept) is ignored with a warning, like an invalid window
+   in step 3; the window, given in rescaled values, is then ignored too and the stored values are
+   min-max scaled;
 3. VOI LUT: the first item of the (0028,3010) VOI LUT Sequence, or else the first
    (0028,1050) Window Center / (0028,1051) Window Width pair with (0028,1056) VOI LUT Function
    (:func:`pydicom.pixels.apply_voi_lut`, PS3.3 C.11.2.1.2);
@@ -389,9 +392,20 @@ def _grayscale(ds: Any, arr: np.ndarray, bits_stored: int, warnings: list[str]) 
     from pydicom.pixels import apply_modality_lut
 
     has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds
-    values = apply_modality_lut(arr, ds) if has_rescale else arr
     has_lut = bool(ds.get("VOILUTSequence"))
     has_window = "WindowCenter" in ds and "WindowWidth" in ds
+    problem = _invalid_rescale(ds)
+    if problem:
+        # As for an invalid window: ignored with a warning. The stored values are still the image
+        # (a rescale only relabels them), but a window or VOI LUT is given in rescaled values,
+        # which are unknown now, so it cannot be applied either.
+        also = "; the VOI LUT/window, given in rescaled values, was ignored too" if has_lut or has_window else ""
+        warnings.append(
+            f"DICOM modality rescale is invalid and was ignored ({problem}){also}; "
+            "min-max scaling of the stored values used"
+        )
+        return _scale_minmax(np.asarray(arr, dtype=np.float32), warnings)
+    values = apply_modality_lut(arr, ds) if has_rescale else arr
     if has_lut or has_window:
         try:
             windowed, y0, y1 = (_voi_lut if has_lut else _windowing)(ds, values)
@@ -405,12 +419,47 @@ def _grayscale(ds: Any, arr: np.ndarray, bits_stored: int, warnings: list[str]) 
         out = arr.astype(np.float32)
         out /= float(2**bits_stored - 1)
         return out
-    out = np.asarray(values, dtype=np.float32)
+    return _scale_minmax(np.asarray(values, dtype=np.float32), warnings)
+
+
+def _scale_minmax(out: np.ndarray, warnings: list[str]) -> np.ndarray:
+    """Min-max scale finite float32 values to [0, 1]; a uniform image becomes zeros, with a warning."""
     lo, hi = float(out.min()), float(out.max())
     if hi <= lo:
         warnings.append("uniform image (every pixel has the same value): no contrast")
         return np.zeros(out.shape, dtype=np.float32)
     return ((out - lo) / (hi - lo)).astype(np.float32)
+
+
+def _invalid_rescale(ds: Any) -> str | None:
+    """Why the data set's (0028,1053) Rescale Slope / (0028,1052) Rescale Intercept cannot be used.
+
+    PS3.3 C.11.1.1.2: output = slope * stored value + intercept. A slope of 0 maps every pixel to the
+    intercept (a blank image); a missing, non-numeric or non-finite slope or intercept gives no
+    usable value. pydicom applies the pair only when both are present and no (0028,3000) Modality
+    LUT Sequence is (which then takes precedence); otherwise nothing is checked here either.
+
+    Args:
+        ds: a pydicom ``Dataset``.
+
+    Returns:
+        ``None`` when the rescale is usable or not applied; otherwise a short reason naming the
+        element and its value, e.g. ``"(0028,1053) Rescale Slope is 0"``. Never raises.
+    """
+    if ds.get("ModalityLUTSequence") or "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+        return None
+    for tag, name, keyword in (("(0028,1053)", "Rescale Slope", "RescaleSlope"),
+                               ("(0028,1052)", "Rescale Intercept", "RescaleIntercept")):
+        raw = ds.get(keyword)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            return f"{tag} {name} is not a number ({_text(raw) or 'empty'})"
+        if not np.isfinite(value):
+            return f"{tag} {name} is not finite ({value})"
+        if keyword == "RescaleSlope" and value == 0:
+            return f"{tag} {name} is 0: every pixel would have the same value"
+    return None
 
 
 def _voi_lut(ds: Any, values: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -464,6 +513,37 @@ def _uid_name(uid: str | None) -> str | None:
 
     name = UID(uid).name
     return None if not name or name == uid else name
+
+
+_AGE_UNIT_WORDS = {"D": ("day", "days"), "W": ("week", "weeks"), "M": ("month", "months"),
+                   "Y": ("year", "years"), "": ("year", "years")}
+
+
+def format_age(value: Any) -> str | None:
+    """DICOM (0010,1010) Patient Age (PS3.5 Age String ``nnnD/W/M/Y``) as a person reads it.
+
+    ``"045Y"`` -> ``"45 years"``, ``"006M"`` -> ``"6 months"``, ``"003W"`` -> ``"3 weeks"``,
+    ``"010D"`` -> ``"10 days"``, ``"001Y"`` -> ``"1 year"``; a bare number (not valid AS, but
+    written by some devices, e.g. ``"62"``) is read as years, as :attr:`ImageInfo.patient_age_years`
+    reads it. Leading zeros are dropped, the unit letter may be lower case.
+
+    Args:
+        value: the element's value (a string, pydicom's value, or ``None``).
+
+    Returns:
+        The English text, the value's stripped text unchanged when it is not an age string (shown
+        as written rather than guessed), or ``None`` for ``None``/empty. Never raises.
+    """
+    text = _text(value)
+    if not text:
+        return None
+    m = _AGE.match(text)
+    if not m:
+        return text
+    number = float(m.group(1))
+    shown = f"{number:g}"
+    one, many = _AGE_UNIT_WORDS[m.group(2).upper()]
+    return f"{shown} {one if number == 1 else many}"
 
 
 def _age_years(value: Any) -> float | None:

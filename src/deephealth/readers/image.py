@@ -36,7 +36,8 @@ Refused, with :class:`ImageReadError`: missing/unreadable/empty files, content t
 image or not in an accepted format, images with no contrast (all black, all white or flat:
 :func:`check_contrast`, every format), truncated or corrupt files (Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays ``False``,
 so missing rows are never filled in; a JPEG whose last scan is not followed by an end-of-image
-marker, e.g. zero-padded by an interrupted download, is refused too), images larger than :data:`MAX_PIXELS` (checked from the
+marker, e.g. zero-padded by an interrupted download, is refused too, and so is one cut short and given an
+end-of-image marker, whose missing rows libjpeg fills with flat grey 128: :func:`missing_jpeg_rows`), images larger than :data:`MAX_PIXELS` (checked from the
 header, before any pixel buffer is allocated), images whose shorter side is below
 :data:`MIN_SIDE`, and multi-frame files (animated GIF/PNG/WebP, multi-page TIFF).
 """
@@ -339,6 +340,8 @@ def _read_pillow(data: bytes, label: str, target_size: int | None, sniffed: str)
             im.load()
         except Exception as exc:  # noqa: BLE001 - OSError/SyntaxError/ValueError/zlib.error...
             raise ImageReadError(f"{label}: truncated or corrupt {fmt} file ({_one_line(exc)})") from None
+        if fmt == "JPEG":
+            _check_jpeg_complete(im, data, label, stored_h)
 
         mode = im.mode
         photometric = None
@@ -369,6 +372,137 @@ def _read_pillow(data: bytes, label: str, target_size: int | None, sniffed: str)
     for w in warnings:
         logger.debug("%s: %s", label, w)
     return ReadResult(image, info)
+
+
+#: JPEG start-of-frame markers (ITU-T T.81 table B.1: SOF0-3, 5-7, 9-11, 13-15) and the progressive ones.
+_JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+_JPEG_PROGRESSIVE = frozenset((0xC2, 0xC6, 0xCA, 0xCE))
+#: The grey level libjpeg outputs for a block whose coefficients are all zero (the level shift of
+#: 8-bit data), in every channel of a YCbCr or greyscale JPEG.
+_JPEG_ZERO_BLOCK_LEVEL = 128
+
+
+def jpeg_mcu_height(data: bytes) -> tuple[int, bool] | None:
+    """Height of one MCU row of a JPEG, in pixels at full scale, and whether it is progressive.
+
+    Read from the frame header (SOFn, ITU-T T.81 B.2.2): a single-component (greyscale) frame is
+    coded in 8x8 blocks, so an MCU row is 8 pixels high; an interleaved multi-component frame's MCU
+    is ``8 * Vmax`` pixels high, ``Vmax`` being the largest vertical sampling factor (16 for the
+    usual 4:2:0 chroma subsampling, 8 for 4:4:4).
+
+    Args:
+        data: the whole JPEG file.
+
+    Returns:
+        ``(mcu_height, progressive)``, or ``None`` when no frame header is found before the first
+        scan or the marker structure is broken (the caller then skips checks that need it). Never
+        raises.
+    """
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker in _JPEG_SOF:
+            if pos + 10 > n:
+                return None
+            count = data[pos + 9]
+            sampling = data[pos + 11:pos + 10 + 3 * count:3]  # H (high nibble), V (low nibble)
+            if count < 1 or len(sampling) != count:
+                return None
+            vmax = max(s & 0x0F for s in sampling) if count > 1 else 1
+            return 8 * max(vmax, 1), marker in _JPEG_PROGRESSIVE
+        pos += 2 + length
+    return None
+
+
+def missing_jpeg_rows(im: Image.Image, mcu_height: int, scale: int = 1) -> int:
+    """Rows at the bottom of a decoded JPEG that the decoder filled in because the data ended early.
+
+    When a baseline JPEG's entropy-coded data stops early but an end-of-image marker follows (a
+    file cut and "repaired", or a cut upload with the marker appended), libjpeg does not fail: it
+    warns "premature end of data segment" (Pillow silences libjpeg's warnings and returns the same
+    status as for a complete file) and decodes every missing block with zero coefficients, i.e.
+    flat grey level 128 in every channel, MCU row after MCU row down to the bottom. This looks for
+    that trace: a band of whole MCU rows, aligned on MCU-row boundaries, spanning the full width
+    and reaching the bottom, in which every pixel of every channel is exactly 128 (with
+    vertically subsampled chroma, the band's first row may differ: see ``bleed`` in the code).
+    A cut inside the last MCU row (a partial row of blocks) is not recognised.
+
+    A genuine image can only match if its bottom MCU row(s) are exactly 128 in every pixel and
+    channel after JPEG coding (e.g. padding with mid-grey 128, which a JPEG encoder reproduces
+    exactly): such a file is refused too (a documented limitation; any other padding level, or
+    any noise, passes). Only modes ``L`` and ``RGB`` are checked (an Adobe CMYK JPEG's zero block
+    is not 128 in every channel).
+
+    Args:
+        im: the decoded (loaded) JPEG, possibly at a ``draft()`` scale, before EXIF rotation.
+        mcu_height: the MCU-row height at full scale (:func:`jpeg_mcu_height`).
+        scale: the ``draft()`` reduction ``k`` (1, 2, 4 or 8) the image was decoded at; an MCU
+            row is then ``mcu_height / k`` decoded rows.
+
+    Returns:
+        The number of decoded rows in that band, 0 when it is shorter than one full MCU row
+        (in particular when the bottom MCU row is not entirely 128: the usual, cheap case, one
+        ``getextrema`` over one MCU row).
+    """
+    if im.mode not in ("L", "RGB"):
+        return 0
+    width, height = im.size
+    step = max(1, mcu_height // max(1, scale))
+    # With vertically subsampled chroma (MCU rows of 16), libjpeg's "fancy" upsampling blends the
+    # last real chroma row into the first output row of the first missing MCU row: in a colour
+    # image that one row is not exactly 128. It is allowed to differ (full-scale decodes only).
+    bleed = 1 if mcu_height > 8 and scale == 1 else 0
+    flat = [(_JPEG_ZERO_BLOCK_LEVEL, _JPEG_ZERO_BLOCK_LEVEL)] * len(im.getbands())
+
+    def is_flat(first: int, stop: int) -> bool:
+        extrema = im.crop((0, first, width, stop)).getextrema()
+        return list(extrema if im.mode != "L" else (extrema,)) == flat
+
+    top = height
+    row = ((height - 1) // step) * step  # first row of the last (possibly partial) MCU row
+    while row >= 0 and is_flat(row, top):
+        top = row
+        row -= step
+    if bleed and row >= 0 and row + bleed < top and is_flat(row + bleed, top):
+        return height - row  # the blended first row belongs to the missing MCU row
+    missing = height - top
+    return missing if missing >= min(step, height) else 0
+
+
+def _check_jpeg_complete(im: Image.Image, data: bytes, label: str, stored_height: int) -> None:
+    """Refuse a decoded JPEG whose bottom rows were invented because its image data ends early.
+
+    See :func:`missing_jpeg_rows` for the trace looked for. ``im`` is loaded, before EXIF
+    rotation; ``stored_height`` is the height in the file's header (``im`` may be smaller after
+    ``draft()``).
+
+    Raises:
+        ImageReadError: ``"<label>: truncated or corrupt JPEG file (its image data ends early: the
+            bottom N of H rows are missing ...)"``.
+    """
+    frame = jpeg_mcu_height(data)
+    if frame is None:
+        return
+    mcu_height, _progressive = frame
+    scale = max(1, round(stored_height / max(1, im.height)))
+    missing = missing_jpeg_rows(im, mcu_height, scale)
+    if missing and missing < im.height:  # all 128: refused by check_contrast as flat grey instead
+        rows = min(stored_height, missing * scale)
+        raise ImageReadError(
+            f"{label}: truncated or corrupt JPEG file (its image data ends early: the bottom {rows} "
+            f"of {stored_height} rows are missing, decoded as flat grey 128)"
+        )
 
 
 def _draft(im: Image.Image, target_size: int) -> None:

@@ -72,6 +72,16 @@ def _grey(what: str) -> str:
     return f"gris uniforme, nivel {m[1]} de 255" if m else _NO_CONTRAST.get(what, what)
 
 
+_AGE_UNITS_ES = {"year": "año", "years": "años", "month": "mes", "months": "meses",
+                 "week": "semana", "weeks": "semanas", "day": "día", "days": "días"}
+
+
+def _age(text: str) -> str:
+    """An age as the gate writes it (``"45 years"``, ``"1 month"``...) in Spanish; other text unchanged."""
+    m = re.fullmatch(r"([\d.]+) (years?|months?|weeks?|days?)", text)
+    return f"{m[1]} {_AGE_UNITS_ES[m[2]]}" if m else text
+
+
 # (English regular expression, Spanish replacement: a re.sub template or a function of the match)
 # for texts made elsewhere in English: the upload checks (deephealth.web.upload, routes) and the
 # readers' warnings and errors.
@@ -122,6 +132,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
          r"\g<f>: imagen demasiado pequeña para diagnosticar: \g<s> px (el lado menor debe tener al menos \g<m> px)"),
         (r"^(?P<f>.+): truncated or corrupt JPEG file \(no end-of-image marker after the image data\)$",
          r"\g<f>: archivo JPEG truncado o dañado (falta el marcador de fin de imagen tras los datos)"),
+        (r"^(?P<f>.+): truncated or corrupt JPEG file \(its image data ends early: the bottom (?P<n>\d+) of "
+         r"(?P<h>\d+) rows are missing, decoded as flat grey 128\)$",
+         r"\g<f>: archivo JPEG truncado o dañado (sus datos de imagen terminan antes de tiempo: faltan las \g<n> "
+         r"filas inferiores de \g<h>, decodificadas como gris uniforme 128)"),
         (r"^(?P<f>.+): truncated or corrupt (?P<t>\S+) file(?P<r>.*)$", r"\g<f>: archivo \g<t> truncado o dañado\g<r>"),
         (r"^(?P<f>.+): truncated DICOM file: the (?P<p>.+) is cut short$",
          r"\g<f>: archivo DICOM truncado: \g<p> está incompleto"),
@@ -144,7 +158,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
         (r"^(?P<f>.+): multi-frame (?P<t>\S+) \((?P<n>\d+) frames\); send a single radiograph image$",
          r"\g<f>: \g<t> de varios fotogramas (\g<n>); envíe una sola radiografía"),
         (r"^adult patient \(age (?P<a>[^)]+)\): the model was trained on children aged 1-5 years$",
-         r"paciente adulto (edad \g<a>): el modelo se entrenó con niños de 1 a 5 años"),
+         lambda m: f"paciente adulto (edad {_age(m['a'])}): el modelo se entrenó con niños de 1 a 5 años"),
         (r"^MONOCHROME1 \(low values bright\): inverted so bright means dense$",
          r"MONOCHROME1 (valores bajos claros): invertida para que claro signifique denso"),
         (r"^uniform image \(every pixel has the same value\): no contrast$",
@@ -166,7 +180,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
 
 # Phrases of the input gate's reasons (deephealth.gate), replaced wherever they occur in a text
 # (a refusal joins several reasons with "; ", and some reasons contain "; " themselves).
-_GATE_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+_GATE_PHRASES: tuple[tuple[re.Pattern[str], Any], ...] = tuple(
     (re.compile(p), r)
     for p, r in (
         (r": not suitable for this model: ", r": no apto para este modelo: "),
@@ -204,7 +218,7 @@ _GATE_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"DICOM SOP Class UID \(0008,0016\) is (.+?): not a radiograph \(expected CR or DX image storage\)",
          r"la clase SOP DICOM (0008,0016) es \1: no es una radiografía (se espera almacenamiento de imagen CR o DX)"),
         (r"adult patient \(age ([^)]+)\): the model was trained on children aged 1-5 years",
-         r"paciente adulto (edad \1): el modelo se entrenó con niños de 1 a 5 años"),
+         lambda m: f"paciente adulto (edad {_age(m[1])}): el modelo se entrenó con niños de 1 a 5 años"),
         # the view check (deephealth.gate.lung_layout)
         (r"not a frontal chest film: no two lung fields either side of the mediastinum \(two-lung layout ([\d.-]+), "
          r"below ([\d.]+)\); a lateral view or another projection\? send the frontal \(PA or AP\) film",

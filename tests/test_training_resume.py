@@ -238,3 +238,33 @@ def test_ctrl_c_in_the_first_epoch_leaves_nothing_to_resume(
     monkeypatch.undo()
     assert main(["train", "--resume", str(run)]) == 2
     assert "stopped before its first epoch finished" in capsys.readouterr().err
+
+
+def test_a_segment_on_another_kind_of_cpu_is_recorded_and_warned_about(
+    tmp_path: Path, dataset_root: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``bf16: auto`` turns bf16 autocast on for AVX-512 CPUs with native bf16 only: a run started on one
+    kind of CPU and resumed on the other changes numerics mid-run. Each segment records its CPU and
+    whether bf16 autocast was on, and the resumed segment warns when that changed."""
+    from deephealth.cpu import describe
+
+    args = _tiny_args(dataset_root, tmp_path)
+    args[args.index("--epochs") + 1] = "2"
+    assert main(args + ["--name", "moved", "--time-limit", "0.001"]) == 3
+    run = tmp_path / "moved"
+    last = _load(run / "last.pt")
+    here = TrainConfig(bf16="auto").use_bf16()
+    assert last["segments"][-1]["bf16_autocast"] is here and last["segments"][-1]["cpu_capability"] == describe()
+    # as if the first segment had run on the other kind of CPU
+    last["segments"][-1].update(bf16_autocast=not here, cpu_capability="another CPU (test)")
+    torch.save(last, run / "last.pt")
+    capsys.readouterr()
+    with caplog.at_level("WARNING", logger="deephealth"):
+        assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "bf16" in r.getMessage()]
+    assert warned == [f"this segment runs with bf16 autocast {'on' if here else 'off'}, the previous one ran with it "
+                      f"{'off' if here else 'on'} (another CPU (test)): the run continues, but it is no longer what "
+                      "one uninterrupted run on either CPU gives"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert [(g["bf16_autocast"], g["cpu_capability"]) for g in summary["segments"]] == [
+        (not here, "another CPU (test)"), (here, describe())]

@@ -359,6 +359,7 @@ def fit(
     first_epoch = 1
     run_id = uuid.uuid4().hex  # os.urandom: no seeded generator is touched
     segments: list[dict[str, Any]] = []
+    segment_machine = {"cpu_capability": cpu_description(), "bf16_autocast": bf16}  # per segment: CPUs may differ
     wall_before = 0.0  # seconds of the earlier segments of a resumed run
     if resume is not None:
         step, best_value, best_epoch, best_state = _restore_state(resume, model, ema, opt, sched, gen)
@@ -367,6 +368,12 @@ def fit(
         run_id, segments, wall_before = resume["run_id"], list(resume["segments"]), float(resume["wall_time_s"])
         _logger.info("resuming %s after epoch %d of %d (step %d, best epoch %d)", run_dir, resume["epoch"],
                      config.epochs, step, best_epoch)
+        before = [seg["bf16_autocast"] for seg in segments if "bf16_autocast" in seg]
+        if before and before[-1] != bf16:  # bf16: auto on another kind of CPU (AVX-512 with bf16 vs AVX2)
+            _logger.warning("this segment runs with bf16 autocast %s, the previous one ran with it %s (%s): the "
+                            "run continues, but it is no longer what one uninterrupted run on either CPU gives",
+                            "on" if bf16 else "off", "on" if before[-1] else "off",
+                            segments[-1].get("cpu_capability", "another CPU"))
     saved_epoch = first_epoch - 1  # the last epoch in last.pt
     segment_epochs: list[float] = []  # seconds of each epoch run in this call
     if first_epoch > 1 and (first_epoch > config.epochs or saved_epoch - best_epoch >= config.patience):
@@ -472,7 +479,8 @@ def fit(
             )
             _write_history(history, run_dir)
             segment_epochs.append(row["seconds"])
-            this_segment = {"first_epoch": first_epoch, "last_epoch": epoch, "wall_time_s": time.time() - t_start}
+            this_segment = {"first_epoch": first_epoch, "last_epoch": epoch, "wall_time_s": time.time() - t_start,
+                            **segment_machine}
             _save_last(run_dir, {
                 "format": LAST_FORMAT, "run_id": run_id, "epoch": epoch, "step": step,
                 "config": recipe.to_dict(), "split": split_id, "dataset_dir": str(data_dir), "init_from": init_from,
@@ -534,7 +542,7 @@ def fit(
         (run_dir / "calibration.json").write_text(json.dumps(calib, indent=2) + "\n")
         ran = first_epoch <= len(history)  # False: this call only finished a run whose epochs were all done
         segments.append({"first_epoch": first_epoch if ran else None, "last_epoch": len(history) if ran else None,
-                         "wall_time_s": time.time() - t_start})
+                         "wall_time_s": time.time() - t_start, **segment_machine})
         wall = wall_before + segments[-1]["wall_time_s"]  # every segment of a resumed run
         data_info = {
             "dataset_dir": str(data_dir),

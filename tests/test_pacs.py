@@ -187,6 +187,11 @@ def test_a_borderline_instance_is_marked_in_the_table_line():
     o.review, o.review_reason = True, "borderline: P(pneumonia) 0.91 is within the review band ..."
     assert _line(o) == "stored   1.2.3.4  viral  P=0.890  SR 9.9  REVIEW: borderline, have it reviewed (reason in the SR)"
     assert o.to_dict()["review_reason"].startswith("borderline: ")
+    o.review, o.gate = False, {"status": "warn", "reasons": ["adult patient (age 45 years): the model was trained on children"]}
+    assert _line(o) == ("stored   1.2.3.4  viral  P=0.890  SR 9.9  INPUT GATE WARNS: adult patient (age 45 years): "
+                        "the model was trained on children")
+    o.gate = {"status": "accept", "reasons": []}
+    assert _line(o) == "stored   1.2.3.4  viral  P=0.890  SR 9.9"
 
 
 def test_parse_since():

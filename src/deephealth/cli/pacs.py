@@ -53,7 +53,10 @@ def _line(o) -> str:
     if o.status == "stored":
         p = o.probabilities or {}
         review = "  REVIEW: borderline, have it reviewed (reason in the SR)" if o.review else ""
-        return f"stored   {o.sop_uid}  {o.label}  P={p.get(o.label, 0.0):.3f}  SR {o.sr_uid}{review}"
+        gate = o.gate or {}
+        # the input gate's warning (e.g. an adult patient) is in the SR; the line says so, as predict does
+        warn = f"  INPUT GATE WARNS: {'; '.join(gate.get('reasons') or ['see the SR'])}" if gate.get("status") == "warn" else ""
+        return f"stored   {o.sop_uid}  {o.label}  P={p.get(o.label, 0.0):.3f}  SR {o.sr_uid}{review}{warn}"
     if o.status == "skipped":
         return f"skipped  {o.sop_uid}  (our SR for this model version exists)"
     if o.status == "refused":

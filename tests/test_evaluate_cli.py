@@ -459,3 +459,138 @@ def test_released_report_md_re_renders_from_its_metrics_json():
     from deephealth.evaluation.report import render_markdown
 
     assert render_markdown(load_metrics(RELEASED_REPORT)) == (RELEASED_REPORT.parent / "report.md").read_text()
+
+
+# --- which split is scored (model-val, the official val folder, the reserved test split) ---------------------------
+
+BUNDLED_META = json.loads((default_model_dir() / "metadata.json").read_text())
+
+
+@pytest.mark.needs_data
+def test_model_val_scores_the_models_recorded_validation_films(dataset_root, tmp_path, capsys):
+    """The bundled model on its own 502 validation films: the figures its metadata records at the operating point."""
+    from deephealth.cli.evaluate import TEST_SPLIT_NOTE
+
+    out = tmp_path / "mv"
+    rc, stdout, stderr = _run(capsys, "--data", str(dataset_root), "--split", "model-val", "--out", str(out),
+                              "--no-progress", "--bootstrap", "100")
+    assert rc == 0, stderr
+    assert TEST_SPLIT_NOTE not in stderr
+    assert "[model-val: the model's validation split: its training run's 502 validation films" in stdout
+    report = load_metrics(out / "metrics.json")
+    data = report["data"]
+    assert data["split"] == "model-val" and data["n_scored"] == 502 and data["n_patients"] == 285
+    assert data["support"] == {"normal": 140, "bacterial": 234, "viral": 128}
+    assert data["model_films"] == {"role": "validation", "n": 502}
+    # evaluate's headline 3-class accuracy is at the shipped operating point, the same computation as the
+    # training run's accuracy_at_operating_point on the same films (metrics.json rounds to 6 decimals: use counts)
+    cm = np.array(report["metrics"]["three_class"]["confusion_matrix"])
+    assert cm.sum() == 502 and np.trace(cm) == 422
+    vm = BUNDLED_META["validation_metrics"]
+    assert np.trace(cm) / 502 == pytest.approx(vm["accuracy_at_operating_point"], abs=1e-9)
+    assert report["metrics"]["three_class"]["accuracy"] == round(vm["accuracy_at_operating_point"], 6)
+    assert abs(report["metrics"]["three_class"]["accuracy"] - vm["accuracy"]) > 0.009  # not the arg-max figure
+    op = BUNDLED_META["operating_point"]
+    pn = cm[1:, 1:].sum() / cm[1:].sum(), cm[0, 0] / cm[0].sum()  # pneumonia called pneumonia, normal called normal
+    assert pn[0] == pytest.approx(op["val_sensitivity"], abs=1e-9) and pn[1] == pytest.approx(op["val_specificity"],
+                                                                                               abs=1e-9)
+    assert report["review_band"]["n_review"] == 35  # 6.97 % of 502, as the review band's fit recorded
+    assert report["review_band"]["review_rate"] == pytest.approx(
+        op["review_band"]["validation"]["review_rate"], abs=1e-6)
+    md = (out / "report.md").read_text()
+    assert "Comparison with published results" not in md and "Only the Kermany et al. rows" not in md
+    assert ("Published results (Kermany et al. 2018, MedMNIST) are on the official test split; this report is on "
+            "split model-val. All of these films are the model's own validation films: they were used to select "
+            "the model") in md
+
+
+@pytest.mark.needs_data
+def test_model_val_refuses_a_model_or_dataset_without_that_split(tiny_model_dir, dataset_root, small_dataset,
+                                                                  tmp_path, capsys):
+    # the tiny model records no validation split
+    rc, _, err = _run(capsys, "--model", str(tiny_model_dir), "--data", str(dataset_root), "--split", "model-val",
+                      "--out", str(tmp_path / "o"))
+    assert rc == 2 and "the model records no validation split" in err
+    # the bundled model's split cannot come from a folder without the train films it was drawn from
+    rc, _, err = _run(capsys, "--data", str(small_dataset), "--split", "model-val", "--out", str(tmp_path / "o"))
+    assert rc == 2 and "has no train folder" in err
+    # nor from a dataset that splits otherwise: 12 of its train films give another split than the recorded one
+    other = tmp_path / "other"
+    for src in sorted((dataset_root / "train" / "PNEUMONIA").iterdir())[:12]:
+        (other / "train" / "PNEUMONIA").mkdir(parents=True, exist_ok=True)
+        (other / "train" / "PNEUMONIA" / src.name).symlink_to(src)
+    rc, _, err = _run(capsys, "--data", str(other), "--split", "model-val", "--out", str(tmp_path / "o"))
+    assert rc == 2 and "gives another validation split than the model's (val_sha256: " in err
+    assert not (tmp_path / "o").exists()
+    # a CSV holds no train folder to re-create the split from
+    table = tmp_path / "t.csv"
+    table.write_text("path,label\nx.png,normal\n")
+    rc, _, err = _run(capsys, "--data", str(table), "--split", "model-val", "--out", str(tmp_path / "o"))
+    assert rc == 2 and "--split model-val scores the model's validation films from the Kermany-layout" in err
+
+
+@pytest.mark.needs_data
+def test_unknown_split_lists_the_valid_ones(tiny_model_dir, small_dataset, tmp_path, capsys):
+    rc, _, err = _run(capsys, "--model", str(tiny_model_dir), "--data", str(small_dataset), "--split", "validation")
+    assert rc == 2
+    assert err.strip() == ("deephealth evaluate: error: unknown split 'validation'; the splits of a dataset folder "
+                           "are train, val, test, model-val")
+    table = tmp_path / "s.csv"
+    img = small_dataset / "test" / "NORMAL" / f"{NORMAL[0]}.jpeg"
+    table.write_text(f"path,label,split\n{img},normal,train\n{img},normal,test\n")
+    rc, _, err = _run(capsys, "--model", str(tiny_model_dir), "--data", str(table), "--split", "val")
+    assert rc == 2 and err.strip().endswith(f"unknown split 'val': {table} holds the splits test, train")
+
+
+@pytest.mark.needs_data
+def test_official_val_folder_is_named_as_such_and_test_split_notes_its_reservation(tiny_model_dir, dataset_root,
+                                                                                    small_dataset, tmp_path, capsys):
+    from deephealth.cli.evaluate import TEST_SPLIT_NOTE
+
+    out = tmp_path / "val"
+    rc, stdout, stderr = _run(capsys, "--model", str(tiny_model_dir), "--data", str(dataset_root), "--split", "val",
+                              "--out", str(out), "--no-progress", "--bootstrap", "50")
+    assert rc == 0, stderr
+    assert TEST_SPLIT_NOTE not in stderr
+    note = "the official 16-film val folder, not the model's validation split (that is --split model-val)"
+    assert f"[val: {note}]: 16 images" in stdout
+    md = (out / "report.md").read_text()
+    assert f"| Split | val ({note}): 16 images scored (8 normal, 8 bacterial, 0 viral)" in md
+    assert "Comparison with published results" not in md and "Only the Kermany et al. rows" not in md
+    assert "are on the official test split; this report is on split val." in md
+    assert "used to train or select the model" not in md  # the tiny model records no dataset: nothing to say
+
+    # the test split, given or by default: one line on stderr, the evaluation still runs, the comparison is there
+    for extra in ([], ["--split", "test"]):
+        out = tmp_path / f"test{len(extra)}"
+        rc, stdout, stderr = _run(capsys, "--model", str(tiny_model_dir), "--data", str(small_dataset), *extra,
+                                  "--out", str(out), "--no-progress", "--bootstrap", "50")
+        assert rc == 0, stderr
+        assert stderr.count(TEST_SPLIT_NOTE) == 1 and TEST_SPLIT_NOTE.startswith("note: the official test split "
+                                                                                 "is reserved for reporting a release")
+        assert "at most three looks per release, recorded in docs/model-development.md" in TEST_SPLIT_NOTE
+        md = (out / "report.md").read_text()
+        assert "## Comparison with published results" in md and "Only the Kermany et al. rows" in md
+        assert "Not comparable with published results" not in md
+
+
+@pytest.mark.needs_data
+def test_csv_of_training_films_says_the_model_was_trained_or_selected_on_them(dataset_root, tmp_path, capsys):
+    """A CSV whose files are in the bundled model's train folder (3 films of it, 1 of the test folder)."""
+    films = [sorted((dataset_root / "train" / "NORMAL").iterdir())[0],
+             *sorted((dataset_root / "train" / "PNEUMONIA").iterdir())[:2],
+             dataset_root / "test" / "NORMAL" / f"{NORMAL[0]}.jpeg"]
+    assert all(f.is_file() for f in films)
+    table = tmp_path / "mine.csv"
+    table.write_text("path,label\n" + "".join(
+        f"{f},{'normal' if f.parent.name == 'NORMAL' else ('bacterial' if 'bacteria' in f.name else 'viral')}\n"
+        for f in films))
+    out = tmp_path / "csv"
+    rc, _, stderr = _run(capsys, "--data", str(table), "--out", str(out), "--no-progress", "--bootstrap", "50")
+    assert rc == 0, stderr
+    report = load_metrics(out / "metrics.json")
+    assert report["data"]["model_films"] == {"role": "training or validation", "n": 3}
+    md = (out / "report.md").read_text()
+    assert "Comparison with published results" not in md
+    assert ("this report is on split csv. 3 of these 4 films are in the official train folder of the model's "
+            "dataset: they were used to train or select the model") in md

@@ -151,3 +151,16 @@ def test_read_shared_csv(data_root: Path) -> None:
     test = m.split("test")
     assert len(test) == 624 and len({r.patient_id for r in test}) == 427
     assert all(Path(r.path).is_relative_to(data_root / "chest_xray_224") for r in m.records)
+
+
+def test_split_identity_is_the_training_loops(dataset_root: Path) -> None:
+    """manifest.split_identity (torch-free, for evaluate) computes what the training run recorded."""
+    pytest.importorskip("torch")
+    from deephealth.manifest import split_identity
+    from deephealth.training.loop import split_identity as loop_split_identity
+
+    train, val = grouped_split(scan(dataset_root).split("train"), 0.1, 0)
+    ident = split_identity(train, val)
+    assert ident == loop_split_identity(train, val)
+    assert ident["val_sha256"] == "9618d9779bec0af4edb5a7d3505146b43bfa2820aa6b5764bb13325d01e9cfa7"
+    assert (ident["n_train"], ident["n_val"]) == (4714, 502)

@@ -341,3 +341,78 @@ def split_difference(recorded: dict, split_id: dict) -> str | None:
         The differing key, or ``None`` when every recorded key agrees (or none is recorded).
     """
     return next((k for k in SPLIT_IDENTITY_KEYS if k in recorded and recorded[k] != split_id[k]), None)
+
+
+def split_identity(train_recs: list[Record], val_recs: list[Record]) -> dict:
+    """What identifies a patient-grouped train/validation split, independent of where the dataset lies.
+
+    The same computation as ``deephealth.training.loop.split_identity`` (tested equal), here without
+    PyTorch so that ``deephealth evaluate`` can check a model's recorded split.
+
+    Args:
+        train_recs: the training records of :func:`grouped_split` (before any subset).
+        val_recs: its validation records.
+
+    Returns:
+        ``{"n_train", "n_val", "val_counts", "val_sha256"}``: the counts, the validation films per
+        class, and the SHA-256 (hex) of the sorted ``patient_id / label / file name`` lines of the
+        validation films.
+    """
+    import hashlib
+
+    lines = sorted(f"{r.patient_id}/{r.label}/{Path(r.path).name}" for r in val_recs)
+    return {
+        "n_train": len(train_recs),
+        "n_val": len(val_recs),
+        "val_counts": {c: sum(r.label == c for r in val_recs) for c in CLASS_NAMES},
+        "val_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+    }
+
+
+def model_validation_split(metadata: dict, data_dir: str | Path) -> tuple[list[Record], dict]:
+    """The validation films an exported model was selected on, checked against what it recorded.
+
+    Re-creates the training run's patient-grouped split of ``data_dir``'s official ``train`` folder
+    (:func:`grouped_split` with the recorded ``val_fraction`` and ``split_seed``, then the
+    ``max_train_images`` subset of a smoke run, as :func:`run_split` does) and checks its
+    :func:`split_identity` against the one the model records (``metadata["data"]["split"]``, or
+    for older models the ``n_val`` / ``val_counts`` beside it), so the films scored are exactly the
+    model's validation films.
+
+    Args:
+        metadata: the model's ``metadata.json`` content.
+        data_dir: the Kermany-layout dataset folder (it needs a ``train`` folder).
+
+    Returns:
+        ``(val_records, split_identity)``: the validation records in dataset order, and this
+        dataset's :func:`split_identity` (of the full split, before any subset).
+
+    Raises:
+        ValueError: if the model records no validation split, ``data_dir`` has no ``train`` folder,
+            or the dataset gives another split than the recorded one (the first differing key of
+            :data:`SPLIT_IDENTITY_KEYS` is named).
+    """
+    data = metadata.get("data") or {}
+    config = (metadata.get("training") or {}).get("config") or {}
+    recorded = data.get("split") or {k: data[k] for k in SPLIT_IDENTITY_KEYS if k in data}
+    if not any(k in recorded for k in SPLIT_IDENTITY_KEYS):
+        raise ValueError("the model records no validation split (metadata.json data.split: n_val, val_counts, "
+                         "val_sha256), so its validation films cannot be identified")
+    root = Path(data_dir)
+    if not (root / "train").is_dir():
+        raise ValueError(f"{root} has no train folder: the model's validation split is drawn from the official "
+                         "train folder of the dataset it was trained on")
+    val_fraction = float(data.get("val_fraction", config.get("val_fraction", 0.1)))
+    split_seed = int(data.get("split_seed", config.get("split_seed", 0)))
+    train_recs, val_recs = grouped_split(scan(root).split("train"), val_fraction, split_seed)
+    ident = split_identity(train_recs, val_recs)
+    k = split_difference(recorded, ident)
+    if k is not None:
+        raise ValueError(f"{root} gives another validation split than the model's ({k}: {recorded[k]!r} recorded, "
+                         f"{ident[k]!r} here, val_fraction {val_fraction}, split_seed {split_seed}; the model was "
+                         f"trained on {data.get('dataset_dir', 'an unrecorded dataset folder')}): score it on the "
+                         "dataset it was trained on")
+    n_max, seed = int(config.get("max_train_images", 0) or 0), int(config.get("seed", 0))
+    if n_max:  # a smoke run validated on a subset (run_split)
+        val_recs = stratified_subset(val_recs, n_max // 4, seed)
+    return val_recs, ident

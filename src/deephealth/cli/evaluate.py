@@ -4,10 +4,10 @@ The exported ONNX model is scored through the same reading and preprocessing pat
 (what ships is what is scored). The report folder gets metrics.json, report.md, predictions.csv,
 misclassified.csv and PNG plots (confusion matrix, ROC curves, reliability diagram): 3-class
 metrics, the two binary protocols of Kermany et al. (2018), calibration (ECE, Brier, NLL), 95 %
-patient-level bootstrap intervals, and a comparison with published results. The headline metrics
-are given on all images (the published protocol) and again with each group of byte-identical
-files (SHA-256 of the bytes) counted once, patients sharing an identical image merged into one
-bootstrap unit. --compare NAME=METRICS_JSON adds another evaluation's headline figures as a
+patient-level bootstrap intervals, and (official test split only) a comparison with published
+results. The headline metrics are given on all images (the published protocol) and again with
+each group of byte-identical files (SHA-256 of the bytes) counted once, patients sharing an
+identical image merged into one bootstrap unit. --compare NAME=METRICS_JSON adds another evaluation's headline figures as a
 labelled row of the comparison table (--compare-adapted for a model that used the evaluated
 site's unlabelled films, e.g. site-adapted BatchNorm statistics). --stability also scores every
 film under the benign-perturbation family of deephealth.evaluation.stability (JPEG q90, +-1 grey
@@ -22,11 +22,21 @@ deletion (about 50x the scoring time, no labels used), with deletion_curves.png.
 
 Data: a Kermany-layout folder ({train,val,test}/{NORMAL,PNEUMONIA}/...; default: the shared
 chest_xray_224, official test split) or a CSV with columns path,label[,patient_id,split].
+Splits of a folder: test (the official test split, reserved for reporting a release: at most three
+looks per release, recorded in docs/model-development.md; a note on stderr says so), val (the
+official 16-film val folder, NOT the model's validation split), train (the official train folder,
+which the model was trained and selected on), and model-val: exactly the validation films of the
+model's training run (the patient-grouped split of the official train folder it was selected on,
+re-created from its metadata and checked against the recorded val_sha256 and counts), the split
+every validation figure of the docs is on. Reports of any other data than the official test split
+say that published results are not comparable, and whether the films were used to train or select
+the model.
 
 Examples:
   deephealth evaluate
   deephealth evaluate --model src/deephealth/models/deephealth-cxr3 --out src/deephealth/models/deephealth-cxr3/report
   deephealth evaluate --data my_images.csv --out eval-mine
+  deephealth evaluate --split model-val --out eval-model-val
   deephealth evaluate --data ../shared/data/chest_xray_224.csv --split test
   deephealth evaluate --stability --faithfulness --out eval-test
   deephealth evaluate --compare "prototype method=eval-proto/metrics.json" \
@@ -45,6 +55,13 @@ import sys
 from pathlib import Path
 
 DEFAULT_OUT = "evaluation"
+MODEL_VAL = "model-val"
+FOLDER_SPLITS = ("train", "val", "test", MODEL_VAL)
+"""The ``--split`` names of a Kermany-layout folder."""
+TEST_SPLIT_NOTE = ("note: the official test split is reserved for reporting a release (at most three looks per "
+                   "release, recorded in docs/model-development.md)")
+OFFICIAL_VAL_NOTE = ("the official {n}-film val folder, not the model's validation split "
+                     f"(that is --split {MODEL_VAL})")
 MIN_RECOMMENDED_RESAMPLES = 1000
 
 
@@ -55,8 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default: DEEPHEALTH_MODEL_DIR or the bundled model")
     parser.add_argument("--data", metavar="PATH", help="Kermany-layout dataset folder or a CSV of path,label "
                         "(optional patient_id, split); default: <data root>/chest_xray_224")
-    parser.add_argument("--split", metavar="NAME", help="split to score: train, val or test (default: test for a "
-                        "folder; every row of a CSV unless given, then its split column must match)")
+    parser.add_argument("--split", metavar="NAME", help="split to score: test (official test split, reserved for "
+                        "a release's report), val (the official 16-film val folder, not the model's validation "
+                        f"split), train, or {MODEL_VAL} (the model's own validation films, as recorded in its "
+                        "metadata) (default: test for a folder; every row of a CSV unless given, then its split "
+                        "column must match)")
     parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
                         help=f"report folder, created if needed (default: ./{DEFAULT_OUT})")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per inference batch (32)")
@@ -177,6 +197,36 @@ def _describe_data(path: Path, is_csv: bool) -> str:
     return f"Kermany-layout folder {path.name} (labels from folder and file name, patients from file name)"
 
 
+def _model_films(records: list, metadata: dict, split: str) -> dict | None:
+    """How many of ``records`` the model was trained or selected on, for the report.
+
+    The model's training and validation films both come from the official ``train`` folder of the
+    dataset it records (``metadata["data"]["dataset_dir"]``, resolved with
+    :func:`deephealth.paths.resolve_portable_path`): a film whose resolved path lies in it counts.
+    Films copied elsewhere are not recognised.
+
+    Args:
+        records: the records to be scored.
+        metadata: the model's ``metadata.json`` content.
+        split: the ``--split`` name (``model-val`` gives the validation role outright).
+
+    Returns:
+        ``{"role": "validation" | "training or validation", "n": films}``, or ``None`` when no
+        film is in the model's train folder (or that folder is not found here).
+    """
+    from deephealth.paths import resolve_portable_path
+
+    if split == MODEL_VAL:
+        return {"role": "validation", "n": len(records)}
+    recorded = (metadata.get("data") or {}).get("dataset_dir")
+    try:
+        train_dir = resolve_portable_path(recorded, accept=lambda d: (d / "train").is_dir()) / "train"
+    except FileNotFoundError:
+        return None
+    n = sum(Path(r.path).resolve().is_relative_to(train_dir) for r in records)
+    return {"role": "training or validation", "n": n} if n else None
+
+
 def run(args: argparse.Namespace) -> int:
     """Score the model and write the report; see the module docstring for the exit status."""
     import datetime
@@ -213,21 +263,36 @@ def run(args: argparse.Namespace) -> int:
 
     data_path = Path(args.data) if args.data else paths.dataset_dir()
     is_csv = data_path.is_file()
+    split_description = None
     try:
         if is_csv:
+            if args.split == MODEL_VAL:
+                return _error(f"--split {MODEL_VAL} scores the model's validation films from the Kermany-layout "
+                              f"dataset folder it was trained on; {data_path} is a CSV: give that folder as --data")
             man = manifest.read_csv(data_path)
             records = man.records
             splits = sorted({r.split for r in records})
             if args.split:
                 records = [r for r in records if r.split == args.split]
+                if not records and splits and man.records:
+                    return _error(f"unknown split {args.split!r}: {data_path} holds the splits {', '.join(splits)}")
             elif len(splits) > 1:
                 return _error(f"{data_path} holds the splits {', '.join(splits)}; choose one with --split")
             split = args.split or (splits[0] if splits else "csv")
             root = data_path.resolve().parent
         else:
-            man = manifest.scan(data_path)
             split = args.split or "test"
-            records = man.split(split)
+            if split not in FOLDER_SPLITS:
+                return _error(f"unknown split {split!r}; the splits of a dataset folder are {', '.join(FOLDER_SPLITS)}")
+            man = manifest.scan(data_path)
+            if split == MODEL_VAL:
+                records, _ = manifest.model_validation_split(predictor.artifact.metadata, data_path)
+                split_description = (f"the model's validation split: its training run's {len(records)} "
+                                     "validation films from the official train folder, checked against its metadata")
+            else:
+                records = man.split(split)
+                if split == "val":
+                    split_description = OFFICIAL_VAL_NOTE.format(n=len(records))
             root = Path(man.root)
     except (OSError, ValueError) as exc:
         return _error(str(exc))
@@ -238,6 +303,8 @@ def run(args: argparse.Namespace) -> int:
         if is_csv and not args.split and not splits:
             return _error(f"no labelled images in {data_path}: it needs a row per film with its path and label")
         return _error(f"no labelled images for split {split!r} in {data_path}")
+    if split == "test":
+        print(TEST_SPLIT_NOTE, file=sys.stderr)
 
     t0 = time.monotonic()
     try:
@@ -339,6 +406,11 @@ def run(args: argparse.Namespace) -> int:
         "split": split,
         "root": str(root),
     }
+    if split_description:
+        data_info["split_description"] = split_description
+    model_films = _model_films(records, art.metadata, split)
+    if model_films:
+        data_info["model_films"] = model_films
     try:
         report = build_report(
             y_true=y_true, probs=probs, rows=rows, model=model_info, data=data_info, run=run_info,
@@ -363,7 +435,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"  {label:<36} {value:.3f}    (95 % CI {lo:.3f}–{hi:.3f})")
 
-    print(f"{art.name} {art.version} on {data_path.name} [{split}]: {len(y_true)} images, "
+    where = f"{split}: {split_description}" if split_description else split
+    print(f"{art.name} {art.version} on {data_path.name} [{where}]: {len(y_true)} images, "
           f"{report['data']['n_patients']} patients, {len(failures)} not readable"
           + (f", {len(man.problems)} entries of the data skipped (listed in the report)" if man.problems else ""))
     show("3-class accuracy", m["three_class"]["accuracy"], "accuracy")

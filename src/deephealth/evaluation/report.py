@@ -10,7 +10,8 @@ Folder contents (written by :func:`write_report`):
   between runs (command, date, library versions, duration, and the folders, recorded with
   :func:`deephealth.paths.portable_path`: no absolute path of the machine that ran it).
 - ``report.md``: the human-readable report (command, date, model, data provenance, intended use,
-  metric tables with 95 % intervals, comparison with published anchors, plots, misclassified list).
+  metric tables with 95 % intervals, comparison with published anchors (official test split only),
+  plots, misclassified list).
 - ``predictions.csv``: one row per image (file, patient, true, predicted, 3 probabilities, error).
 - ``misclassified.csv``: the misclassified images, most confident mistakes first.
 - ``confusion_matrix.png``, ``roc_one_vs_rest.png``, ``roc_binary.png``, ``reliability.png``.
@@ -599,7 +600,7 @@ def write_report(report: dict[str, Any], y_true: np.ndarray, probs: np.ndarray, 
         a["task"]: (a["values"]["sensitivity"], a["values"]["specificity"])
         for a in ANCHORS
         if a["reference"].startswith("Kermany") and "sensitivity" in a["values"]
-    }
+    } if is_official_test(report["data"]) else None  # published points are on the official test split only
     decision = report["model"].get("operating_point")
     written["roc_binary"] = plots.plot_roc_binary(y_true, probs, out / PLOTS["roc_binary"], kermany,
                                                   thresholds={p: decision_threshold(p, decision) for p in PROTOCOLS})
@@ -746,8 +747,8 @@ def _yes_no(flag: Any) -> str:
     return "**yes**" if flag else "no"
 
 
-def _side_by_side(report: dict[str, Any]) -> list[str]:
-    """Markdown table: this model (all images and deduplicated), compared models, published anchors."""
+def _side_by_side(report: dict[str, Any], published: bool = True) -> list[str]:
+    """Markdown table: this model (all images and deduplicated), compared models, published anchors if ``published``."""
     m, dd, model = report["metrics"], report.get("deduplicated"), report["model"]
 
     def ours(section: dict[str, Any], task: str, metric: str) -> str:
@@ -785,7 +786,7 @@ def _side_by_side(report: dict[str, Any]) -> list[str]:
                        + " | ".join(head(c["deduplicated"]["metrics"], t, k) for t, k, _ in _SIDE_BY_SIDE)
                        + f" | {_yes_no(c['uses_unlabelled_target_images'])} |")
     by_ref: dict[str, dict[str, Any]] = {}
-    for a in report["anchors"]:
+    for a in report["anchors"] if published else []:
         by_ref.setdefault(a["reference"], {}).update({f"{a['task']}.{k}": v for k, v in a["values"].items()})
     for ref, values in by_ref.items():
         cells = [_fmt(values[f"{t}.{k}"], _KIND[k]) if f"{t}.{k}" in values else "" for t, k, _ in _SIDE_BY_SIDE]
@@ -793,8 +794,78 @@ def _side_by_side(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def is_official_test(data: dict[str, Any]) -> bool:
+    """Whether a report's data is the official test split, the only data published results are comparable on.
+
+    Args:
+        data: the report's ``data`` section (its ``split`` as ``deephealth evaluate`` recorded it:
+            ``test`` for the official test folder or a CSV's ``test`` rows).
+
+    Returns:
+        ``True`` for the ``test`` split.
+    """
+    return data.get("split") == "test"
+
+
+def _not_comparable_line(data: dict[str, Any]) -> str:
+    """One line for a report on other data than the official test split.
+
+    It says that published results are not comparable and, when the report records ``model_films``,
+    that the model was trained or selected on those films.
+    """
+    line = (f"**Not comparable with published results.** Published results (Kermany et al. 2018, MedMNIST) are on "
+            f"the official test split; this report is on split {data.get('split', '?')}.")
+    films = data.get("model_films")
+    if films:
+        n, total = films.get("n"), data.get("n_records")
+        which = "All of these films are" if n == total else f"{n} of these {total} films are"
+        if films.get("role") == "validation":
+            line += (f" {which} the model's own validation films: they were used to select the model (checkpoint, "
+                     "temperature, operating point, review band), so its figures on them are optimistic.")
+        else:
+            line += (f" {which} in the official train folder of the model's dataset: they were used to train or "
+                     "select the model, so its figures on them are optimistic.")
+    return line
+
+
+def _published_comparison(report: dict[str, Any]) -> list[str]:
+    """The "Comparison with published results" section (official test split only)."""
+    m, dd = report["metrics"], report.get("deduplicated")
+    L: list[str] = []
+    add = L.append
+    add("## Comparison with published results")
+    add("")
+    L.extend(_side_by_side(report))
+    add("")
+    dd_n = f", deduplicated, {dd['n_images']} images (95 % CI)" if dd else None
+    add(f"| reference | task | metric | published | this model, all {m['n']} images (95 % CI) |"
+        + (f" this model{dd_n} |" if dd else "") + " note |")
+    add("|---|---|---|---:|---|" + ("---|" if dd else "") + "---|")
+    for a in report["anchors"]:
+        for metric, value in a["values"].items():
+            task = a["task"]
+            ours = _ours(report, task, metric) if (task == "three_class" or m["binary"][task].get("n")) else "n/a"
+            extra = ""
+            if dd:
+                has = task == "three_class" or dd["metrics"]["binary"][task].get("n")
+                extra = f" {_ours(dd, task, metric) if has else 'n/a'} |"
+            add(f"| {a['reference']} | {_TASK_TITLES[task]} | {metric} | {_fmt(value, _KIND[metric])} | "
+                f"{ours} |{extra} {a['note']} |")
+    add("")
+    add("Anchors come from different models, image resolutions and training protocols; the MedMNIST "
+        "result is at 28×28 pixels on a different split. Only the Kermany et al. rows use the same test "
+        "images (at their original resolution) and tasks. Sources: " + "; ".join(sorted({a['citation'] for a in report['anchors']})) + ".")
+    add("")
+    return L
+
+
 def render_markdown(report: dict[str, Any]) -> str:
-    """The ``report.md`` text of a report dict from :func:`build_report`."""
+    """The ``report.md`` text of a report dict from :func:`build_report`.
+
+    The comparison with published results is given for the official test split only
+    (:func:`is_official_test`); a report on other data says in one line that they are not
+    comparable, and whether the model was trained or selected on the films (``data.model_films``).
+    """
     m, ci = report["metrics"], report["confidence_intervals"]
     iv = ci["intervals"]
     model, data, run = report["model"], report["data"], report["run"]
@@ -818,13 +889,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     sup = data["support"]
     counts = ", ".join(f"{sup[c]} {c}" for c in CLASS_NAMES)
     add(f"| Data | {data.get('description', data.get('dataset', '?'))} |")
-    add(f"| Split | {data.get('split', '?')}: {data['n_scored']} images scored ({counts}) from "
+    split_name = data.get("split", "?") + (f" ({data['split_description']})" if data.get("split_description") else "")
+    add(f"| Split | {split_name}: {data['n_scored']} images scored ({counts}) from "
         f"{data['n_patients']} patients; {data['n_failed']} could not be read |")
     add(f"| Data fingerprint | `{data['files_sha256']}` (SHA-256 over path, label and file SHA-256) |")
     add(f"| Scored with | the exported ONNX model through `deephealth.inference.Predictor` (what ships is "
         f"what is scored); deephealth {run.get('deephealth_version', '?')}, onnxruntime "
         f"{run.get('onnxruntime_version', '?')} |")
     add("")
+    official_test = is_official_test(data)
+    if not official_test:
+        add(_not_comparable_line(data))
+        add("")
     op = model.get("operating_point")
     if op:
         rule = (f"The predicted class is the model's shipped decision at its **operating point**: pneumonia when "
@@ -842,7 +918,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     dd = report.get("deduplicated")
     add(f"## Headline: all {m['n']} images")
     add("")
-    add("Every scored file counts, as in the published results of the comparison below.")
+    add("Every scored file counts, as in the published results of the comparison below." if official_test
+        else "Every scored file counts.")
     add("")
     L.extend(_headline_table(report))
     add("")
@@ -929,30 +1006,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         L.extend(_stability_markdown(report["stability"]))
     if report.get("faithfulness"):
         L.extend(_faithfulness_markdown(report["faithfulness"]))
-    # Anchors
-    add("## Comparison with published results")
-    add("")
-    L.extend(_side_by_side(report))
-    add("")
-    dd_n = f", deduplicated, {dd['n_images']} images (95 % CI)" if dd else None
-    add(f"| reference | task | metric | published | this model, all {m['n']} images (95 % CI) |"
-        + (f" this model{dd_n} |" if dd else "") + " note |")
-    add("|---|---|---|---:|---|" + ("---|" if dd else "") + "---|")
-    for a in report["anchors"]:
-        for metric, value in a["values"].items():
-            task = a["task"]
-            ours = _ours(report, task, metric) if (task == "three_class" or m["binary"][task].get("n")) else "n/a"
-            extra = ""
-            if dd:
-                has = task == "three_class" or dd["metrics"]["binary"][task].get("n")
-                extra = f" {_ours(dd, task, metric) if has else 'n/a'} |"
-            add(f"| {a['reference']} | {_TASK_TITLES[task]} | {metric} | {_fmt(value, _KIND[metric])} | "
-                f"{ours} |{extra} {a['note']} |")
-    add("")
-    add("Anchors come from different models, image resolutions and training protocols; the MedMNIST "
-        "result is at 28×28 pixels on a different split. Only the Kermany et al. rows use the same test "
-        "images (at their original resolution) and tasks. Sources: " + "; ".join(sorted({a['citation'] for a in report['anchors']})) + ".")
-    add("")
+    # Anchors: published results are on the official test split only
+    if official_test:
+        L.extend(_published_comparison(report))
+    elif report.get("comparisons"):
+        add("## Models side by side")
+        add("")
+        L.extend(_side_by_side(report, published=False))
+        add("")
     # Misclassified
     mis = report["misclassified"]
     add(f"## Misclassified images ({len(mis)})")

@@ -346,8 +346,8 @@ def split_difference(recorded: dict, split_id: dict) -> str | None:
 def split_identity(train_recs: list[Record], val_recs: list[Record]) -> dict:
     """What identifies a patient-grouped train/validation split, independent of where the dataset lies.
 
-    The same computation as ``deephealth.training.loop.split_identity`` (tested equal), here without
-    PyTorch so that ``deephealth evaluate`` can check a model's recorded split.
+    Recorded by training runs (``deephealth.training.loop`` imports it from here) and checked by
+    ``deephealth evaluate --split model-val``, which must not import PyTorch.
 
     Args:
         train_recs: the training records of :func:`grouped_split` (before any subset).

@@ -39,7 +39,14 @@ from deephealth import __version__
 from deephealth.calibration import decide, fit_operating_point, fit_temperature, nll, softmax
 from deephealth.cpu import describe as cpu_description
 from deephealth.labels import CLASS_NAMES
-from deephealth.manifest import Record, grouped_split, scan, split_difference, stratified_subset
+from deephealth.manifest import (  # split_identity: re-exported, checkpoints and distill use it from here
+    Record,
+    grouped_split,
+    scan,
+    split_difference,
+    split_identity,
+    stratified_subset,
+)
 from deephealth.paths import dataset_dir
 from deephealth.training.config import TrainConfig, save_config
 from deephealth.training.data import (
@@ -887,29 +894,6 @@ def _model_folder_checkpoint(folder: Path) -> tuple[dict[str, Any], Path]:
     return ({"model_state": state["model_state"], "config": training["config"], "epoch": training.get("epoch"),
              "preprocessing": meta.get("preprocessing", state.get("preprocessing")), "data": meta.get("data")},
             weights)
-
-
-def split_identity(train_recs: list[Record], val_recs: list[Record]) -> dict[str, Any]:
-    """What identifies a patient-grouped train/validation split, independent of where the dataset lies.
-
-    Args:
-        train_recs: the training records of :func:`deephealth.manifest.grouped_split` (before any subset).
-        val_recs: its validation records.
-
-    Returns:
-        ``{"n_train", "n_val", "val_counts", "val_sha256"}``: the counts, the validation films per
-        class, and the SHA-256 (hex) of the sorted ``patient_id / label / file name`` lines of the
-        validation films, so the same dataset copied to another folder gives the same identity.
-    """
-    import hashlib
-
-    lines = sorted(f"{r.patient_id}/{r.label}/{Path(r.path).name}" for r in val_recs)
-    return {
-        "n_train": len(train_recs),
-        "n_val": len(val_recs),
-        "val_counts": {c: sum(r.label == c for r in val_recs) for c in CLASS_NAMES},
-        "val_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
-    }
 
 
 def check_same_split(init_from: dict[str, Any], split_id: dict[str, Any]) -> None:

@@ -268,3 +268,55 @@ def test_a_segment_on_another_kind_of_cpu_is_recorded_and_warned_about(
     summary = json.loads((run / "summary.json").read_text())
     assert [(g["bf16_autocast"], g["cpu_capability"]) for g in summary["segments"]] == [
         (not here, "another CPU (test)"), (here, describe())]
+
+
+def test_a_new_run_refuses_a_folder_that_already_holds_a_run(
+    tmp_path: Path, dataset_root: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A new run under an existing run's name (a repeated --name, or a config's fixed ``name:``) would write
+    its config.yaml and history.csv beside the old run's last.pt / best.pt / summary.json: refused in one
+    line (exit status 2) before anything is written, saying what the folder holds and what to do."""
+    args = _tiny_args(dataset_root, tmp_path)
+    args[args.index("--epochs") + 1] = "2"
+    assert main(args + ["--name", "ref", "--time-limit", "0.001"]) == 3  # interrupted after epoch 1
+    run = tmp_path / "ref"
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+
+    def refused(argv: list[str]) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        return err.strip()
+
+    # Over the interrupted run: another recipe, same name.
+    err = refused(args + ["--name", "ref", "--lr", "0.01"])
+    assert err == (f"error: {run} already holds an interrupted run, resumable from its last.pt; continue it with: "
+                   f"deephealth train --resume {run}, or start a new run with --name <other name> (or delete {run} first)")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # untouched: still resumable
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    finished = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert {"best.pt", "summary.json", "calibration.json"} <= set(finished)
+
+    # Over the finished run (also through --config, as a config's fixed name: would).
+    err = refused(args + ["--name", "ref"])
+    assert err == (f"error: {run} already holds a finished run (config.yaml, last.pt, best.pt, summary.json); "
+                   f"start a new run with --name <other name> (or delete {run} first)")
+    cfg = tmp_path / "named.yaml"
+    cfg.write_text(f"name: ref\nout_dir: {tmp_path}\n")
+    assert "already holds a finished run" in refused(["train", "--config", str(cfg), "--quiet"])
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == finished
+
+    # A folder left by a run stopped in its first epoch (config.yaml only): nothing to resume.
+    early = tmp_path / "early"
+    early.mkdir()
+    save_config(TrainConfig(), early / "config.yaml")
+    assert refused(args + ["--name", "early"]) == (
+        f"error: {early} already holds a run that stopped before its first epoch finished (nothing to resume); "
+        f"start a new run with --name <other name> (or delete {early} first)")
+    # An empty or unrelated existing folder is fine (the check looks for a run's files only).
+    loop.check_new_run_folder(tmp_path / "does-not-exist")
+    (tmp_path / "empty").mkdir()
+    loop.check_new_run_folder(tmp_path / "empty")
+

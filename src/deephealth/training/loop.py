@@ -68,6 +68,44 @@ class ResumeError(ValueError):
     """A run folder that cannot be resumed; the message is one line for the user."""
 
 
+class RunFolderInUse(ValueError):
+    """A new run was asked for in a folder that already holds a run; the message is one line for the user."""
+
+
+#: Files whose presence means a run folder already holds a run (:func:`check_new_run_folder`).
+RUN_FILES = ("config.yaml", LAST_CHECKPOINT, "best.pt", "summary.json")
+
+
+def check_new_run_folder(run_dir: str | Path) -> None:
+    """Refuse to start a new run in a folder that already holds one.
+
+    A new run written into an existing run's folder would mix its config.yaml and history.csv with
+    the old run's best.pt, summary.json and calibration.json (``deephealth export`` would then pair the
+    old weights with the new config), and would make an interrupted run unresumable.
+
+    Args:
+        run_dir: the folder the new run would write (``<out_dir>/<name>``); a missing or empty
+            folder, or one without any of :data:`RUN_FILES`, is accepted.
+
+    Raises:
+        RunFolderInUse: the folder holds any of :data:`RUN_FILES`; the message says whether that run
+            finished, can be resumed, or stopped before its first epoch, and what to do instead.
+    """
+    run_dir = Path(run_dir)
+    present = [f for f in RUN_FILES if (run_dir / f).is_file()]
+    if not present:
+        return
+    new = f"start a new run with --name <other name> (or delete {shlex.quote(str(run_dir))} first)"
+    if (run_dir / "summary.json").is_file() or (run_dir / "best.pt").is_file():
+        msg = f"{run_dir} already holds a finished run ({', '.join(present)}); {new}"
+    elif (run_dir / LAST_CHECKPOINT).is_file():
+        msg = (f"{run_dir} already holds an interrupted run, resumable from its {LAST_CHECKPOINT}; continue it "
+               f"with: {resume_command(run_dir)}, or {new}")
+    else:
+        msg = f"{run_dir} already holds a run that stopped before its first epoch finished (nothing to resume); {new}"
+    raise RunFolderInUse(msg)
+
+
 class TrainingPaused(Exception):
     """:func:`fit` stopped before its last epoch, with ``last.pt`` holding the last finished one.
 
@@ -215,6 +253,8 @@ def fit(
         The run folder path (holding ``best.pt``).
 
     Raises:
+        RunFolderInUse: a new run's folder (``out_dir/name``) already holds a run
+            (:func:`check_new_run_folder`).
         FileNotFoundError: if the dataset folder is missing.
         ValueError: if the train/validation split differs from an ``init_checkpoint``'s or from the
             resumed run's.
@@ -225,6 +265,9 @@ def fit(
     from tqdm import tqdm
 
     t_start = time.time()
+    if resume is None:  # refused before minutes of decoding, and before anything is written
+        name = config.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.arch}-{config.input_size}"
+        check_new_run_folder(Path(config.out_dir) / name)
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     gen = seed_everything(config.seed)
@@ -267,8 +310,8 @@ def fit(
     if resume is not None:
         run_dir = Path(resume["run_dir"])  # its config.yaml stays the run's
     else:
-        name = config.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.arch}-{config.input_size}"
         run_dir = Path(config.out_dir) / name
+        check_new_run_folder(run_dir)  # again: another process may have started it meanwhile
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
     train_recs = stratified_subset(train_recs, config.max_train_images, config.seed)

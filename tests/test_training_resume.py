@@ -320,3 +320,37 @@ def test_a_new_run_refuses_a_folder_that_already_holds_a_run(
     (tmp_path / "empty").mkdir()
     loop.check_new_run_folder(tmp_path / "empty")
 
+
+def test_export_of_an_unfinished_run_says_to_finish_it_first(
+    tmp_path: Path, dataset_root: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After a --time-limit stop the run has last.pt but no best.pt yet: `deephealth export` of the folder,
+    or of its last.pt, says the run has not finished and how to finish it (not 'checkpoint not found')."""
+    args = _tiny_args(dataset_root, tmp_path)
+    args[args.index("--epochs") + 1] = "2"
+    assert main(args + ["--name", "early", "--time-limit", "0.001"]) == 3
+    run = tmp_path / "early"
+    capsys.readouterr()
+    expected = (f"export failed: the run in {run} has not finished (stopped after epoch 1 of 2, from last.pt): "
+                "best.pt, calibration.json and summary.json are written when it ends; finish it first with: "
+                f"deephealth train --resume {run}")
+    for extra in ([], ["--checkpoint", str(run / "last.pt")], ):
+        assert main(["export", str(run), *extra, "--out", str(tmp_path / "m")]) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == expected, err
+    assert main(["export", str(run / "last.pt"), "--out", str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err.strip() == expected
+    assert not (tmp_path / "m").exists()
+    # A run folder whose last.pt cannot be read still says it has not finished (without the epochs).
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "last.pt").write_bytes(b"\x00" * 10)
+    assert main(["export", str(broken), "--out", str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"export failed: the run in {broken} has not finished: ")
+
+    # train --help's run-folder list says which files come only at the end.
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("history.csv and last.pt (the resumable state) after every epoch, and best.pt, calibration.json, "
+            "summary.json and curves.png when the run ends") in out

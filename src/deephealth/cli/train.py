@@ -5,8 +5,10 @@ flag (e.g. --epochs 30 --input-size 192 --arch resnet18). The defaults are a pla
 resnet18, NOT the released model's recipe: that is configs/release.yaml in the source tree
 (efficientnet_lite0, --init imagenet, consistency training...), and
 `deephealth train --config configs/release.yaml` reproduces it (flags after it override single
-settings). The run folder (runs/<name>/) receives config.yaml, history.csv, curves.png, best.pt,
-calibration.json, summary.json, and last.pt after every epoch.
+settings). The run folder (runs/<name>/) receives config.yaml at the start, history.csv and last.pt
+(the resumable state) after every epoch, and best.pt, calibration.json, summary.json and curves.png
+when the run ends: `deephealth export` needs a finished run. A new run refuses a folder that already
+holds a run (give another --name, or --resume it).
 
 Interrupted runs continue where they stopped: `deephealth train --resume runs/<name>` goes on from
 the epoch after the last finished one with the run's own config.yaml (only --data-dir, --num-threads,

@@ -74,35 +74,42 @@ class RunFolderInUse(ValueError):
 
 #: Files whose presence means a run folder already holds a run (:func:`check_new_run_folder`).
 RUN_FILES = ("config.yaml", LAST_CHECKPOINT, "best.pt", "summary.json")
+#: Of :data:`RUN_FILES`, those a run writes once its first epoch finished (or at its end).
+_TRAINED_FILES = (LAST_CHECKPOINT, "best.pt", "summary.json")
 
 
-def check_new_run_folder(run_dir: str | Path) -> None:
+def check_new_run_folder(run_dir: str | Path, *, log: bool = True) -> None:
     """Refuse to start a new run in a folder that already holds one.
 
     A new run written into an existing run's folder would mix its config.yaml and history.csv with
     the old run's best.pt, summary.json and calibration.json (``deephealth export`` would then pair the
     old weights with the new config), and would make an interrupted run unresumable.
 
+    A folder holding only ``config.yaml`` (a run stopped before its first epoch finished: nothing
+    to resume, export or mix with) is accepted, so that ``deephealth train --config
+    runs/<name>/config.yaml``, which such a stop advises, starts it again; its config.yaml is replaced.
+
     Args:
         run_dir: the folder the new run would write (``<out_dir>/<name>``); a missing or empty
-            folder, or one without any of :data:`RUN_FILES`, is accepted.
+            folder, or one without any of :data:`RUN_FILES` but ``config.yaml``, is accepted.
+        log: say (INFO) when a config.yaml-only folder is accepted.
 
     Raises:
-        RunFolderInUse: the folder holds any of :data:`RUN_FILES`; the message says whether that run
-            finished, can be resumed, or stopped before its first epoch, and what to do instead.
+        RunFolderInUse: the folder holds ``last.pt``, ``best.pt`` or ``summary.json``; the message says
+            whether that run finished or can be resumed, and what to do instead.
     """
     run_dir = Path(run_dir)
     present = [f for f in RUN_FILES if (run_dir / f).is_file()]
-    if not present:
+    if not any(f in present for f in _TRAINED_FILES):
+        if present and log:
+            _logger.info("%s holds a run stopped before its first epoch finished; starting it again there", run_dir)
         return
     new = f"start a new run with --name <other name> (or delete {shlex.quote(str(run_dir))} first)"
     if (run_dir / "summary.json").is_file() or (run_dir / "best.pt").is_file():
         msg = f"{run_dir} already holds a finished run ({', '.join(present)}); {new}"
-    elif (run_dir / LAST_CHECKPOINT).is_file():
+    else:
         msg = (f"{run_dir} already holds an interrupted run, resumable from its {LAST_CHECKPOINT}; continue it "
                f"with: {resume_command(run_dir)}, or {new}")
-    else:
-        msg = f"{run_dir} already holds a run that stopped before its first epoch finished (nothing to resume); {new}"
     raise RunFolderInUse(msg)
 
 
@@ -311,7 +318,7 @@ def fit(
         run_dir = Path(resume["run_dir"])  # its config.yaml stays the run's
     else:
         run_dir = Path(config.out_dir) / name
-        check_new_run_folder(run_dir)  # again: another process may have started it meanwhile
+        check_new_run_folder(run_dir, log=False)  # again: another process may have started it meanwhile
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
     train_recs = stratified_subset(train_recs, config.max_train_images, config.seed)

@@ -354,3 +354,41 @@ def test_export_of_an_unfinished_run_says_to_finish_it_first(
     assert ("history.csv and last.pt (the resumable state) after every epoch, and best.pt, calibration.json, "
             "summary.json and curves.png when the run ends") in out
 
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_and_the_run_can_be_resumed(tmp_path: Path, dataset_root: Path) -> None:
+    """SIGTERM (what ends a nohup'ed run when its session or container stops) during epoch 2: exit status
+    143, the command that continues the run on stderr, last.pt still holding epoch 1; --resume finishes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "term"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parents[1] / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.Popen([sys.executable, "-m", "deephealth", *_tiny_args(dataset_root, tmp_path), "--name", "term"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 300
+        while not (run / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert (f"stopped: terminated (SIGTERM): run {run} stopped after epoch 1 of 3; continue it with: "
+            f"deephealth train --resume {run}") in err
+    assert "Traceback" not in err
+    assert _load(run / "last.pt")["epoch"] == 1 and [r["epoch"] for r in _history(run)] == ["1"]
+    assert not (run / "best.pt").exists() and not (run / "last.pt.partial").exists()
+    # the handler is the train command's only: it is put back afterwards (here: SIG_DFL, pytest's own)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert [r["epoch"] for r in _history(run)] == ["1", "2", "3"] and (run / "best.pt").is_file()
+    assert json.loads((run / "summary.json").read_text())["resumed"] is True

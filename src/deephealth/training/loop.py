@@ -113,6 +113,13 @@ def check_new_run_folder(run_dir: str | Path, *, log: bool = True) -> None:
     raise RunFolderInUse(msg)
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised by ``deephealth train``'s SIGTERM handler (what stops a nohup'ed run when its session or
+    container ends): :func:`fit` treats it like Ctrl+C, with the reason ``"terminated (SIGTERM)"``."""
+
+    reason = "terminated (SIGTERM)"
+
+
 class TrainingPaused(Exception):
     """:func:`fit` stopped before its last epoch, with ``last.pt`` holding the last finished one.
 
@@ -120,7 +127,7 @@ class TrainingPaused(Exception):
         run_dir: the run folder.
         epochs_done: the epochs finished and saved in ``last.pt`` (0: nothing can be resumed).
         epochs: the run's planned epochs.
-        reason: ``"time limit"`` or ``"interrupted"`` (Ctrl+C).
+        reason: ``"time limit"``, ``"interrupted"`` (Ctrl+C) or ``"terminated (SIGTERM)"`` (:class:`Terminated`).
         command: the command that continues the run (``None`` when ``epochs_done`` is 0).
     """
 
@@ -265,8 +272,8 @@ def fit(
         FileNotFoundError: if the dataset folder is missing.
         ValueError: if the train/validation split differs from an ``init_checkpoint``'s or from the
             resumed run's.
-        TrainingPaused: stopped by ``time_limit_s`` or by Ctrl+C (KeyboardInterrupt) before the
-            run's end; ``last.pt`` holds the last finished epoch.
+        TrainingPaused: stopped by ``time_limit_s`` or by Ctrl+C (KeyboardInterrupt, or
+            :class:`Terminated`) before the run's end; ``last.pt`` holds the last finished epoch.
         deephealth.training.model.PretrainedWeightsUnavailable: for ``pretrained`` while offline.
     """
     from tqdm import tqdm
@@ -650,8 +657,8 @@ def fit(
         _plot_curves(history, run_dir / "curves.png")
         _logger.info("run %s: best epoch %d, val %s, T=%.3f, %.1f min", run_dir, best_epoch,
                      {k: round(v, 4) for k, v in val_metrics.items()}, temperature, wall / 60)
-    except KeyboardInterrupt:
-        paused = TrainingPaused(run_dir, saved_epoch, config.epochs, "interrupted")
+    except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM through the CLI's handler (Terminated)
+        paused = TrainingPaused(run_dir, saved_epoch, config.epochs, getattr(exc, "reason", "interrupted"))
         _logger.warning("%s", paused)
         raise paused from None
     return run_dir

@@ -355,3 +355,28 @@ def test_int8_export(run_dir: Path, tmp_path, capsys):
 
         check_quantized(CamModel(model).eval(), tmp_path / "int8" / "model.onnx",
                         np.zeros((2, 1, 64, 64), np.float32), temperature=1.25)
+
+
+def test_export_and_predict_print_no_onnx_runtime_warning(run_dir: Path, tmp_path, capfd):
+    """The graph's evidence_on input has a default (an initializer), which ONNX Runtime warns about, with
+    terminal colour codes, at each session's creation; the project's own sessions log only errors."""
+    from deephealth.artifact import session_options
+
+    out = tmp_path / "m"
+    assert main(["export", str(run_dir), "--out", str(out)]) == 0
+    err = capfd.readouterr().err
+    assert "evidence_on" not in err and "onnxruntime" not in err and "\x1b[" not in err, err
+    onnx_path = out / ModelArtifact.load(out).metadata["onnx"]["file"]
+    # The condition still holds (ONNX Runtime's default options warn), so the check above means something.
+    ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert "Initializer evidence_on appears in graph inputs" in capfd.readouterr().err
+    ort.InferenceSession(str(onnx_path), session_options(), providers=["CPUExecutionProvider"])
+    assert capfd.readouterr().err == ""
+    # Serving: predict with the evidence map (the If branch) on a dataset film.
+    film = sorted((dataset_dir() / "train" / "NORMAL").iterdir())[0]
+    rc = main(["predict", "--model", str(out), "--allow-unsuitable", "--heatmap-dir", str(tmp_path / "hm"),
+               "--format", "json", str(film)])
+    captured = capfd.readouterr()
+    assert rc == 0 and json.loads(captured.out)
+    assert "evidence_on" not in captured.err and "\x1b[" not in captured.err, captured.err
+    assert list((tmp_path / "hm").iterdir())

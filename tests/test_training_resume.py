@@ -268,3 +268,127 @@ def test_a_segment_on_another_kind_of_cpu_is_recorded_and_warned_about(
     summary = json.loads((run / "summary.json").read_text())
     assert [(g["bf16_autocast"], g["cpu_capability"]) for g in summary["segments"]] == [
         (not here, "another CPU (test)"), (here, describe())]
+
+
+def test_a_new_run_refuses_a_folder_that_already_holds_a_run(
+    tmp_path: Path, dataset_root: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A new run under an existing run's name (a repeated --name, or a config's fixed ``name:``) would write
+    its config.yaml and history.csv beside the old run's last.pt / best.pt / summary.json: refused in one
+    line (exit status 2) before anything is written, saying what the folder holds and what to do."""
+    args = _tiny_args(dataset_root, tmp_path)
+    args[args.index("--epochs") + 1] = "2"
+    assert main(args + ["--name", "ref", "--time-limit", "0.001"]) == 3  # interrupted after epoch 1
+    run = tmp_path / "ref"
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+
+    def refused(argv: list[str]) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        return err.strip()
+
+    # Over the interrupted run: another recipe, same name.
+    err = refused(args + ["--name", "ref", "--lr", "0.01"])
+    assert err == (f"error: {run} already holds an interrupted run, resumable from its last.pt; continue it with: "
+                   f"deephealth train --resume {run}, or start a new run with --name <other name> (or delete {run} first)")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # untouched: still resumable
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    finished = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert {"best.pt", "summary.json", "calibration.json"} <= set(finished)
+
+    # Over the finished run (also through --config, as a config's fixed name: would).
+    err = refused(args + ["--name", "ref"])
+    assert err == (f"error: {run} already holds a finished run (config.yaml, last.pt, best.pt, summary.json); "
+                   f"start a new run with --name <other name> (or delete {run} first)")
+    cfg = tmp_path / "named.yaml"
+    cfg.write_text(f"name: ref\nout_dir: {tmp_path}\n")
+    assert "already holds a finished run" in refused(["train", "--config", str(cfg), "--quiet"])
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == finished
+
+    # A folder left by a run stopped in its first epoch (config.yaml only: nothing to resume, export or mix
+    # with) may be started again, as that stop's message advises (deephealth train --config <it>/config.yaml).
+    early = tmp_path / "early"
+    early.mkdir()
+    save_config(TrainConfig(), early / "config.yaml")
+    loop.check_new_run_folder(early)
+    # An empty or unrelated existing folder is fine (the check looks for a run's files only).
+    loop.check_new_run_folder(tmp_path / "does-not-exist")
+    (tmp_path / "empty").mkdir()
+    loop.check_new_run_folder(tmp_path / "empty")
+
+
+def test_export_of_an_unfinished_run_says_to_finish_it_first(
+    tmp_path: Path, dataset_root: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """After a --time-limit stop the run has last.pt but no best.pt yet: `deephealth export` of the folder,
+    or of its last.pt, says the run has not finished and how to finish it (not 'checkpoint not found')."""
+    args = _tiny_args(dataset_root, tmp_path)
+    args[args.index("--epochs") + 1] = "2"
+    assert main(args + ["--name", "early", "--time-limit", "0.001"]) == 3
+    run = tmp_path / "early"
+    capsys.readouterr()
+    expected = (f"export failed: the run in {run} has not finished (stopped after epoch 1 of 2, from last.pt): "
+                "best.pt, calibration.json and summary.json are written when it ends; finish it first with: "
+                f"deephealth train --resume {run}")
+    for extra in ([], ["--checkpoint", str(run / "last.pt")], ):
+        assert main(["export", str(run), *extra, "--out", str(tmp_path / "m")]) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == expected, err
+    assert main(["export", str(run / "last.pt"), "--out", str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err.strip() == expected
+    assert not (tmp_path / "m").exists()
+    # A run folder whose last.pt cannot be read still says it has not finished (without the epochs).
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "last.pt").write_bytes(b"\x00" * 10)
+    assert main(["export", str(broken), "--out", str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"export failed: the run in {broken} has not finished: ")
+
+    # train --help's run-folder list says which files come only at the end.
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("history.csv and last.pt (the resumable state) after every epoch, and best.pt, calibration.json, "
+            "summary.json and curves.png when the run ends") in out
+
+
+@pytest.mark.slow
+def test_sigterm_stops_like_ctrl_c_and_the_run_can_be_resumed(tmp_path: Path, dataset_root: Path) -> None:
+    """SIGTERM (what ends a nohup'ed run when its session or container stops) during epoch 2: exit status
+    143, the command that continues the run on stderr, last.pt still holding epoch 1; --resume finishes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "term"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).parents[1] / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.Popen([sys.executable, "-m", "deephealth", *_tiny_args(dataset_root, tmp_path), "--name", "term"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 300
+        while not (run / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert (f"stopped: terminated (SIGTERM): run {run} stopped after epoch 1 of 3; continue it with: "
+            f"deephealth train --resume {run}") in err
+    assert "Traceback" not in err
+    assert _load(run / "last.pt")["epoch"] == 1 and [r["epoch"] for r in _history(run)] == ["1"]
+    assert not (run / "best.pt").exists() and not (run / "last.pt.partial").exists()
+    # the handler is the train command's only: it is put back afterwards (here: SIG_DFL, pytest's own)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert [r["epoch"] for r in _history(run)] == ["1", "2", "3"] and (run / "best.pt").is_file()
+    assert json.loads((run / "summary.json").read_text())["resumed"] is True

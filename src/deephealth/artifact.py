@@ -196,3 +196,31 @@ def write_metadata(directory: str | Path, metadata: dict[str, Any]) -> Path:
     path = Path(directory) / METADATA_FILE
     path.write_text(json.dumps(metadata, indent=2) + "\n")
     return path
+
+
+def session_options(graph_optimization: bool = True) -> Any:
+    """ONNX Runtime session options for the project's own graphs, with ONNX Runtime's log at ERROR.
+
+    The exported graph's ``evidence_on`` input has a default value (an initializer of the same name),
+    so that the evidence branch of its ``If`` node runs only when a caller feeds ``True``. ONNX Runtime
+    warns about every such input at each session's creation ("Initializer evidence_on appears in graph
+    inputs and will not be treated as constant...", with terminal colour codes on stderr): expected
+    here, and nothing a user can act on. Errors are still logged, and a graph that cannot be loaded or
+    run still raises.
+
+    Args:
+        graph_optimization: ``ORT_ENABLE_ALL`` graph optimisations (ONNX Runtime's default otherwise).
+
+    Returns:
+        An ``onnxruntime.SessionOptions``.
+
+    Raises:
+        ImportError: onnxruntime is not installed.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if graph_optimization:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # ERROR: no warnings about the intended evidence_on default
+    return opts

@@ -5,8 +5,10 @@ flag (e.g. --epochs 30 --input-size 192 --arch resnet18). The defaults are a pla
 resnet18, NOT the released model's recipe: that is configs/release.yaml in the source tree
 (efficientnet_lite0, --init imagenet, consistency training...), and
 `deephealth train --config configs/release.yaml` reproduces it (flags after it override single
-settings). The run folder (runs/<name>/) receives config.yaml, history.csv, curves.png, best.pt,
-calibration.json, summary.json, and last.pt after every epoch.
+settings). The run folder (runs/<name>/) receives config.yaml at the start, history.csv and last.pt
+(the resumable state) after every epoch, and best.pt, calibration.json, summary.json and curves.png
+when the run ends: `deephealth export` needs a finished run. A new run refuses a folder that already
+holds a run (give another --name, or --resume it).
 
 Interrupted runs continue where they stopped: `deephealth train --resume runs/<name>` goes on from
 the epoch after the last finished one with the run's own config.yaml (only --data-dir, --num-threads,
@@ -14,7 +16,8 @@ the epoch after the last finished one with the run's own config.yaml (only --dat
 `--time-limit MINUTES` stops a run cleanly after the last epoch that fits (exit status 3), e.g.
 `deephealth train --config configs/release.yaml --name rel --time-limit 160`, then
 `deephealth train --resume runs/rel --time-limit 160` in the next session. Ctrl+C stops with exit
-status 130 and prints the command that continues from the last finished epoch.
+status 130 and prints the command that continues from the last finished epoch; SIGTERM (a nohup'ed run
+whose session or container stops) does the same with exit status 143.
 """
 
 from __future__ import annotations
@@ -179,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         from deephealth.training.config import TrainConfig, load_config
-        from deephealth.training.loop import RESUME_OVERRIDABLE, TrainingPaused, fit, resume_run
+        from deephealth.training.loop import RESUME_OVERRIDABLE, Terminated, TrainingPaused, fit, resume_run
         from deephealth.training.model import PretrainedWeightsUnavailable
     except ImportError as exc:
         print(f"error: training needs the [train] extra (pip install 'deephealth[train]'): {exc}", file=sys.stderr)
@@ -200,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    previous = _install_sigterm_handler(Terminated)
     try:
         if args.resume is not None:
             run_dir = resume_run(args.resume, progress=not args.quiet, time_limit_s=time_limit_s,
@@ -208,13 +212,50 @@ def run(args: argparse.Namespace) -> int:
             run_dir = fit(config, progress=not args.quiet, time_limit_s=time_limit_s)
     except TrainingPaused as exc:  # last.pt holds the last finished epoch
         print(f"stopped: {exc}", file=sys.stderr)
-        return 130 if exc.reason == "interrupted" else 3
+        return {"interrupted": 130, Terminated.reason: 143}.get(exc.reason, 3)
+    except Terminated:  # before the epochs began (building the model, decoding the films)
+        print(f"stopped: {Terminated.reason} before the first epoch began; nothing to resume, run the same "
+              "command again", file=sys.stderr)
+        return 143
     except PretrainedWeightsUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as exc:  # missing data; an unknown architecture
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        _restore_sigterm_handler(previous)
     print(f"run written to {run_dir}")
     print(f"next: deephealth export {run_dir} --out DIR")
     return 0
+
+
+_NOT_INSTALLED = object()
+
+
+def _install_sigterm_handler(exc_type: type[BaseException]) -> object:
+    """Make SIGTERM raise ``exc_type`` (a KeyboardInterrupt subclass) in the main thread, so training
+    stops as on Ctrl+C, with ``last.pt`` intact (written atomically).
+
+    Returns:
+        The previous handler, for :func:`_restore_sigterm_handler`; a marker when none was installed
+        (not the main thread, or a platform without SIGTERM).
+    """
+    import signal
+    import threading
+
+    if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
+        return _NOT_INSTALLED
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise exc_type()
+
+    return signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _restore_sigterm_handler(previous: object) -> None:
+    """Put back the SIGTERM handler :func:`_install_sigterm_handler` replaced."""
+    import signal
+
+    if previous is not _NOT_INSTALLED:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -234,10 +234,9 @@ def merge_evidence_graph(base: Any, extra: Any, input_name: str) -> tuple[Any, d
 def _session(path: Path):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    from deephealth.artifact import session_options
+
+    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 def add_evidence_to_onnx(onnx_path: str | Path, model_args: dict[str, Any], state: dict[str, torch.Tensor],

@@ -318,6 +318,30 @@ def run_version(run_name: str) -> str:
 _REQUIRED_KEYS = ("model_state", "model_args", "preprocessing", "temperature")
 
 
+def _unfinished_run(run_dir: Path, last: dict[str, Any] | None) -> ExportError:
+    """The error for a run that has not finished: it has ``last.pt`` (the resumable checkpoint written
+    after every epoch) but not yet ``best.pt``, which only the run's end writes.
+
+    Args:
+        run_dir: the run folder.
+        last: its ``last.pt``'s content when already loaded; ``None`` to read it here (a file that
+            cannot be read only loses the epoch numbers from the message).
+    """
+    import shlex
+
+    if last is None:
+        try:
+            last = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+        except Exception:  # truncated or corrupted: --resume says so in its own words
+            last = None
+    where = ""
+    if isinstance(last, dict) and isinstance(last.get("config"), dict):
+        where = f" (stopped after epoch {last.get('epoch')} of {last['config'].get('epochs')}, from last.pt)"
+    return ExportError(f"the run in {run_dir} has not finished{where}: best.pt, calibration.json and summary.json "
+                       f"are written when it ends; finish it first with: "
+                       f"deephealth train --resume {shlex.quote(str(run_dir))}")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a training checkpoint (``best.pt``) written by the training loop.
 
@@ -326,10 +350,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
     Raises:
         ExportError: if the file is missing, unreadable, or lacks a required key
-            (``model_state``, ``model_args``, ``preprocessing``, ``temperature``).
+            (``model_state``, ``model_args``, ``preprocessing``, ``temperature``); for a run that
+            has not finished (a missing ``best.pt`` beside a ``last.pt``, or a ``last.pt`` given), the
+            message says after which epoch it stopped and to finish it with ``deephealth train --resume``.
     """
     path = Path(path)
     if not path.is_file():
+        if path.name == "best.pt" and (path.parent / "last.pt").is_file():
+            raise _unfinished_run(path.parent, None)
         raise ExportError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -342,6 +370,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict):
         raise ExportError(f"{path}: not a training checkpoint (a {type(ckpt).__name__}, expected a dict)")
     missing = [k for k in _REQUIRED_KEYS if k not in ckpt]
+    if missing and "format" in ckpt and "step" in ckpt and isinstance(ckpt.get("config"), dict):
+        raise _unfinished_run(path.parent, ckpt)  # a last.pt: the resumable state, not an exportable model
     if missing:
         raise ExportError(f"{path}: not a training checkpoint, missing key(s) {', '.join(missing)}")
     return ckpt
@@ -409,8 +439,10 @@ def export_run(
         ``out_dir``.
 
     Raises:
-        ExportError: if the run or checkpoint is missing or malformed, the weights do not fit the
-            architecture, or the export fails its checks.
+        ExportError: if the run or checkpoint is missing or malformed, the run has not finished
+            (no ``best.pt`` yet, or its ``last.pt`` given: the message says to finish it with
+            ``deephealth train --resume``), the weights do not fit the architecture, or the export
+            fails its checks.
     """
     import json
 

@@ -732,7 +732,7 @@ def fit_gate(
     """
     import onnxruntime as ort
 
-    from deephealth.artifact import METADATA_FILE, ModelArtifact, write_metadata
+    from deephealth.artifact import METADATA_FILE, ModelArtifact, session_options, write_metadata
 
     t0 = time.time()
     model_dir = Path(model_dir)
@@ -744,7 +744,8 @@ def fit_gate(
     if not feat_name:
         raise ValueError(f"{model_dir}: the model has no features output; re-export it")
     pre = art.preprocessing
-    sess = ort.InferenceSession(str(art.onnx_path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(art.onnx_path), session_options(graph_optimization=False),
+                                providers=["CPUExecutionProvider"])
     run = lambda it, n: _run_features(sess, onnx_meta["input"], onnx_meta["logits"], feat_name, it, n)  # noqa: E731
     rng = np.random.default_rng(seed)
 

@@ -75,6 +75,58 @@ class ResumeError(ValueError):
     """A run folder that cannot be resumed; the message is one line for the user."""
 
 
+class RunFolderInUse(ValueError):
+    """A new run was asked for in a folder that already holds a run; the message is one line for the user."""
+
+
+#: Files whose presence means a run folder already holds a run (:func:`check_new_run_folder`).
+RUN_FILES = ("config.yaml", LAST_CHECKPOINT, "best.pt", "summary.json")
+#: Of :data:`RUN_FILES`, those a run writes once its first epoch finished (or at its end).
+_TRAINED_FILES = (LAST_CHECKPOINT, "best.pt", "summary.json")
+
+
+def check_new_run_folder(run_dir: str | Path, *, log: bool = True) -> None:
+    """Refuse to start a new run in a folder that already holds one.
+
+    A new run written into an existing run's folder would mix its config.yaml and history.csv with
+    the old run's best.pt, summary.json and calibration.json (``deephealth export`` would then pair the
+    old weights with the new config), and would make an interrupted run unresumable.
+
+    A folder holding only ``config.yaml`` (a run stopped before its first epoch finished: nothing
+    to resume, export or mix with) is accepted, so that ``deephealth train --config
+    runs/<name>/config.yaml``, which such a stop advises, starts it again; its config.yaml is replaced.
+
+    Args:
+        run_dir: the folder the new run would write (``<out_dir>/<name>``); a missing or empty
+            folder, or one without any of :data:`RUN_FILES` but ``config.yaml``, is accepted.
+        log: say (INFO) when a config.yaml-only folder is accepted.
+
+    Raises:
+        RunFolderInUse: the folder holds ``last.pt``, ``best.pt`` or ``summary.json``; the message says
+            whether that run finished or can be resumed, and what to do instead.
+    """
+    run_dir = Path(run_dir)
+    present = [f for f in RUN_FILES if (run_dir / f).is_file()]
+    if not any(f in present for f in _TRAINED_FILES):
+        if present and log:
+            _logger.info("%s holds a run stopped before its first epoch finished; starting it again there", run_dir)
+        return
+    new = f"start a new run with --name <other name> (or delete {shlex.quote(str(run_dir))} first)"
+    if (run_dir / "summary.json").is_file() or (run_dir / "best.pt").is_file():
+        msg = f"{run_dir} already holds a finished run ({', '.join(present)}); {new}"
+    else:
+        msg = (f"{run_dir} already holds an interrupted run, resumable from its {LAST_CHECKPOINT}; continue it "
+               f"with: {resume_command(run_dir)}, or {new}")
+    raise RunFolderInUse(msg)
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by ``deephealth train``'s SIGTERM handler (what stops a nohup'ed run when its session or
+    container ends): :func:`fit` treats it like Ctrl+C, with the reason ``"terminated (SIGTERM)"``."""
+
+    reason = "terminated (SIGTERM)"
+
+
 class TrainingPaused(Exception):
     """:func:`fit` stopped before its last epoch, with ``last.pt`` holding the last finished one.
 
@@ -82,7 +134,7 @@ class TrainingPaused(Exception):
         run_dir: the run folder.
         epochs_done: the epochs finished and saved in ``last.pt`` (0: nothing can be resumed).
         epochs: the run's planned epochs.
-        reason: ``"time limit"`` or ``"interrupted"`` (Ctrl+C).
+        reason: ``"time limit"``, ``"interrupted"`` (Ctrl+C) or ``"terminated (SIGTERM)"`` (:class:`Terminated`).
         command: the command that continues the run (``None`` when ``epochs_done`` is 0).
     """
 
@@ -222,16 +274,21 @@ def fit(
         The run folder path (holding ``best.pt``).
 
     Raises:
+        RunFolderInUse: a new run's folder (``out_dir/name``) already holds a run
+            (:func:`check_new_run_folder`).
         FileNotFoundError: if the dataset folder is missing.
         ValueError: if the train/validation split differs from an ``init_checkpoint``'s or from the
             resumed run's.
-        TrainingPaused: stopped by ``time_limit_s`` or by Ctrl+C (KeyboardInterrupt) before the
-            run's end; ``last.pt`` holds the last finished epoch.
+        TrainingPaused: stopped by ``time_limit_s`` or by Ctrl+C (KeyboardInterrupt, or
+            :class:`Terminated`) before the run's end; ``last.pt`` holds the last finished epoch.
         deephealth.training.model.PretrainedWeightsUnavailable: for ``pretrained`` while offline.
     """
     from tqdm import tqdm
 
     t_start = time.time()
+    if resume is None:  # refused before minutes of decoding, and before anything is written
+        name = config.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.arch}-{config.input_size}"
+        check_new_run_folder(Path(config.out_dir) / name)
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     gen = seed_everything(config.seed)
@@ -274,8 +331,8 @@ def fit(
     if resume is not None:
         run_dir = Path(resume["run_dir"])  # its config.yaml stays the run's
     else:
-        name = config.name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.arch}-{config.input_size}"
         run_dir = Path(config.out_dir) / name
+        check_new_run_folder(run_dir, log=False)  # again: another process may have started it meanwhile
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
     train_recs = stratified_subset(train_recs, config.max_train_images, config.seed)
@@ -607,8 +664,8 @@ def fit(
         _plot_curves(history, run_dir / "curves.png")
         _logger.info("run %s: best epoch %d, val %s, T=%.3f, %.1f min", run_dir, best_epoch,
                      {k: round(v, 4) for k, v in val_metrics.items()}, temperature, wall / 60)
-    except KeyboardInterrupt:
-        paused = TrainingPaused(run_dir, saved_epoch, config.epochs, "interrupted")
+    except KeyboardInterrupt as exc:  # Ctrl+C, or SIGTERM through the CLI's handler (Terminated)
+        paused = TrainingPaused(run_dir, saved_epoch, config.epochs, getattr(exc, "reason", "interrupted"))
         _logger.warning("%s", paused)
         raise paused from None
     return run_dir

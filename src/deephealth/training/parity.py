@@ -111,9 +111,9 @@ def check_export(
 
     with torch.no_grad():
         t_logits, t_cam, t_feat = (t.numpy() for t in cam_model(torch.from_numpy(x)))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    from deephealth.artifact import session_options
+
+    sess = ort.InferenceSession(str(onnx_path), session_options(), providers=["CPUExecutionProvider"])
     o_logits, o_cam, o_feat = sess.run([LOGITS_NAME, CAM_NAME, FEATURES_NAME], {INPUT_NAME: x})
     # batch size 1 must give the same rows as the full batch (dynamic batch axis)
     o1_logits, o1_cam = sess.run([LOGITS_NAME, CAM_NAME], {INPUT_NAME: x[:1]})

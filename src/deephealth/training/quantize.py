@@ -138,6 +138,7 @@ def check_quantized(cam_model: CamModel, onnx_path: Path, inputs: np.ndarray, te
     import onnx
     import onnxruntime as ort
 
+    from deephealth.artifact import session_options
     from deephealth.calibration import softmax
 
     try:
@@ -149,7 +150,8 @@ def check_quantized(cam_model: CamModel, onnx_path: Path, inputs: np.ndarray, te
     inputs = np.ascontiguousarray(inputs, np.float32)
     with torch.no_grad():
         t_logits = cam_model(torch.from_numpy(inputs))[0].numpy()
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(onnx_path), session_options(graph_optimization=False),
+                                providers=["CPUExecutionProvider"])
     o_logits, o_cam = sess.run([LOGITS_NAME, CAM_NAME], {INPUT_NAME: inputs})
     report = {
         "reference": reference,

@@ -39,7 +39,7 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
-from deephealth.artifact import ModelArtifact, ModelArtifactError
+from deephealth.artifact import ModelArtifact, ModelArtifactError, session_options
 from deephealth.calibration import decide, describe_decision, softmax
 from deephealth.gate import Gate, Suitability, UnsuitableImageError
 from deephealth.labels import CLASS_NAMES
@@ -303,12 +303,10 @@ class Predictor:
             raise ModelArtifactError(f"{directory}: metadata.json has gate data but no onnx.features output")
         self.num_threads = int(num_threads or os.cpu_count() or 1)
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts = session_options()  # ORT_ENABLE_ALL, ONNX Runtime's log at ERROR (the evidence_on default)
         opts.intra_op_num_threads = self.num_threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
         self.spin_us: int | None = _spin_setting(spinning)
         self.spinning = self.spin_us != 0
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")

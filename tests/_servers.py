@@ -87,7 +87,17 @@ def prefix_proxy(upstream: str, prefix: str) -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:  # quiet: pytest shows failures
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with http_server(Handler) as url:
+        yield url
+
+
+@contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on a free port of 127.0.0.1 in a daemon thread; yields ``http://127.0.0.1:<port>``.
+
+    The server is shut down and its socket closed when the block ends.
+    """
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -244,6 +244,26 @@ def _alembic_config():
     return cfg
 
 
+def _database_at(path: Path, revision: str, insert_sql: str) -> str:
+    """An SQLite audit database at ``path`` migrated to ``revision`` only, holding the row ``insert_sql``
+    inserts; returns its URL (for the upgrade-on-open tests)."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    url = f"sqlite:///{path}"
+    engine = create_engine(url)
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    engine.dispose()
+    con = sqlite3.connect(path)
+    con.execute(insert_sql)
+    con.commit()
+    con.close()
+    return url
+
+
 @pytest.mark.needs_data
 def test_a_flagged_prediction_is_recorded_with_its_review_and_can_be_filtered(client, db_url, dataset_root: Path):
     flagged = client.post(URL, files={"file": ("a.jpeg", (dataset_root / FLAGGED).read_bytes())})
@@ -304,22 +324,14 @@ def test_a_database_at_0001_upgrades_and_its_rows_read_null(tmp_path: Path):
     from sqlalchemy import create_engine, inspect
 
     path = tmp_path / "old.sqlite3"
-    url = f"sqlite:///{path}"
-    engine = create_engine(url)
-    cfg = _alembic_config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0001")
-    assert "review" not in {c["name"] for c in inspect(engine).get_columns("audit_log")}
-    engine.dispose()
-    con = sqlite3.connect(path)
-    con.execute(
+    url = _database_at(path, "0001",
         "INSERT INTO audit_log (created_at, interface, client, model_name, model_version, model_sha256, label, "
         "probabilities, gate, latency_ms, status_code) VALUES "
         "('2026-12-01 10:00:00.000000', 'api', '10.0.0.7', 'deephealth-cxr3', '0.2.0', 'abc', 'viral', "
         "'{\"normal\": 0.1, \"bacterial\": 0.2, \"viral\": 0.7}', NULL, 12.5, 200)")
-    con.commit()
-    con.close()
+    engine = create_engine(url)
+    assert "review" not in {c["name"] for c in inspect(engine).get_columns("audit_log")}
+    engine.dispose()
 
     log = AuditLog(url)
     try:
@@ -606,22 +618,14 @@ def test_a_database_at_0003_upgrades_to_0004_and_keeps_its_rows(tmp_path: Path):
     from sqlalchemy import create_engine, inspect
 
     path = tmp_path / "v3.sqlite3"
-    url = f"sqlite:///{path}"
-    engine = create_engine(url)
-    cfg = _alembic_config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0003")
-    assert "reason" not in {c["name"] for c in inspect(engine).get_columns("audit_log")}
-    engine.dispose()
-    con = sqlite3.connect(path)
-    con.execute(
+    url = _database_at(path, "0003",
         "INSERT INTO audit_log (created_at, interface, client, input_sha256, input_format, input_bytes, model_name, "
         "model_version, model_sha256, label, probabilities, gate, review, review_reason, latency_ms, status_code) "
         "VALUES ('2026-12-02 09:30:00.000000', 'pacs', 'http://pacs:8042/dicom-web', 'ab12', 'DICOM', 1234, "
         "'deephealth-cxr3', '0.3.0', 'abc', NULL, NULL, '{\"status\": \"refuse\"}', NULL, NULL, 40.0, 422)")
-    con.commit()
-    con.close()
+    engine = create_engine(url)
+    assert "reason" not in {c["name"] for c in inspect(engine).get_columns("audit_log")}
+    engine.dispose()
 
     log = AuditLog(url)
     try:
@@ -644,6 +648,7 @@ def test_a_database_at_0003_upgrades_to_0004_and_keeps_its_rows(tmp_path: Path):
     con.close()
 
     engine = create_engine(url)
+    cfg = _alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0003")

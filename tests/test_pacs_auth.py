@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,6 +19,8 @@ import pytest
 
 pytest.importorskip("dicomweb_client", reason="deephealth pacs needs the [pacs] extra")
 pytest.importorskip("highdicom", reason="deephealth pacs needs the [pacs] extra")
+
+from _servers import http_server  # noqa: E402
 
 from deephealth.cli import main  # noqa: E402
 from deephealth.pacs import make_client, redact_url, split_credentials  # noqa: E402
@@ -73,16 +74,8 @@ def fake_dicomweb(user: str, password: str) -> Iterator[tuple[str, list[bytes]]]
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with http_server(Handler) as url:
+        yield f"{url}/dicom-web", seen
 
 
 def _audit_rows() -> list[dict]:
